@@ -1,0 +1,44 @@
+# The two commands of the README: `make run` serves, `make test` checks everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit ledger-debian bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/tokenledger serve --transport http --first-run
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+# Where a Debian PostgreSQL server is reachable (CI starts one), the ledger tests run on it too.
+ledger-debian: $(STAMP)
+	@if [ -n "$$TOKENLEDGER_TEST_DATABASE_URL" ]; then \
+	  echo "ledger tests on $$(echo $$TOKENLEDGER_TEST_DATABASE_URL | sed 's/:[^:@]*@/:***@/')"; \
+	  $(BIN)/pytest -m ledger; \
+	else echo "TOKENLEDGER_TEST_DATABASE_URL unset: ledger tests ran on the embedded server only"; fi
+
+test: lint typecheck unit ledger-debian
+
+bench: $(STAMP)
+	$(BIN)/python bench/counting.py
+	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/mcp.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

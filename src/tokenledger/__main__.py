@@ -1,0 +1,5 @@
+import sys
+
+from tokenledger.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""One exception tree: every message says what was wrong, the value, and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TokenLedgerError(Exception):
+    """Base of every error tokenledger raises on purpose."""
+
+
+class InvalidInput(TokenLedgerError, ValueError):
+    """A field had a value that is not allowed."""
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"{field}: {shown} is not allowed; {allowed}")
+
+
+class UnknownModel(InvalidInput):
+    """A model name that neither the catalog nor its aliases know."""
+
+    def __init__(self, model: str, closest: Sequence[str], field: str = "model") -> None:
+        self.closest = list(closest)
+        hint = f"closest known: {', '.join(self.closest)}" if self.closest else "see `tokenledger models`"
+        super().__init__(field, model, f"unknown model; {hint}")
+
+
+class UnknownEncoding(InvalidInput):
+    def __init__(self, encoding: str, known: Sequence[str], field: str = "encoding") -> None:
+        super().__init__(field, encoding, f"unknown encoding; known: {', '.join(known)}")
+
+
+class NotFound(TokenLedgerError, LookupError):
+    """A budget, reservation, price or key that does not exist in this tenant."""
+
+
+class Conflict(TokenLedgerError):
+    """A request contradicts an earlier one (an idempotency key reused with other content,
+    a reservation already settled)."""
+
+
+class PermissionDenied(TokenLedgerError, PermissionError):
+    """The principal's role or user does not allow this."""
+
+
+class StoreUnavailable(TokenLedgerError):
+    """PostgreSQL cannot be reached; checks fail closed until it returns."""
+
+
+class BudgetExceeded(TokenLedgerError):
+    """Raised by integrations when a check is denied; carries the decision."""
+
+    def __init__(self, decision: object, message: str) -> None:
+        self.decision = decision
+        super().__init__(message)

@@ -1,0 +1,383 @@
+"""The pydantic models that go in and out of `Ledger`, and so of every tool, command and integration.
+
+Field names are a contract with agents and orchestration code: add fields, never rename them.
+Money is `Decimal` (a string on the wire), tokens are `int`, timestamps carry their offset.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# --- shared vocabulary -------------------------------------------------------------------------
+
+Method = Literal["exact", "estimate", "provider", "pg_tiktoken"]
+Role = Literal["admin", "member", "viewer"]
+Priority = Literal["high", "medium", "low"]
+Unit = Literal["tokens", "usd"]
+Period = Literal["minute", "hour", "day", "week", "month", "year", "total", "24h", "7d", "30d"]
+Enforcement = Literal["hard", "soft", "shadow"]
+UsageStatus = Literal["success", "error", "cancelled"]
+Decision = Literal["allow", "partial", "deny"]
+ScopeKind = Literal["global", "team", "project", "user", "session", "feature", "endpoint"]
+
+# Attribution values are short identifiers: they become report keys and scope values.
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/+=-]+$")]
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+BudgetName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
+NonNegativeInt = Annotated[int, Field(ge=0, le=2**53)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=30, decimal_places=18)]
+
+MAX_TEXT_BYTES = 8 * 1024 * 1024
+MAX_MESSAGES = 10_000
+MAX_METADATA_BYTES = 16 * 1024
+
+
+class Model(BaseModel):
+    """Base: unknown fields are errors, so a typo never silently drops a value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Principal(Model):
+    """Who is calling: an API key's tenant and role, or the stdio server's configured identity."""
+
+    tenant_id: Identifier = "default"
+    role: Role = "admin"
+    user: Identifier | None = None  # a member is bound to this user
+    key_id: str | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.key_id or f"local:{self.role}"
+
+
+class Attribution(Model):
+    user: Identifier | None = None
+    session: Identifier | None = None
+    project: Identifier | None = None
+    team: Identifier | None = None
+    feature: Identifier | None = None
+    endpoint: Identifier | None = None
+
+
+# --- counting ----------------------------------------------------------------------------------
+
+
+class ChatMessage(BaseModel):
+    """An OpenAI-style chat message; `content` is a string or a list of parts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class TokenCount(Model):
+    tokens: int
+    method: Method
+    encoding: str
+    model: str | None = None
+    per_text: list[int] | None = None
+    # Parts of multi-part content that were not text (images, audio): listed, never counted as 0.
+    not_counted: list[str] = Field(default_factory=list)
+
+
+class ContextFit(Model):
+    context_window: int | None
+    remaining_context: int | None
+    fits: bool | None
+    percent_used: float | None
+
+
+class CountRequest(Model):
+    text: str | None = None
+    texts: list[str] | None = None
+    messages: list[ChatMessage] | None = None
+    tools: list[dict[str, Any]] | None = None
+    model: ModelName | None = None
+    encoding: str | None = None
+    max_output_tokens: NonNegativeInt | None = None
+
+
+class CountResult(Model):
+    tokens: int
+    method: Method
+    encoding: str
+    model: str | None = None
+    per_text: list[int] | None = None
+    not_counted: list[str] = Field(default_factory=list)
+    context_window: int | None = None
+    remaining_context: int | None = None
+    fits: bool | None = None
+    percent_used: float | None = None
+    estimated_cost_usd: Decimal | None = None  # None: the model is unpriced or unknown
+    priced: bool = False
+
+
+class FitRequest(Model):
+    messages: list[ChatMessage]
+    model: ModelName
+    max_tokens: NonNegativeInt = 0  # output tokens to leave room for
+    keep_system: bool = True
+    keep_last: NonNegativeInt = 1
+
+
+class FitResult(Model):
+    messages: list[dict[str, Any]]
+    dropped: int
+    tokens: int
+    original_tokens: int
+    context_window: int
+    fits: bool
+    method: Method
+    encoding: str
+
+
+# --- catalog -----------------------------------------------------------------------------------
+
+
+class Price(Model):
+    """Per-token USD prices; None where the provider publishes none."""
+
+    input: Decimal | None = None
+    output: Decimal | None = None
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    reasoning: Decimal | None = None
+
+    @property
+    def priced(self) -> bool:
+        return self.input is not None and self.output is not None
+
+
+class ModelInfo(Model):
+    name: str
+    provider: str
+    # The tiktoken encoding used to count: exact for OpenAI models, the base of an estimate otherwise.
+    encoding: str
+    count_method: Method  # "exact" or "estimate"
+    estimate_factor: float = 1.0  # estimate = ceil(count with `encoding` * factor)
+    estimate_rule: str | None = None  # how estimates are made, in words, for non-OpenAI models
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    price: Price = Field(default_factory=Price)
+    aliases: list[str] = Field(default_factory=list)
+    source: str = "catalog"  # "catalog" or "tenant override"
+    effective_from: datetime | None = None
+
+
+class CostBreakdown(Model):
+    cost_usd: Decimal | None  # None: unpriced
+    priced: bool
+    input_usd: Decimal | None = None
+    output_usd: Decimal | None = None
+    cache_read_usd: Decimal | None = None
+    cache_write_usd: Decimal | None = None
+    reasoning_usd: Decimal | None = None
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+
+class BudgetSpec(Model):
+    """What an admin sets. `scope` is `global` or `kind:value` (e.g. `user:alice`)."""
+
+    name: BudgetName
+    scope: Annotated[str, StringConstraints(min_length=1, max_length=140)] = "global"
+    unit: Unit = "tokens"
+    limit: Annotated[Decimal, Field(gt=0, max_digits=30, decimal_places=18)]
+    period: Period = "month"
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+    enforcement: Enforcement = "hard"
+    hard_limit: Annotated[Decimal, Field(gt=0, max_digits=30, decimal_places=18)] | None = None
+    alert_thresholds: list[Annotated[Decimal, Field(gt=0, le=1000)]] = Field(
+        default_factory=lambda: [Decimal(50), Decimal(75), Decimal(90), Decimal(100)]
+    )
+    priority_shares: dict[Priority, Annotated[Decimal, Field(gt=0, le=1)]] | None = Field(
+        default_factory=lambda: {"high": Decimal("0.5"), "medium": Decimal("0.3"), "low": Decimal("0.2")}
+    )
+    rollover: Literal["none", "carry"] = "none"
+    rollover_cap: Annotated[Decimal, Field(ge=0, max_digits=30, decimal_places=18)] | None = None
+    tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
+    requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
+    unpriced_policy: Literal["deny", "allow"] = "deny"
+
+
+class BudgetState(Model):
+    """A budget and its live counters in the current period."""
+
+    name: str
+    scope: str
+    unit: Unit
+    limit: Decimal
+    hard_limit: Decimal | None = None
+    period: Period
+    timezone: str
+    enforcement: Enforcement
+    period_start: datetime | None = None
+    resets_at: datetime | None = None
+    used: Decimal
+    reserved: Decimal
+    remaining: Decimal
+    overage: Decimal = Decimal(0)
+    carried_over: Decimal = Decimal(0)
+    percent_used: float
+    status: Literal["ok", "warning", "exceeded"]
+    requests: int = 0
+
+
+class Budget(Model):
+    spec: BudgetSpec
+    state: BudgetState
+    created_at: datetime
+    updated_at: datetime
+
+
+class BlockedBy(Model):
+    budget: str
+    reason: str  # "limit", "priority_share", "rate_limit_tokens", "rate_limit_requests", "unpriced_model"
+    remaining: Decimal | None = None
+    resets_at: datetime | None = None
+
+
+class CheckRequest(Attribution):
+    model: ModelName
+    input_tokens: NonNegativeInt | None = None
+    text: str | None = None
+    messages: list[ChatMessage] | None = None
+    max_output_tokens: NonNegativeInt = 0
+    priority: Priority = "medium"
+    reserve: bool = True
+    allow_partial: bool = False
+    ttl_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+class CheckResult(Model):
+    allowed: bool
+    decision: Decision
+    reservation_id: str | None = None
+    input_tokens: int
+    requested_output_tokens: int
+    granted_output_tokens: int
+    expires_at: datetime | None = None
+    estimated_cost_usd: Decimal | None = None
+    method: Method
+    blocked_by: BlockedBy | None = None
+    budgets: list[BudgetState] = Field(default_factory=list)
+    retry_after_seconds: int | None = None
+    suggested_model: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    duplicate: bool = False
+
+
+class TrackRequest(Attribution):
+    model: ModelName
+    reservation_id: str | None = None
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    provider: Identifier | None = None
+    input_tokens: NonNegativeInt | None = None
+    output_tokens: NonNegativeInt | None = None
+    cache_read_input_tokens: NonNegativeInt = 0
+    cache_creation_input_tokens: NonNegativeInt = 0
+    reasoning_output_tokens: NonNegativeInt = 0
+    input_text: str | None = None
+    output_text: str | None = None
+    cost_usd: Money | None = None  # a cost the provider reported; otherwise priced from the catalog
+    status: UsageStatus = "success"
+    latency_ms: Annotated[int, Field(ge=0, le=86_400_000)] | None = None
+    tools_used: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=256
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    occurred_at: datetime | None = None  # usage reported after the fact lands in its own period
+
+
+class AlertInfo(Model):
+    budget: str
+    threshold: Decimal
+    period_start: datetime | None
+    percent_used: float
+
+
+class TrackResult(Model):
+    usage_id: str
+    duplicate: bool = False
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    reasoning_output_tokens: int = 0
+    total_tokens: int
+    cost_usd: Decimal | None  # None: unpriced, never $0
+    priced: bool
+    method: Method
+    budgets: list[BudgetState] = Field(default_factory=list)
+    alerts: list[AlertInfo] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    occurred_at: datetime
+
+
+class ReleaseResult(Model):
+    reservation_id: str
+    status: Literal["released", "already_released", "expired"]
+    released: Decimal = Decimal(0)
+
+
+# --- prices ------------------------------------------------------------------------------------
+
+
+class PriceSpec(Model):
+    """A tenant's override of the catalog price for a model, in USD per token."""
+
+    model: ModelName
+    input: Money
+    output: Money
+    cache_read: Money | None = None
+    cache_write: Money | None = None
+    reasoning: Money | None = None
+    effective_from: datetime | None = None  # default: now
+
+
+# --- usage and reports -------------------------------------------------------------------------
+
+GroupKey = Literal["user", "session", "project", "team", "feature", "endpoint", "provider", "model"]
+Bucket = Literal["hour", "day", "week", "month"]
+
+
+class UsageQuery(Attribution):
+    model: ModelName | None = None
+    provider: Identifier | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    group_by: list[GroupKey] = Field(default_factory=list, max_length=4)
+    bucket: Bucket | None = None
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 50
+
+
+class UsageRow(Model):
+    keys: dict[str, str | None] = Field(default_factory=dict)
+    bucket: datetime | None = None
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int
+    cache_creation_input_tokens: int
+    reasoning_output_tokens: int
+    total_tokens: int
+    cost_usd: Decimal
+    unpriced_requests: int
+    errors: int
+
+
+class UsageResult(Model):
+    since: datetime
+    until: datetime
+    rows: list[UsageRow]
+    totals: UsageRow
