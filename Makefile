@@ -28,10 +28,10 @@ unit: $(STAMP)
 
 # Where a Debian PostgreSQL server is reachable (CI starts one), the ledger tests run on it too.
 ledger-debian: $(STAMP)
-	@if [ -n "$$TOKENLEDGER_TEST_DATABASE_URL" ]; then \
-	  echo "ledger tests on $$(echo $$TOKENLEDGER_TEST_DATABASE_URL | sed 's/:[^:@]*@/:***@/')"; \
-	  $(BIN)/pytest -m ledger; \
-	else echo "TOKENLEDGER_TEST_DATABASE_URL unset: ledger tests ran on the embedded server only"; fi
+	@if [ -n "$$TOKENLEDGER_TEST_DEBIAN_URL" ]; then \
+	  echo "ledger tests again, on Debian's PostgreSQL server"; \
+	  TOKENLEDGER_TEST_DATABASE_URL="$$TOKENLEDGER_TEST_DEBIAN_URL" $(BIN)/pytest -m ledger; \
+	else echo "TOKENLEDGER_TEST_DEBIAN_URL unset: ledger tests ran on the embedded server only"; fi
 
 test: lint typecheck unit ledger-debian
 

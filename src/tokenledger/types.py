@@ -6,11 +6,20 @@ Money is `Decimal` (a string on the wire), tokens are `int`, timestamps carry th
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+)
 
 # --- shared vocabulary -------------------------------------------------------------------------
 
@@ -24,12 +33,41 @@ UsageStatus = Literal["success", "error", "cancelled"]
 Decision = Literal["allow", "partial", "deny"]
 ScopeKind = Literal["global", "team", "project", "user", "session", "feature", "endpoint"]
 
+# Money and amounts travel as plain decimal strings ("0.00000025", never "2.5E-7" or a float).
+_plain = PlainSerializer(lambda value: format(value, "f"), return_type=str, when_used="json")
+Amount = Annotated[Decimal, _plain]
+
 # Attribution values are short identifiers: they become report keys and scope values.
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/+=-]+$")]
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/+=-]+$")
+]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 BudgetName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
 NonNegativeInt = Annotated[int, Field(ge=0, le=2**53)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=30, decimal_places=18)]
+Money = Annotated[Decimal, _plain, Field(ge=0, max_digits=30, decimal_places=18)]
+
+_DURATION = re.compile(r"^(\d{1,6})(s|m|h|d|w)$")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _moment(value: object) -> object:
+    """A duration back from now (`90m`, `24h`, `7d`) becomes that moment; other values pass on."""
+    if isinstance(value, str) and (match := _DURATION.match(value.strip())):
+        amount, unit = match.groups()
+        return datetime.now(UTC) - timedelta(**{_DURATION_UNITS[unit]: int(amount)})
+    return value
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError(
+            "a timestamp needs its UTC offset, e.g. 2026-11-23T10:00:00+00:00, or a duration like 24h"
+        )
+    return value
+
+
+# An ISO 8601 timestamp with its offset, or a duration back from now.
+Moment = Annotated[datetime, BeforeValidator(_moment), AfterValidator(_aware)]
 
 MAX_TEXT_BYTES = 8 * 1024 * 1024
 MAX_MESSAGES = 10_000
@@ -115,7 +153,7 @@ class CountResult(Model):
     remaining_context: int | None = None
     fits: bool | None = None
     percent_used: float | None = None
-    estimated_cost_usd: Decimal | None = None  # None: the model is unpriced or unknown
+    estimated_cost_usd: Amount | None = None  # None: the model is unpriced or unknown
     priced: bool = False
 
 
@@ -144,11 +182,11 @@ class FitResult(Model):
 class Price(Model):
     """Per-token USD prices; None where the provider publishes none."""
 
-    input: Decimal | None = None
-    output: Decimal | None = None
-    cache_read: Decimal | None = None
-    cache_write: Decimal | None = None
-    reasoning: Decimal | None = None
+    input: Amount | None = None
+    output: Amount | None = None
+    cache_read: Amount | None = None
+    cache_write: Amount | None = None
+    reasoning: Amount | None = None
 
     @property
     def priced(self) -> bool:
@@ -172,16 +210,20 @@ class ModelInfo(Model):
 
 
 class CostBreakdown(Model):
-    cost_usd: Decimal | None  # None: unpriced
+    cost_usd: Amount | None  # None: unpriced
     priced: bool
-    input_usd: Decimal | None = None
-    output_usd: Decimal | None = None
-    cache_read_usd: Decimal | None = None
-    cache_write_usd: Decimal | None = None
-    reasoning_usd: Decimal | None = None
+    input_usd: Amount | None = None
+    output_usd: Amount | None = None
+    cache_read_usd: Amount | None = None
+    cache_write_usd: Amount | None = None
+    reasoning_usd: Amount | None = None
 
 
 # --- budgets -----------------------------------------------------------------------------------
+
+
+def _default_shares() -> dict[Priority, Decimal]:
+    return {"high": Decimal("0.5"), "medium": Decimal("0.3"), "low": Decimal("0.2")}
 
 
 class BudgetSpec(Model):
@@ -190,19 +232,20 @@ class BudgetSpec(Model):
     name: BudgetName
     scope: Annotated[str, StringConstraints(min_length=1, max_length=140)] = "global"
     unit: Unit = "tokens"
-    limit: Annotated[Decimal, Field(gt=0, max_digits=30, decimal_places=18)]
+    limit: Annotated[Decimal, _plain, Field(gt=0, max_digits=30, decimal_places=18)]
     period: Period = "month"
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
     enforcement: Enforcement = "hard"
-    hard_limit: Annotated[Decimal, Field(gt=0, max_digits=30, decimal_places=18)] | None = None
-    alert_thresholds: list[Annotated[Decimal, Field(gt=0, le=1000)]] = Field(
+    hard_limit: Annotated[Decimal, _plain, Field(gt=0, max_digits=30, decimal_places=18)] | None = None
+    alert_thresholds: list[Annotated[Decimal, _plain, Field(gt=0, le=1000)]] = Field(
         default_factory=lambda: [Decimal(50), Decimal(75), Decimal(90), Decimal(100)]
     )
-    priority_shares: dict[Priority, Annotated[Decimal, Field(gt=0, le=1)]] | None = Field(
-        default_factory=lambda: {"high": Decimal("0.5"), "medium": Decimal("0.3"), "low": Decimal("0.2")}
+    priority_shares: dict[Priority, Annotated[Decimal, _plain, Field(gt=0, le=1)]] | None = Field(
+        default_factory=_default_shares
     )
+
     rollover: Literal["none", "carry"] = "none"
-    rollover_cap: Annotated[Decimal, Field(ge=0, max_digits=30, decimal_places=18)] | None = None
+    rollover_cap: Annotated[Decimal, _plain, Field(ge=0, max_digits=30, decimal_places=18)] | None = None
     tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
     requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
     unpriced_policy: Literal["deny", "allow"] = "deny"
@@ -214,18 +257,18 @@ class BudgetState(Model):
     name: str
     scope: str
     unit: Unit
-    limit: Decimal
-    hard_limit: Decimal | None = None
+    limit: Amount
+    hard_limit: Amount | None = None
     period: Period
     timezone: str
     enforcement: Enforcement
     period_start: datetime | None = None
     resets_at: datetime | None = None
-    used: Decimal
-    reserved: Decimal
-    remaining: Decimal
-    overage: Decimal = Decimal(0)
-    carried_over: Decimal = Decimal(0)
+    used: Amount
+    reserved: Amount
+    remaining: Amount
+    overage: Amount = Decimal(0)
+    carried_over: Amount = Decimal(0)
     percent_used: float
     status: Literal["ok", "warning", "exceeded"]
     requests: int = 0
@@ -241,7 +284,7 @@ class Budget(Model):
 class BlockedBy(Model):
     budget: str
     reason: str  # "limit", "priority_share", "rate_limit_tokens", "rate_limit_requests", "unpriced_model"
-    remaining: Decimal | None = None
+    remaining: Amount | None = None
     resets_at: datetime | None = None
 
 
@@ -266,7 +309,7 @@ class CheckResult(Model):
     requested_output_tokens: int
     granted_output_tokens: int
     expires_at: datetime | None = None
-    estimated_cost_usd: Decimal | None = None
+    estimated_cost_usd: Amount | None = None
     method: Method
     blocked_by: BlockedBy | None = None
     budgets: list[BudgetState] = Field(default_factory=list)
@@ -295,12 +338,12 @@ class TrackRequest(Attribution):
         default_factory=list, max_length=256
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
-    occurred_at: datetime | None = None  # usage reported after the fact lands in its own period
+    occurred_at: Moment | None = None  # usage reported after the fact lands in its own period
 
 
 class AlertInfo(Model):
     budget: str
-    threshold: Decimal
+    threshold: Amount
     period_start: datetime | None
     percent_used: float
 
@@ -314,7 +357,7 @@ class TrackResult(Model):
     cache_creation_input_tokens: int = 0
     reasoning_output_tokens: int = 0
     total_tokens: int
-    cost_usd: Decimal | None  # None: unpriced, never $0
+    cost_usd: Amount | None  # None: unpriced, never $0
     priced: bool
     method: Method
     budgets: list[BudgetState] = Field(default_factory=list)
@@ -326,7 +369,7 @@ class TrackResult(Model):
 class ReleaseResult(Model):
     reservation_id: str
     status: Literal["released", "already_released", "expired"]
-    released: Decimal = Decimal(0)
+    released: Amount = Decimal(0)
 
 
 # --- prices ------------------------------------------------------------------------------------
@@ -341,7 +384,7 @@ class PriceSpec(Model):
     cache_read: Money | None = None
     cache_write: Money | None = None
     reasoning: Money | None = None
-    effective_from: datetime | None = None  # default: now
+    effective_from: Moment | None = None  # default: now
 
 
 # --- usage and reports -------------------------------------------------------------------------
@@ -353,8 +396,8 @@ Bucket = Literal["hour", "day", "week", "month"]
 class UsageQuery(Attribution):
     model: ModelName | None = None
     provider: Identifier | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: Moment | None = None
+    until: Moment | None = None
     group_by: list[GroupKey] = Field(default_factory=list, max_length=4)
     bucket: Bucket | None = None
     timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
@@ -371,7 +414,7 @@ class UsageRow(Model):
     cache_creation_input_tokens: int
     reasoning_output_tokens: int
     total_tokens: int
-    cost_usd: Decimal
+    cost_usd: Amount
     unpriced_requests: int
     errors: int
 

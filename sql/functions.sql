@@ -1,0 +1,855 @@
+-- tokenledger: the ledger's rules. Each public function (tl_check, tl_track, tl_release,
+-- tl_expire_reservations, tl_set_budget, tl_delete_budget, tl_set_price) is one round trip
+-- and one transaction. Python prepares, SQL decides, Python explains.
+--
+-- Lock order, kept by every function so that two requests never deadlock:
+--   1. the idempotency row (tl_request) of the call, if any;
+--   2. per budget, in budget_id order: the budget row for rolling windows, then its period
+--      rows in period_start order;
+--   3. rate-limit windows in budget_id order;
+--   4. reservation and hold rows.
+--
+-- Errors use our own SQLSTATEs, mapped to Python exceptions by the store:
+--   TL400 invalid input, TL404 not found, TL409 conflict.
+
+-- The start and end of the period that contains `at`: calendar periods in the budget's time zone,
+-- an hourly bucket for rolling windows, the epoch for `total`.
+create or replace function tl_period_bounds(p_period text, p_tz text, p_at timestamptz,
+                                            out period_start timestamptz, out period_end timestamptz)
+language plpgsql immutable as $$
+declare
+    local_start timestamp;
+begin
+    if p_period = 'total' then
+        period_start := 'epoch'::timestamptz;
+        period_end := null;
+    elsif p_period in ('24h', '7d', '30d') then
+        period_start := date_trunc('hour', p_at);
+        period_end := period_start + interval '1 hour';
+    else
+        local_start := date_trunc(p_period, p_at at time zone p_tz);
+        period_start := local_start at time zone p_tz;
+        period_end := (local_start + ('1 ' || p_period)::interval) at time zone p_tz;
+    end if;
+end $$;
+
+create or replace function tl_window_length(p_period text) returns interval
+language sql immutable as $$
+    select case p_period when '24h' then interval '24 hours'
+                         when '7d' then interval '7 days'
+                         when '30d' then interval '30 days' end
+$$;
+
+-- When the window a rolling budget reports on frees up capacity next, or the period ends.
+create or replace function tl_resets_at(b tl_budget, p_at timestamptz) returns timestamptz
+language sql stable as $$
+    select case when tl_window_length(b.period) is not null then date_trunc('hour', p_at) + interval '1 hour'
+                else (tl_period_bounds(b.period, b.timezone, p_at)).period_end end
+$$;
+
+-- The period row of budget `b` that contains `p_at`, created if missing and locked FOR UPDATE.
+-- A new calendar period carries the unused allowance of the one before when rollover is on.
+create or replace function tl_lock_period(b tl_budget, p_at timestamptz) returns tl_budget_period
+language plpgsql as $$
+declare
+    bounds record;
+    prev tl_budget_period;
+    carried numeric := 0;
+    row_out tl_budget_period;
+    rolling boolean := tl_window_length(b.period) is not null;
+begin
+    bounds := tl_period_bounds(b.period, b.timezone, p_at);
+    if rolling then
+        -- The whole window is one unit of enforcement: serialise on the budget row.
+        perform 1 from tl_budget where tenant_id = b.tenant_id and budget_id = b.budget_id for no key update;
+    end if;
+    select * into row_out from tl_budget_period
+     where tenant_id = b.tenant_id and budget_id = b.budget_id and period_start = bounds.period_start
+       for update;
+    if found then
+        return row_out;
+    end if;
+    if b.rollover = 'carry' and not rolling and b.period <> 'total' then
+        select * into prev from tl_budget_period
+         where tenant_id = b.tenant_id and budget_id = b.budget_id and period_end = bounds.period_start;
+        if found then
+            carried := greatest(prev.allowance - prev.committed - prev.overage, 0);
+            if b.rollover_cap is not null then
+                carried := least(carried, b.rollover_cap);
+            end if;
+        end if;
+    end if;
+    insert into tl_budget_period as p (tenant_id, budget_id, period_start, period_end, allowance, cap, carried)
+    values (b.tenant_id, b.budget_id, bounds.period_start, bounds.period_end, b.limit_amount + carried,
+            case when b.enforcement = 'hard' and not rolling
+                 then coalesce(b.hard_limit, b.limit_amount) + carried end,
+            carried)
+    on conflict (tenant_id, budget_id, period_start) do update set requests = p.requests
+    returning * into row_out;
+    return row_out;
+end $$;
+
+-- Used and reserved amounts that count against `b` at `p_at`: the period row for calendar periods,
+-- the sum of the window's hourly buckets for rolling ones. Open holds past their expiry do not count.
+create or replace function tl_usage_now(b tl_budget, p_at timestamptz,
+                                        out used numeric, out reserved numeric, out overage numeric,
+                                        out allowance numeric, out cap numeric, out carried numeric,
+                                        out requests bigint, out period_start timestamptz)
+language plpgsql stable as $$
+declare
+    win interval := tl_window_length(b.period);
+    bounds record := tl_period_bounds(b.period, b.timezone, p_at);
+    expired numeric;
+begin
+    if win is null then
+        select p.committed + p.overage, p.reserved, p.overage, p.allowance, p.cap, p.carried, p.requests
+          into used, reserved, overage, allowance, cap, carried, requests
+          from tl_budget_period p
+         where p.tenant_id = b.tenant_id and p.budget_id = b.budget_id and p.period_start = bounds.period_start;
+        if not found then
+            used := 0; reserved := 0; overage := 0; carried := 0; requests := 0;
+            allowance := b.limit_amount;
+            cap := case when b.enforcement = 'hard' then coalesce(b.hard_limit, b.limit_amount) end;
+        end if;
+        period_start := bounds.period_start;
+    else
+        select coalesce(sum(p.committed + p.overage), 0), coalesce(sum(p.reserved), 0), 0,
+               coalesce(sum(p.requests), 0)
+          into used, reserved, overage, requests
+          from tl_budget_period p
+         where p.tenant_id = b.tenant_id and p.budget_id = b.budget_id
+           and p.period_start > bounds.period_start - win;
+        allowance := b.limit_amount;
+        carried := 0;
+        cap := case when b.enforcement = 'hard' then coalesce(b.hard_limit, b.limit_amount) end;
+        period_start := bounds.period_start - win + interval '1 hour';
+    end if;
+    select coalesce(sum(h.amount), 0) into expired
+      from tl_reservation_hold h
+     where h.tenant_id = b.tenant_id and h.budget_id = b.budget_id and not h.released
+       and h.expires_at <= p_at
+       and (win is null and h.period_start = bounds.period_start
+            or win is not null and h.period_start > bounds.period_start - win);
+    reserved := reserved - expired;
+end $$;
+
+-- A budget's live state, as the BudgetState model expects it.
+create or replace function tl_budget_state(b tl_budget, p_at timestamptz) returns jsonb
+language plpgsql stable as $$
+declare
+    u record := tl_usage_now(b, p_at);
+    pct numeric := round(100 * u.used / u.allowance, 2);
+begin
+    return jsonb_build_object(
+        'name', b.name,
+        'scope', case when b.scope_kind = 'global' then 'global' else b.scope_kind || ':' || b.scope_value end,
+        'unit', b.unit, 'limit', u.allowance, 'hard_limit', b.hard_limit, 'period', b.period,
+        'timezone', b.timezone, 'enforcement', b.enforcement,
+        'period_start', case when b.period = 'total' then null else u.period_start end,
+        'resets_at', tl_resets_at(b, p_at),
+        'used', u.used, 'reserved', u.reserved, 'overage', u.overage, 'carried_over', u.carried,
+        'remaining', greatest(u.allowance - u.used - u.reserved, 0),
+        'percent_used', pct, 'requests', u.requests,
+        'status', case when u.used >= u.allowance then 'exceeded'
+                       when pct >= coalesce((select min(t) from unnest(b.alert_thresholds) t where t >= 75), 75)
+                       then 'warning' else 'ok' end);
+end $$;
+
+-- Budgets whose scope matches an attribution, in lock order.
+create or replace function tl_matching_budgets(p_tenant text, p_attr jsonb) returns setof tl_budget
+language sql stable as $$
+    select * from tl_budget b
+     where b.tenant_id = p_tenant
+       and (b.scope_kind = 'global' or b.scope_value = p_attr ->> b.scope_kind)
+     order by b.budget_id
+$$;
+
+-- The price in force for a model at a time: the tenant's newest override, else the catalog's.
+create or replace function tl_price_at(p_tenant text, p_model text, p_at timestamptz, p_catalog jsonb)
+returns jsonb language sql stable as $$
+    select coalesce(
+        (select jsonb_build_object('input', input, 'output', output, 'cache_read', cache_read,
+                                   'cache_write', cache_write, 'reasoning', reasoning, 'source', 'tenant')
+           from tl_price
+          where tenant_id = p_tenant and model = p_model and effective_from <= p_at
+          order by effective_from desc limit 1),
+        p_catalog || jsonb_build_object('source', 'catalog'))
+$$;
+
+-- The exact cost of a usage at a price, or null when the model is unpriced (never $0).
+-- Conventions: input excludes cache reads and writes, which are priced at their own rates (or the
+-- input rate where none is published); reasoning is part of output, priced at its rate if published.
+create or replace function tl_cost(p_price jsonb, p_input bigint, p_output bigint, p_cache_read bigint,
+                                   p_cache_write bigint, p_reasoning bigint) returns numeric
+language plpgsql immutable as $$
+declare
+    rate_in numeric := (p_price ->> 'input')::numeric;
+    rate_out numeric := (p_price ->> 'output')::numeric;
+begin
+    if rate_in is null or rate_out is null then
+        return null;
+    end if;
+    return p_input * rate_in
+         + p_cache_read * coalesce((p_price ->> 'cache_read')::numeric, rate_in)
+         + p_cache_write * coalesce((p_price ->> 'cache_write')::numeric, rate_in)
+         + (p_output - p_reasoning) * rate_out
+         + p_reasoning * coalesce((p_price ->> 'reasoning')::numeric, rate_out);
+end $$;
+
+-- Claims a request_id for this call. Returns null when the call is new; the stored answer
+-- (with duplicate=true) when it is a replay; raises TL409 when the id was used for other content.
+-- A concurrent duplicate waits on the primary key until the first call commits.
+create or replace function tl_claim_request(p_tenant text, p_kind text, p_request_id text, p_hash text)
+returns jsonb language plpgsql as $$
+declare
+    earlier tl_request;
+begin
+    if p_request_id is null then
+        return null;
+    end if;
+    insert into tl_request (tenant_id, kind, request_id, request_hash)
+    values (p_tenant, p_kind, p_request_id, p_hash)
+    on conflict do nothing;
+    if found then
+        return null;
+    end if;
+    select * into earlier from tl_request
+     where tenant_id = p_tenant and kind = p_kind and request_id = p_request_id;
+    if earlier.request_hash <> p_hash then
+        raise exception 'request_id % was already used for a different %: a replay must repeat the same content',
+            p_request_id, case p_kind when 'check' then 'check_budget' else 'track_usage' end
+            using errcode = 'TL409';
+    end if;
+    return earlier.response || jsonb_build_object('duplicate', true);
+end $$;
+
+create or replace function tl_remember_response(p_tenant text, p_kind text, p_request_id text, p_response jsonb)
+returns jsonb language sql as $$
+    update tl_request set response = p_response
+     where p_request_id is not null and tenant_id = p_tenant and kind = p_kind and request_id = p_request_id;
+    select p_response;
+$$;
+
+-- Releases holds on one locked period row whose reservations expired; returns the amount freed.
+create or replace function tl_release_expired_holds(p_tenant text, p_budget_id bigint, p_period_start timestamptz,
+                                                    p_at timestamptz) returns numeric
+language plpgsql as $$
+declare
+    freed numeric;
+begin
+    with expired as (
+        update tl_reservation_hold h set released = true
+         where h.tenant_id = p_tenant and h.budget_id = p_budget_id and h.period_start = p_period_start
+           and not h.released and h.expires_at <= p_at
+        returning h.amount)
+    select coalesce(sum(amount), 0) into freed from expired;
+    if freed > 0 then
+        update tl_budget_period set reserved = reserved - freed
+         where tenant_id = p_tenant and budget_id = p_budget_id and period_start = p_period_start;
+    end if;
+    return freed;
+end $$;
+
+-- Check a request against every matching budget and rate limit and, when allowed and p_reserve,
+-- reserve it in all of them atomically. Returns the CheckResult as jsonb.
+create or replace function tl_check(
+    p_tenant text, p_request_id text, p_request_hash text, p_model text, p_attr jsonb,
+    p_input_tokens bigint, p_max_output bigint, p_priority text, p_allow_partial boolean,
+    p_reserve boolean, p_ttl_seconds double precision, p_catalog_price jsonb, p_method text)
+returns jsonb language plpgsql as $$
+declare
+    now_at timestamptz := clock_timestamp();
+    replay jsonb;
+    price jsonb;
+    rate_in numeric;
+    rate_out numeric;
+    priced boolean;
+    b tl_budget;
+    budgets tl_budget[] := '{}';
+    per record;
+    u record;
+    avail numeric;
+    share numeric;
+    allowed_amount numeric;
+    fit_output bigint;
+    granted bigint := p_max_output;
+    blocked jsonb;
+    blocked_reason text;
+    retry_after integer;
+    warnings text[] := '{}';
+    rate tl_rate_window;
+    amount numeric;
+    reservation uuid;
+    expires timestamptz;
+    states jsonb := '[]';
+    result jsonb;
+    decision text;
+begin
+    if p_reserve then
+        replay := tl_claim_request(p_tenant, 'check', p_request_id, p_request_hash);
+        if replay is not null then
+            return replay;
+        end if;
+    end if;
+
+    price := tl_price_at(p_tenant, p_model, now_at, p_catalog_price);
+    rate_in := (price ->> 'input')::numeric;
+    rate_out := (price ->> 'output')::numeric;
+    priced := rate_in is not null and rate_out is not null;
+
+    -- Pass 1: lock what this request touches, then find the largest output every budget allows.
+    for b in select * from tl_matching_budgets(p_tenant, p_attr) loop
+        budgets := budgets || b;
+        if p_reserve then
+            per := tl_lock_period(b, now_at);
+            perform tl_release_expired_holds(p_tenant, b.budget_id, per.period_start, now_at);
+        end if;
+    end loop;
+
+    foreach b in array budgets loop
+        u := tl_usage_now(b, now_at);
+        if b.unit = 'usd' and not priced then
+            if b.unpriced_policy = 'deny' then
+                if blocked is null then
+                    blocked := jsonb_build_object('budget', b.name, 'reason', 'unpriced_model',
+                        'remaining', greatest(coalesce(u.cap, u.allowance) - u.used - u.reserved, 0),
+                        'resets_at', tl_resets_at(b, now_at));
+                end if;
+                continue;
+            end if;
+            warnings := warnings || format('model %s has no price: USD budget %s allows it by policy, '
+                                           'its cost is not counted', p_model, b.name);
+            continue;
+        end if;
+        avail := coalesce(u.cap, u.allowance) - u.used - u.reserved;
+        share := coalesce((b.priority_shares ->> p_priority)::numeric, 1);
+        allowed_amount := greatest(least(avail, avail * share), 0);
+        -- the largest output that fits in allowed_amount (input counts in full)
+        if b.unit = 'tokens' then
+            fit_output := floor(allowed_amount - p_input_tokens);
+        elsif rate_out = 0 then
+            fit_output := case when allowed_amount >= p_input_tokens * rate_in then p_max_output else -1 end;
+        else
+            fit_output := floor((allowed_amount - p_input_tokens * rate_in) / rate_out);
+        end if;
+        if fit_output >= p_max_output then
+            continue;
+        end if;
+        blocked_reason := case when share < 1 and avail > 0
+                                    and (case when b.unit = 'tokens' then p_input_tokens + p_max_output
+                                              else p_input_tokens * rate_in + p_max_output * rate_out end) <= avail
+                               then 'priority_share' else 'limit' end;
+        if b.enforcement <> 'hard' then
+            warnings := warnings || format('%s budget %s would deny this request (%s)', b.enforcement, b.name,
+                                           blocked_reason);
+            if p_reserve then
+                insert into tl_decision (tenant_id, budget_id, budget_name, decision, reason, enforcement,
+                                         user_id, model, request_id)
+                values (p_tenant, b.budget_id, b.name, 'would_deny', blocked_reason, b.enforcement,
+                        p_attr ->> 'user', p_model, p_request_id);
+            end if;
+            continue;
+        end if;
+        if p_allow_partial and fit_output >= 1 then
+            granted := least(granted, fit_output);
+        elsif blocked is null then
+            blocked := jsonb_build_object('budget', b.name, 'reason', blocked_reason,
+                                          'remaining', greatest(avail, 0), 'resets_at', tl_resets_at(b, now_at));
+            retry_after := ceil(extract(epoch from tl_resets_at(b, now_at) - now_at));
+        end if;
+    end loop;
+
+    -- Rate limits: fixed one-minute windows, shared by every process through these rows.
+    if blocked is null then
+        foreach b in array budgets loop
+            continue when b.tokens_per_minute is null and b.requests_per_minute is null;
+            if p_reserve then
+                insert into tl_rate_window as w (tenant_id, budget_id, window_start)
+                values (p_tenant, b.budget_id, date_trunc('minute', now_at))
+                on conflict (tenant_id, budget_id, window_start) do update set requests = w.requests
+                returning * into rate;
+            else
+                select * into rate from tl_rate_window
+                 where tenant_id = p_tenant and budget_id = b.budget_id
+                   and window_start = date_trunc('minute', now_at);
+            end if;
+            if b.requests_per_minute is not null and coalesce(rate.requests, 0) + 1 > b.requests_per_minute then
+                blocked_reason := 'rate_limit_requests';
+            elsif b.tokens_per_minute is not null
+                  and coalesce(rate.tokens, 0) + p_input_tokens + granted > b.tokens_per_minute then
+                blocked_reason := 'rate_limit_tokens';
+            else
+                continue;
+            end if;
+            blocked := jsonb_build_object('budget', b.name, 'reason', blocked_reason, 'remaining',
+                case when blocked_reason = 'rate_limit_requests'
+                     then greatest(b.requests_per_minute - coalesce(rate.requests, 0), 0)
+                     else greatest(b.tokens_per_minute - coalesce(rate.tokens, 0), 0) end,
+                'resets_at', date_trunc('minute', now_at) + interval '1 minute');
+            retry_after := greatest(ceil(extract(epoch from date_trunc('minute', now_at) + interval '1 minute'
+                                                 - now_at)), 1);
+            exit;
+        end loop;
+    end if;
+
+    if blocked is not null then
+        decision := 'deny';
+        granted := 0;
+        if p_reserve then
+            insert into tl_decision (tenant_id, budget_id, budget_name, decision, reason, enforcement,
+                                     user_id, model, request_id)
+            select p_tenant, x.budget_id, x.name, 'deny', blocked ->> 'reason', 'hard',
+                   p_attr ->> 'user', p_model, p_request_id
+              from unnest(budgets) x where x.name = blocked ->> 'budget';
+        end if;
+    else
+        decision := case when granted < p_max_output then 'partial' else 'allow' end;
+    end if;
+
+    -- Pass 2: reserve the granted amount in every budget.
+    if decision <> 'deny' and p_reserve then
+        reservation := gen_random_uuid();
+        expires := now_at + make_interval(secs => p_ttl_seconds);
+        insert into tl_reservation (tenant_id, reservation_id, request_id, expires_at, model, priority,
+                                    input_tokens, granted_output_tokens, estimated_cost_usd, attribution)
+        values (p_tenant, reservation, p_request_id, expires, p_model, p_priority, p_input_tokens, granted,
+                case when priced then p_input_tokens * rate_in + granted * rate_out end, p_attr);
+        foreach b in array budgets loop
+            amount := case when b.unit = 'tokens' then p_input_tokens + granted
+                           when priced then p_input_tokens * rate_in + granted * rate_out
+                           else 0 end;
+            per := tl_lock_period(b, now_at);
+            update tl_budget_period set reserved = reserved + amount, requests = requests + 1
+             where tenant_id = p_tenant and budget_id = b.budget_id and period_start = per.period_start;
+            insert into tl_reservation_hold (tenant_id, reservation_id, budget_id, period_start, amount, expires_at)
+            values (p_tenant, reservation, b.budget_id, per.period_start, amount, expires);
+            if b.tokens_per_minute is not null or b.requests_per_minute is not null then
+                update tl_rate_window set tokens = tokens + p_input_tokens + granted, requests = requests + 1
+                 where tenant_id = p_tenant and budget_id = b.budget_id
+                   and window_start = date_trunc('minute', now_at);
+            end if;
+        end loop;
+    end if;
+
+    foreach b in array budgets loop
+        states := states || tl_budget_state(b, now_at);
+        u := tl_usage_now(b, now_at);
+        if decision <> 'deny' and b.hard_limit is not null and u.used + u.reserved > u.allowance then
+            warnings := warnings || format('budget %s is in its overage band (limit %s, hard limit %s)',
+                                           b.name, u.allowance, b.hard_limit);
+        end if;
+    end loop;
+    if not priced then
+        warnings := warnings || format('model %s is unpriced: cost cannot be estimated', p_model);
+    end if;
+
+    result := jsonb_build_object(
+        'allowed', decision <> 'deny', 'decision', decision,
+        'reservation_id', reservation, 'input_tokens', p_input_tokens,
+        'requested_output_tokens', p_max_output, 'granted_output_tokens', granted,
+        'expires_at', expires,
+        'estimated_cost_usd', case when priced then p_input_tokens * rate_in + granted * rate_out end,
+        'method', p_method, 'blocked_by', blocked, 'budgets', states,
+        'retry_after_seconds', retry_after, 'warnings', to_jsonb(warnings), 'duplicate', false);
+    if p_reserve then
+        perform tl_remember_response(p_tenant, 'check', p_request_id, result);
+    end if;
+    return result;
+end $$;
+
+-- Record one usage event and post it to every matching budget; settles its reservation if given.
+-- Returns the TrackResult as jsonb.
+create or replace function tl_track(
+    p_tenant text, p_request_id text, p_request_hash text, p_reservation_id uuid, p_model text,
+    p_provider text, p_attr jsonb, p_input bigint, p_output bigint, p_cache_read bigint, p_cache_write bigint,
+    p_reasoning bigint, p_reported_cost numeric, p_catalog_price jsonb, p_method text, p_status text,
+    p_latency_ms integer, p_tools text[], p_metadata jsonb, p_occurred_at timestamptz,
+    p_estimated_input bigint)
+returns jsonb language plpgsql as $$
+declare
+    now_at timestamptz := clock_timestamp();
+    at timestamptz := coalesce(p_occurred_at, now_at);
+    replay jsonb;
+    res tl_reservation;
+    attr jsonb := p_attr;
+    key text;
+    price jsonb;
+    cost numeric;
+    cost_source text;
+    total bigint := p_input + p_output + p_cache_read + p_cache_write;
+    b tl_budget;
+    budgets tl_budget[] := '{}';
+    lock_keys record;
+    per tl_budget_period;
+    u record;
+    amount numeric;
+    room numeric;
+    before_pct numeric;
+    after_pct numeric;
+    threshold numeric;
+    alert_row tl_alert;
+    alerts jsonb := '[]';
+    states jsonb := '[]';
+    warnings text[] := '{}';
+    usage uuid := gen_random_uuid();
+    result jsonb;
+begin
+    replay := tl_claim_request(p_tenant, 'track', p_request_id, p_request_hash);
+    if replay is not null then
+        return replay;
+    end if;
+
+    if p_reservation_id is not null then
+        select * into res from tl_reservation where tenant_id = p_tenant and reservation_id = p_reservation_id;
+        if not found then
+            raise exception 'reservation_id %: no such reservation in this tenant', p_reservation_id
+                using errcode = 'TL404';
+        end if;
+        -- The reservation's attribution holds; a track may add fields but not contradict it.
+        for key in select jsonb_object_keys(res.attribution) loop
+            if attr ? key and attr ->> key <> res.attribution ->> key then
+                raise exception '%: % does not match the reservation''s attribution', key, attr ->> key
+                    using errcode = 'TL400';
+            end if;
+        end loop;
+        attr := attr || res.attribution;
+    end if;
+
+    for b in select * from tl_matching_budgets(p_tenant, attr) loop
+        budgets := budgets || b;
+    end loop;
+
+    -- Lock every period row this call changes (the current ones and those the reservation holds),
+    -- in (budget_id, period_start) order.
+    for lock_keys in
+        select x.budget_id, x.period_start from (
+            select m.budget_id, (tl_period_bounds(m.period, m.timezone, at)).period_start
+              from unnest(budgets) m
+            union
+            select h.budget_id, h.period_start from tl_reservation_hold h
+             where h.tenant_id = p_tenant and h.reservation_id = p_reservation_id and not h.released
+        ) x order by 1, 2
+    loop
+        select * into b from tl_budget where tenant_id = p_tenant and budget_id = lock_keys.budget_id;
+        per := tl_lock_period(b, lock_keys.period_start);
+    end loop;
+
+    if p_reservation_id is not null then
+        select * into res from tl_reservation where tenant_id = p_tenant and reservation_id = p_reservation_id
+           for update;
+        if res.status <> 'active' then
+            raise exception 'reservation_id %: already % at %; usage for it was not recorded twice',
+                p_reservation_id, res.status, res.finished_at using errcode = 'TL409';
+        end if;
+        with freed as (
+            update tl_reservation_hold h set released = true
+             where h.tenant_id = p_tenant and h.reservation_id = p_reservation_id and not h.released
+            returning h.budget_id, h.period_start, h.amount)
+        update tl_budget_period p set reserved = p.reserved - f.amount
+          from freed f
+         where p.tenant_id = p_tenant and p.budget_id = f.budget_id and p.period_start = f.period_start;
+        if res.expires_at <= now_at then
+            warnings := warnings || format('reservation %s had expired at %s: usage was posted directly',
+                                           p_reservation_id, res.expires_at);
+        end if;
+        update tl_reservation set status = case when res.expires_at <= now_at then 'expired' else 'settled' end,
+               finished_at = now_at
+         where tenant_id = p_tenant and reservation_id = p_reservation_id;
+    end if;
+
+    price := tl_price_at(p_tenant, p_model, at, p_catalog_price);
+    if p_reported_cost is not null then
+        cost := p_reported_cost;
+        cost_source := 'provider';
+    else
+        cost := tl_cost(price, p_input, p_output, p_cache_read, p_cache_write, p_reasoning);
+        cost_source := case when cost is not null then price ->> 'source' end;
+    end if;
+    if cost is null then
+        warnings := warnings || format('model %s is unpriced: its cost is unknown, not $0', p_model);
+    end if;
+
+    foreach b in array budgets loop
+        if b.unit = 'usd' and cost is null then
+            warnings := warnings || format('USD budget %s did not count this unpriced usage', b.name);
+            states := states || tl_budget_state(b, at);
+            continue;
+        end if;
+        amount := case when b.unit = 'tokens' then total else cost end;
+        per := tl_lock_period(b, at);
+        u := tl_usage_now(b, at);
+        before_pct := 100 * u.used / u.allowance;
+        room := case when per.cap is null then amount
+                     else least(amount, greatest(per.cap - per.committed - per.reserved, 0)) end;
+        update tl_budget_period
+           set committed = committed + room, overage = overage + (amount - room),
+               requests = requests + case when p_reservation_id is null then 1 else 0 end
+         where tenant_id = p_tenant and budget_id = b.budget_id and period_start = per.period_start;
+        if amount > room then
+            warnings := warnings || format('budget %s: %s %s recorded as overage beyond its hard limit',
+                                           b.name, amount - room, b.unit);
+        end if;
+        if p_reservation_id is null and (b.tokens_per_minute is not null or b.requests_per_minute is not null) then
+            insert into tl_rate_window as w (tenant_id, budget_id, window_start, tokens, requests)
+            values (p_tenant, b.budget_id, date_trunc('minute', now_at), total, 1)
+            on conflict (tenant_id, budget_id, window_start)
+            do update set tokens = w.tokens + excluded.tokens, requests = w.requests + 1;
+        end if;
+        u := tl_usage_now(b, at);
+        after_pct := 100 * u.used / u.allowance;
+        foreach threshold in array b.alert_thresholds loop
+            continue when not (before_pct < threshold and after_pct >= threshold);
+            insert into tl_alert (tenant_id, budget_id, budget_name, period_start, threshold, percent_used,
+                                  used, limit_amount, unit)
+            values (p_tenant, b.budget_id, b.name, u.period_start, threshold, round(after_pct, 2), u.used,
+                    u.allowance, b.unit)
+            on conflict do nothing
+            returning * into alert_row;
+            if found then
+                alerts := alerts || jsonb_build_object('budget', b.name, 'threshold', threshold,
+                    'period_start', case when b.period = 'total' then null else u.period_start end,
+                    'percent_used', round(after_pct, 2));
+            end if;
+        end loop;
+        states := states || tl_budget_state(b, at);
+    end loop;
+
+    insert into tl_usage (tenant_id, usage_id, occurred_at, request_id, reservation_id, user_id, session_id,
+                          project, team, feature, endpoint, provider, model, input_tokens, output_tokens,
+                          cache_read_input_tokens, cache_creation_input_tokens, reasoning_output_tokens,
+                          total_tokens, cost_usd, cost_source, estimated_input_tokens, estimated_cost_usd,
+                          method, status, latency_ms, tools_used, metadata)
+    values (p_tenant, usage, at, p_request_id, p_reservation_id, attr ->> 'user', attr ->> 'session',
+            attr ->> 'project', attr ->> 'team', attr ->> 'feature', attr ->> 'endpoint', p_provider, p_model,
+            p_input, p_output, p_cache_read, p_cache_write, p_reasoning, total, cost, cost_source,
+            coalesce(p_estimated_input, res.input_tokens), res.estimated_cost_usd, p_method, p_status,
+            p_latency_ms, p_tools, p_metadata);
+
+    result := jsonb_build_object(
+        'usage_id', usage, 'duplicate', false, 'input_tokens', p_input, 'output_tokens', p_output,
+        'cache_read_input_tokens', p_cache_read, 'cache_creation_input_tokens', p_cache_write,
+        'reasoning_output_tokens', p_reasoning, 'total_tokens', total, 'cost_usd', cost,
+        'priced', cost is not null, 'method', p_method, 'budgets', states, 'alerts', alerts,
+        'warnings', to_jsonb(warnings), 'occurred_at', at);
+    return tl_remember_response(p_tenant, 'track', p_request_id, result);
+end $$;
+
+-- Give a reservation's capacity back without recording usage (the call was not made).
+create or replace function tl_release(p_tenant text, p_reservation_id uuid, p_user text) returns jsonb
+language plpgsql as $$
+declare
+    now_at timestamptz := clock_timestamp();
+    res tl_reservation;
+    lock_keys record;
+    b tl_budget;
+    per tl_budget_period;
+    freed numeric;
+begin
+    select * into res from tl_reservation where tenant_id = p_tenant and reservation_id = p_reservation_id;
+    -- A member may release only its own user's reservations; others look absent to it.
+    if not found or (p_user is not null and res.attribution ->> 'user' is distinct from p_user) then
+        raise exception 'reservation_id %: no such reservation in this tenant', p_reservation_id
+            using errcode = 'TL404';
+    end if;
+    for lock_keys in
+        select h.budget_id, h.period_start from tl_reservation_hold h
+         where h.tenant_id = p_tenant and h.reservation_id = p_reservation_id and not h.released
+         order by 1, 2
+    loop
+        select * into b from tl_budget where tenant_id = p_tenant and budget_id = lock_keys.budget_id;
+        per := tl_lock_period(b, lock_keys.period_start);
+    end loop;
+    select * into res from tl_reservation where tenant_id = p_tenant and reservation_id = p_reservation_id
+       for update;
+    if res.status = 'settled' then
+        raise exception 'reservation_id %: already settled at %; a settled reservation cannot be released',
+            p_reservation_id, res.finished_at using errcode = 'TL409';
+    end if;
+    with released as (
+        update tl_reservation_hold h set released = true
+         where h.tenant_id = p_tenant and h.reservation_id = p_reservation_id and not h.released
+        returning h.budget_id, h.period_start, h.amount),
+    applied as (
+        update tl_budget_period p set reserved = p.reserved - r.amount
+          from released r
+         where p.tenant_id = p_tenant and p.budget_id = r.budget_id and p.period_start = r.period_start
+        returning r.amount)
+    select coalesce(sum(amount), 0) into freed from applied;
+    if res.status = 'active' then
+        update tl_reservation set status = case when res.expires_at <= now_at then 'expired' else 'released' end,
+               finished_at = now_at
+         where tenant_id = p_tenant and reservation_id = p_reservation_id;
+    end if;
+    return jsonb_build_object('reservation_id', p_reservation_id,
+        'status', case when res.status <> 'active' then 'already_released'
+                       when res.expires_at <= now_at then 'expired' else 'released' end,
+        'released', freed);
+end $$;
+
+-- Release up to p_limit reservations past their expiry (any tenant when p_tenant is null).
+-- Checks and tracks free expired holds on the rows they touch; this sweeps the rest.
+create or replace function tl_expire_reservations(p_tenant text, p_limit integer) returns integer
+language plpgsql as $$
+declare
+    now_at timestamptz := clock_timestamp();
+    expiring uuid[];
+    lock_keys record;
+    b tl_budget;
+    per tl_budget_period;
+    expired_count integer;
+begin
+    select array_agg(reservation_id) into expiring from (
+        select r.reservation_id from tl_reservation r
+         where r.status = 'active' and r.expires_at <= now_at and (p_tenant is null or r.tenant_id = p_tenant)
+         order by r.expires_at limit p_limit) picked;
+    for lock_keys in
+        select distinct h.tenant_id, h.budget_id, h.period_start
+          from tl_reservation_hold h
+         where h.reservation_id = any(expiring) and not h.released
+         order by 1, 2, 3
+    loop
+        select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;
+        per := tl_lock_period(b, lock_keys.period_start);
+        perform tl_release_expired_holds(lock_keys.tenant_id, lock_keys.budget_id, lock_keys.period_start, now_at);
+    end loop;
+    update tl_reservation r set status = 'expired', finished_at = now_at
+     where r.reservation_id = any(expiring) and r.status = 'active' and r.expires_at <= now_at;
+    get diagnostics expired_count = row_count;
+    return expired_count;
+end $$;
+
+create or replace function tl_budget_json(b tl_budget) returns jsonb
+language sql stable as $$
+    select jsonb_build_object(
+        'name', b.name,
+        'scope', case when b.scope_kind = 'global' then 'global' else b.scope_kind || ':' || b.scope_value end,
+        'unit', b.unit, 'limit', b.limit_amount, 'period', b.period, 'timezone', b.timezone,
+        'enforcement', b.enforcement, 'hard_limit', b.hard_limit, 'alert_thresholds', to_jsonb(b.alert_thresholds),
+        'priority_shares', b.priority_shares, 'rollover', b.rollover, 'rollover_cap', b.rollover_cap,
+        'tokens_per_minute', b.tokens_per_minute, 'requests_per_minute', b.requests_per_minute,
+        'unpriced_policy', b.unpriced_policy)
+$$;
+
+-- Create or replace a budget by name, keep the current period's counters consistent with the new
+-- limit, and write the change to the audit log. Returns the budget with its live state.
+create or replace function tl_set_budget(p_tenant text, p_actor text, p_spec jsonb) returns jsonb
+language plpgsql as $$
+declare
+    now_at timestamptz := clock_timestamp();
+    old tl_budget;
+    b tl_budget;
+    scope text := p_spec ->> 'scope';
+    kind text := case when scope = 'global' then 'global' else split_part(scope, ':', 1) end;
+    value text := case when scope = 'global' then '' else substr(scope, length(split_part(scope, ':', 1)) + 2) end;
+begin
+    if not exists (select 1 from pg_timezone_names where name = p_spec ->> 'timezone') then
+        raise exception 'timezone %: unknown to this PostgreSQL server; use an IANA name such as Europe/Paris',
+            p_spec ->> 'timezone' using errcode = 'TL400';
+    end if;
+    select * into old from tl_budget where tenant_id = p_tenant and name = p_spec ->> 'name' for update;
+    insert into tl_budget as t (tenant_id, name, scope_kind, scope_value, unit, limit_amount, hard_limit, period,
+                                timezone, enforcement, alert_thresholds, priority_shares, rollover, rollover_cap,
+                                tokens_per_minute, requests_per_minute, unpriced_policy)
+    values (p_tenant, p_spec ->> 'name', kind, value, p_spec ->> 'unit', (p_spec ->> 'limit')::numeric,
+            (p_spec ->> 'hard_limit')::numeric, p_spec ->> 'period', p_spec ->> 'timezone',
+            p_spec ->> 'enforcement',
+            array(select jsonb_array_elements_text(p_spec -> 'alert_thresholds')::numeric order by 1),
+            nullif(p_spec -> 'priority_shares', 'null'::jsonb), p_spec ->> 'rollover',
+            (p_spec ->> 'rollover_cap')::numeric, (p_spec ->> 'tokens_per_minute')::bigint,
+            (p_spec ->> 'requests_per_minute')::bigint, p_spec ->> 'unpriced_policy')
+    on conflict (tenant_id, name) do update set
+        scope_kind = excluded.scope_kind, scope_value = excluded.scope_value, unit = excluded.unit,
+        limit_amount = excluded.limit_amount, hard_limit = excluded.hard_limit, period = excluded.period,
+        timezone = excluded.timezone, enforcement = excluded.enforcement,
+        alert_thresholds = excluded.alert_thresholds, priority_shares = excluded.priority_shares,
+        rollover = excluded.rollover, rollover_cap = excluded.rollover_cap,
+        tokens_per_minute = excluded.tokens_per_minute, requests_per_minute = excluded.requests_per_minute,
+        unpriced_policy = excluded.unpriced_policy, updated_at = now()
+    returning * into b;
+    if old.budget_id is not null then
+        if old.unit <> b.unit or old.period <> b.period or old.timezone <> b.timezone
+           or old.scope_kind <> b.scope_kind or old.scope_value <> b.scope_value then
+            -- A different measure: the old counters mean nothing for it. Open holds go with them.
+            delete from tl_budget_period where tenant_id = p_tenant and budget_id = b.budget_id;
+        else
+            -- The same measure with a new limit: spend above the new cap becomes overage, so the
+            -- CHECK keeps holding and nothing is lost.
+            update tl_budget_period p set
+                allowance = b.limit_amount + p.carried,
+                cap = case when new_cap.v is not null then greatest(new_cap.v, p.reserved) end,
+                overage = p.overage + new_cap.moved,
+                committed = p.committed - new_cap.moved
+              from tl_budget_period q
+              cross join lateral (
+                  select v, case when v is null then 0
+                                 else least(q.committed, greatest(q.committed + q.reserved - v, 0)) end as moved
+                    from (select case when b.enforcement = 'hard' and tl_window_length(b.period) is null
+                                      then coalesce(b.hard_limit, b.limit_amount) + q.carried end as v) c
+              ) new_cap
+             where q.tenant_id = p.tenant_id and q.budget_id = p.budget_id and q.period_start = p.period_start
+               and p.tenant_id = p_tenant and p.budget_id = b.budget_id
+               and (p.period_end is null or p.period_end > now_at);
+        end if;
+    end if;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, case when old.budget_id is null then 'create' else 'update' end, 'budget', b.name,
+            case when old.budget_id is not null then tl_budget_json(old) end, tl_budget_json(b));
+    return jsonb_build_object('spec', tl_budget_json(b), 'state', tl_budget_state(b, now_at),
+                              'created_at', b.created_at, 'updated_at', b.updated_at);
+end $$;
+
+create or replace function tl_delete_budget(p_tenant text, p_actor text, p_name text) returns jsonb
+language plpgsql as $$
+declare
+    old tl_budget;
+begin
+    delete from tl_budget where tenant_id = p_tenant and name = p_name returning * into old;
+    if not found then
+        raise exception 'name %: no such budget in this tenant', p_name using errcode = 'TL404';
+    end if;
+    -- Open reservations lose their holds with the budget's periods; they still settle in other budgets.
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'delete', 'budget', p_name, tl_budget_json(old), null);
+    return tl_budget_json(old);
+end $$;
+
+create or replace function tl_set_price(p_tenant text, p_actor text, p_model text, p_effective_from timestamptz,
+                                        p_price jsonb) returns jsonb
+language plpgsql as $$
+declare
+    before jsonb := tl_price_at(p_tenant, p_model, p_effective_from, null);
+begin
+    insert into tl_price (tenant_id, model, effective_from, input, output, cache_read, cache_write, reasoning,
+                          created_by)
+    values (p_tenant, p_model, p_effective_from, (p_price ->> 'input')::numeric, (p_price ->> 'output')::numeric,
+            (p_price ->> 'cache_read')::numeric, (p_price ->> 'cache_write')::numeric,
+            (p_price ->> 'reasoning')::numeric, p_actor)
+    on conflict (tenant_id, model, effective_from) do update set
+        input = excluded.input, output = excluded.output, cache_read = excluded.cache_read,
+        cache_write = excluded.cache_write, reasoning = excluded.reasoning, created_by = excluded.created_by;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'set', 'price', p_model, before,
+            p_price || jsonb_build_object('effective_from', p_effective_from));
+    return tl_price_at(p_tenant, p_model, p_effective_from, null)
+           || jsonb_build_object('effective_from', p_effective_from);
+end $$;
+
+-- Monthly usage partitions from the month of p_from, p_months ahead, created where missing.
+create or replace function tl_ensure_usage_partitions(p_from timestamptz, p_months integer) returns integer
+language plpgsql as $$
+declare
+    month_start date := date_trunc('month', p_from at time zone 'UTC')::date;
+    created integer := 0;
+    part text;
+begin
+    for i in 0 .. p_months loop
+        part := format('tl_usage_%s', to_char(month_start + make_interval(months => i), 'YYYYMM'));
+        if to_regclass(part) is null then
+            execute format('create table %I partition of tl_usage for values from (%L) to (%L)', part,
+                           (month_start + make_interval(months => i))::timestamp at time zone 'UTC',
+                           (month_start + make_interval(months => i + 1))::timestamp at time zone 'UTC');
+            created := created + 1;
+        end if;
+    end loop;
+    return created;
+end $$;

