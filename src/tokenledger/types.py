@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    ValidationError,
 )
 
 # --- shared vocabulary -------------------------------------------------------------------------
@@ -424,3 +425,15 @@ class UsageResult(Model):
     until: datetime
     rows: list[UsageRow]
     totals: UsageRow
+
+
+def explain_validation_error(error: ValidationError) -> str:
+    """One line per refused field: where it is, what was given, and what is allowed."""
+    parts = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"]) or "input"
+        given = repr(item.get("input"))
+        if len(given) > 60:
+            given = given[:57] + "..."
+        parts.append(f"{field}: got {given}; {item['msg']}")
+    return "; ".join(parts)

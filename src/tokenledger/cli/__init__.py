@@ -6,7 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from tokenledger.errors import TokenLedgerError
+from tokenledger.types import explain_validation_error
 
 # Each module exposes `register(subparsers)`, which adds its commands and sets `handler`
 # (a function taking the parsed args and returning an exit code).
@@ -40,5 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenLedgerError as error:
         print(f"tokenledger: {error}", file=sys.stderr)
         return 1
+    except ValidationError as error:
+        print(f"tokenledger: {explain_validation_error(error)}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `tokenledger models | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         return 130

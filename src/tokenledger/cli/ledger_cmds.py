@@ -1,0 +1,341 @@
+"""`tokenledger migrate | budget | usage | keys | doctor`: the ledger from the shell.
+
+Each command opens the ledger (the embedded PostgreSQL unless TOKENLEDGER_DATABASE_URL is set)
+and acts as the configured local principal (TOKENLEDGER_TENANT, default `default`; admin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+import anyio
+from pydantic import BaseModel
+
+from tokenledger.errors import InvalidInput
+from tokenledger.ledger import Ledger, money
+from tokenledger.settings import Settings
+from tokenledger.types import Budget, BudgetSpec, Principal, UsageQuery
+
+
+def register(subparsers: Any) -> None:
+    migrate = subparsers.add_parser("migrate", help="create or upgrade the ledger's schema")
+    migrate.set_defaults(handler=_run(migrate_command))
+
+    doctor = subparsers.add_parser("doctor", help="check the database, encodings and catalog")
+    doctor.set_defaults(handler=_run(doctor_command))
+
+    budget = subparsers.add_parser("budget", help="set, list, show or delete budgets")
+    actions = budget.add_subparsers(dest="action", metavar="ACTION", required=True)
+    setter = actions.add_parser("set", help="create or replace a budget by name")
+    setter.add_argument("name")
+    setter.add_argument("--limit", required=True, help="tokens, or USD for --unit usd")
+    setter.add_argument(
+        "--scope", default="global", help="global, or KIND:VALUE (user:ana, team:search, ...)"
+    )
+    setter.add_argument("--unit", default="tokens", help="tokens or usd")
+    setter.add_argument("--period", default="month", help="minute hour day week month year total 24h 7d 30d")
+    setter.add_argument("--timezone", default="UTC", help="IANA zone for calendar periods")
+    setter.add_argument("--enforcement", default="hard", help="hard (deny), soft (warn) or shadow (record)")
+    setter.add_argument("--hard-limit", help="allow overage up to this (above --limit)")
+    setter.add_argument("--alert-thresholds", default="50,75,90,100", help="percentages, comma-separated")
+    setter.add_argument(
+        "--priority-shares",
+        default="high=0.5,medium=0.3,low=0.2",
+        help="share of what remains one request may take, or 'none'",
+    )
+    setter.add_argument("--rollover", default="none", help="none, or carry unused allowance")
+    setter.add_argument("--rollover-cap", help="carry at most this much")
+    setter.add_argument("--tpm", help="tokens per minute")
+    setter.add_argument("--rpm", help="requests per minute")
+    setter.add_argument(
+        "--unpriced-policy", default="deny", help="deny or allow unpriced models (usd budgets)"
+    )
+    setter.add_argument("--json", action="store_true")
+    setter.set_defaults(handler=_run(budget_set_command))
+    for name, handler, help_text in (
+        ("show", budget_show_command, "one budget and its live state"),
+        ("delete", budget_delete_command, "delete a budget"),
+    ):
+        parser = actions.add_parser(name, help=help_text)
+        parser.add_argument("name")
+        parser.add_argument("--json", action="store_true")
+        parser.set_defaults(handler=_run(handler))
+    lister = actions.add_parser("list", help="every budget with its live state")
+    lister.add_argument("--json", action="store_true")
+    lister.set_defaults(handler=_run(budget_list_command))
+
+    usage = subparsers.add_parser("usage", help="usage aggregated by attribution, model and time")
+    usage.add_argument("--since", help="ISO timestamp with offset, or a duration back (90m, 24h, 7d)")
+    usage.add_argument("--until")
+    usage.add_argument(
+        "--group-by", default="", help="comma-separated: user session project team feature ..."
+    )
+    usage.add_argument("--bucket", help="hour, day, week or month")
+    usage.add_argument("--timezone", default="UTC")
+    for key in ("user", "session", "project", "team", "feature", "endpoint", "model", "provider"):
+        usage.add_argument(f"--{key}")
+    usage.add_argument("--limit", default="50")
+    usage.add_argument("--json", action="store_true")
+    usage.set_defaults(handler=_run(usage_command))
+
+    keys = subparsers.add_parser("keys", help="create, list or revoke API keys")
+    key_actions = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = key_actions.add_parser("create", help="create a key; it is printed once")
+    create.add_argument("--role", required=True, help="admin, member or viewer")
+    create.add_argument("--user", help="the user a member key acts for")
+    create.add_argument("--tenant", help="the key's tenant (default: yours)")
+    create.add_argument("--name", help="a label")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(handler=_run(keys_create_command))
+    listing = key_actions.add_parser("list", help="keys of your tenant (never the keys themselves)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_run(keys_list_command))
+    revoke = key_actions.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=_run(keys_revoke_command))
+
+
+Command = Callable[[Ledger, Principal, argparse.Namespace], Awaitable[int]]
+
+
+def _run(command: Command) -> Callable[[argparse.Namespace], int]:
+    """A sync handler that opens the ledger, runs the command as the local principal and closes it."""
+
+    def handler(args: argparse.Namespace) -> int:
+        async def main() -> int:
+            settings = Settings.from_env()
+            principal = Principal(
+                tenant_id=settings.stdio_tenant,
+                role=settings.stdio_role,
+                user=settings.stdio_user,
+            )
+            async with await Ledger.open(settings) as ledger:
+                return await command(ledger, principal, args)
+
+        return anyio.run(main)
+
+    return handler
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+async def migrate_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    applied = await ledger.store.migrate()
+    print("schema up to date" + (f" (applied: {', '.join(applied)})" if applied else ""))
+    return 0
+
+
+async def doctor_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    await ledger.store.ping()
+    snapshot = ledger.catalog.snapshot
+    count = ledger.counter.count_text("tokenledger doctor", encoding="o200k_base")
+    print("database: ok")
+    print(f"encodings: ok (o200k_base counted {count.tokens} tokens offline)")
+    print(f"catalog: {snapshot.models} models, snapshot {snapshot.date} ({snapshot.source})")
+    return 0
+
+
+async def budget_set_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    spec = BudgetSpec.model_validate(
+        {
+            "name": args.name,
+            "scope": args.scope,
+            "unit": args.unit,
+            "limit": args.limit,
+            "period": args.period,
+            "timezone": args.timezone,
+            "enforcement": args.enforcement,
+            "hard_limit": args.hard_limit,
+            "alert_thresholds": _split(args.alert_thresholds),
+            "priority_shares": _shares(args.priority_shares),
+            "rollover": args.rollover,
+            "rollover_cap": args.rollover_cap,
+            "tokens_per_minute": args.tpm,
+            "requests_per_minute": args.rpm,
+            "unpriced_policy": args.unpriced_policy,
+        }
+    )
+    budget = await ledger.set_budget(spec, principal)
+    _print_budgets([budget], args.json)
+    return 0
+
+
+async def budget_list_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    _print_budgets(await ledger.list_budgets(principal), args.json)
+    return 0
+
+
+async def budget_show_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    _print_budgets([await ledger.get_budget(args.name, principal)], args.json)
+    return 0
+
+
+async def budget_delete_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    deleted = await ledger.delete_budget(args.name, principal)
+    if args.json:
+        print_json(deleted)
+    else:
+        print(f"deleted budget {deleted.name}")
+    return 0
+
+
+async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    filters = {k: getattr(args, k) for k in ("user", "session", "project", "team", "feature", "endpoint")}
+    query = UsageQuery.model_validate(
+        {
+            **{k: v for k, v in filters.items() if v is not None},
+            "model": args.model,
+            "provider": args.provider,
+            "since": args.since,
+            "until": args.until,
+            "group_by": _split(args.group_by),
+            "bucket": args.bucket,
+            "timezone": args.timezone,
+            "limit": args.limit,
+        }
+    )
+    result = await ledger.usage(query, principal)
+    if args.json:
+        print_json(result)
+        return 0
+    header = [
+        *query.group_by,
+        *(["bucket"] if query.bucket else []),
+        "requests",
+        "input",
+        "output",
+        "total",
+        "cost",
+    ]
+    rows = [
+        [
+            *(row.keys.get(k) or "-" for k in query.group_by),
+            *([row.bucket.isoformat()] if query.bucket and row.bucket else []),
+            *(str(v) for v in (row.requests, row.input_tokens, row.output_tokens, row.total_tokens)),
+            money(row.cost_usd),
+        ]
+        for row in [*result.rows, result.totals]
+    ]
+    if rows:
+        rows[-1][0] = "TOTAL"
+    print(f"usage from {result.since.isoformat()} to {result.until.isoformat()}")
+    print_table([header, *rows])
+    return 0
+
+
+async def keys_create_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    key, record = await ledger.create_key(
+        role=args.role, user=args.user, tenant=args.tenant, name=args.name, principal=principal
+    )
+    if args.json:
+        print_json({"key": key, **record})
+    else:
+        print(key)
+        print(
+            f"key_id {record['key_id']}, role {record['role']}, tenant {record['tenant_id']}"
+            + (f", user {record['user_id']}" if record["user_id"] else "")
+            + ". Store the key now: it is not shown again."
+        )
+    return 0
+
+
+async def keys_list_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    keys = await ledger.list_keys(principal)
+    if args.json:
+        print_json(keys)
+        return 0
+    rows = [["KEY_ID", "ROLE", "USER", "NAME", "CREATED", "REVOKED"]]
+    rows += [
+        [
+            k["key_id"],
+            k["role"],
+            k["user_id"] or "-",
+            k["name"] or "-",
+            k["created_at"].isoformat(timespec="seconds"),
+            k["revoked_at"].isoformat(timespec="seconds") if k["revoked_at"] else "-",
+        ]
+        for k in keys
+    ]
+    print_table(rows)
+    return 0
+
+
+async def keys_revoke_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    revoked = await ledger.revoke_key(args.key_id, principal)
+    print(f"revoked {revoked['key_id']} at {revoked['revoked_at'].isoformat(timespec='seconds')}")
+    return 0
+
+
+# --- parsing and printing ------------------------------------------------------------------------
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def _shares(value: str) -> dict[str, str] | None:
+    if value.strip().lower() == "none":
+        return None
+    shares = {}
+    for part in _split(value):
+        priority, sep, share = part.partition("=")
+        if not sep:
+            raise InvalidInput(
+                "--priority-shares", value, "PRIORITY=SHARE pairs like high=0.5,low=0.2, or none"
+            )
+        shares[priority.strip()] = share.strip()
+    return shares
+
+
+def _print_budgets(budgets: Sequence[Budget], as_json: bool) -> None:
+    if as_json:
+        print_json(budgets)
+        return
+    rows = [
+        ["NAME", "SCOPE", "PERIOD", "LIMIT", "USED", "RESERVED", "REMAINING", "USED %", "RESETS", "STATUS"]
+    ]
+    for budget in budgets:
+        state = budget.state
+        amount = money if state.unit == "usd" else (lambda value: f"{value.normalize():f}")
+        rows.append(
+            [
+                state.name,
+                state.scope,
+                f"{state.period} ({state.enforcement})",
+                amount(state.limit),
+                amount(state.used),
+                amount(state.reserved),
+                amount(state.remaining),
+                f"{state.percent_used:.1f}",
+                state.resets_at.isoformat(timespec="seconds") if state.resets_at else "never",
+                state.status,
+            ]
+        )
+    print_table(rows)
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Print rows as aligned columns, the first row a header."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def print_json(value: Any) -> None:
+    def plain(item: Any) -> Any:
+        if isinstance(item, BaseModel):
+            return item.model_dump(mode="json")
+        if isinstance(item, Decimal):
+            return format(item, "f")
+        if hasattr(item, "isoformat"):
+            return item.isoformat()
+        raise TypeError(f"cannot print {type(item).__name__} as JSON")
+
+    if isinstance(value, list):
+        value = [plain(v) if isinstance(v, BaseModel) else v for v in value]
+    print(json.dumps(value, indent=2, default=plain))
