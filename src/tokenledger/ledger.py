@@ -213,7 +213,8 @@ class Ledger:
         """Drop the oldest turns until the conversation fits the model's context with room for output."""
         model = self._catalog_model(request.model)
         return await anyio.to_thread.run_sync(
-            lambda: tokens.fit_messages(
+            partial(
+                self.counter.fit_messages,
                 request.messages,
                 model,
                 request.max_tokens,

@@ -1,0 +1,153 @@
+"""Benchmark: our counts against raw tiktoken, as medians and ratios. Run: python bench/counting.py
+
+Every "miss" sample uses freshly built strings and a fresh TokenCounter, so neither our cache nor
+Python's per-string hash cache flatters our side. The raw chat formula is the cookbook's, with
+`encode_ordinary` (what we use; the cookbook's `encode` is slower and raises on `<|endoftext|>`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tokenledger import tokens
+from tokenledger.tokens import TokenCounter
+
+ENCODING = "o200k_base"
+# Prose, code, CJK and emoji, joined by spaces; the last "word" is a newline.
+_VOCABULARY = "the ledger reserves tokens before each call and settles them after usage arrives " + (
+    "def return import async await budget 東京 数据 🎉 = + { } ( ) 42 1999 \n"
+)
+WORDS = _VOCABULARY.split(" ")
+
+
+def make_text(chars: int, seed: int) -> str:
+    """Return a new string of about `chars` characters of mixed prose, code, CJK and emoji."""
+    rng = random.Random(seed)
+    words: list[str] = []
+    size = 0
+    while size < chars:
+        word = rng.choice(WORDS)
+        words.append(word)
+        size += len(word) + 1
+    return " ".join(words)[:chars]
+
+
+def median_seconds(run: Callable[[Any], object], make_input: Callable[[int], Any], samples: int) -> float:
+    """Return the median time of `run(input)` over samples, each with an input built outside the timing."""
+    times = []
+    for sample in range(samples):
+        prepared = make_input(sample)
+        started = time.perf_counter()
+        run(prepared)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def compare(
+    raw: Callable[[Any], object],
+    ours: Callable[[Any], object],
+    make_input: Callable[[int], Any],
+    samples: int,
+) -> tuple[float, float]:
+    """Return the median seconds of raw and ours on equal inputs, alternating which runs first."""
+    raw_times: list[float] = []
+    our_times: list[float] = []
+    for sample in range(samples):
+        runs = [(raw, raw_times), (ours, our_times)]
+        for run, times in runs if sample % 2 else runs[::-1]:
+            # make_input builds new string objects on every call: equal texts, no hash cached on them.
+            prepared = make_input(sample)
+            started = time.perf_counter()
+            run(prepared)
+            times.append(time.perf_counter() - started)
+    return statistics.median(raw_times), statistics.median(our_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=21)
+    options = parser.parse_args()
+    enc = tokens.get_encoding(ENCODING)
+    enc.encode_ordinary("warm up")
+    rows: list[tuple[str, float, float, str]] = []
+
+    # A 200-character chat message, 200 distinct messages per sample.
+    def chat_input(seed: int) -> tuple[TokenCounter, list[list[dict[str, str]]]]:
+        batch = [[{"role": "user", "content": make_text(200, seed * 1000 + i)}] for i in range(200)]
+        return TokenCounter(), batch
+
+    def raw_chat(prepared: tuple[TokenCounter, list[list[dict[str, str]]]]) -> None:
+        for messages in prepared[1]:
+            total = 0
+            for message in messages:
+                total += 3
+                for key, value in message.items():
+                    total += len(enc.encode_ordinary(value))
+                    if key == "name":
+                        total += 1
+            total += 3
+
+    def our_chat(prepared: tuple[TokenCounter, list[list[dict[str, str]]]]) -> None:
+        counter, batch = prepared
+        for messages in batch:
+            counter.count_messages(messages, encoding=ENCODING)
+
+    raw, ours = compare(raw_chat, our_chat, chat_input, options.samples)
+    rows.append(("chat message, 200 chars (x200)", raw, ours, "<= 1.50x"))
+
+    # An 8 kB text, 20 distinct texts per sample: every one a cache miss.
+    def text_input(chars: int, count: int) -> Callable[[int], tuple[TokenCounter, list[str]]]:
+        return lambda seed: (TokenCounter(), [make_text(chars, seed * 1000 + i) for i in range(count)])
+
+    def raw_texts(prepared: tuple[TokenCounter, list[str]]) -> None:
+        for text in prepared[1]:
+            len(enc.encode_ordinary(text))
+
+    def our_texts(prepared: tuple[TokenCounter, list[str]]) -> None:
+        counter, texts = prepared
+        for text in texts:
+            counter.count_text(text, encoding=ENCODING)
+
+    raw, ours = compare(raw_texts, our_texts, text_input(8192, 20), options.samples)
+    rows.append(("text, 8 kB miss (x20)", raw, ours, "<= 1.15x"))
+
+    samples_1mb = max(5, options.samples // 3)
+    raw, ours = compare(raw_texts, our_texts, text_input(1 << 20, 1), samples_1mb)
+    rows.append(("text, 1 MB", raw, ours, "<= 1.15x"))
+
+    # A 1 MB batch: 128 texts of 8 kB, count_texts against encode_ordinary_batch.
+    def raw_batch(prepared: tuple[TokenCounter, list[str]]) -> None:
+        [
+            len(encoded)
+            for encoded in enc.encode_ordinary_batch(prepared[1], num_threads=prepared[0].batch_threads)
+        ]
+
+    def our_batch(prepared: tuple[TokenCounter, list[str]]) -> None:
+        prepared[0].count_texts(prepared[1], encoding=ENCODING)
+
+    raw, ours = compare(raw_batch, our_batch, text_input(8192, 128), samples_1mb)
+    rows.append(("batch, 128 x 8 kB = 1 MB", raw, ours, "<= 1.15x"))
+
+    # A cache hit on an 8 kB text against encoding it raw.
+    warm = TokenCounter()
+    hit_text = make_text(8192, 424242)
+    warm.count_text(hit_text, encoding=ENCODING)
+    raw = median_seconds(lambda _: len(enc.encode_ordinary(hit_text)), lambda _: None, options.samples * 10)
+    ours = median_seconds(
+        lambda _: warm.count_text(hit_text, encoding=ENCODING), lambda _: None, options.samples * 10
+    )
+    rows.append(("cache hit, 8 kB", raw, ours, ">= 5x faster"))
+
+    print(f"{'case':34} {'raw':>11} {'ours':>11} {'ours/raw':>9}  goal")
+    for case, raw_s, our_s, goal in rows:
+        ratio = f"{our_s / raw_s:.2f}x" if "hit" not in case else f"1/{raw_s / our_s:.0f}"
+        print(f"{case:34} {raw_s * 1e3:9.3f}ms {our_s * 1e3:9.3f}ms {ratio:>9}  {goal}")
+
+
+if __name__ == "__main__":
+    main()
