@@ -853,3 +853,125 @@ begin
     end loop;
     return created;
 end $$;
+
+-- Alerts due for delivery to these sinks, claimed for p_lease_seconds: concurrent dispatchers in any
+-- number of processes skip each other's claims, so each alert reaches each sink once.
+create or replace function tl_claim_alert_deliveries(p_sinks text[], p_limit integer, p_lease_seconds double precision)
+returns setof jsonb language plpgsql as $$
+begin
+    insert into tl_alert_delivery (tenant_id, alert_id, sink)
+    select a.tenant_id, a.alert_id, s.sink
+      from tl_alert a cross join unnest(p_sinks) as s(sink)
+     where a.delivered_at is null
+    on conflict do nothing;
+    return query
+    with due as (
+        select d.tenant_id, d.alert_id, d.sink from tl_alert_delivery d
+         where d.delivered_at is null and d.next_attempt_at <= now() and d.sink = any(p_sinks)
+           and (d.claimed_until is null or d.claimed_until < now())
+         order by d.next_attempt_at
+         limit p_limit
+           for update skip locked),
+    claimed as (
+        update tl_alert_delivery d
+           set claimed_until = now() + make_interval(secs => p_lease_seconds), attempts = d.attempts + 1
+          from due
+         where d.tenant_id = due.tenant_id and d.alert_id = due.alert_id and d.sink = due.sink
+        returning d.tenant_id, d.alert_id, d.sink, d.attempts)
+    select jsonb_build_object(
+               'tenant_id', c.tenant_id, 'alert_id', c.alert_id, 'sink', c.sink, 'attempt', c.attempts,
+               'budget', a.budget_name, 'kind', a.kind, 'threshold', a.threshold,
+               'percent_used', a.percent_used, 'used', a.used, 'limit', a.limit_amount, 'unit', a.unit,
+               'period_start', a.period_start, 'created_at', a.created_at)
+      from claimed c join tl_alert a on a.tenant_id = c.tenant_id and a.alert_id = c.alert_id;
+end $$;
+
+-- Record a delivery attempt: delivered (p_error null), retry after p_retry_seconds, or give up (both null
+-- retry and an error). An alert is delivered once every sink has it.
+create or replace function tl_finish_alert_delivery(p_tenant text, p_alert_id bigint, p_sink text, p_error text,
+                                                    p_retry_seconds double precision) returns void
+language plpgsql as $$
+begin
+    update tl_alert_delivery
+       set delivered_at = case when p_error is null then now() end,
+           last_error = p_error,
+           claimed_until = null,
+           next_attempt_at = case when p_error is null then next_attempt_at
+                                  when p_retry_seconds is null then 'infinity'
+                                  else now() + make_interval(secs => p_retry_seconds) end
+     where tenant_id = p_tenant and alert_id = p_alert_id and sink = p_sink;
+    update tl_alert a
+       set delivered_at = now(), attempts = a.attempts + 1, last_error = p_error
+     where a.tenant_id = p_tenant and a.alert_id = p_alert_id and a.delivered_at is null
+       and not exists (select 1 from tl_alert_delivery d
+                        where d.tenant_id = a.tenant_id and d.alert_id = a.alert_id and d.delivered_at is null);
+end $$;
+
+-- Forecast alerts: a calendar period whose spend so far, continued at the same rate, runs past its
+-- allowance before the period ends. Judged once at least p_min_elapsed of the period has passed.
+-- Written once per budget and period (kind 'forecast'); percent_used is the projected percentage.
+create or replace function tl_forecast_alerts(p_min_elapsed double precision) returns integer
+language plpgsql as $$
+declare
+    written integer;
+begin
+    insert into tl_alert (tenant_id, budget_id, budget_name, period_start, threshold, kind, percent_used, used,
+                          limit_amount, unit)
+    select p.tenant_id, b.budget_id, b.name, p.period_start, 100, 'forecast',
+           round(100 * f.projected / p.allowance, 2), p.committed + p.overage, p.allowance, b.unit
+      from tl_budget_period p
+      join tl_budget b on b.tenant_id = p.tenant_id and b.budget_id = p.budget_id
+      cross join lateral (
+          select (p.committed + p.overage) * extract(epoch from p.period_end - p.period_start)
+                 / greatest(extract(epoch from now() - p.period_start), 1) as projected) f
+     where p.period_end > now() and p.period_start <= now()
+       and tl_window_length(b.period) is null
+       and p.committed + p.overage < p.allowance
+       and extract(epoch from now() - p.period_start)
+           >= p_min_elapsed * extract(epoch from p.period_end - p.period_start)
+       and f.projected > p.allowance
+    on conflict do nothing;
+    get diagnostics written = row_count;
+    return written;
+end $$;
+
+-- Retention: roll every monthly usage partition that ends before p_before up into daily totals,
+-- then drop it whole; rows of the default partition older than p_before go the same way.
+create or replace function tl_prune_usage(p_before timestamptz) returns jsonb
+language plpgsql as $$
+declare
+    part record;
+    month_start timestamptz;
+    dropped text[] := '{}';
+    rolled bigint := 0;
+    n bigint;
+    rollup text := $q$
+        insert into tl_usage_daily
+        select tenant_id, (occurred_at at time zone 'UTC')::date, user_id, session_id, project, team, feature,
+               endpoint, provider, model, count(*), sum(input_tokens), sum(output_tokens),
+               sum(cache_read_input_tokens), sum(cache_creation_input_tokens), sum(reasoning_output_tokens),
+               sum(total_tokens), coalesce(sum(cost_usd), 0), count(*) filter (where cost_usd is null),
+               count(*) filter (where status = 'error')
+          from %s
+         group by 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 $q$;
+begin
+    for part in
+        select c.relname::text as name from pg_inherits i join pg_class c on c.oid = i.inhrelid
+         where i.inhparent = 'tl_usage'::regclass and c.relname ~ '^tl_usage_[0-9]{6}$'
+         order by 1
+    loop
+        month_start := to_date(substr(part.name, 10), 'YYYYMM')::timestamp at time zone 'UTC';
+        continue when month_start + interval '1 month' > p_before;
+        execute format(rollup, quote_ident(part.name));
+        get diagnostics n = row_count;
+        rolled := rolled + n;
+        execute format('drop table %I', part.name);
+        dropped := dropped || part.name;
+    end loop;
+    create temporary table tl_pruned_default on commit drop as
+        with gone as (delete from tl_usage_default where occurred_at < p_before returning *) select * from gone;
+    execute format(rollup, 'tl_pruned_default');
+    get diagnostics n = row_count;
+    rolled := rolled + n;
+    return jsonb_build_object('dropped_partitions', to_jsonb(dropped), 'rollup_rows', rolled);
+end $$;

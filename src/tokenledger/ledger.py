@@ -464,6 +464,38 @@ class Ledger:
             totals=_usage_row(totals[0], ()),
         )
 
+    # --- alerts and retention ---------------------------------------------------------------------
+
+    async def claim_alert_deliveries(
+        self, sinks: Sequence[str], *, limit: int = 100, lease_seconds: float = 30
+    ) -> list[dict[str, Any]]:
+        """Alerts due for these sinks (all tenants), claimed by this caller alone for `lease_seconds`."""
+        return await self.store.claim_alert_deliveries(sinks=sinks, limit=limit, lease_seconds=lease_seconds)
+
+    async def finish_alert_delivery(
+        self, delivery: dict[str, Any], *, error: str | None = None, retry_seconds: float | None = None
+    ) -> None:
+        """Record a delivery: done when `error` is None, else retried after `retry_seconds` (None: stop)."""
+        await self.store.finish_alert_delivery(
+            tenant=delivery["tenant_id"],
+            alert_id=delivery["alert_id"],
+            sink=delivery["sink"],
+            error=error,
+            retry_seconds=retry_seconds,
+        )
+
+    async def forecast_alerts(self, *, min_elapsed: float = 0.1) -> int:
+        """Write an alert for each budget period on course to run out before it ends."""
+        return await self.store.forecast_alerts(min_elapsed=min_elapsed)
+
+    async def prune_usage(self, older_than: timedelta, principal: Principal | None = None) -> dict[str, Any]:
+        """Drop whole monthly usage partitions older than `older_than`, keeping their daily totals."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "prune usage")
+        if older_than < timedelta(days=1):
+            raise InvalidInput("older_than", str(older_than), "at least 1 day")
+        return await self.store.prune_usage(before=datetime.now(UTC) - older_than)
+
     # --- API keys ---------------------------------------------------------------------------------
 
     async def create_key(

@@ -426,38 +426,18 @@ class Store:
                     "date_trunc({}, occurred_at at time zone %(tz)s) at time zone %(tz)s as bucket"
                 ).format(sql.Literal(bucket))
             )
-        where: list[sql.Composable] = [
-            sql.SQL("tenant_id = %(tenant)s"),
-            sql.SQL("occurred_at >= %(since)s"),
-            sql.SQL("occurred_at < %(until)s"),
-        ]
-        where += [
-            sql.SQL("{} = {}").format(sql.Identifier(USAGE_COLUMNS[k]), sql.Placeholder(f"f_{k}"))
+        filter_sql = sql.SQL("").join(
+            sql.SQL(" and {} = {}").format(sql.Identifier(USAGE_COLUMNS[k]), sql.Placeholder(f"f_{k}"))
             for k in filters
-        ]
-        select_keys = sql.SQL(", ").join(keys) if keys else sql.SQL("")
+        )
         group = (
             (sql.SQL("group by ") + sql.SQL(", ").join(sql.Literal(i + 1) for i in range(len(keys))))
             if keys
             else sql.SQL("")
         )
-        query = sql.SQL(
-            """select {keys}{comma} count(*) as requests,
-                      coalesce(sum(input_tokens), 0) as input_tokens,
-                      coalesce(sum(output_tokens), 0) as output_tokens,
-                      coalesce(sum(cache_read_input_tokens), 0) as cache_read_input_tokens,
-                      coalesce(sum(cache_creation_input_tokens), 0) as cache_creation_input_tokens,
-                      coalesce(sum(reasoning_output_tokens), 0) as reasoning_output_tokens,
-                      coalesce(sum(total_tokens), 0) as total_tokens,
-                      coalesce(sum(cost_usd), 0) as cost_usd,
-                      count(*) filter (where cost_usd is null) as unpriced_requests,
-                      count(*) filter (where status = 'error') as errors
-                 from tl_usage where {where} {group}
-                order by {order} limit %(limit)s"""
-        ).format(
-            keys=select_keys,
-            comma=sql.SQL(",") if keys else sql.SQL(""),
-            where=sql.SQL(" and ").join(where),
+        query = sql.SQL(_USAGE_REPORT).format(
+            keys=sql.SQL("").join(k + sql.SQL(", ") for k in keys),
+            filters=filter_sql,
             group=group,
             order=sql.SQL("bucket, cost_usd desc") if bucket else sql.SQL("cost_usd desc, requests desc"),
         )
@@ -470,6 +450,10 @@ class Store:
         }
         params.update({f"f_{k}": v for k, v in filters.items()})
         return await self._fetch_rows(query, params)
+
+    async def prune_usage(self, *, before: datetime) -> dict[str, Any]:
+        """Roll up and drop every monthly usage partition that ends before `before`."""
+        return dict(await self._fetch_json("select tl_prune_usage(%s)", (before,)))
 
     async def usage_rows(self, *, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
         """The newest usage events of a tenant."""
@@ -553,6 +537,37 @@ class Store:
             {"tenant": tenant, "limit": limit},
         )
 
+    # --- alert outbox -----------------------------------------------------------------------------
+
+    async def claim_alert_deliveries(
+        self, *, sinks: Sequence[str], limit: int = 100, lease_seconds: float = 30
+    ) -> list[dict[str, Any]]:
+        """Alerts due for these sinks, each claimed by this caller alone for `lease_seconds`."""
+        rows = await self._fetch_rows(
+            "select tl_claim_alert_deliveries(%(sinks)s, %(limit)s, %(lease)s) as delivery",
+            {"sinks": list(sinks), "limit": limit, "lease": lease_seconds},
+        )
+        return [row["delivery"] for row in rows]
+
+    async def finish_alert_delivery(
+        self, *, tenant: str, alert_id: int, sink: str, error: str | None, retry_seconds: float | None
+    ) -> None:
+        await self._fetch_json(
+            "select tl_finish_alert_delivery(%s, %s, %s, %s, %s)",
+            (tenant, alert_id, sink, error, retry_seconds),
+            retry_safe=True,
+        )
+
+    async def forecast_alerts(self, *, min_elapsed: float = 0.1) -> int:
+        """Write forecast alerts for periods on course to run out; returns how many were new."""
+        return int(await self._fetch_json("select tl_forecast_alerts(%s)", (min_elapsed,), retry_safe=True))
+
+    async def alert_deliveries(self, *, tenant: str) -> list[dict[str, Any]]:
+        return await self._fetch_rows(
+            "select * from tl_alert_delivery where tenant_id = %(tenant)s order by alert_id, sink",
+            {"tenant": tenant},
+        )
+
     async def alerts(self, *, tenant: str) -> list[dict[str, Any]]:
         return await self._fetch_rows(
             "select * from tl_alert where tenant_id = %(tenant)s order by alert_id", {"tenant": tenant}
@@ -602,6 +617,43 @@ async def _is_empty(conn: psycopg.AsyncConnection[Any]) -> bool:
     row = await cursor.fetchone()
     return bool(row and row[0])
 
+
+# Usage events and the daily rollups that outlive pruned partitions, aggregated alike. The caller
+# composes {keys} and {filters} from the allow-list in USAGE_COLUMNS only.
+_USAGE_REPORT = """
+with events as (
+    select user_id, session_id, project, team, feature, endpoint, provider, model, occurred_at,
+           1::bigint as requests, input_tokens, output_tokens, cache_read_input_tokens,
+           cache_creation_input_tokens, reasoning_output_tokens, total_tokens,
+           coalesce(cost_usd, 0) as cost_usd,
+           (cost_usd is null)::int as unpriced_requests, (status = 'error')::int as errors
+      from tl_usage
+     where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s
+    union all
+    select user_id, session_id, project, team, feature, endpoint, provider, model,
+           day::timestamp at time zone 'UTC', requests, input_tokens, output_tokens, cache_read_input_tokens,
+           cache_creation_input_tokens, reasoning_output_tokens, total_tokens, cost_usd, unpriced_requests,
+           errors
+      from tl_usage_daily
+     where tenant_id = %(tenant)s and day >= (%(since)s at time zone 'UTC')::date
+       and day < (%(until)s at time zone 'UTC')::date
+)
+select {keys}coalesce(sum(requests), 0) as requests,
+       coalesce(sum(input_tokens), 0) as input_tokens,
+       coalesce(sum(output_tokens), 0) as output_tokens,
+       coalesce(sum(cache_read_input_tokens), 0) as cache_read_input_tokens,
+       coalesce(sum(cache_creation_input_tokens), 0) as cache_creation_input_tokens,
+       coalesce(sum(reasoning_output_tokens), 0) as reasoning_output_tokens,
+       coalesce(sum(total_tokens), 0) as total_tokens,
+       coalesce(sum(cost_usd), 0) as cost_usd,
+       coalesce(sum(unpriced_requests), 0) as unpriced_requests,
+       coalesce(sum(errors), 0) as errors
+  from events
+ where true {filters}
+ {group}
+ order by {order}
+ limit %(limit)s
+"""
 
 _SCHEMA_SIGNATURE = """
 select 'column' as kind, table_name::text as object, column_name::text || ' ' || data_type

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -81,6 +84,12 @@ def register(subparsers: Any) -> None:
     usage.add_argument("--limit", default="50")
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(handler=_run(usage_command))
+
+    prune = subparsers.add_parser("prune", help="drop whole monthly usage partitions, keeping daily totals")
+    prune.add_argument(
+        "--older-than", help="a duration such as 90d (default: TOKENLEDGER_RETENTION, else 90d)"
+    )
+    prune.set_defaults(handler=_run(prune_command))
 
     keys = subparsers.add_parser("keys", help="create, list or revoke API keys")
     key_actions = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -226,6 +235,27 @@ async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Nam
     print(f"usage from {result.since.isoformat()} to {result.until.isoformat()}")
     print_table([header, *rows])
     return 0
+
+
+async def prune_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    older_than = parse_duration(
+        args.older_than or os.environ.get("TOKENLEDGER_RETENTION") or "90d", "--older-than"
+    )
+    result = await ledger.prune_usage(older_than, principal)
+    dropped = result["dropped_partitions"]
+    print(
+        f"dropped {len(dropped)} partition(s){': ' + ', '.join(dropped) if dropped else ''}; "
+        f"kept their totals in {result['rollup_rows']} daily rollup row(s)"
+    )
+    return 0
+
+
+def parse_duration(value: str, field: str) -> timedelta:
+    match = re.fullmatch(r"(\d{1,5})([hdw])", value.strip())
+    if not match:
+        raise InvalidInput(field, value, "a duration like 36h, 90d or 12w")
+    amount, unit = int(match[1]), match[2]
+    return timedelta(hours=amount) if unit == "h" else timedelta(days=amount * (7 if unit == "w" else 1))
 
 
 async def keys_create_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:

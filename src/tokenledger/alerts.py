@@ -1,0 +1,248 @@
+"""Deliver the alert outbox to sinks: webhooks (JSON), Slack-compatible webhooks, email, the log.
+
+The ledger writes one alert row per budget, period and threshold at the crossing itself (inside
+`tl_track`). A dispatcher claims due deliveries with `FOR UPDATE SKIP LOCKED` and a lease, so any
+number of dispatchers in any number of processes deliver each alert to each sink once. A failing
+sink retries with exponential backoff on its own schedule and never blocks the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import smtplib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from email.message import EmailMessage
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import anyio
+import httpx
+
+from tokenledger.errors import InvalidInput
+from tokenledger.ledger import Ledger
+
+log = logging.getLogger("tokenledger.alerts")
+
+
+def describe(alert: dict[str, Any]) -> str:
+    """One sentence a person reads in Slack, an email subject or the log."""
+
+    def amount(key: str) -> str:
+        plain = format(Decimal(alert[key]).normalize(), "f")
+        return f"${plain}" if alert["unit"] == "usd" else f"{plain} tokens"
+
+    if alert["kind"] == "forecast":
+        return (
+            f"Budget {alert['budget']} is on course to run out before its period ends: projected "
+            f"{alert['percent_used']}% of {amount('limit')} (used {amount('used')})"
+        )
+    return (
+        f"Budget {alert['budget']} crossed {alert['threshold']}%: "
+        f"{amount('used')} of {amount('limit')} used ({alert['percent_used']}%)"
+    )
+
+
+def payload(alert: dict[str, Any]) -> dict[str, Any]:
+    """The JSON a webhook receives; `id` is stable across retries so receivers can deduplicate."""
+    keys = ("tenant_id", "alert_id", "budget", "kind", "threshold", "percent_used", "used", "limit", "unit")
+    body = {k: alert[k] for k in keys}
+    body.update(
+        id=f"{alert['tenant_id']}:{alert['alert_id']}",
+        period_start=alert["period_start"],
+        created_at=alert["created_at"],
+        text=describe(alert),
+    )
+    plain: dict[str, Any] = json.loads(json.dumps(body, default=str))
+    return plain
+
+
+class Sink(Protocol):
+    name: str  # stored in the database: never a secret (webhook URLs are; their hash is not)
+
+    async def send(self, alert: dict[str, Any]) -> None: ...
+
+
+def _sink_name(kind: str, secret: str) -> str:
+    return f"{kind}:{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
+
+
+@dataclass
+class WebhookSink:
+    url: str
+    timeout: float = 10.0
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = _sink_name("webhook", self.url)
+
+    def body(self, alert: dict[str, Any]) -> dict[str, Any]:
+        return payload(alert)
+
+    async def send(self, alert: dict[str, Any]) -> None:
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            response = await client.post(self.url, json=self.body(alert))
+        if response.status_code >= 300:
+            raise RuntimeError(f"{self.name} answered HTTP {response.status_code}")
+
+
+@dataclass
+class SlackSink(WebhookSink):
+    """A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat): `{"text": ...}`."""
+
+    def __post_init__(self) -> None:
+        self.name = _sink_name("slack", self.url)
+
+    def body(self, alert: dict[str, Any]) -> dict[str, Any]:
+        return {"text": f":warning: {describe(alert)}"}
+
+
+@dataclass
+class EmailSink:
+    """Email over SMTP: `smtp://[user:password@]host[:port]?from=a@x&to=b@y,c@z[&starttls=1]`."""
+
+    host: str
+    port: int
+    sender: str
+    recipients: list[str]
+    username: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    timeout: float = 10.0
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name = _sink_name("email", f"{self.host}:{self.port}:{','.join(self.recipients)}")
+
+    @classmethod
+    def from_url(cls, url: str) -> EmailSink:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        recipients = [r for value in query.get("to", []) for r in value.split(",") if r]
+        if parts.scheme != "smtp" or not parts.hostname or not recipients or not query.get("from"):
+            raise InvalidInput(
+                "TOKENLEDGER_ALERT_SMTP",
+                "(hidden)",
+                "smtp://[user:password@]host[:port]?from=ADDR&to=ADDR[,ADDR]",
+            )
+        return cls(
+            host=parts.hostname,
+            port=parts.port or 25,
+            sender=query["from"][0],
+            recipients=recipients,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            starttls=query.get("starttls", ["0"])[0] in ("1", "true", "yes"),
+        )
+
+    def _send_blocking(self, message: EmailMessage) -> None:
+        with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+            if self.starttls:
+                smtp.starttls()
+            if self.username and self.password:
+                smtp.login(self.username, self.password)
+            smtp.send_message(message)
+
+    async def send(self, alert: dict[str, Any]) -> None:
+        message = EmailMessage()
+        message["From"] = self.sender
+        message["To"] = ", ".join(self.recipients)
+        message["Subject"] = f"[tokenledger] {describe(alert)}"
+        message["Message-ID"] = f"<tokenledger-alert-{alert['tenant_id']}-{alert['alert_id']}@tokenledger>"
+        message.set_content(describe(alert) + "\n\n" + json.dumps(payload(alert), indent=2))
+        await anyio.to_thread.run_sync(self._send_blocking, message)
+
+
+@dataclass
+class LogSink:
+    name: str = "log"
+
+    async def send(self, alert: dict[str, Any]) -> None:
+        log.warning("alert: %s", describe(alert))
+
+
+def sinks_from_env(environ: dict[str, str] | None = None) -> list[Sink]:
+    """Sinks configured by TOKENLEDGER_ALERT_WEBHOOK, _SLACK_WEBHOOK, _SMTP (comma-separated where
+    several), and TOKENLEDGER_ALERT_LOG (on unless `0`)."""
+    env = os.environ if environ is None else environ
+    sinks: list[Sink] = []
+    sinks += [WebhookSink(u) for u in env.get("TOKENLEDGER_ALERT_WEBHOOK", "").split(",") if u.strip()]
+    sinks += [SlackSink(u) for u in env.get("TOKENLEDGER_ALERT_SLACK_WEBHOOK", "").split(",") if u.strip()]
+    if env.get("TOKENLEDGER_ALERT_SMTP"):
+        sinks.append(EmailSink.from_url(env["TOKENLEDGER_ALERT_SMTP"]))
+    if env.get("TOKENLEDGER_ALERT_LOG", "1") != "0":
+        sinks.append(LogSink())
+    return sinks
+
+
+@dataclass
+class Dispatcher:
+    """Delivers due alerts to every sink; run one per server process (or several: they share the work)."""
+
+    ledger: Ledger
+    sinks: Sequence[Sink]
+    lease_seconds: float = 60
+    max_attempts: int = 10
+    base_backoff: float = 2.0
+    max_backoff: float = 600.0
+    send_timeout: float = 20.0
+
+    def backoff(self, attempt: int) -> float | None:
+        """Seconds before the next try after `attempt` failures; None once the attempts are spent."""
+        if attempt >= self.max_attempts:
+            return None
+        return float(min(self.base_backoff * 2 ** (attempt - 1), self.max_backoff))
+
+    async def run_once(self, *, limit: int = 100) -> int:
+        """Deliver what is due now; returns how many deliveries succeeded."""
+        by_name = {sink.name: sink for sink in self.sinks}
+        claimed = await self.ledger.claim_alert_deliveries(
+            list(by_name), limit=limit, lease_seconds=self.lease_seconds
+        )
+        results = await asyncio.gather(*(self._deliver(by_name[d["sink"]], d) for d in claimed))
+        return sum(results)
+
+    async def _deliver(self, sink: Sink, delivery: dict[str, Any]) -> bool:
+        try:
+            with anyio.fail_after(self.send_timeout):
+                await sink.send(delivery)
+        except Exception as error:  # any sink failure is retried later, never raised into the server
+            retry = self.backoff(delivery["attempt"])
+            log.warning(
+                "alert %s to %s failed (attempt %s): %s",
+                delivery["alert_id"],
+                sink.name,
+                delivery["attempt"],
+                type(error).__name__,
+            )
+            await self.ledger.finish_alert_delivery(
+                delivery, error=_describe_error(error), retry_seconds=retry
+            )
+            return False
+        await self.ledger.finish_alert_delivery(delivery)
+        return True
+
+    async def run_forever(self, *, interval: float = 5.0, forecast_every: float = 60.0) -> None:
+        """Poll for due alerts every `interval` seconds (a crossing is delivered well within 60 s)."""
+        since_forecast = forecast_every
+        while True:
+            try:
+                if since_forecast >= forecast_every:
+                    await self.ledger.forecast_alerts()
+                    since_forecast = 0.0
+                await self.run_once()
+            except Exception:  # the database may be away; keep trying, the outbox keeps the alerts
+                log.exception("alert dispatch failed; retrying in %s s", interval)
+            await anyio.sleep(interval)
+            since_forecast += interval
+
+
+def _describe_error(error: Exception) -> str:
+    # Never the URL (a webhook URL is a secret): the exception type and a short message.
+    text = str(error).split("\n")[0][:200]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
