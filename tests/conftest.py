@@ -29,10 +29,21 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# The ledger's own rules: these modules run again on Debian's PostgreSQL server in CI (`-m ledger`).
+LEDGER_MODULES = {
+    "test_ledger",
+    "test_concurrency",
+    "test_faults",
+    "test_ledger_model",
+    "test_migrations",
+    "test_alerts",
+    "test_retention",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every test that touches PostgreSQL is a ledger test (run again on Debian's server in CI).
     for item in items:
-        if {"dsn", "ledger", "server_dsn", "store"} & set(getattr(item, "fixturenames", ())):
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in LEDGER_MODULES:
             item.add_marker(pytest.mark.ledger)
 
 
