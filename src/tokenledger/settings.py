@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tokenledger.secrets import VaultConfig
+
 DEFAULT_HOME = Path("~/.local/share/tokenledger")
 
 
@@ -19,6 +21,7 @@ class Settings:
     stdio_role: str = "admin"
     stdio_user: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    vault: VaultConfig = field(default_factory=VaultConfig)  # how `vault:` references are read
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -32,4 +35,5 @@ class Settings:
             stdio_tenant=env.get("TOKENLEDGER_TENANT", "default"),
             stdio_role=env.get("TOKENLEDGER_ROLE", "admin"),
             stdio_user=env.get("TOKENLEDGER_USER") or None,
+            vault=VaultConfig.from_env(env),
         )

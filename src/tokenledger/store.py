@@ -29,6 +29,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from tokenledger.errors import Conflict, InvalidInput, NotFound, StoreUnavailable, TokenLedgerError
+from tokenledger.secrets import resolve_secret
 from tokenledger.settings import Settings
 
 log = logging.getLogger("tokenledger.store")
@@ -132,9 +133,10 @@ def stop_embedded(home: Path) -> None:
 
 
 def resolve_dsn(settings: Settings) -> str:
-    """The DSN to use: the configured one, or the embedded server's (started if needed)."""
+    """The DSN to use: the configured one (a `vault:` reference is read from Vault), or the embedded
+    server's (started if needed)."""
     if settings.database_url:
-        return settings.database_url
+        return resolve_secret(settings.database_url, config=settings.vault)
     return start_embedded(settings.home)
 
 
