@@ -106,6 +106,10 @@ class Ledger:
     ) -> None:
         await self.close()
 
+    async def ping(self) -> None:
+        """Return when PostgreSQL answers; raise StoreUnavailable otherwise."""
+        await self.store.ping()
+
     # --- models -----------------------------------------------------------------------------------
 
     async def model_info(self, name: str, principal: Principal | None = None) -> ModelInfo:
@@ -144,6 +148,14 @@ class Ledger:
 
     def _catalog_model(self, name: str) -> ModelInfo:
         return self.catalog.resolve(name)
+
+    async def _model_for_call(self, name: str, principal: Principal) -> ModelInfo:
+        """The catalog entry that counts a call; the database is asked only for a model the catalog does
+        not know (a tenant may price its own models). Prices are applied by the database itself."""
+        try:
+            return self.catalog.resolve(name)
+        except UnknownModel:
+            return await self.model_info(name, principal)
 
     def _catalog_price(self, name: str) -> Price:
         """The bundled price; the database applies the tenant's override in force at the usage's time."""
@@ -229,7 +241,7 @@ class Ledger:
         """Check a request against every matching budget and rate limit, and reserve it when allowed."""
         principal = principal or Principal()
         attribution = self._attribution(request, principal, action="check budgets")
-        model = await self.model_info(request.model, principal)
+        model = await self._model_for_call(request.model, principal)
         given = [n for n in ("input_tokens", "text", "messages") if getattr(request, n) is not None]
         if len(given) != 1:
             raise InvalidInput(
@@ -295,9 +307,14 @@ class Ledger:
         """Record a call's usage (settling its reservation if given); a replayed request_id counts once."""
         principal = principal or Principal()
         attribution = self._attribution(request, principal, action="track usage")
-        if len(json.dumps(request.metadata, default=str)) > MAX_METADATA_BYTES:
+        metadata_json = json.dumps(request.metadata, default=str)
+        if len(metadata_json) > MAX_METADATA_BYTES:
             raise InvalidInput("metadata", "...", f"at most {MAX_METADATA_BYTES} bytes of JSON")
-        model = await self.model_info(request.model, principal)
+        if "\\u0000" in metadata_json:
+            raise InvalidInput(
+                "metadata", "...", "text without NUL characters (PostgreSQL cannot store them)"
+            )
+        model = await self._model_for_call(request.model, principal)
         input_tokens, output_tokens, method = await self._usage_counts(request, model)
         if request.reasoning_output_tokens > output_tokens:
             raise InvalidInput(

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tokenledger.errors import Conflict, InvalidInput, NotFound, StoreUnavailable, TokenLedgerError
 from tokenledger.secrets import resolve_secret
@@ -93,6 +93,8 @@ def _translate(error: psycopg.Error) -> TokenLedgerError:
         return NotFound(message)
     if state == "TL409":
         return Conflict(message)
+    if state in ("22P02", "22021", "22007", "22008"):  # malformed value: bad UUID, NUL byte, bad date
+        return StoreRefused(f"input: {message}")
     if state == "23514":  # check_violation: a rule of the ledger held against this change
         return Conflict(f"refused by the ledger's invariant ({error.diag.constraint_name}): {message}")
     if isinstance(error, psycopg.OperationalError) or state.startswith("08") or state.startswith("57"):
@@ -155,7 +157,7 @@ class Store:
             max_size=max_size,
             configure=_configure,
             open=False,
-            timeout=10,
+            timeout=5,  # the longest a call waits for a connection before failing closed
             kwargs={"application_name": "tokenledger"},
         )
         try:
@@ -181,21 +183,25 @@ class Store:
         try:
             async with self.pool.connection() as conn:
                 yield conn
-        except psycopg.Error as error:
+        except psycopg.Error as error:  # PoolTimeout included: it is an OperationalError
             raise _translate(error) from error
-        except TimeoutError as error:
-            raise StoreUnavailable("PostgreSQL is unavailable: no connection could be had in time") from error
 
     async def _call(
         self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], *, retry_safe: bool
     ) -> T:
         """Run `fn` on a pooled connection; retry what PostgreSQL rolled back (deadlock, serialization)
-        and, for idempotent calls, a connection lost mid-call."""
+        and, for idempotent calls, a connection lost mid-call. No connection at all fails at once:
+        checks fail closed rather than wait on a database that is away."""
         attempts = 5 if retry_safe else 3
         for attempt in range(attempts):
             try:
                 async with self.pool.connection() as conn:
                     return await fn(conn)
+            except PoolTimeout as error:
+                raise StoreUnavailable(
+                    f"PostgreSQL is unavailable: no connection within {self.pool.timeout:g} s; "
+                    "nothing was granted or recorded"
+                ) from error
             except psycopg.Error as error:
                 state = error.sqlstate or ""
                 lost = isinstance(error, psycopg.OperationalError) or state.startswith("57P")
@@ -203,10 +209,6 @@ class Store:
                     await anyio.sleep(0.02 * (2**attempt))
                     continue
                 raise _translate(error) from error
-            except TimeoutError as error:
-                raise StoreUnavailable(
-                    "PostgreSQL is unavailable: no connection could be had in time"
-                ) from error
         raise AssertionError("unreachable")
 
     async def _fetch_json(self, query: str, params: Sequence[Any], *, retry_safe: bool = False) -> Any:

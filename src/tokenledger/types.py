@@ -7,6 +7,7 @@ Money is `Decimal` (a string on the wire), tokens are `int`, timestamps carry th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -42,10 +43,20 @@ Amount = Annotated[Decimal, _plain]
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/+=-]+$")
 ]
-ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+# Other stored text: no control characters (PostgreSQL text cannot hold NUL).
+PRINTABLE_PATTERN = r"^[^\x00-\x1f]+$"
+ModelName = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True, pattern=PRINTABLE_PATTERN)
+]
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=PRINTABLE_PATTERN)]
+Scope = Annotated[str, StringConstraints(min_length=1, max_length=140, pattern=PRINTABLE_PATTERN)]
+TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")]
+ToolName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+ReservationId = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
 BudgetName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
 NonNegativeInt = Annotated[int, Field(ge=0, le=2**53)]
-Money = Annotated[Decimal, _plain, Field(ge=0, max_digits=30, decimal_places=18)]
+Money = Annotated[Decimal, _plain, Field(ge=0, max_digits=38, decimal_places=18)]
 
 _DURATION = re.compile(r"^(\d{1,6})(s|m|h|d|w)$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -231,13 +242,17 @@ class BudgetSpec(Model):
     """What an admin sets. `scope` is `global` or `kind:value` (e.g. `user:alice`)."""
 
     name: BudgetName
-    scope: Annotated[str, StringConstraints(min_length=1, max_length=140)] = "global"
+    scope: Annotated[str, StringConstraints(min_length=1, max_length=140, pattern=r"^[^\x00-\x1f]+$")] = (
+        "global"
+    )
     unit: Unit = "tokens"
-    limit: Annotated[Decimal, _plain, Field(gt=0, max_digits=30, decimal_places=18)]
+    limit: Annotated[Decimal, _plain, Field(gt=0, max_digits=38, decimal_places=18)]
     period: Period = "month"
-    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+    timezone: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")
+    ] = "UTC"
     enforcement: Enforcement = "hard"
-    hard_limit: Annotated[Decimal, _plain, Field(gt=0, max_digits=30, decimal_places=18)] | None = None
+    hard_limit: Annotated[Decimal, _plain, Field(gt=0, max_digits=38, decimal_places=18)] | None = None
     alert_thresholds: list[Annotated[Decimal, _plain, Field(gt=0, le=1000)]] = Field(
         default_factory=lambda: [Decimal(50), Decimal(75), Decimal(90), Decimal(100)]
     )
@@ -246,7 +261,7 @@ class BudgetSpec(Model):
     )
 
     rollover: Literal["none", "carry"] = "none"
-    rollover_cap: Annotated[Decimal, _plain, Field(ge=0, max_digits=30, decimal_places=18)] | None = None
+    rollover_cap: Annotated[Decimal, _plain, Field(ge=0, max_digits=38, decimal_places=18)] | None = None
     tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
     requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
     unpriced_policy: Literal["deny", "allow"] = "deny"
@@ -299,7 +314,7 @@ class CheckRequest(Attribution):
     reserve: bool = True
     allow_partial: bool = False
     ttl_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600
-    request_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    request_id: RequestId | None = None
 
 
 class CheckResult(Model):
@@ -322,8 +337,8 @@ class CheckResult(Model):
 
 class TrackRequest(Attribution):
     model: ModelName
-    reservation_id: str | None = None
-    request_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    reservation_id: ReservationId | None = None
+    request_id: RequestId | None = None
     provider: Identifier | None = None
     input_tokens: NonNegativeInt | None = None
     output_tokens: NonNegativeInt | None = None
@@ -335,9 +350,9 @@ class TrackRequest(Attribution):
     cost_usd: Money | None = None  # a cost the provider reported; otherwise priced from the catalog
     status: UsageStatus = "success"
     latency_ms: Annotated[int, Field(ge=0, le=86_400_000)] | None = None
-    tools_used: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
-        default_factory=list, max_length=256
-    )
+    tools_used: list[
+        Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+    ] = Field(default_factory=list, max_length=256)
     metadata: dict[str, Any] = Field(default_factory=dict)
     occurred_at: Moment | None = None  # usage reported after the fact lands in its own period
 
@@ -401,7 +416,9 @@ class UsageQuery(Attribution):
     until: Moment | None = None
     group_by: list[GroupKey] = Field(default_factory=list, max_length=4)
     bucket: Bucket | None = None
-    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "UTC"
+    timezone: Annotated[
+        str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")
+    ] = "UTC"
     limit: Annotated[int, Field(ge=1, le=10_000)] = 50
 
 
@@ -427,13 +444,36 @@ class UsageResult(Model):
     totals: UsageRow
 
 
-def explain_validation_error(error: ValidationError) -> str:
-    """One line per refused field: where it is, what was given, and what is allowed."""
+MOMENT_HELP = (
+    "an ISO 8601 timestamp with its offset (2026-11-23T10:00:00+00:00), or a duration ago (90m, 24h, 7d)"
+)
+
+
+def explain_validation_error(error: ValidationError, fields: Sequence[str] = (), limit: int = 5) -> str:
+    """Each refused field as `field: got VALUE; allowed: ...` (loc joined by dots, the value truncated),
+    top-level fields first; past `limit`, the other fields are named only."""
+    items = sorted(error.errors(include_url=False), key=lambda item: len(item["loc"]))
     parts = []
-    for item in error.errors(include_url=False):
-        field = ".".join(str(part) for part in item["loc"]) or "input"
-        given = repr(item.get("input"))
-        if len(given) > 60:
-            given = given[:57] + "..."
-        parts.append(f"{field}: got {given}; {item['msg']}")
-    return "; ".join(parts)
+    for item in items[:limit]:
+        field = _field_path(item["loc"])
+        kind = item["type"]
+        if kind == "missing":
+            parts.append(f"{field}: missing; allowed: required")
+        elif kind == "extra_forbidden":
+            known = f": {', '.join(fields)}" if fields else ""
+            parts.append(f"{field}: unknown field; allowed fields{known}")
+        elif kind.startswith(("datetime", "date_")):
+            parts.append(f"{field}: got {_shown(item.get('input'))}; allowed: {MOMENT_HELP}")
+        else:
+            parts.append(f"{field}: got {_shown(item.get('input'))}; allowed: {item['msg']}")
+    rest = list(dict.fromkeys(_field_path(item["loc"]) for item in items[limit:]))
+    return "; ".join(parts) + (f"; also invalid: {', '.join(rest[:20])}" if rest else "")
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "arguments"
+
+
+def _shown(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
