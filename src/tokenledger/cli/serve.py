@@ -1,0 +1,288 @@
+"""`tokenledger serve`: the MCP server over stdio, streamable HTTP (+ SSE) or SSE alone.
+
+The ledger is opened once, in the event loop that serves; a background task releases expired
+reservations every few seconds (the ledger's SQL also frees them lazily; this sweeps the rest).
+Logs go to stderr: over stdio, stdout carries the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, Literal
+
+import anyio
+from pydantic import ValidationError
+
+from tokenledger.errors import InvalidInput, TokenLedgerError
+from tokenledger.ledger import Ledger
+from tokenledger.settings import Settings
+from tokenledger.types import Principal
+
+log = logging.getLogger("tokenledger.serve")
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8765
+SWEEP_SECONDS: Final = 5.0
+ADMIN_KEY_FILE: Final = "admin.key"
+TransportName = Literal["stdio", "http", "sse"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `serve` command to the CLI."""
+    from tokenledger.mcp.http import DEFAULT_MAX_REQUEST_BYTES
+
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the MCP server (stdio, streamable HTTP + SSE, or SSE)",
+        description=(
+            "Run the MCP server. stdio: for a client that starts the server itself (Claude Desktop, IDEs); "
+            "it acts as TOKENLEDGER_TENANT/ROLE/USER (default: admin of tenant 'default'). "
+            "http: streamable HTTP at /mcp and, on the same port, legacy SSE at /sse, so one server "
+            "covers both kinds of client. sse: legacy SSE at /sse only. Over HTTP and SSE every request "
+            "needs 'Authorization: Bearer <key>' (tokenledger keys create); /healthz needs none."
+        ),
+    )
+    parser.add_argument(
+        "--transport", choices=("stdio", "http", "sse"), default="stdio", help="default: stdio"
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=_env_list("TOKENLEDGER_ALLOWED_HOSTS"),
+        metavar="NAME[:PORT]",
+        help="also accept this Host header (repeatable; env TOKENLEDGER_ALLOWED_HOSTS, comma-separated); "
+        "loopback names are always accepted; '*' accepts any (behind a proxy that checks Host)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=_env_list("TOKENLEDGER_ALLOWED_ORIGINS"),
+        metavar="SCHEME://NAME[:PORT]",
+        help="also accept this browser Origin (repeatable; env TOKENLEDGER_ALLOWED_ORIGINS); "
+        "requests without an Origin and loopback origins are always accepted",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=int(os.environ.get("TOKENLEDGER_MAX_REQUEST_BYTES") or DEFAULT_MAX_REQUEST_BYTES),
+        metavar="N",
+        help=f"largest request body accepted (default {DEFAULT_MAX_REQUEST_BYTES}: an 8 MiB text "
+        "tool call with its JSON; env TOKENLEDGER_MAX_REQUEST_BYTES)",
+    )
+    parser.add_argument(
+        "--first-run",
+        action="store_true",
+        help="http/sse: on the first start create an admin key for tenant 'default', save it to "
+        f"$TOKENLEDGER_HOME/{ADMIN_KEY_FILE} (mode 0600) and show how to connect; later starts reuse it",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="default: info"
+    )
+    parser.set_defaults(handler=run)
+
+
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until stdin closes (stdio) or SIGTERM/SIGINT (http, sse); return the exit code."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.log_level != "debug":
+        # The SDK logs every request at INFO: per-request noise, and time on the hot path.
+        logging.getLogger("mcp").setLevel(logging.WARNING)
+    settings = Settings.from_env()
+    if args.transport == "stdio":
+        anyio.run(_serve_stdio, settings)
+        return 0
+    if not 0 < args.port < 65536:
+        raise InvalidInput("--port", args.port, "a TCP port, 1 to 65535")
+    if args.max_request_bytes <= 0:
+        raise InvalidInput("--max-request-bytes", args.max_request_bytes, "a positive number of bytes")
+    stop = _StopRequest()
+    stop.install()
+    anyio.run(_serve_http, settings, args, stop)
+    return 0
+
+
+def stdio_principal(settings: Settings) -> Principal:
+    """The principal a stdio server acts as: TOKENLEDGER_TENANT / ROLE / USER."""
+    try:
+        return Principal.model_validate(
+            {"tenant_id": settings.stdio_tenant, "role": settings.stdio_role, "user": settings.stdio_user}
+        )
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = {"tenant_id": "TOKENLEDGER_TENANT", "role": "TOKENLEDGER_ROLE", "user": "TOKENLEDGER_USER"}
+        name = field.get(str(problem["loc"][0]), str(problem["loc"][0]))
+        raise InvalidInput(name, problem.get("input"), problem["msg"]) from error
+
+
+async def _sweep_expired(ledger: Ledger) -> None:
+    """Release expired reservations every few seconds, for as long as the server runs."""
+    while True:
+        await anyio.sleep(SWEEP_SECONDS)
+        try:
+            released = await ledger.expire_reservations()
+        except TokenLedgerError as error:
+            log.warning("could not release expired reservations: %s", error)
+        else:
+            if released:
+                log.info("released %d expired reservations", released)
+
+
+async def _serve_stdio(settings: Settings) -> None:
+    from tokenledger.mcp import build_server
+
+    principal = stdio_principal(settings)
+    async with await Ledger.open(settings) as ledger:
+        server = build_server(ledger, default_principal=principal)
+        log.info("serving MCP over stdio as %s of tenant %r", principal.role, principal.tenant_id)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_sweep_expired, ledger)
+            await server.run_stdio_async()
+            tasks.cancel_scope.cancel()
+
+
+@dataclass
+class _StopRequest:
+    """SIGTERM and SIGINT ask uvicorn to finish; after it has, the ledger closes and the exit is clean.
+
+    uvicorn re-raises the signal it caught once it has stopped; the handler installed here receives
+    it then, and has nothing left to do.
+    """
+
+    requested: bool = False
+    server: Any = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+async def _serve_http(settings: Settings, args: argparse.Namespace, stop: _StopRequest) -> None:
+    import uvicorn
+
+    from tokenledger.mcp import build_server
+    from tokenledger.mcp.http import AccessPolicy, Transport, build_app, describe
+
+    transports: tuple[Transport, ...] = ("http", "sse") if args.transport == "http" else ("sse",)
+    async with await Ledger.open(settings) as ledger:
+        key_note = await _first_run_key(ledger, settings.home) if args.first_run else None
+        # Over HTTP every request carries its key's principal; this one is never used for a request.
+        server = build_server(ledger, default_principal=Principal(role="viewer"))
+        policy = AccessPolicy.for_bind(
+            args.host, allowed_hosts=args.allow_host, allowed_origins=args.allow_origin
+        )
+        app = build_app(
+            ledger, server, transports=transports, policy=policy, max_request_bytes=args.max_request_bytes
+        )
+        config = uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_config=None,  # our logging: stderr, one format
+            log_level=args.log_level,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+        uvicorn_server = uvicorn.Server(config)
+        stop.server = uvicorn_server
+        uvicorn_server.should_exit = stop.requested
+        if args.host in ("0.0.0.0", "::") and not args.allow_host:
+            log.warning(
+                "bound to %s but only loopback Host headers are accepted: add --allow-host NAME for the "
+                "names clients use to reach this machine",
+                args.host,
+            )
+        print(_banner(describe(args.host, args.port, transports), key_note), file=sys.stderr, flush=True)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_sweep_expired, ledger)
+            await uvicorn_server.serve()
+            tasks.cancel_scope.cancel()
+        if not uvicorn_server.started and not stop.requested:
+            raise TokenLedgerError(f"could not serve on {args.host}:{args.port} (see the log above)")
+    log.info("stopped")
+
+
+@dataclass(frozen=True)
+class _KeyNote:
+    path: Path
+    key: str | None  # shown only when just created
+
+
+async def _first_run_key(ledger: Ledger, home: Path) -> _KeyNote:
+    """The saved admin key of tenant 'default', created (and saved 0600) on the first start."""
+    path = home / ADMIN_KEY_FILE
+    saved = await anyio.to_thread.run_sync(_read_key, path)
+    if saved is not None:
+        if await ledger.authenticate(saved) is not None:
+            return _KeyNote(path, None)
+        log.warning("the key in %s is unknown to this database or revoked: creating a new one", path)
+    key, record = await ledger.create_key(
+        role="admin", tenant="default", name="first-run admin", principal=Principal()
+    )
+    await anyio.to_thread.run_sync(_save_key, path, key)
+    log.info("created admin key %s for tenant 'default'", record.get("key_id"))
+    return _KeyNote(path, key)
+
+
+def _read_key(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8").strip() if path.exists() else None
+
+
+def _save_key(path: Path, key: str) -> None:
+    """Write the key readable by its owner only, never visible half-written or with wider rights."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(key + "\n")
+    os.replace(temporary, path)
+
+
+def _banner(urls: dict[str, str], key: _KeyNote | None) -> str:
+    """What a person needs to connect a client, for stderr."""
+    lines = ["", "tokenledger is serving:"]
+    lines += [f"  {name:<7}{url}" for name, url in urls.items()]
+    if key is None:
+        lines += [
+            "",
+            "Clients need 'Authorization: Bearer <key>'; create a key: tokenledger keys create --role admin",
+        ]
+        return "\n".join(lines) + "\n"
+    if key.key is not None:
+        lines += ["", f"Created an admin key (shown once; saved to {key.path}, mode 0600):", f"  {key.key}"]
+    else:
+        lines += ["", f"Admin key: saved in {key.path}"]
+    url = urls.get("mcp") or urls["sse"]
+    kind = "http" if "mcp" in urls else "sse"
+    lines += [
+        "",
+        "Connect Claude Code:",
+        f"  claude mcp add --transport {kind} tokenledger {url} "
+        f'--header "Authorization: Bearer $(cat {key.path})"',
+        'Or put this in mcp.json (Cursor: url + headers; KiloCode: also "type": "streamable-http"):',
+        f'  {{"mcpServers": {{"tokenledger": {{"url": "{url}", '
+        f'"headers": {{"Authorization": "Bearer {key.key or f"<the key in {key.path}>"}"}}}}}}}}',
+        "",
+    ]
+    return "\n".join(lines)

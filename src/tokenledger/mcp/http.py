@@ -1,0 +1,387 @@
+"""The MCP server over HTTP: streamable HTTP at `/mcp`, legacy SSE at `/sse` (+ `/messages/`), `/healthz`.
+
+Every MCP request passes four checks, in this order, before the SDK sees it:
+
+1. `Host` is one this server answers to (else 421): DNS rebinding protection.
+2. `Origin`, when present, is a loopback or allowed origin (else 403): a web page cannot drive it.
+3. The body is within the limit, by `Content-Length` and while streaming (else 413).
+4. `Authorization: Bearer <key>` is a live API key (else 401 with `WWW-Authenticate: Bearer`).
+
+The key is looked up in the database on every request, so a revoked key is refused at once. The caller's
+`Principal` is put in the request scope's state: a tool finds it at
+`ctx.request_context.request.state.principal` (on streamable HTTP, and on SSE's `POST /messages/`).
+`/healthz` needs none of this: it says only whether the server and its database answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import anyio
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenledger.errors import TokenLedgerError
+from tokenledger.ledger import Ledger
+from tokenledger.types import Principal
+
+__all__ = [
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "MCP_PATH",
+    "SSE_PATH",
+    "AccessPolicy",
+    "Transport",
+    "build_app",
+]
+
+log = logging.getLogger("tokenledger.http")
+
+Transport = Literal["http", "sse"]
+
+MCP_PATH: Final = "/mcp"
+SSE_PATH: Final = "/sse"
+MESSAGES_PATH: Final = "/messages/"
+HEALTH_PATH: Final = "/healthz"
+# An 8 MiB text (the largest a tool takes) as a JSON-RPC call, with room for escaping and the envelope.
+DEFAULT_MAX_REQUEST_BYTES: Final = 10 * 1024 * 1024
+HEALTH_TIMEOUT_SECONDS: Final = 2.0
+
+LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# Our checks below are the authority; the SDK's own Host/Origin check would only repeat them.
+_SDK_HEADER_CHECKS_OFF: Final = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+
+
+def _split_authority(authority: str) -> tuple[str, str | None] | None:
+    """(host, port) of `host[:port]`, host lowercased and without IPv6 brackets; None if malformed."""
+    try:
+        parts = urlsplit(f"//{authority.strip()}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        if authority.endswith(":*"):  # a pattern's wildcard port
+            split = _split_authority(authority[:-2])
+            return None if split is None or split[1] is not None else (split[0], "*")
+        return None
+    if not host:
+        return None
+    return host, None if port is None else str(port)
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Which `Host` and `Origin` headers the server accepts.
+
+    Loopback names (127.0.0.1, localhost, ::1) on any port are always accepted, as Hosts and as
+    http(s) Origins. `allowed_hosts` adds `name` (any port), `name:port` or `name:*`; `allowed_origins`
+    adds `scheme://name[:port]` or `scheme://name:*`. `*` in either list accepts anything (for a proxy
+    that checks these itself). A request without an `Origin` header (any non-browser client) passes.
+    """
+
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+
+    @classmethod
+    def for_bind(
+        cls, bind_host: str, *, allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()
+    ) -> AccessPolicy:
+        """The policy of a server bound to `bind_host`: a named, non-wildcard bind address is a Host too."""
+        hosts = [h.strip() for h in allowed_hosts if h.strip()]
+        if bind_host not in ("0.0.0.0", "::", "") and bind_host.strip("[]").lower() not in LOOPBACK_HOSTS:
+            hosts.append(bind_host if ":" not in bind_host else f"[{bind_host.strip('[]')}]")
+        return cls(tuple(hosts), tuple(o.strip() for o in allowed_origins if o.strip()))
+
+    def host_allowed(self, header: str | None) -> bool:
+        if "*" in self.allowed_hosts:
+            return True
+        if not header:
+            return False
+        split = _split_authority(header)
+        if split is None:
+            return False
+        host, port = split
+        if host in LOOPBACK_HOSTS:
+            return True
+        for pattern in self.allowed_hosts:
+            allowed = _split_authority(pattern)
+            if allowed is not None and allowed[0] == host and allowed[1] in (None, "*", port):
+                return True
+        return False
+
+    def origin_allowed(self, header: str | None) -> bool:
+        if header is None or "*" in self.allowed_origins:
+            return True
+        origin = _split_origin(header)
+        if origin is None:  # "null" (a sandboxed or file: page) or garbage
+            return False
+        scheme, host, port = origin
+        if host in LOOPBACK_HOSTS:
+            return True
+        for pattern in self.allowed_origins:
+            allowed = _split_origin(pattern)
+            if allowed is not None and allowed[:2] == (scheme, host) and allowed[2] in ("*", port):
+                return True
+        return False
+
+
+def _split_origin(origin: str) -> tuple[str, str, str] | None:
+    """(scheme, host, port) of an origin, the port made explicit; None if it is not an http(s) origin."""
+    scheme, sep, authority = origin.strip().lower().partition("://")
+    if not sep or scheme not in _DEFAULT_PORTS:
+        return None
+    split = _split_authority(authority.rstrip("/"))
+    if split is None:
+        return None
+    host, port = split
+    return scheme, host, port or str(_DEFAULT_PORTS[scheme])
+
+
+def _refusal(status: int, error: str, description: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": error, "error_description": description}, status, headers=headers)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestGuard:
+    """ASGI middleware: Host (421), Origin (403), body size (413), bearer key (401), in that order."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        ledger: Ledger,
+        policy: AccessPolicy,
+        max_request_bytes: int,
+        open_paths: Collection[str] = (HEALTH_PATH,),
+    ) -> None:
+        if max_request_bytes <= 0:
+            raise ValueError("max_request_bytes must be a positive number of bytes")
+        self.app = app
+        self.ledger = ledger
+        self.policy = policy
+        self.max_request_bytes = max_request_bytes
+        self.open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refusal = self._check_headers(headers)
+        if refusal is None:
+            try:
+                receive = await self._buffered_body(receive)
+            except _BodyTooLarge:
+                refusal = self._too_large()
+        if refusal is None:
+            refusal = await self._authenticate(scope, headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        user = scope["user"]
+        reset = auth_context_var.set(user)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            auth_context_var.reset(reset)
+
+    def _check_headers(self, headers: Headers) -> Response | None:
+        host = headers.get("host")
+        if not self.policy.host_allowed(host):
+            log.warning("refused a request for host %r (421): not an allowed host", host)
+            return _refusal(421, "misdirected_request", f"host {host!r} is not served here; see --allow-host")
+        origin = headers.get("origin")
+        if not self.policy.origin_allowed(origin):
+            log.warning("refused a request from origin %r (403): not an allowed origin", origin)
+            return _refusal(403, "forbidden_origin", f"origin {origin!r} is not allowed; see --allow-origin")
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
+            return self._too_large()
+        return None
+
+    def _too_large(self) -> Response:
+        limit = self.max_request_bytes
+        return _refusal(
+            413, "request_too_large", f"the request body is over {limit} bytes; see --max-request-bytes"
+        )
+
+    async def _buffered_body(self, receive: Receive) -> Receive:
+        """Read the whole body (refusing it past the limit) and give back a `receive` that replays it.
+
+        A GET (the SSE stream) has an empty body and returns at once; the replay then hands on to the
+        real `receive`, which later reports the client's disconnect.
+        """
+        body = bytearray()
+        first: list[Message] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                first.append(message)
+                break
+            body.extend(message.get("body", b""))
+            if len(body) > self.max_request_bytes:
+                raise _BodyTooLarge
+            if not message.get("more_body", False):
+                first.insert(0, {"type": "http.request", "body": bytes(body), "more_body": False})
+                break
+        pending = list(first)
+
+        async def replay() -> Message:
+            if pending:
+                return pending.pop(0)
+            return await receive()
+
+        return replay
+
+    async def _authenticate(self, scope: Scope, headers: Headers) -> Response | None:
+        scheme, _, key = headers.get("authorization", "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return _refusal(
+                401,
+                "invalid_request",
+                "an API key is required: send 'Authorization: Bearer <key>' (see `tokenledger keys create`)",
+                headers={"WWW-Authenticate": 'Bearer realm="tokenledger"'},
+            )
+        try:
+            principal = await self.ledger.authenticate(key)
+        except TokenLedgerError as error:
+            log.error("could not check an API key: %s", error)
+            return _refusal(503, "temporarily_unavailable", "the key store is unavailable; retry shortly")
+        if principal is None:
+            log.info("refused an unknown or revoked API key from %s", _client(scope))
+            return _refusal(
+                401,
+                "invalid_token",
+                "the API key is unknown or revoked",
+                headers={
+                    "WWW-Authenticate": (
+                        'Bearer realm="tokenledger", error="invalid_token", '
+                        'error_description="the API key is unknown or revoked"'
+                    )
+                },
+            )
+        scope["state"] = {**scope.get("state", {}), "principal": principal}
+        scope["auth"] = AuthCredentials([principal.role])
+        # The SDK binds an SSE or streamable-HTTP session to the credential that opened it.
+        scope["user"] = AuthenticatedUser(_access_token(principal))
+        return None
+
+
+def _access_token(principal: Principal) -> AccessToken:
+    """The SDK's view of a key: its id (never the key itself), tenant and role."""
+    key_id = principal.key_id or "unknown"
+    return AccessToken(
+        token=key_id,
+        client_id=key_id,
+        scopes=[principal.role],
+        subject=principal.user,
+        claims={"iss": f"tokenledger:{principal.tenant_id}"},
+    )
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "an unknown client"
+
+
+def _health_endpoint(ledger: Ledger) -> Callable[[Request], Awaitable[Response]]:
+    async def healthz(request: Request) -> Response:
+        """200 whenever the server answers; `database` says if PostgreSQL does (counting works without)."""
+        database = "ok"
+        try:
+            with anyio.fail_after(HEALTH_TIMEOUT_SECONDS):
+                await ledger.ping()
+        except (TokenLedgerError, TimeoutError, OSError) as error:
+            log.warning("health check: the database is unavailable: %s", error)
+            database = "unavailable"
+        status = "ok" if database == "ok" else "degraded"
+        return JSONResponse({"status": status, "database": database}, headers={"Cache-Control": "no-store"})
+
+    return healthz
+
+
+def build_app(
+    ledger: Ledger,
+    server: MCPServer,
+    *,
+    transports: Sequence[Transport] = ("http", "sse"),
+    policy: AccessPolicy | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> Starlette:
+    """The ASGI app serving `server` on `transports` behind the request guard, plus `/healthz`.
+
+    Streamable HTTP runs stateless, answering in JSON: any request may reach any server process, as the
+    ledger's state is all in PostgreSQL. The app's lifespan runs the SDK's session manager; serve it
+    with lifespan on.
+    """
+    if not transports:
+        raise ValueError("give at least one of the transports 'http' and 'sse'")
+    routes: list[BaseRoute] = [Route(HEALTH_PATH, _health_endpoint(ledger), methods=["GET"])]
+    run_sessions: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None
+    if "http" in transports:
+        http_app = server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            stateless_http=True,
+            # Plain JSON answers: a tool call here never streams progress or asks the client anything,
+            # and JSON halves the round trip of handshake-era clients against an SSE-framed answer.
+            json_response=True,
+            max_request_body_size=max_request_bytes,
+            transport_security=_SDK_HEADER_CHECKS_OFF,
+        )
+        routes.extend(http_app.routes)
+        run_sessions = server.session_manager.run
+    if "sse" in transports:
+        sse_app = server.sse_app(
+            sse_path=SSE_PATH,
+            message_path=MESSAGES_PATH,
+            max_request_body_size=max_request_bytes,
+            transport_security=_SDK_HEADER_CHECKS_OFF,
+        )
+        routes.extend(route for route in sse_app.routes if route not in routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with contextlib.AsyncExitStack() as stack:
+            if run_sessions is not None:
+                await stack.enter_async_context(run_sessions())
+            yield {}
+
+    guard = Middleware(
+        RequestGuard,
+        ledger=ledger,
+        policy=policy or AccessPolicy(),
+        max_request_bytes=max_request_bytes,
+    )
+    return Starlette(routes=routes, middleware=[guard], lifespan=lifespan)
+
+
+def describe(bind_host: str, port: int, transports: Sequence[Transport]) -> dict[str, str]:
+    """The URLs of a server bound to `bind_host:port`, by name, for people and config snippets."""
+    shown = "127.0.0.1" if bind_host in ("0.0.0.0", "") else ("[::1]" if bind_host == "::" else bind_host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    base = f"http://{shown}:{port}"
+    urls = {"health": base + HEALTH_PATH}
+    if "http" in transports:
+        urls["mcp"] = base + MCP_PATH
+    if "sse" in transports:
+        urls["sse"] = base + SSE_PATH
+    return urls

@@ -1,0 +1,345 @@
+"""The MCP server: tools, resources and a prompt, each a thin mapping onto one `Ledger` method.
+
+`build_server(ledger, default_principal=...)` gives an `MCPServer` over an open ledger (the caller owns
+its lifecycle). Every tool takes one validated input model and returns one output model, published as the
+tool's input and output schema. Refusals reach the agent as tool errors (`isError`) whose text names the
+field, the value given and what is allowed; nothing else (no traceback, no SQL) leaves the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.server.mcpserver.tools.base import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
+from mcp_types import ToolAnnotations
+from pydantic import BaseModel, ValidationError
+
+from tokenledger import reports
+from tokenledger.errors import NotFound, TokenLedgerError, UnknownModel
+from tokenledger.ledger import Ledger
+from tokenledger.mcp.access import PrincipalMiddleware, principal_of, request_principal
+from tokenledger.mcp.schemas import (
+    BudgetsResult,
+    CheckInput,
+    CountInput,
+    FitInput,
+    ManageBudgetInput,
+    PricesInput,
+    PricesResult,
+    ReleaseInput,
+    ReportInput,
+    TrackInput,
+    input_schema,
+    output_schema,
+)
+from tokenledger.types import (
+    MAX_MESSAGES,
+    MAX_TEXT_BYTES,
+    BudgetSpec,
+    CheckResult,
+    CountResult,
+    FitResult,
+    PriceSpec,
+    Principal,
+    ReleaseResult,
+    TrackResult,
+    explain_validation_error,
+)
+
+__all__ = ["build_server", "describe_validation_error"]
+
+InputT = TypeVar("InputT", bound=BaseModel)
+Handler = Callable[[Any, Context[Any, Any]], Awaitable[BaseModel]]
+
+INSTRUCTIONS = (
+    "Token ledger: count_tokens before a call, check_budget to reserve, track_usage after it "
+    "(release if the call is not made), report to read usage and budgets."
+)
+# Fields only counted, never stored: any text is fine there.
+COUNTED_ONLY = frozenset({"text", "texts", "messages", "tools", "input_text", "output_text"})
+READ = ToolAnnotations(readOnlyHint=True, idempotentHint=True)
+WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False)
+WRITE_IDEMPOTENT = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True)
+ADMIN = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True)
+
+
+# --- the tools ---------------------------------------------------------------------------------
+
+
+def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
+    """An MCP server over `ledger`; stdio and in-memory clients act as `default_principal`.
+
+    Over HTTP/SSE the principal is the one the transport's auth middleware put on the request
+    (`request.state.principal`); a request without one is refused (see `tokenledger.mcp.access`).
+    """
+
+    def who(ctx: Context[Any, Any]) -> Principal:
+        return principal_of(ctx, default_principal)
+
+    async def count_tokens(request: CountInput, ctx: Context[Any, Any]) -> CountResult:
+        """Count tokens of text, texts or chat messages for a model or encoding, with context fit and cost."""
+        return await ledger.count_tokens(request)
+
+    async def check_budget(request: CheckInput, ctx: Context[Any, Any]) -> CheckResult:
+        """Check a planned LLM call against every matching budget; reserve it if allowed."""
+        return await ledger.check_budget(request, who(ctx))
+
+    async def track_usage(request: TrackInput, ctx: Context[Any, Any]) -> TrackResult:
+        """Record a call's actual usage, settling its reservation; a replayed request_id counts once."""
+        return await ledger.track_usage(request, who(ctx))
+
+    async def release(request: ReleaseInput, ctx: Context[Any, Any]) -> ReleaseResult:
+        """Release a reservation whose call was not made."""
+        return await ledger.release(request.reservation_id, who(ctx))
+
+    async def report(request: ReportInput, ctx: Context[Any, Any]) -> reports.Report:
+        """Usage summary, grouped usage, or budgets with live state; json, markdown or csv."""
+        if request.view == "budgets":
+            return reports.budgets_report(await ledger.list_budgets(who(ctx)), request.format)
+        return reports.usage_report(await ledger.usage(request, who(ctx)), request.view, request.format)
+
+    async def manage_budget(request: ManageBudgetInput, ctx: Context[Any, Any]) -> BudgetsResult:
+        """Set, get, list or delete budgets (set and delete need admin)."""
+        return await _manage_budget(ledger, request, who(ctx))
+
+    async def prices(request: PricesInput, ctx: Context[Any, Any]) -> PricesResult:
+        """A model's prices and context window, a catalog search, or a tenant price override."""
+        return await _prices(ledger, request, who(ctx))
+
+    async def fit_messages(request: FitInput, ctx: Context[Any, Any]) -> FitResult:
+        """Drop the oldest turns until messages fit the model's context with room for max_tokens."""
+        return await ledger.fit_messages(request)
+
+    tools = [
+        _tool(count_tokens, CountInput, CountResult, READ),
+        _tool(check_budget, CheckInput, CheckResult, WRITE),
+        _tool(track_usage, TrackInput, TrackResult, WRITE),
+        _tool(release, ReleaseInput, ReleaseResult, WRITE_IDEMPOTENT),
+        _tool(report, ReportInput, reports.Report, READ),
+        _tool(manage_budget, ManageBudgetInput, BudgetsResult, ADMIN),
+        _tool(prices, PricesInput, PricesResult, WRITE_IDEMPOTENT),
+        _tool(fit_messages, FitInput, FitResult, READ),
+    ]
+    server: MCPServer = MCPServer(
+        "tokenledger", instructions=INSTRUCTIONS, tools=tools, middleware=[PrincipalMiddleware()]
+    )
+    _add_resources(server, ledger, default_principal)
+    _add_prompts(server)
+    return server
+
+
+async def _manage_budget(ledger: Ledger, request: ManageBudgetInput, principal: Principal) -> BudgetsResult:
+    action = request.action
+    if action == "list":
+        return BudgetsResult(action=action, budgets=await ledger.list_budgets(principal))
+    if request.name is None:
+        raise ToolError(f"name: missing; allowed: a budget name, required for action {action!r}")
+    if action == "get":
+        return BudgetsResult(action=action, budgets=[await ledger.get_budget(request.name, principal)])
+    if action == "delete":
+        deleted = await ledger.delete_budget(request.name, principal)
+        return BudgetsResult(action=action, deleted=deleted.name)
+    spec = BudgetSpec.model_validate(request.spec_fields())
+    return BudgetsResult(action=action, budgets=[await ledger.set_budget(spec, principal)])
+
+
+async def _prices(ledger: Ledger, request: PricesInput, principal: Principal) -> PricesResult:
+    action = request.action
+    if action == "list":
+        found = ledger.catalog.search(request.query, provider=request.provider, limit=request.limit)
+        overrides = await ledger.list_price_overrides(principal)
+        return PricesResult(action=action, models=found, overrides=[_jsonable(o) for o in overrides])
+    if request.model is None:
+        raise ToolError(f"model: missing; allowed: a model name, required for action {action!r}")
+    if action == "get":
+        return PricesResult(action=action, models=[await ledger.get_price(request.model, principal)])
+    fields = request.model_dump(include=set(PriceSpec.model_fields), exclude_none=True)
+    spec = PriceSpec.model_validate(fields)
+    return PricesResult(action=action, models=[await ledger.set_price(spec, principal)])
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """A store row as JSON values: money as decimal strings, times in ISO 8601."""
+    return {key: reports._cell(value) for key, value in row.items()}
+
+
+# --- resources and prompts ---------------------------------------------------------------------
+
+
+def _add_resources(server: MCPServer, ledger: Ledger, default: Principal) -> None:
+    @server.resource(
+        "tokenledger://budgets",
+        name="budgets",
+        description="The tenant's budgets with live state",
+        mime_type="application/json",
+    )
+    async def budgets() -> str:
+        return await _read(lambda: _budgets_report(ledger, request_principal(default)))
+
+    @server.resource(
+        "tokenledger://budgets/{name}",
+        name="budget",
+        description="One budget with live state",
+        mime_type="application/json",
+    )
+    async def budget(name: str, ctx: Context[Any, Any]) -> str:
+        return await _read(lambda: ledger.get_budget(name, principal_of(ctx, default)))
+
+    @server.resource(
+        "tokenledger://models/{name}",
+        name="model",
+        description="A model's catalog entry: prices, context window, counting method",
+        mime_type="application/json",
+    )
+    async def model(name: str, ctx: Context[Any, Any]) -> str:
+        return await _read(lambda: ledger.model_info(name, principal_of(ctx, default)))
+
+
+async def _budgets_report(ledger: Ledger, principal: Principal) -> reports.Report:
+    return reports.budgets_report(await ledger.list_budgets(principal))
+
+
+async def _read(read: Callable[[], Awaitable[BaseModel]]) -> str:
+    """A resource's JSON; a ledger refusal becomes a resource error carrying the ledger's message."""
+    try:
+        return (await read()).model_dump_json(exclude_none=True)
+    except (NotFound, UnknownModel) as error:
+        raise ResourceNotFoundError(str(error)) from error
+    except ValidationError as error:
+        raise ResourceError(describe_validation_error(error)) from error
+    except (TokenLedgerError, ToolError) as error:
+        raise ResourceError(_public_message(error)) from error
+
+
+def _add_prompts(server: MCPServer) -> None:
+    @server.prompt(name="cost_review", description="Review token spend and budgets for a period")
+    def cost_review(since: str = "7d") -> list[UserMessage]:
+        return [
+            UserMessage(
+                f"Review our LLM token spend since {since}. Call the `report` tool three times: "
+                f'view="summary" since="{since}" for totals; view="usage" since="{since}" '
+                'group_by=["model"] and then group_by=["user"] for the biggest spenders; '
+                'view="budgets" for budgets near or over their limit. Then summarise: total cost and tokens, '
+                "the top models and users by cost, budgets at warning or exceeded and when they reset, the "
+                "error rate, and two or three concrete savings (cheaper models via `prices`, trimming "
+                "context with `fit_messages`, tighter budgets via `manage_budget`)."
+            )
+        ]
+
+
+# --- tool plumbing: validation, size limits, error messages --------------------------------------
+
+
+class _WholeArguments(FuncMetadata):
+    """Hands the tool the raw argument object: the tool validates it with its own input model."""
+
+    def validate_arguments(self, arguments_to_validate: dict[str, Any]) -> dict[str, Any]:
+        return {"arguments": arguments_to_validate}
+
+
+def _tool(
+    handler: Callable[[InputT, Context[Any, Any]], Awaitable[BaseModel]],
+    input_model: type[InputT],
+    output_model: type[BaseModel],
+    annotations: ToolAnnotations,
+) -> Tool:
+    """A tool whose arguments are one `input_model` (unknown fields refused) and whose result is one
+    `output_model`, published as its input and output schema."""
+    parameters = input_schema(input_model)
+    collections = {
+        name
+        for name, prop in parameters.get("properties", {}).items()
+        if prop.get("type") in ("array", "object")
+    }
+
+    async def run(arguments: dict[str, Any], ctx: Context[Any, Any]) -> BaseModel:
+        _screen(arguments)
+        try:
+            request = input_model.model_validate(_parse_json_strings(arguments, collections))
+            return await handler(request, ctx)
+        except ValidationError as error:
+            raise ToolError(describe_validation_error(error, list(input_model.model_fields))) from error
+        except TokenLedgerError as error:
+            raise ToolError(_public_message(error)) from error
+
+    metadata = _WholeArguments(
+        arg_model=ArgModelBase,
+        output_model=output_model,
+        output_schema=output_schema(output_model),
+    )
+    return Tool(
+        fn=run,
+        name=handler.__name__,
+        description=handler.__doc__ or "",
+        parameters=parameters,
+        fn_metadata=metadata,
+        is_async=True,
+        context_kwarg="ctx",
+        annotations=annotations,
+    )
+
+
+def _parse_json_strings(arguments: dict[str, Any], collections: set[str]) -> dict[str, Any]:
+    """Lists and objects some clients send JSON-encoded as strings, decoded."""
+    parsed = dict(arguments)
+    for name in collections & arguments.keys():
+        value = arguments[name]
+        if isinstance(value, str) and value[:1] in ("[", "{"):
+            with contextlib.suppress(ValueError, RecursionError):
+                parsed[name] = json.loads(value)
+    return parsed
+
+
+def _screen(arguments: dict[str, Any]) -> None:
+    """Refuse, before any processing, a text over 8 MB (one field or all together), a list over 10,000
+    items, or a NUL character where the value is stored (PostgreSQL text cannot hold one)."""
+    total = 0
+    for name, value in arguments.items():
+        if isinstance(value, list) and len(value) > MAX_MESSAGES:
+            raise ToolError(f"{name}: got {len(value)} items; allowed: at most {MAX_MESSAGES:,}")
+        size, has_nul = _text_bytes(value, MAX_TEXT_BYTES - total)
+        if size > MAX_TEXT_BYTES:
+            raise ToolError(f"{name}: got more than 8 MB of text; allowed: at most {MAX_TEXT_BYTES:,} bytes")
+        total += size
+        if total > MAX_TEXT_BYTES:
+            raise ToolError(
+                f"{name}: the arguments' text totals over 8 MB; allowed: at most {MAX_TEXT_BYTES:,} bytes"
+            )
+        if has_nul and name not in COUNTED_ONLY:
+            raise ToolError(f"{name}: got a NUL character (\\u0000); allowed: text without NUL characters")
+
+
+def _text_bytes(value: object, budget: int) -> tuple[int, bool]:
+    """UTF-8 bytes of the strings in `value` (keys included), counted until past `budget`, and whether
+    any holds a NUL character."""
+    total, has_nul, stack = 0, False, [value]
+    while stack and total <= budget:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) if item.isascii() else len(item.encode("utf-8", "surrogatepass"))
+            has_nul = has_nul or "\x00" in item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return total, has_nul
+
+
+def describe_validation_error(error: ValidationError, fields: Sequence[str] = ()) -> str:
+    """Each refused field: where, what was given, what is allowed (see `types.explain_validation_error`)."""
+    return explain_validation_error(error, fields)
+
+
+def _public_message(error: Exception) -> str:
+    """What an agent may read: our errors name the field; anything unforeseen is not shown."""
+    if type(error) is TokenLedgerError:
+        return "the ledger could not complete this call (internal error, logged on the server)"
+    return str(error)

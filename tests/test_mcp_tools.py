@@ -1,0 +1,356 @@
+"""The MCP tools end to end, through the SDK's in-memory `Client(server)` over a real ledger."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import jsonschema
+import pytest
+from mcp import Client
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
+from mcp_types import CallToolResult, TextContent
+from starlette.requests import Request
+
+from tokenledger.ledger import Ledger
+from tokenledger.mcp import build_server, principal_of
+from tokenledger.tokens import count_text
+from tokenledger.types import Principal
+
+pytestmark = pytest.mark.anyio
+
+ADMIN = Principal()
+TOOLS = {
+    "count_tokens",
+    "check_budget",
+    "track_usage",
+    "release",
+    "report",
+    "manage_budget",
+    "prices",
+    "fit_messages",
+}
+
+
+def text_of(result: CallToolResult) -> str:
+    return "\n".join(block.text for block in result.content if isinstance(block, TextContent))
+
+
+class Session:
+    """A connected client with the tools' declared schemas, checking every answer against them."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.schemas: dict[str, dict[str, Any]] = {}
+
+    async def load(self) -> Session:
+        listed = await self.client.list_tools()
+        self.schemas = {tool.name: tool.output_schema or {} for tool in listed.tools}
+        return self
+
+    async def call(self, tool: str, **arguments: Any) -> CallToolResult:
+        return await self.client.call_tool(tool, arguments)
+
+    async def ok(self, tool: str, **arguments: Any) -> dict[str, Any]:
+        result = await self.call(tool, **arguments)
+        assert not result.is_error, text_of(result)
+        assert result.structured_content is not None
+        jsonschema.validate(result.structured_content, self.schemas[tool])
+        return result.structured_content
+
+    async def refused(self, tool: str, **arguments: Any) -> str:
+        result = await self.call(tool, **arguments)
+        assert result.is_error, result.structured_content
+        text = text_of(result)
+        assert "Traceback" not in text and "select " not in text.lower()
+        return text
+
+
+async def test_the_whole_flow(ledger: Ledger) -> None:
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        session = await Session(client).load()
+        assert set(session.schemas) == TOOLS
+
+        budget = await session.ok(
+            "manage_budget", action="set", name="monthly", unit="tokens", limit=100_000, period="month"
+        )
+        assert budget["budgets"][0]["spec"]["name"] == "monthly"
+
+        counted = await session.ok("count_tokens", text="hello world", model="gpt-4o", max_output_tokens=100)
+        assert counted["tokens"] == 2 and counted["method"] == "exact" and counted["encoding"] == "o200k_base"
+        assert counted["fits"] is True and counted["context_window"] > counted["remaining_context"]
+        assert (
+            isinstance(counted["estimated_cost_usd"], str)
+            and "e" not in counted["estimated_cost_usd"].lower()
+        )
+        several = await session.ok("count_tokens", texts=["a b", "hello world"], encoding="cl100k_base")
+        assert several["per_text"] == [2, 2] and several["tokens"] == 4
+
+        check = await session.ok(
+            "check_budget",
+            model="gpt-4o",
+            input_tokens=1_000,
+            max_output_tokens=500,
+            user="alice",
+            project="demo",
+            request_id="check-1",
+        )
+        assert check["allowed"] is True and check["decision"] == "allow"
+        assert check["reservation_id"] and check["granted_output_tokens"] == 500 and check["expires_at"]
+        assert check["budgets"][0]["name"] == "monthly"
+        assert check["budgets"][0]["reserved"] == "1500"
+
+        tracked = await session.ok(
+            "track_usage",
+            model="gpt-4o",
+            reservation_id=check["reservation_id"],
+            request_id="track-1",
+            input_tokens=1_000,
+            output_tokens=400,
+            user="alice",
+            project="demo",
+            latency_ms=900,
+        )
+        assert tracked["total_tokens"] == 1_400 and tracked["duplicate"] is False and tracked["usage_id"]
+        assert tracked["method"] == "provider" and isinstance(tracked["cost_usd"], str)
+        assert tracked["budgets"][0]["used"] == "1400" and tracked["budgets"][0]["reserved"] == "0"
+
+        summary = await session.ok("report")
+        assert summary["view"] == "summary" and summary["rows"] == []
+        totals = summary["totals"]
+        assert totals["requests"] == 1 and totals["total_tokens"] == 1_400 and totals["input_tokens"] == 1_000
+        assert totals["success_rate"] == 1.0 and totals["avg_tokens_per_request"] == 1_400.0
+        assert totals["cost_usd"] == tracked["cost_usd"]
+
+        usage = await session.ok("report", view="usage", group_by=["model", "user"], since="1h")
+        assert usage["rows"][0]["model"] == "gpt-4o" and usage["rows"][0]["user"] == "alice"
+        assert usage["rows"][0]["requests"] == 1
+
+        budgets = await session.ok("report", view="budgets")
+        assert budgets["rows"][0]["name"] == "monthly" and budgets["rows"][0]["used"] == "1400"
+        assert budgets["rows"][0]["status"] == "ok" and budgets["rows"][0]["resets_at"]
+
+        markdown = await session.ok("report", view="usage", group_by=["model"], format="markdown")
+        assert markdown["text"].startswith("| model | requests |") and "| gpt-4o | 1 |" in markdown["text"]
+        csv_report = await session.ok("report", view="budgets", format="csv")
+        header, row = csv_report["text"].splitlines()[:2]
+        assert header.startswith("name,scope,unit,limit") and row.startswith("monthly,global,tokens,100000")
+
+        # An aborted call gives its reservation back.
+        held = await session.ok("check_budget", model="gpt-4o", input_tokens=10, max_output_tokens=10)
+        released = await session.ok("release", reservation_id=held["reservation_id"])
+        assert released["status"] == "released"
+        again = await session.ok("release", reservation_id=held["reservation_id"])
+        assert again["status"] == "already_released"
+
+        fitted = await session.ok(
+            "fit_messages",
+            model="gpt-4o",
+            messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+        )
+        assert fitted["fits"] is True and fitted["dropped"] == 0
+
+        listed = await session.ok("manage_budget", action="list")
+        assert [b["spec"]["name"] for b in listed["budgets"]] == ["monthly"]
+        price = await session.ok("prices", action="get", model="gpt-4o")
+        assert price["models"][0]["name"] == "gpt-4o" and isinstance(
+            price["models"][0]["price"]["input"], str
+        )
+        found = await session.ok("prices", action="list", query="gpt-4o", limit=3)
+        assert 1 <= len(found["models"]) <= 3
+        override = await session.ok(
+            "prices", action="set", model="gpt-4o", input="0.000001", output="0.000002"
+        )
+        assert override["models"][0]["source"] == "tenant override"
+        overrides = await session.ok("prices", action="list", query="gpt-4o")
+        assert overrides["overrides"][0]["model"] == "gpt-4o"
+        deleted = await session.ok("manage_budget", action="delete", name="monthly")
+        assert deleted["deleted"] == "monthly"
+
+
+async def test_a_denial_names_its_budget_and_reason(ledger: Ledger) -> None:
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        session = await Session(client).load()
+        await session.ok(
+            "manage_budget", action="set", name="bob-daily", scope="user:bob", limit=100, period="day"
+        )
+        denied = await session.ok("check_budget", model="gpt-4o", input_tokens=1_000, user="bob")
+        assert denied["allowed"] is False and denied["decision"] == "deny"
+        assert denied["reservation_id"] is None
+        assert denied["blocked_by"]["budget"] == "bob-daily" and denied["blocked_by"]["reason"] == "limit"
+        assert denied["blocked_by"]["resets_at"]
+        # Another user's call does not match the budget's scope.
+        other = await session.ok("check_budget", model="gpt-4o", input_tokens=1_000, user="carol")
+        assert other["allowed"] is True
+
+
+async def test_a_replayed_request_id_counts_once(ledger: Ledger) -> None:
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        session = await Session(client).load()
+        usage = {"model": "gpt-4o", "input_tokens": 100, "output_tokens": 50, "request_id": "same-call"}
+        first = await session.ok("track_usage", **usage)
+        second = await session.ok("track_usage", **usage)
+        assert first["duplicate"] is False and second["duplicate"] is True
+        assert second["usage_id"] == first["usage_id"]
+        summary = await session.ok("report")
+        assert summary["totals"]["requests"] == 1 and summary["totals"]["total_tokens"] == 150
+        conflict = await session.refused("track_usage", **{**usage, "output_tokens": 60})
+        assert "request_id" in conflict
+
+
+async def test_roles_are_enforced(ledger: Ledger) -> None:
+    member = Principal(role="member", user="alice")
+    async with Client(build_server(ledger, default_principal=member)) as client:
+        session = await Session(client).load()
+        own = await session.ok("report", view="usage", user="alice")
+        assert own["totals"]["requests"] == 0
+        refused = await session.refused("report", view="usage", user="bob")
+        assert "user" in refused and "'bob'" in refused and "own user" in refused
+        refused = await session.refused("manage_budget", action="set", name="x", limit=10)
+        assert "role 'member'" in refused and "admin" in refused
+    viewer = Principal(role="viewer")
+    async with Client(build_server(ledger, default_principal=viewer)) as client:
+        session = await Session(client).load()
+        refused = await session.refused("check_budget", model="gpt-4o", input_tokens=10)
+        assert "role 'viewer'" in refused and "admin, member" in refused
+        assert (await session.ok("report"))["view"] == "summary"
+
+
+BIG_TEXT = "a" * (8 * 1024 * 1024 + 1)
+MALFORMED: list[tuple[str, dict[str, Any], str]] = [
+    ("count_tokens", {"text": 42, "model": "gpt-4o"}, "text"),
+    ("count_tokens", {"text": "hi", "model": "no-such-model-xyz"}, "model"),
+    ("count_tokens", {"text": "hi", "encoding": "nope_base"}, "encoding"),
+    ("count_tokens", {"text": "hi", "texts": ["a"]}, "text"),
+    ("count_tokens", {"text": BIG_TEXT}, "text"),
+    ("count_tokens", {"messages": [{"role": "user", "content": "x"}] * 10_001}, "messages"),
+    ("count_tokens", {"text": "hi", "colour": "blue"}, "colour"),
+    ("check_budget", {"model": "gpt-4o", "input_tokens": -5}, "input_tokens"),
+    ("check_budget", {"input_tokens": 5}, "model"),
+    ("check_budget", {"model": "gpt-4o", "input_tokens": 5, "text": "hello"}, "input_tokens"),
+    ("check_budget", {"model": "gpt-4o", "input_tokens": 5, "priority": "urgent"}, "priority"),
+    ("check_budget", {"model": "gpt-4o", "input_tokens": "many"}, "input_tokens"),
+    ("check_budget", {"model": "gpt-4o", "input_tokens": 5, "user": "has spaces!"}, "user"),
+    ("track_usage", {"model": "gpt-4o", "input_tokens": 5}, "output_tokens"),
+    ("track_usage", {"model": "gpt-4o", "input_tokens": 1, "output_tokens": 1, "status": "ok"}, "status"),
+    ("track_usage", {"model": "gpt-4o", "input_tokens": 1, "output_tokens": 1, "cost_usd": -1}, "cost_usd"),
+    ("manage_budget", {"action": "set", "name": "b", "limit": 10, "period": "fortnight"}, "period"),
+    ("manage_budget", {"action": "set", "name": "b", "limit": 10, "scope": "planet:mars"}, "scope"),
+    ("manage_budget", {"action": "set", "name": "b"}, "limit"),
+    ("manage_budget", {"action": "get"}, "name"),
+    ("manage_budget", {"action": "get", "name": "missing"}, "name"),
+    ("report", {"view": "everything"}, "view"),
+    ("report", {"since": "yesterday"}, "since"),
+    ("report", {"group_by": ["colour"]}, "group_by"),
+    ("prices", {"action": "get", "model": "no-such-model-xyz"}, "model"),
+    ("fit_messages", {"model": "gpt-4o"}, "messages"),
+    ("release", {"reservation_id": "00000000-0000-0000-0000-000000000000"}, "reservation_id"),
+]
+
+
+async def test_malformed_calls_are_refused_naming_the_field(ledger: Ledger) -> None:
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        session = await Session(client).load()
+        for tool, arguments, field in MALFORMED:
+            text = await session.refused(tool, **arguments)
+            assert field in text, (tool, field, text)
+            print(f"{tool}: {text[:300]}")
+            assert len(text) < 2_000, (tool, field, len(text))
+        # The server keeps serving.
+        assert (await session.ok("count_tokens", text="still here", model="gpt-4o"))["tokens"] == 2
+        assert len(MALFORMED) >= 20
+
+
+async def test_texts_over_8_mb_together_are_refused(ledger: Ledger) -> None:
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        session = await Session(client).load()
+        half = "b" * (4 * 1024 * 1024 + 1)
+        text = await session.refused("track_usage", model="gpt-4o", input_text=half, output_text=half)
+        assert "output_text" in text and "8 MB" in text
+        text = await session.refused("count_tokens", texts=[half, half])
+        assert "texts" in text
+
+
+async def test_resources_and_the_prompt(ledger: Ledger) -> None:
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        session = await Session(client).load()
+        await session.ok(
+            "manage_budget", action="set", name="team-a", scope="team:a", limit="5.50", unit="usd"
+        )
+        listed = await client.list_resources()
+        assert "tokenledger://budgets" in {str(resource.uri) for resource in listed.resources}
+        templates = await client.list_resource_templates()
+        assert {t.uri_template for t in templates.resource_templates} >= {
+            "tokenledger://budgets/{name}",
+            "tokenledger://models/{name}",
+        }
+
+        read = await client.read_resource("tokenledger://budgets")
+        payload = json.loads(read.contents[0].text)  # type: ignore[union-attr]
+        assert payload["rows"][0]["name"] == "team-a" and payload["rows"][0]["limit"] == "5.50"
+        one = json.loads((await client.read_resource("tokenledger://budgets/team-a")).contents[0].text)  # type: ignore[union-attr]
+        assert one["spec"]["unit"] == "usd" and one["state"]["remaining"] == "5.50"
+        model = json.loads((await client.read_resource("tokenledger://models/gpt-4o")).contents[0].text)  # type: ignore[union-attr]
+        assert model["name"] == "gpt-4o" and model["context_window"] > 0
+        with pytest.raises(MCPError, match="no such budget"):
+            await client.read_resource("tokenledger://budgets/nope")
+        with pytest.raises(MCPError, match="unknown model"):
+            await client.read_resource("tokenledger://models/no-such-model-xyz")
+
+        prompts = await client.list_prompts()
+        assert [p.name for p in prompts.prompts] == ["cost_review"]
+        prompt = await client.get_prompt("cost_review", {"since": "30d"})
+        message = prompt.messages[0].content
+        assert isinstance(message, TextContent)
+        assert 'view="summary" since="30d"' in message.text and 'view="budgets"' in message.text
+
+
+async def test_tool_list_is_small_and_annotated(ledger: Ledger) -> None:
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        listed = await client.list_tools()
+        wire = listed.model_dump_json(by_alias=True, exclude_none=True)
+        tokens = count_text(wire, encoding="o200k_base").tokens
+        spaced = count_text(json.dumps(json.loads(wire)), encoding="o200k_base").tokens
+        print(f"\ntools/list costs {tokens} o200k tokens as sent ({spaced} with json.dumps spacing)")
+        assert tokens < 3_000
+        for tool in listed.tools:
+            assert tool.description and len(tool.description) < 120, tool.name
+            assert tool.annotations is not None and tool.output_schema is not None, tool.name
+            assert tool.input_schema.get("additionalProperties") is False, tool.name
+            jsonschema.Draft202012Validator.check_schema(tool.input_schema)
+            jsonschema.Draft202012Validator.check_schema(tool.output_schema)
+        by_name = {tool.name: tool.annotations for tool in listed.tools}
+        assert by_name["count_tokens"].read_only_hint is True  # type: ignore[union-attr]
+        assert by_name["report"].read_only_hint is True  # type: ignore[union-attr]
+        assert by_name["check_budget"].read_only_hint is False  # type: ignore[union-attr]
+        assert by_name["manage_budget"].destructive_hint is True  # type: ignore[union-attr]
+
+
+# --- who is calling ----------------------------------------------------------------------------
+
+
+def _http_context(state: dict[str, Any] | None) -> Context:  # type: ignore[type-arg]
+    scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/mcp", "headers": []}
+    if state is not None:
+        scope["state"] = state
+    return Context(request_context=SimpleNamespace(request=Request(scope)))  # type: ignore[arg-type]
+
+
+def test_the_principal_of_an_http_request_is_the_one_its_auth_middleware_stored() -> None:
+    member = Principal(tenant_id="acme", role="member", user="alice", key_id="k1")
+    assert principal_of(_http_context({"principal": member}), ADMIN) == member
+
+
+def test_an_http_request_without_a_principal_is_refused_never_defaulted() -> None:
+    with pytest.raises(ToolError, match="unauthenticated"):
+        principal_of(_http_context(None), ADMIN)
+    with pytest.raises(ToolError, match="unauthenticated"):
+        principal_of(_http_context({"principal": "admin"}), ADMIN)
+
+
+def test_without_a_request_the_default_principal_acts() -> None:
+    assert principal_of(Context(request_context=SimpleNamespace(request=None)), ADMIN) is ADMIN  # type: ignore[arg-type]
+    assert principal_of(Context(), ADMIN) is ADMIN
