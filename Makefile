@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/tokenledger serve --transport http --first-run
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/ruff check src tests bench scripts examples
+	$(BIN)/ruff format --check src tests bench scripts examples
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
@@ -38,7 +38,8 @@ test: lint typecheck unit ledger-debian
 bench: $(STAMP)
 	$(BIN)/python bench/counting.py
 	$(BIN)/python bench/ledger.py
-	$(BIN)/python bench/mcp.py
+	$(BIN)/python bench/mcp_roundtrips.py
+	$(BIN)/python bench/integrations.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
