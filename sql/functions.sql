@@ -12,6 +12,20 @@
 -- Errors use our own SQLSTATEs, mapped to Python exceptions by the store:
 --   TL400 invalid input, TL404 not found, TL409 conflict.
 
+-- This file is re-applied whole whenever it changes (see store.migrate), in one transaction: the previous
+-- version's functions are dropped first, so that a function may change its signature or return type.
+do $$
+declare
+    previous regprocedure;
+begin
+    for previous in
+        select p.oid::regprocedure from pg_proc p
+         where p.pronamespace = current_schema()::regnamespace and p.proname like 'tl\_%' and p.prokind = 'f'
+    loop
+        execute format('drop function %s', previous);
+    end loop;
+end $$;
+
 -- The start and end of the period that contains `at`: calendar periods in the budget's time zone,
 -- an hourly bucket for rolling windows, the epoch for `total`.
 create or replace function tl_period_bounds(p_period text, p_tz text, p_at timestamptz,
@@ -89,40 +103,45 @@ begin
     return row_out;
 end $$;
 
--- Used and reserved amounts that count against `b` at `p_at`: the period row for calendar periods,
--- the sum of the window's hourly buckets for rolling ones. Open holds past their expiry do not count.
-create or replace function tl_usage_now(b tl_budget, p_at timestamptz,
-                                        out used numeric, out reserved numeric, out overage numeric,
-                                        out allowance numeric, out cap numeric, out carried numeric,
-                                        out requests bigint, out period_start timestamptz)
+-- The figures of one budget in one period, as the rules and BudgetState read them.
+do $$
+begin
+    if to_regtype('tl_usage_figures') is null then
+        create type tl_usage_figures as (used numeric, reserved numeric, overage numeric, allowance numeric,
+                                         cap numeric, carried numeric, requests bigint, period_start timestamptz);
+    end if;
+end $$;
+
+-- Used and reserved amounts that count against `b` at `p_at`, read from the table: the period row for
+-- calendar periods, the sum of the window's hourly buckets for rolling ones. Open holds past their
+-- expiry do not count.
+create or replace function tl_usage_now(b tl_budget, p_at timestamptz) returns tl_usage_figures
 language plpgsql stable as $$
 declare
     win interval := tl_window_length(b.period);
     bounds record := tl_period_bounds(b.period, b.timezone, p_at);
+    f tl_usage_figures;
     expired numeric;
 begin
     if win is null then
-        select p.committed + p.overage, p.reserved, p.overage, p.allowance, p.cap, p.carried, p.requests
-          into used, reserved, overage, allowance, cap, carried, requests
+        select p.committed + p.overage, p.reserved, p.overage, p.allowance, p.cap, p.carried, p.requests,
+               p.period_start
+          into f
           from tl_budget_period p
          where p.tenant_id = b.tenant_id and p.budget_id = b.budget_id and p.period_start = bounds.period_start;
         if not found then
-            used := 0; reserved := 0; overage := 0; carried := 0; requests := 0;
-            allowance := b.limit_amount;
-            cap := case when b.enforcement = 'hard' then coalesce(b.hard_limit, b.limit_amount) end;
+            f := row(0, 0, 0, b.limit_amount,
+                     case when b.enforcement = 'hard' then coalesce(b.hard_limit, b.limit_amount) end,
+                     0, 0, bounds.period_start);
         end if;
-        period_start := bounds.period_start;
     else
-        select coalesce(sum(p.committed + p.overage), 0), coalesce(sum(p.reserved), 0), 0,
-               coalesce(sum(p.requests), 0)
-          into used, reserved, overage, requests
+        select coalesce(sum(p.committed + p.overage), 0), coalesce(sum(p.reserved), 0), 0, b.limit_amount,
+               case when b.enforcement = 'hard' then coalesce(b.hard_limit, b.limit_amount) end, 0,
+               coalesce(sum(p.requests), 0), bounds.period_start - win + interval '1 hour'
+          into f
           from tl_budget_period p
          where p.tenant_id = b.tenant_id and p.budget_id = b.budget_id
            and p.period_start > bounds.period_start - win;
-        allowance := b.limit_amount;
-        carried := 0;
-        cap := case when b.enforcement = 'hard' then coalesce(b.hard_limit, b.limit_amount) end;
-        period_start := bounds.period_start - win + interval '1 hour';
     end if;
     select coalesce(sum(h.amount), 0) into expired
       from tl_reservation_hold h
@@ -130,37 +149,61 @@ begin
        and h.expires_at <= p_at
        and (win is null and h.period_start = bounds.period_start
             or win is not null and h.period_start > bounds.period_start - win);
-    reserved := reserved - expired;
+    f.reserved := f.reserved - expired;
+    return f;
+end $$;
+
+-- The figures of `b` from its locked period row `per` (calendar periods: no second read), or from the
+-- table (rolling windows, or no row at hand).
+create or replace function tl_figures_of(b tl_budget, per tl_budget_period, p_at timestamptz)
+returns tl_usage_figures
+language plpgsql stable as $$
+begin
+    if per.period_start is null or tl_window_length(b.period) is not null then
+        return tl_usage_now(b, p_at);
+    end if;
+    return row(per.committed + per.overage, per.reserved, per.overage, per.allowance, per.cap, per.carried,
+               per.requests, per.period_start)::tl_usage_figures;
 end $$;
 
 -- A budget's live state, as the BudgetState model expects it.
-create or replace function tl_budget_state(b tl_budget, p_at timestamptz) returns jsonb
-language plpgsql stable as $$
-declare
-    u record := tl_usage_now(b, p_at);
-    pct numeric := round(100 * u.used / u.allowance, 2);
-begin
-    return jsonb_build_object(
+create or replace function tl_state_json(b tl_budget, f tl_usage_figures, p_at timestamptz) returns jsonb
+language sql stable as $$
+    select jsonb_build_object(
         'name', b.name,
         'scope', case when b.scope_kind = 'global' then 'global' else b.scope_kind || ':' || b.scope_value end,
-        'unit', b.unit, 'limit', u.allowance, 'hard_limit', b.hard_limit, 'period', b.period,
+        'unit', b.unit, 'limit', f.allowance, 'hard_limit', b.hard_limit, 'period', b.period,
         'timezone', b.timezone, 'enforcement', b.enforcement,
-        'period_start', case when b.period = 'total' then null else u.period_start end,
+        'period_start', case when b.period = 'total' then null else f.period_start end,
         'resets_at', tl_resets_at(b, p_at),
-        'used', u.used, 'reserved', u.reserved, 'overage', u.overage, 'carried_over', u.carried,
-        'remaining', greatest(u.allowance - u.used - u.reserved, 0),
-        'percent_used', pct, 'requests', u.requests,
-        'status', case when u.used >= u.allowance then 'exceeded'
-                       when pct >= coalesce((select min(t) from unnest(b.alert_thresholds) t where t >= 75), 75)
-                       then 'warning' else 'ok' end);
-end $$;
+        'used', f.used, 'reserved', f.reserved, 'overage', f.overage, 'carried_over', f.carried,
+        'remaining', greatest(f.allowance - f.used - f.reserved, 0),
+        'percent_used', round(100 * f.used / f.allowance, 2), 'requests', f.requests,
+        'status', case when f.used >= f.allowance then 'exceeded'
+                       when 100 * f.used / f.allowance
+                            >= coalesce((select min(t) from unnest(b.alert_thresholds) t where t >= 75), 75)
+                       then 'warning' else 'ok' end)
+$$;
 
--- Budgets whose scope matches an attribution, in lock order.
+create or replace function tl_budget_state(b tl_budget, p_at timestamptz) returns jsonb
+language sql stable as $$
+    select tl_state_json(b, tl_usage_now(b, p_at), p_at)
+$$;
+
+-- Budgets whose scope matches an attribution, in lock order. Spelled out as one equality per scope kind
+-- so that the planner probes the (tenant_id, scope_kind, scope_value) index instead of scanning a
+-- tenant's budgets.
 create or replace function tl_matching_budgets(p_tenant text, p_attr jsonb) returns setof tl_budget
 language sql stable as $$
     select * from tl_budget b
      where b.tenant_id = p_tenant
-       and (b.scope_kind = 'global' or b.scope_value = p_attr ->> b.scope_kind)
+       and ((b.scope_kind = 'global' and b.scope_value = '')
+            or (b.scope_kind = 'user' and b.scope_value = p_attr ->> 'user')
+            or (b.scope_kind = 'team' and b.scope_value = p_attr ->> 'team')
+            or (b.scope_kind = 'project' and b.scope_value = p_attr ->> 'project')
+            or (b.scope_kind = 'session' and b.scope_value = p_attr ->> 'session')
+            or (b.scope_kind = 'feature' and b.scope_value = p_attr ->> 'feature')
+            or (b.scope_kind = 'endpoint' and b.scope_value = p_attr ->> 'endpoint'))
      order by b.budget_id
 $$;
 
@@ -260,14 +303,15 @@ returns jsonb language plpgsql as $$
 declare
     now_at timestamptz := clock_timestamp();
     replay jsonb;
-    price jsonb;
     rate_in numeric;
     rate_out numeric;
     priced boolean;
     b tl_budget;
     budgets tl_budget[] := '{}';
-    per record;
-    u record;
+    periods tl_budget_period[] := '{}';  -- the locked period row of budgets[i] (when reserving)
+    per tl_budget_period;
+    u tl_usage_figures;
+    i integer;
     avail numeric;
     share numeric;
     allowed_amount numeric;
@@ -285,29 +329,44 @@ declare
     result jsonb;
     decision text;
 begin
-    if p_reserve then
+    if p_reserve and p_request_id is not null then
         replay := tl_claim_request(p_tenant, 'check', p_request_id, p_request_hash);
         if replay is not null then
             return replay;
         end if;
     end if;
 
-    price := tl_price_at(p_tenant, p_model, now_at, p_catalog_price);
-    rate_in := (price ->> 'input')::numeric;
-    rate_out := (price ->> 'output')::numeric;
+    -- The tenant's price override in force, else the catalog's.
+    select t.input, t.output into rate_in, rate_out from tl_price t
+     where t.tenant_id = p_tenant and t.model = p_model and t.effective_from <= now_at
+     order by t.effective_from desc limit 1;
+    if not found then
+        rate_in := (p_catalog_price ->> 'input')::numeric;
+        rate_out := (p_catalog_price ->> 'output')::numeric;
+    end if;
     priced := rate_in is not null and rate_out is not null;
 
-    -- Pass 1: lock what this request touches, then find the largest output every budget allows.
+    -- Pass 1: lock what this request touches (in budget order), freeing holds that expired there.
     for b in select * from tl_matching_budgets(p_tenant, p_attr) loop
         budgets := budgets || b;
+        per := null;
         if p_reserve then
             per := tl_lock_period(b, now_at);
-            perform tl_release_expired_holds(p_tenant, b.budget_id, per.period_start, now_at);
+            if exists (select 1 from tl_reservation_hold h
+                        where h.tenant_id = p_tenant and h.budget_id = b.budget_id
+                          and h.period_start = per.period_start and not h.released and h.expires_at <= now_at)
+            then
+                per.reserved := per.reserved
+                                - tl_release_expired_holds(p_tenant, b.budget_id, per.period_start, now_at);
+            end if;
         end if;
+        periods := periods || per;
     end loop;
 
-    foreach b in array budgets loop
-        u := tl_usage_now(b, now_at);
+    -- Pass 2: the largest output every budget allows.
+    for i in 1 .. coalesce(array_length(budgets, 1), 0) loop
+        b := budgets[i];
+        u := tl_figures_of(b, periods[i], now_at);
         if b.unit = 'usd' and not priced then
             if b.unpriced_policy = 'deny' then
                 if blocked is null then
@@ -406,7 +465,7 @@ begin
         decision := case when granted < p_max_output then 'partial' else 'allow' end;
     end if;
 
-    -- Pass 2: reserve the granted amount in every budget.
+    -- Pass 3: reserve the granted amount in every budget (rows already locked in pass 1).
     if decision <> 'deny' and p_reserve then
         reservation := gen_random_uuid();
         expires := now_at + make_interval(secs => p_ttl_seconds);
@@ -414,13 +473,15 @@ begin
                                     input_tokens, granted_output_tokens, estimated_cost_usd, attribution)
         values (p_tenant, reservation, p_request_id, expires, p_model, p_priority, p_input_tokens, granted,
                 case when priced then p_input_tokens * rate_in + granted * rate_out end, p_attr);
-        foreach b in array budgets loop
+        for i in 1 .. coalesce(array_length(budgets, 1), 0) loop
+            b := budgets[i];
             amount := case when b.unit = 'tokens' then p_input_tokens + granted
                            when priced then p_input_tokens * rate_in + granted * rate_out
                            else 0 end;
-            per := tl_lock_period(b, now_at);
-            update tl_budget_period set reserved = reserved + amount, requests = requests + 1
-             where tenant_id = p_tenant and budget_id = b.budget_id and period_start = per.period_start;
+            update tl_budget_period p set reserved = p.reserved + amount, requests = p.requests + 1
+             where p.tenant_id = p_tenant and p.budget_id = b.budget_id and p.period_start = periods[i].period_start
+            returning * into per;
+            periods[i] := per;
             insert into tl_reservation_hold (tenant_id, reservation_id, budget_id, period_start, amount, expires_at)
             values (p_tenant, reservation, b.budget_id, per.period_start, amount, expires);
             if b.tokens_per_minute is not null or b.requests_per_minute is not null then
@@ -431,9 +492,10 @@ begin
         end loop;
     end if;
 
-    foreach b in array budgets loop
-        states := states || tl_budget_state(b, now_at);
-        u := tl_usage_now(b, now_at);
+    for i in 1 .. coalesce(array_length(budgets, 1), 0) loop
+        b := budgets[i];
+        u := tl_figures_of(b, periods[i], now_at);
+        states := states || tl_state_json(b, u, now_at);
         if decision <> 'deny' and b.hard_limit is not null and u.used + u.reserved > u.allowance then
             warnings := warnings || format('budget %s is in its overage band (limit %s, hard limit %s)',
                                            b.name, u.allowance, b.hard_limit);
@@ -451,7 +513,7 @@ begin
         'estimated_cost_usd', case when priced then p_input_tokens * rate_in + granted * rate_out end,
         'method', p_method, 'blocked_by', blocked, 'budgets', states,
         'retry_after_seconds', retry_after, 'warnings', to_jsonb(warnings), 'duplicate', false);
-    if p_reserve then
+    if p_reserve and p_request_id is not null then
         perform tl_remember_response(p_tenant, 'check', p_request_id, result);
     end if;
     return result;
@@ -481,7 +543,7 @@ declare
     budgets tl_budget[] := '{}';
     lock_keys record;
     per tl_budget_period;
-    u record;
+    u tl_usage_figures;
     amount numeric;
     room numeric;
     before_pct numeric;
@@ -494,9 +556,11 @@ declare
     usage uuid := gen_random_uuid();
     result jsonb;
 begin
-    replay := tl_claim_request(p_tenant, 'track', p_request_id, p_request_hash);
-    if replay is not null then
-        return replay;
+    if p_request_id is not null then
+        replay := tl_claim_request(p_tenant, 'track', p_request_id, p_request_hash);
+        if replay is not null then
+            return replay;
+        end if;
     end if;
 
     if p_reservation_id is not null then
@@ -577,14 +641,15 @@ begin
         end if;
         amount := case when b.unit = 'tokens' then total else cost end;
         per := tl_lock_period(b, at);
-        u := tl_usage_now(b, at);
+        u := tl_figures_of(b, per, at);
         before_pct := 100 * u.used / u.allowance;
         room := case when per.cap is null then amount
                      else least(amount, greatest(per.cap - per.committed - per.reserved, 0)) end;
-        update tl_budget_period
-           set committed = committed + room, overage = overage + (amount - room),
-               requests = requests + case when p_reservation_id is null then 1 else 0 end
-         where tenant_id = p_tenant and budget_id = b.budget_id and period_start = per.period_start;
+        update tl_budget_period p
+           set committed = p.committed + room, overage = p.overage + (amount - room),
+               requests = p.requests + case when p_reservation_id is null then 1 else 0 end
+         where p.tenant_id = p_tenant and p.budget_id = b.budget_id and p.period_start = per.period_start
+        returning * into per;
         if amount > room then
             warnings := warnings || format('budget %s: %s %s recorded as overage beyond its hard limit',
                                            b.name, amount - room, b.unit);
@@ -595,7 +660,7 @@ begin
             on conflict (tenant_id, budget_id, window_start)
             do update set tokens = w.tokens + excluded.tokens, requests = w.requests + 1;
         end if;
-        u := tl_usage_now(b, at);
+        u := tl_figures_of(b, per, at);
         after_pct := 100 * u.used / u.allowance;
         foreach threshold in array b.alert_thresholds loop
             continue when not (before_pct < threshold and after_pct >= threshold);
@@ -611,7 +676,7 @@ begin
                     'percent_used', round(after_pct, 2));
             end if;
         end loop;
-        states := states || tl_budget_state(b, at);
+        states := states || tl_state_json(b, u, at);
     end loop;
 
     insert into tl_usage (tenant_id, usage_id, occurred_at, request_id, reservation_id, user_id, session_id,
@@ -631,7 +696,10 @@ begin
         'reasoning_output_tokens', p_reasoning, 'total_tokens', total, 'cost_usd', cost,
         'priced', cost is not null, 'method', p_method, 'budgets', states, 'alerts', alerts,
         'warnings', to_jsonb(warnings), 'occurred_at', at);
-    return tl_remember_response(p_tenant, 'track', p_request_id, result);
+    if p_request_id is not null then
+        perform tl_remember_response(p_tenant, 'track', p_request_id, result);
+    end if;
+    return result;
 end $$;
 
 -- Give a reservation's capacity back without recording usage (the call was not made).

@@ -26,7 +26,7 @@ from tokenledger.types import Budget, BudgetSpec, Principal, UsageQuery
 
 def register(subparsers: Any) -> None:
     migrate = subparsers.add_parser("migrate", help="create or upgrade the ledger's schema")
-    migrate.set_defaults(handler=_run(migrate_command))
+    migrate.set_defaults(handler=_run(migrate_command, migrate=False))
 
     doctor = subparsers.add_parser("doctor", help="check the database, encodings and catalog")
     doctor.set_defaults(handler=_run(doctor_command))
@@ -111,7 +111,7 @@ def register(subparsers: Any) -> None:
 Command = Callable[[Ledger, Principal, argparse.Namespace], Awaitable[int]]
 
 
-def _run(command: Command) -> Callable[[argparse.Namespace], int]:
+def _run(command: Command, *, migrate: bool = True) -> Callable[[argparse.Namespace], int]:
     """A sync handler that opens the ledger, runs the command as the local principal and closes it."""
 
     def handler(args: argparse.Namespace) -> int:
@@ -122,7 +122,7 @@ def _run(command: Command) -> Callable[[argparse.Namespace], int]:
                 role=settings.stdio_role,
                 user=settings.stdio_user,
             )
-            async with await Ledger.open(settings) as ledger:
+            async with await Ledger.open(settings, migrate=migrate) as ledger:
                 return await command(ledger, principal, args)
 
         return anyio.run(main)
