@@ -10,16 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from tokenledger import tokens
+from tokenledger import dashboard as dashboards
+from tokenledger import reports, tokens
 from tokenledger.catalog import Catalog, cost
 from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, UnknownModel
 from tokenledger.settings import Settings
@@ -36,6 +38,7 @@ from tokenledger.types import (
     CountResult,
     FitRequest,
     FitResult,
+    GroupKey,
     Method,
     ModelInfo,
     Price,
@@ -50,12 +53,16 @@ from tokenledger.types import (
     UsageRow,
 )
 
+if TYPE_CHECKING:
+    from tokenledger.metrics import Metrics
+
 __all__ = ["Ledger"]
 
 ATTRIBUTION_FIELDS = ("user", "session", "project", "team", "feature", "endpoint")
 SCOPE_KINDS = ("team", "project", "user", "session", "feature", "endpoint")
 # Texts above this are counted in a worker thread; below it the hand-off costs more than the count.
 THREAD_COUNT_THRESHOLD = 64 * 1024
+MAX_REPORT_ROWS = 10_000  # time buckets of a timeseries report
 
 
 def _request_hash(request: Any) -> str:
@@ -81,6 +88,7 @@ class Ledger:
         self.store = store
         self.catalog = catalog or Catalog()
         self.counter = counter or tokens.TokenCounter()
+        self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
 
     @classmethod
     async def open(
@@ -253,6 +261,7 @@ class Ledger:
         else:
             count = await self._count(request.text, None, request.messages, None, model, None)
             input_tokens, method = count.tokens, count.method
+        started = time.perf_counter()
         answer = await self.store.check(
             tenant=principal.tenant_id,
             request_id=request.request_id,
@@ -269,6 +278,8 @@ class Ledger:
             method=method,
         )
         result = CheckResult.model_validate(answer)
+        if self.metrics is not None:
+            self.metrics.observe_check(result, time.perf_counter() - started)
         extra_warnings = self._context_warnings(model, input_tokens, request.max_output_tokens)
         suggestion = self._suggest_model(result, model, input_tokens, request.max_output_tokens)
         if extra_warnings or suggestion:
@@ -345,7 +356,16 @@ class Ledger:
             occurred_at=request.occurred_at,
             estimated_input_tokens=None,
         )
-        return TrackResult.model_validate(answer)
+        result = TrackResult.model_validate(answer)
+        if self.metrics is not None:
+            self.metrics.observe_usage(
+                result,
+                provider=request.provider or model.provider,
+                model=model.name,
+                status=request.status,
+                latency_ms=request.latency_ms,
+            )
+        return result
 
     async def _usage_counts(self, request: TrackRequest, model: ModelInfo) -> tuple[int, int, Method]:
         """Token counts given win; texts are counted when counts are absent."""
@@ -481,6 +501,77 @@ class Ledger:
             totals=_usage_row(totals[0], ()),
         )
 
+    # --- reports ----------------------------------------------------------------------------------
+
+    async def report(self, query: reports.ReportQuery, principal: Principal | None = None) -> reports.Report:
+        """One report view (rows, totals, notes; json): usage views cover a member's own user only,
+        budgets and forecasts the tenant's budgets. Render it with `reports.formatted`."""
+        principal = principal or Principal()
+        view = query.view
+        if view in ("summary", "usage"):
+            return reports.usage_report(await self.usage(query, principal), view)
+        if view == "budgets":
+            return reports.budgets_report(await self.list_budgets(principal), now=datetime.now(UTC))
+        if view == "timeseries":
+            return await self._timeseries(query, principal)
+        default_window = reports.FORECAST_WINDOW if view == "forecast" else timedelta(days=30)
+        filters, since, until = self._report_scope(query, principal, default_window)
+        tenant = principal.tenant_id
+        if view == "forecast":
+            budgets = await self.list_budgets(principal)
+            use = await self.store.budget_window_use(tenant=tenant, since=since, until=until)
+            return reports.forecast_report(budgets, use, since, until)
+        if view == "top":
+            rows = await self.store.top_usage(
+                tenant=tenant, since=since, until=until, filters=filters, limit=query.limit
+            )
+            return reports.top_report(rows, since, until)
+        if view == "accuracy":
+            rows = await self.store.estimate_accuracy(
+                tenant=tenant, since=since, until=until, filters=filters
+            )
+            return reports.accuracy_report(rows, since, until)
+        windows = {m.name: m.context_window for m in self.catalog.search(limit=10_000) if m.context_window}
+        stats = await self.store.model_usage_stats(
+            tenant=tenant, since=since, until=until, filters=filters, context_windows=windows
+        )
+        return reports.recommendations_report(stats, self.catalog, since, until)
+
+    async def _timeseries(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
+        bucketed = query.model_copy(update={"bucket": query.bucket or "day", "limit": MAX_REPORT_ROWS})
+        result = await self.usage(bucketed, principal)
+        buckets = await self.store.usage_buckets(
+            since=result.since,
+            until=result.until,
+            bucket=bucketed.bucket or "day",
+            timezone=query.timezone,
+            limit=MAX_REPORT_ROWS + 1,
+        )
+        if len(buckets) > MAX_REPORT_ROWS:
+            raise InvalidInput(
+                "bucket", bucketed.bucket, f"at most {MAX_REPORT_ROWS:,} buckets: a coarser bucket or window"
+            )
+        return reports.timeseries_report(result, buckets, bucketed.bucket or "day", query.timezone)
+
+    def _report_scope(
+        self, query: UsageQuery, principal: Principal, default_window: timedelta
+    ) -> tuple[dict[str, str], datetime, datetime]:
+        """The filters (a member's bound to its own user) and the window [since, until) of a report."""
+        filters = {
+            k: v for k in (*ATTRIBUTION_FIELDS, "model", "provider") if (v := getattr(query, k)) is not None
+        }
+        if principal.role == "member":
+            if filters.get("user", principal.user) != principal.user:
+                raise PermissionDenied(
+                    f"user {filters['user']!r}: a member key reads only its own user's usage"
+                )
+            filters["user"] = principal.user or ""
+        until = query.until or datetime.now(UTC)
+        since = query.since or until - default_window
+        if since >= until:
+            raise InvalidInput("since", since.isoformat(), f"must be before until ({until.isoformat()})")
+        return filters, since, until
+
     # --- alerts and retention ---------------------------------------------------------------------
 
     async def claim_alert_deliveries(
@@ -500,6 +591,8 @@ class Ledger:
             error=error,
             retry_seconds=retry_seconds,
         )
+        if self.metrics is not None:
+            self.metrics.observe_alert_delivery(delivery["sink"], error=error, retry_seconds=retry_seconds)
 
     async def forecast_alerts(self, *, min_elapsed: float = 0.1) -> int:
         """Write an alert for each budget period on course to run out before it ends."""
@@ -567,6 +660,97 @@ class Ledger:
             user=record["user_id"],
             key_id=record["key_id"],
         )
+
+    # --- dashboard --------------------------------------------------------------------------------
+
+    async def dashboard(
+        self, principal: Principal | None = None, *, days: int = 30, timezone: str = "UTC", top: int = 10
+    ) -> dashboards.Dashboard:
+        """What the web dashboard shows a principal over the last `days` days: a viewer or admin its
+        tenant, a member its own user (the budgets that apply to it: global and its user's)."""
+        principal = principal or Principal()
+        if not 1 <= days <= 366:
+            raise InvalidInput("days", days, "a whole number of days, 1 to 366")
+        if not 1 <= top <= 100:
+            raise InvalidInput("top", top, "1 to 100")
+        _validate_timezone(timezone, "timezone")
+        until = datetime.now(UTC)
+        since = dashboards.window_start(until, days, timezone)
+        member = principal.role == "member"
+        budgets = [b.state for b in await self.list_budgets(principal)]
+        if member:
+            budgets = [b for b in budgets if b.scope in ("global", f"user:{principal.user}")]
+        window = UsageQuery(since=since, until=until, timezone=timezone)
+        by_day = window.model_copy(update={"bucket": "day", "limit": days + 1})
+        daily = await self.usage(by_day, principal)
+        tops: dict[str, list[UsageRow]] = {}
+        keys: tuple[GroupKey, ...] = ("project", "model") if member else ("user", "project", "model")
+        for key in keys:
+            grouped = window.model_copy(update={"group_by": [key], "limit": top})
+            tops[key] = (await self.usage(grouped, principal)).rows
+        alert_budgets = [b.name for b in budgets] if member else None
+        return dashboards.Dashboard(
+            tenant=principal.tenant_id,
+            role=principal.role,
+            user=principal.user if member else None,
+            timezone=timezone,
+            since=since,
+            until=until,
+            budgets=budgets,
+            daily=dashboards.daily_series(daily.rows, since=since, days=days, timezone=timezone),
+            totals=daily.totals,
+            top_users=tops.get("user", []),
+            top_projects=tops["project"],
+            top_models=tops["model"],
+            decisions=await self.recent_decisions(principal),
+            alerts=await self.open_alerts(principal, budgets=alert_budgets),
+        )
+
+    async def recent_decisions(
+        self, principal: Principal | None = None, *, limit: int = 20
+    ) -> list[dashboards.Decision]:
+        """The newest denials and would-be denials: the tenant's, or a member's own."""
+        principal = principal or Principal()
+        rows = await self.store.recent_decisions(
+            tenant=principal.tenant_id,
+            user=(principal.user or "") if principal.role == "member" else None,
+            limit=limit,
+        )
+        return [
+            dashboards.Decision(
+                decided_at=r["decided_at"],
+                budget=r["budget_name"],
+                decision=r["decision"],
+                reason=r["reason"],
+                enforcement=r["enforcement"],
+                user=r["user_id"],
+                model=r["model"],
+            )
+            for r in rows
+        ]
+
+    async def open_alerts(
+        self, principal: Principal | None = None, *, budgets: Sequence[str] | None = None, limit: int = 20
+    ) -> list[dashboards.OpenAlert]:
+        """Alerts of the budgets' current periods, newest first (of the named budgets only, if given)."""
+        principal = principal or Principal()
+        rows = await self.store.open_alerts(tenant=principal.tenant_id, budgets=budgets, limit=limit)
+        return [
+            dashboards.OpenAlert(
+                alert_id=r["alert_id"],
+                budget=r["budget_name"],
+                kind=r["kind"],
+                threshold=r["threshold"],
+                percent_used=r["percent_used"],
+                used=r["used"],
+                limit=r["limit_amount"],
+                unit=r["unit"],
+                period_start=r["period_start"],
+                created_at=r["created_at"],
+                delivered_at=r["delivered_at"],
+            )
+            for r in rows
+        ]
 
     # --- access -----------------------------------------------------------------------------------
 

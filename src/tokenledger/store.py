@@ -466,6 +466,53 @@ class Store:
             {"tenant": tenant, "limit": limit},
         )
 
+    # Report queries: every filter is an allow-listed column (USAGE_COLUMNS), every value a parameter.
+
+    async def usage_buckets(
+        self, *, since: datetime, until: datetime, bucket: str, timezone: str, limit: int
+    ) -> list[datetime]:
+        """The starts of the time buckets that cover [since, until) in `timezone`, computed as the usage
+        report computes a row's bucket (so the two always match, across DST changes too)."""
+        rows = await self._fetch_rows(
+            _USAGE_BUCKETS,
+            {"since": since, "until": until, "bucket": bucket, "tz": timezone, "limit": limit},
+        )
+        return [row["bucket"] for row in rows]
+
+    async def top_usage(
+        self, *, tenant: str, since: datetime, until: datetime, filters: dict[str, str], limit: int
+    ) -> list[dict[str, Any]]:
+        """The most expensive usage events of the window (unpriced last)."""
+        query = sql.SQL(_TOP_USAGE).format(filters=_usage_filters(filters))
+        return await self._fetch_rows(query, _usage_params(tenant, since, until, filters, limit=limit))
+
+    async def model_usage_stats(
+        self,
+        *,
+        tenant: str,
+        since: datetime,
+        until: datetime,
+        filters: dict[str, str],
+        context_windows: dict[str, int],
+    ) -> list[dict[str, Any]]:
+        """Per model: token sums, cost, the largest call, errors, calls near the context window
+        (`context_windows`: model -> tokens) and repeated prompts (by prompt_hash)."""
+        query = sql.SQL(_MODEL_USAGE_STATS).format(filters=_usage_filters(filters))
+        params = _usage_params(tenant, since, until, filters, windows=Jsonb(context_windows))
+        return await self._fetch_rows(query, params)
+
+    async def estimate_accuracy(
+        self, *, tenant: str, since: datetime, until: datetime, filters: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """Per model: pre-flight input estimates against the input the provider reported."""
+        query = sql.SQL(_ESTIMATE_ACCURACY).format(filters=_usage_filters(filters))
+        return await self._fetch_rows(query, _usage_params(tenant, since, until, filters))
+
+    async def budget_window_use(self, *, tenant: str, since: datetime, until: datetime) -> dict[str, Decimal]:
+        """What each budget's scope used in [since, until), in the budget's unit (tokens or USD)."""
+        rows = await self._fetch_rows(_BUDGET_WINDOW_USE, _usage_params(tenant, since, until, {}))
+        return {row["name"]: row["amount"] for row in rows}
+
     # --- API keys ---------------------------------------------------------------------------------
 
     async def create_key(
@@ -577,6 +624,39 @@ class Store:
             "select * from tl_alert where tenant_id = %(tenant)s order by alert_id", {"tenant": tenant}
         )
 
+    # --- dashboard --------------------------------------------------------------------------------
+
+    async def recent_decisions(self, *, tenant: str, user: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest denials and would-be denials of a tenant (of one user when `user` is given)."""
+        return await self._fetch_rows(
+            """select decided_at, budget_name, decision, reason, enforcement, user_id, model
+                 from tl_decision
+                where tenant_id = %(tenant)s and (%(user)s::text is null or user_id = %(user)s)
+                order by decision_id desc
+                limit %(limit)s""",
+            {"tenant": tenant, "user": user, "limit": limit},
+        )
+
+    async def open_alerts(
+        self, *, tenant: str, budgets: Sequence[str] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Alerts of each budget's current period (or rolling window), newest first; `budgets` limits
+        them to those names."""
+        return await self._fetch_rows(
+            """select a.alert_id, a.budget_name, a.kind, a.threshold, a.percent_used, a.used,
+                      a.limit_amount, a.unit, a.period_start, a.created_at, a.delivered_at
+                 from tl_alert a
+                 join tl_budget b on b.tenant_id = a.tenant_id and b.budget_id = a.budget_id
+                where a.tenant_id = %(tenant)s
+                  and (%(names)s::text[] is null or b.name = any(%(names)s::text[]))
+                  and a.period_start
+                      >= (tl_period_bounds(b.period, b.timezone, clock_timestamp())).period_start
+                         - coalesce(tl_window_length(b.period), interval '0')
+                order by a.created_at desc, a.alert_id desc
+                limit %(limit)s""",
+            {"tenant": tenant, "names": None if budgets is None else list(budgets), "limit": limit},
+        )
+
 
 async def _migrate(conn: psycopg.AsyncConnection[Any]) -> list[str]:
     await conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATIONS_LOCK,))
@@ -657,6 +737,123 @@ select {keys}coalesce(sum(requests), 0) as requests,
  {group}
  order by {order}
  limit %(limit)s
+"""
+
+
+def _usage_filters(filters: dict[str, str]) -> sql.Composable:
+    """` and column = %(f_key)s` per filter; columns from the allow-list only."""
+    return sql.SQL("").join(
+        sql.SQL(" and {} = {}").format(sql.Identifier(USAGE_COLUMNS[k]), sql.Placeholder(f"f_{k}"))
+        for k in filters
+    )
+
+
+def _usage_params(
+    tenant: str, since: datetime, until: datetime, filters: dict[str, str], **extra: Any
+) -> dict[str, Any]:
+    return {"tenant": tenant, "since": since, "until": until, **extra} | {
+        f"f_{k}": v for k, v in filters.items()
+    }
+
+
+# Local bucket starts stepped in local time and converted back exactly as _USAGE_REPORT's bucket key.
+_USAGE_BUCKETS = """
+select distinct local_start at time zone %(tz)s as bucket
+  from generate_series(date_trunc(%(bucket)s, %(since)s at time zone %(tz)s),
+                       %(until)s at time zone %(tz)s, ('1 ' || %(bucket)s)::interval) local_start
+ where local_start at time zone %(tz)s < %(until)s
+ order by 1
+ limit %(limit)s
+"""
+
+# Report queries over raw usage events (the daily rollups keep no per-call detail). {filters} comes from
+# _usage_filters.
+_TOP_USAGE = """
+select occurred_at, usage_id::text as usage_id, request_id, user_id, session_id, project, team, feature,
+       endpoint, provider, model, input_tokens, output_tokens, cache_read_input_tokens,
+       cache_creation_input_tokens, reasoning_output_tokens, total_tokens, cost_usd, status, latency_ms
+  from tl_usage
+ where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s {filters}
+ order by cost_usd desc nulls last, total_tokens desc, occurred_at desc
+ limit %(limit)s
+"""
+
+_MODEL_USAGE_STATS = """
+with events as not materialized (
+    select model, provider, prompt_hash, status, input_tokens, output_tokens, cache_read_input_tokens,
+           cache_creation_input_tokens, reasoning_output_tokens, total_tokens, cost_usd,
+           total_tokens * 10 > 9 * (%(windows)s::jsonb ->> model)::bigint as near_limit
+      from tl_usage
+     where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s {filters}
+), by_model as (
+    select model, max(provider) as provider, count(*) as requests,
+           sum(input_tokens) as input_tokens, sum(output_tokens) as output_tokens,
+           sum(cache_read_input_tokens) as cache_read_input_tokens,
+           sum(cache_creation_input_tokens) as cache_creation_input_tokens,
+           sum(reasoning_output_tokens) as reasoning_output_tokens, sum(total_tokens) as total_tokens,
+           coalesce(sum(cost_usd), 0) as cost_usd,
+           count(*) filter (where cost_usd is null) as unpriced_requests,
+           max(input_tokens + cache_read_input_tokens + cache_creation_input_tokens) as max_input_tokens,
+           max(output_tokens) as max_output_tokens,
+           count(*) filter (where status = 'error') as errors,
+           coalesce(sum(cost_usd) filter (where status = 'error'), 0) as error_cost_usd,
+           coalesce(sum(total_tokens) filter (where status = 'error'), 0) as error_tokens,
+           count(*) filter (where near_limit) as near_limit_requests,
+           coalesce(sum(total_tokens) filter (where near_limit), 0) as near_limit_tokens
+      from events
+     group by model
+), repeats as (
+    -- A prompt sent n times: n - 1 repeats; their cost, keeping the dearest call of each prompt.
+    select model, count(*) as repeated_prompts, sum(n - 1) as repeated_requests, sum(cost - dearest) as cost
+      from (select model, prompt_hash, count(*) as n, coalesce(sum(cost_usd), 0) as cost,
+                   coalesce(max(cost_usd), 0) as dearest
+              from events where prompt_hash is not null
+             group by model, prompt_hash having count(*) > 1) p
+     group by model
+)
+select m.*, coalesce(r.repeated_prompts, 0) as repeated_prompts,
+       coalesce(r.repeated_requests, 0) as repeated_requests, coalesce(r.cost, 0) as repeated_cost_usd
+  from by_model m left join repeats r using (model)
+ order by m.cost_usd desc, m.model
+"""
+
+# Error = estimate - actual input (uncached + cache read + cache write), in tokens and % of the actual.
+_ESTIMATE_ACCURACY = """
+select model, count(*) as samples,
+       round(avg(error), 2) as mean_error_tokens,
+       round(100 * avg(abs(error) / nullif(actual, 0)), 2) as mean_abs_error_percent,
+       max(error) as max_error, min(error) as min_error,
+       round(100 * max(error / nullif(actual, 0)), 2) as max_error_percent,
+       round(100 * min(error / nullif(actual, 0)), 2) as min_error_percent,
+       count(*) filter (where error > 0) as over_estimates,
+       count(*) filter (where error < 0) as under_estimates
+  from (select model, (estimated_input_tokens - actual)::numeric as error, actual::numeric as actual
+          from (select model, estimated_input_tokens,
+                       input_tokens + cache_read_input_tokens + cache_creation_input_tokens as actual
+                  from tl_usage
+                 where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s
+                   and estimated_input_tokens is not null {filters}) u) e
+ group by model
+ order by samples desc, model
+"""
+
+# Per budget, what its scope used in the window: one scan, one grouping set per scope kind.
+_BUDGET_WINDOW_USE = """
+with used as (
+    select case when grouping(user_id) = 0 then 'user' when grouping(session_id) = 0 then 'session'
+                when grouping(project) = 0 then 'project' when grouping(team) = 0 then 'team'
+                when grouping(feature) = 0 then 'feature' when grouping(endpoint) = 0 then 'endpoint'
+                else 'global' end as scope_kind,
+           coalesce(user_id, session_id, project, team, feature, endpoint, '') as scope_value,
+           sum(total_tokens) as tokens, coalesce(sum(cost_usd), 0) as usd
+      from tl_usage
+     where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s
+     group by grouping sets ((), (user_id), (session_id), (project), (team), (feature), (endpoint))
+)
+select b.name, coalesce(case when b.unit = 'tokens' then u.tokens else u.usd end, 0) as amount
+  from tl_budget b
+  left join used u on u.scope_kind = b.scope_kind and u.scope_value = b.scope_value
+ where b.tenant_id = %(tenant)s
 """
 
 _SCHEMA_SIGNATURE = """

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from tokenledger.errors import InvalidInput, TokenLedgerError
 from tokenledger.ledger import Ledger
+from tokenledger.secrets import resolve_secret
 from tokenledger.settings import Settings
 from tokenledger.types import Principal
 
@@ -46,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "it acts as TOKENLEDGER_TENANT/ROLE/USER (default: admin of tenant 'default'). "
             "http: streamable HTTP at /mcp and, on the same port, legacy SSE at /sse, so one server "
             "covers both kinds of client. sse: legacy SSE at /sse only. Over HTTP and SSE every request "
-            "needs 'Authorization: Bearer <key>' (tokenledger keys create); /healthz needs none."
+            "needs 'Authorization: Bearer <key>' (tokenledger keys create); /healthz needs none. "
+            "Both also serve Prometheus metrics at /metrics (an admin or viewer key, or the scrape token "
+            "in TOKENLEDGER_METRICS_TOKEN) and a web dashboard at /dashboard (sign in with any key)."
         ),
     )
     parser.add_argument(
@@ -193,7 +196,12 @@ async def _serve_http(settings: Settings, args: argparse.Namespace, stop: _StopR
             args.host, allowed_hosts=args.allow_host, allowed_origins=args.allow_origin
         )
         app = build_app(
-            ledger, server, transports=transports, policy=policy, max_request_bytes=args.max_request_bytes
+            ledger,
+            server,
+            transports=transports,
+            policy=policy,
+            max_request_bytes=args.max_request_bytes,
+            metrics_token=await anyio.to_thread.run_sync(_metrics_token, settings),
         )
         config = uvicorn.Config(
             app,
@@ -245,6 +253,13 @@ async def _first_run_key(ledger: Ledger, home: Path) -> _KeyNote:
     return _KeyNote(path, key)
 
 
+def _metrics_token(settings: Settings) -> str | None:
+    """TOKENLEDGER_METRICS_TOKEN (a value or a `vault:` reference): when set, the only credential
+    /metrics accepts; unset, /metrics takes an admin or viewer API key."""
+    value = os.environ.get("TOKENLEDGER_METRICS_TOKEN", "").strip()
+    return resolve_secret(value, config=settings.vault) if value else None
+
+
 def _read_key(path: Path) -> str | None:
     return path.read_text(encoding="utf-8").strip() if path.exists() else None
 
@@ -262,7 +277,7 @@ def _save_key(path: Path, key: str) -> None:
 def _banner(urls: dict[str, str], key: _KeyNote | None) -> str:
     """What a person needs to connect a client, for stderr."""
     lines = ["", "tokenledger is serving:"]
-    lines += [f"  {name:<7}{url}" for name, url in urls.items()]
+    lines += [f"  {name:<10}{url}" for name, url in urls.items()]
     if key is None:
         lines += [
             "",

@@ -1,4 +1,5 @@
-"""The MCP server over HTTP: streamable HTTP at `/mcp`, legacy SSE at `/sse` (+ `/messages/`), `/healthz`.
+"""The MCP server over HTTP: streamable HTTP at `/mcp`, legacy SSE at `/sse` (+ `/messages/`), `/healthz`,
+Prometheus metrics at `/metrics` and a web dashboard at `/dashboard`.
 
 Every MCP request passes four checks, in this order, before the SDK sees it:
 
@@ -11,21 +12,33 @@ The key is looked up in the database on every request, so a revoked key is refus
 `Principal` is put in the request scope's state: a tool finds it at
 `ctx.request_context.request.state.principal` (on streamable HTTP, and on SSE's `POST /messages/`).
 `/healthz` needs none of this: it says only whether the server and its database answer.
+
+`/metrics` passes the same checks; it takes an admin or viewer key, or, when the server has a scrape
+token (`TOKENLEDGER_METRICS_TOKEN`), that token alone (the metrics cover every tenant of the process).
+
+`/dashboard` passes checks 1-3 and authenticates itself, as a browser cannot easily send a bearer header:
+`/dashboard?key=<key>` once (answered with a redirect that drops the key from the address) or the
+sign-in form (`POST /dashboard/login`) puts the key in an HttpOnly, SameSite=Strict cookie scoped to
+`/dashboard`, checked against the database on every request like a bearer key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import anyio
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -33,19 +46,26 @@ from starlette.authentication import AuthCredentials
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenledger.errors import TokenLedgerError
+from tokenledger import dashboard
+from tokenledger.errors import InvalidInput, TokenLedgerError
 from tokenledger.ledger import Ledger
+from tokenledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from tokenledger.metrics import Metrics
 from tokenledger.types import Principal
 
 __all__ = [
+    "DASHBOARD_COOKIE",
+    "DASHBOARD_PATH",
     "DEFAULT_MAX_REQUEST_BYTES",
     "MCP_PATH",
+    "METRICS_PATH",
     "SSE_PATH",
     "AccessPolicy",
+    "RedactQueryKeys",
     "Transport",
     "build_app",
 ]
@@ -58,6 +78,19 @@ MCP_PATH: Final = "/mcp"
 SSE_PATH: Final = "/sse"
 MESSAGES_PATH: Final = "/messages/"
 HEALTH_PATH: Final = "/healthz"
+METRICS_PATH: Final = "/metrics"
+DASHBOARD_PATH: Final = "/dashboard"
+DASHBOARD_LOGIN_PATH: Final = "/dashboard/login"
+DASHBOARD_LOGOUT_PATH: Final = "/dashboard/logout"
+DASHBOARD_PATHS: Final = frozenset({DASHBOARD_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_LOGOUT_PATH})
+DASHBOARD_COOKIE: Final = "tokenledger_key"
+DASHBOARD_COOKIE_SECONDS: Final = 12 * 3600
+METRICS_ROLES: Final = ("admin", "viewer")
+# No script, no external anything: the page is self-contained HTML with inline CSS and SVG.
+DASHBOARD_CSP: Final = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 # An 8 MiB text (the largest a tool takes) as a JSON-RPC call, with room for escaping and the envelope.
 DEFAULT_MAX_REQUEST_BYTES: Final = 10 * 1024 * 1024
 HEALTH_TIMEOUT_SECONDS: Final = 2.0
@@ -170,6 +203,8 @@ class RequestGuard:
         policy: AccessPolicy,
         max_request_bytes: int,
         open_paths: Collection[str] = (HEALTH_PATH,),
+        browser_paths: Collection[str] = (),
+        metrics_token: str | None = None,
     ) -> None:
         if max_request_bytes <= 0:
             raise ValueError("max_request_bytes must be a positive number of bytes")
@@ -178,6 +213,9 @@ class RequestGuard:
         self.policy = policy
         self.max_request_bytes = max_request_bytes
         self.open_paths = frozenset(open_paths)
+        # Pages that authenticate themselves (a cookie or a form): Host, Origin and size checks only.
+        self.browser_paths = frozenset(browser_paths)
+        self.metrics_token = metrics_token or None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
@@ -190,6 +228,19 @@ class RequestGuard:
                 receive = await self._buffered_body(receive)
             except _BodyTooLarge:
                 refusal = self._too_large()
+        if refusal is None and scope["path"] in self.browser_paths:
+            await self.app(scope, receive, send)
+            return
+        if refusal is None and scope["path"] == METRICS_PATH and self.metrics_token is not None:
+            if _scrape_token_matches(headers, self.metrics_token):
+                await self.app(scope, receive, send)
+                return
+            refusal = _refusal(
+                401,
+                "invalid_token",
+                "/metrics needs 'Authorization: Bearer <the scrape token>' (TOKENLEDGER_METRICS_TOKEN)",
+                headers={"WWW-Authenticate": 'Bearer realm="tokenledger-metrics"'},
+            )
         if refusal is None:
             refusal = await self._authenticate(scope, headers)
         if refusal is not None:
@@ -285,6 +336,11 @@ class RequestGuard:
         return None
 
 
+def _scrape_token_matches(headers: Headers, token: str) -> bool:
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 def _access_token(principal: Principal) -> AccessToken:
     """The SDK's view of a key: its id (never the key itself), tenant and role."""
     key_id = principal.key_id or "unknown"
@@ -318,6 +374,187 @@ def _health_endpoint(ledger: Ledger) -> Callable[[Request], Awaitable[Response]]
     return healthz
 
 
+# --- /metrics ----------------------------------------------------------------------------------
+
+
+def _metrics_endpoint(metrics: Metrics) -> Callable[[Request], Awaitable[Response]]:
+    async def scrape(request: Request) -> Response:
+        """The Prometheus text format; an API key needs role admin or viewer (a scrape token passes)."""
+        principal = request.scope.get("state", {}).get("principal")
+        if isinstance(principal, Principal) and principal.role not in METRICS_ROLES:
+            return _refusal(
+                403,
+                "insufficient_scope",
+                f"role {principal.role!r} cannot read metrics; allowed: admin, viewer",
+            )
+        return Response(
+            metrics.exposition(), media_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"}
+        )
+
+    return scrape
+
+
+class _ToolTimer:
+    """MCP middleware: the time of each `tools/call` in the server, by tool and outcome."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        name = str((ctx.params or {}).get("name", ""))
+        started = time.perf_counter()
+        ok = False
+        try:
+            result = await call_next(ctx)
+            ok = not _is_error(result)
+            return result
+        finally:
+            self.metrics.observe_tool(name, time.perf_counter() - started, ok=ok)
+
+
+def _is_error(result: HandlerResult) -> bool:
+    if isinstance(result, dict):
+        return bool(result.get("isError") or result.get("is_error"))
+    return bool(getattr(result, "is_error", False))
+
+
+class RedactQueryKeys(logging.Filter):
+    """Blanks `key=` query values in log records (uvicorn's access log shows the dashboard's `?key=`)."""
+
+    PATTERN: Final = re.compile(r"([?&]key=)[^&\s\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self.redact(record.msg)
+        return True
+
+    def redact(self, text: str) -> str:
+        return self.PATTERN.sub(r"\1[redacted]", text)
+
+
+def _redact_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactQueryKeys) for f in access.filters):
+        access.addFilter(RedactQueryKeys())
+
+
+# --- /dashboard --------------------------------------------------------------------------------
+
+_PAGE_HEADERS: Final = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": DASHBOARD_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _page(html: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+    return HTMLResponse(html, status, headers={**_PAGE_HEADERS, **(headers or {})})
+
+
+def _login_page(message: str | None = None, status: int = 200) -> HTMLResponse:
+    challenge = {"WWW-Authenticate": 'Bearer realm="tokenledger"'} if status == 401 else None
+    return _page(dashboard.render_login(message), status, challenge)
+
+
+def _signed_in(request: Request, key: str, target: str) -> Response:
+    """A redirect to `target` that keeps the key in the dashboard's cookie."""
+    response = RedirectResponse(target, status_code=303, headers=_PAGE_HEADERS)
+    response.set_cookie(
+        DASHBOARD_COOKIE,
+        key,
+        max_age=DASHBOARD_COOKIE_SECONDS,
+        path=DASHBOARD_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
+    async def check_key(key: str) -> Principal | Response | None:
+        try:
+            return await ledger.authenticate(key)
+        except TokenLedgerError as error:
+            log.error("could not check an API key: %s", error)
+            return _page(
+                dashboard.render_message("Unavailable", "The key store is unavailable; retry shortly."), 503
+            )
+
+    async def page(request: Request) -> Response:
+        """The dashboard for the cookie's key; `?key=` signs in; no key: the sign-in form."""
+        query = request.query_params
+        given = query.get("key")
+        if given is not None:
+            if request.headers.get("sec-fetch-site") == "cross-site":
+                # A link on another site must not sign a browser in with a key of its choosing.
+                return _login_page("Sign-in links from other sites are refused: use this form.", 403)
+            principal = await check_key(given.strip())
+            if isinstance(principal, Response):
+                return principal
+            if principal is None:
+                return _login_page("That API key is unknown or revoked.", 401)
+            rest = urlencode([(k, v) for k, v in query.multi_items() if k != "key"])
+            return _signed_in(request, given.strip(), DASHBOARD_PATH + (f"?{rest}" if rest else ""))
+        key = request.cookies.get(DASHBOARD_COOKIE)
+        if not key:
+            return _login_page()
+        principal = await check_key(key)
+        if isinstance(principal, Response):
+            return principal
+        if principal is None:
+            response = _login_page("Your API key is unknown or was revoked: sign in again.", 401)
+            response.delete_cookie(DASHBOARD_COOKIE, path=DASHBOARD_PATH)
+            return response
+        try:
+            days = int(query.get("days", "30"))
+        except ValueError:
+            return _page(dashboard.render_message("Bad request", "days: a whole number, 1 to 366"), 400)
+        try:
+            data = await ledger.dashboard(principal, days=days, timezone=query.get("tz", "UTC"))
+        except InvalidInput as error:
+            return _page(dashboard.render_message("Bad request", str(error)), 400)
+        except TokenLedgerError as error:
+            log.error("dashboard: %s", error)
+            return _page(
+                dashboard.render_message("Unavailable", "The database is unavailable; retry shortly."), 503
+            )
+        return _page(dashboard.render(data))
+
+    async def login(request: Request) -> Response:
+        """The sign-in form's POST: `key=<API key>`, form-encoded."""
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        key = (form.get("key") or [""])[0].strip()
+        if not key:
+            return _login_page("Enter an API key.", 401)
+        principal = await check_key(key)
+        if isinstance(principal, Response):
+            return principal
+        if principal is None:
+            return _login_page("That API key is unknown or revoked.", 401)
+        return _signed_in(request, key, DASHBOARD_PATH)
+
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse(DASHBOARD_PATH, status_code=303, headers=_PAGE_HEADERS)
+        response.delete_cookie(DASHBOARD_COOKIE, path=DASHBOARD_PATH)
+        return response
+
+    return [
+        Route(DASHBOARD_PATH, page, methods=["GET"]),
+        Route(DASHBOARD_LOGIN_PATH, login, methods=["POST"]),
+        Route(DASHBOARD_LOGOUT_PATH, logout, methods=["POST"]),
+    ]
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
 def build_app(
     ledger: Ledger,
     server: MCPServer,
@@ -325,16 +562,32 @@ def build_app(
     transports: Sequence[Transport] = ("http", "sse"),
     policy: AccessPolicy | None = None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    metrics: Metrics | None = None,
+    metrics_token: str | None = None,
 ) -> Starlette:
-    """The ASGI app serving `server` on `transports` behind the request guard, plus `/healthz`.
+    """The ASGI app serving `server` on `transports` behind the request guard, plus `/healthz`,
+    `/metrics` and `/dashboard`.
 
     Streamable HTTP runs stateless, answering in JSON: any request may reach any server process, as the
     ledger's state is all in PostgreSQL. The app's lifespan runs the SDK's session manager; serve it
     with lifespan on.
+
+    The ledger reports to `metrics` (a new registry of this app's own when None): `ledger.metrics` is
+    set to it, and the server's tool calls are timed. `metrics_token`, when given, is the only
+    credential `/metrics` accepts.
     """
     if not transports:
         raise ValueError("give at least one of the transports 'http' and 'sse'")
-    routes: list[BaseRoute] = [Route(HEALTH_PATH, _health_endpoint(ledger), methods=["GET"])]
+    metrics = metrics or ledger.metrics or Metrics()
+    ledger.metrics = metrics
+    if not any(isinstance(m, _ToolTimer) for m in server.middleware):
+        server.middleware.append(_ToolTimer(metrics))
+    _redact_access_log()
+    routes: list[BaseRoute] = [
+        Route(HEALTH_PATH, _health_endpoint(ledger), methods=["GET"]),
+        Route(METRICS_PATH, _metrics_endpoint(metrics), methods=["GET"]),
+        *_dashboard_endpoints(ledger),
+    ]
     run_sessions: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None
     if "http" in transports:
         http_app = server.streamable_http_app(
@@ -359,6 +612,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        metrics.known_tools([tool.name for tool in await server.list_tools()])
         async with contextlib.AsyncExitStack() as stack:
             if run_sessions is not None:
                 await stack.enter_async_context(run_sessions())
@@ -369,6 +623,8 @@ def build_app(
         ledger=ledger,
         policy=policy or AccessPolicy(),
         max_request_bytes=max_request_bytes,
+        browser_paths=DASHBOARD_PATHS,
+        metrics_token=metrics_token,
     )
     return Starlette(routes=routes, middleware=[guard], lifespan=lifespan)
 
@@ -384,4 +640,6 @@ def describe(bind_host: str, port: int, transports: Sequence[Transport]) -> dict
         urls["mcp"] = base + MCP_PATH
     if "sse" in transports:
         urls["sse"] = base + SSE_PATH
+    urls["metrics"] = base + METRICS_PATH
+    urls["dashboard"] = base + DASHBOARD_PATH
     return urls
