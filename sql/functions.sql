@@ -602,6 +602,14 @@ begin
     loop
         select * into b from tl_budget where tenant_id = p_tenant and budget_id = lock_keys.budget_id;
         per := tl_lock_period(b, lock_keys.period_start);
+        -- Holds that expired here free their capacity before this usage is posted (else it would
+        -- count as overage against capacity nobody holds any more).
+        if exists (select 1 from tl_reservation_hold h
+                    where h.tenant_id = p_tenant and h.budget_id = b.budget_id
+                      and h.period_start = per.period_start and not h.released and h.expires_at <= now_at)
+        then
+            perform tl_release_expired_holds(p_tenant, b.budget_id, per.period_start, now_at);
+        end if;
     end loop;
 
     if p_reservation_id is not null then

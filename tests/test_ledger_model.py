@@ -17,7 +17,9 @@ from decimal import Decimal
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+import anyio
 import psycopg
+import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -265,3 +267,19 @@ def test_the_ledger_behaves_like_its_model(server_dsn: str, template_dsn: str) -
                 suppress_health_check=[HealthCheck.too_slow],
             ),
         )
+
+
+@pytest.mark.anyio
+async def test_usage_is_not_pushed_into_overage_by_an_expired_hold(ledger: Ledger, dsn: str) -> None:
+    """An expired reservation holds nothing (tl_usage_now does not count it, and checks free it first), so a
+    track must not record as overage what fits once the expired hold is gone."""
+    await ledger.set_budget(
+        BudgetSpec(name="small", limit=Decimal(100), period="total", priority_shares=None)
+    )
+    held = await ledger.check_budget(CheckRequest(model=MODEL, input_tokens=60, ttl_seconds=EXPIRING_TTL))
+    assert held.allowed
+    await anyio.sleep(EXPIRING_TTL + 0.05)
+    tracked = await ledger.track_usage(TrackRequest(model=MODEL, input_tokens=50, output_tokens=0))
+    assert not tracked.warnings, tracked.warnings
+    state = (await ledger.get_budget("small")).state
+    assert (state.used, state.overage) == (Decimal(50), Decimal(0))

@@ -205,6 +205,10 @@ class Store:
             except psycopg.Error as error:
                 state = error.sqlstate or ""
                 lost = isinstance(error, psycopg.OperationalError) or state.startswith("57P")
+                if lost:
+                    # The server restarted or terminated backends: drop every dead idle connection now,
+                    # rather than let the next calls fail on them one by one.
+                    await self.pool.check()
                 if attempt + 1 < attempts and (state in _RETRYABLE_STATES or (retry_safe and lost)):
                     await anyio.sleep(0.02 * (2**attempt))
                     continue
@@ -468,6 +472,65 @@ class Store:
 
     # Report queries: every filter is an allow-listed column (USAGE_COLUMNS), every value a parameter.
 
+    async def _fetch_report_rows(
+        self, query: str | sql.Composed, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Rows of a read-only report query, with room to aggregate a month of usage in memory
+        (REPORT_WORK_MEM) rather than spill it to disk."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
+            async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+                await cursor.execute(f"set local work_mem = '{REPORT_WORK_MEM}'")
+                await cursor.execute(query, params)
+                return await cursor.fetchall()
+
+        return await self._call(run, retry_safe=True)
+
+    async def usage_report(
+        self,
+        *,
+        tenant: str,
+        since: datetime,
+        until: datetime,
+        filters: dict[str, str],
+        group_by: Sequence[str],
+        bucket: str | None,
+        timezone: str,
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Usage grouped like `usage` (up to `limit` groups) and the window's totals, in one scan."""
+        keys: list[sql.Composable] = [sql.Identifier(USAGE_COLUMNS[g]) for g in group_by]
+        if bucket:
+            keys.append(
+                sql.SQL("date_trunc({}, occurred_at at time zone %(tz)s) at time zone %(tz)s").format(
+                    sql.Literal(bucket)
+                )
+            )
+        names = [*group_by, *(["bucket"] if bucket else [])]
+        params = _usage_params(tenant, since, until, filters, tz=timezone, limit=limit + 1)
+        if not keys:
+            query = sql.SQL(_USAGE_REPORT).format(
+                keys=sql.SQL(""), filters=_usage_filters(filters), group=sql.SQL(""), order=sql.SQL("1")
+            )
+            return [], (await self._fetch_report_rows(query, params))[0]
+        key_list = sql.SQL(", ").join(keys)
+        total_first = sql.SQL("grouping({}) = 0").format(key_list)
+        query = sql.SQL(_USAGE_REPORT).format(
+            keys=sql.SQL("").join(
+                sql.SQL("{} as {}, ").format(key, sql.Identifier(name))
+                for key, name in zip(keys, names, strict=True)
+            )
+            + sql.SQL("{} as is_group, ").format(total_first),
+            filters=_usage_filters(filters),
+            group=sql.SQL("group by grouping sets (({}), ())").format(key_list),
+            order=sql.SQL("is_group, bucket, cost_usd desc, requests desc")
+            if bucket
+            else sql.SQL("is_group, cost_usd desc, requests desc"),
+        )
+        # The empty grouping set answers one row even over no usage, and sorts first.
+        totals, *rows = await self._fetch_report_rows(query, params)
+        return rows, totals
+
     async def usage_buckets(
         self, *, since: datetime, until: datetime, bucket: str, timezone: str, limit: int
     ) -> list[datetime]:
@@ -499,6 +562,7 @@ class Store:
         (`context_windows`: model -> tokens) and repeated prompts (by prompt_hash)."""
         query = sql.SQL(_MODEL_USAGE_STATS).format(filters=_usage_filters(filters))
         params = _usage_params(tenant, since, until, filters, windows=Jsonb(context_windows))
+        # Default work_mem: the planner then walks tl_usage_prompt in order instead of hashing every prompt.
         return await self._fetch_rows(query, params)
 
     async def estimate_accuracy(
@@ -508,9 +572,23 @@ class Store:
         query = sql.SQL(_ESTIMATE_ACCURACY).format(filters=_usage_filters(filters))
         return await self._fetch_rows(query, _usage_params(tenant, since, until, filters))
 
-    async def budget_window_use(self, *, tenant: str, since: datetime, until: datetime) -> dict[str, Decimal]:
-        """What each budget's scope used in [since, until), in the budget's unit (tokens or USD)."""
-        rows = await self._fetch_rows(_BUDGET_WINDOW_USE, _usage_params(tenant, since, until, {}))
+    async def budget_window_use(
+        self, *, tenant: str, since: datetime, until: datetime, scope_kinds: Sequence[str]
+    ) -> dict[str, Decimal]:
+        """What each budget's scope used in [since, until), in the budget's unit (tokens or USD).
+        `scope_kinds`: the kinds of the tenant's budgets (user, team, ...); only those are aggregated."""
+        kinds = [kind for kind in dict.fromkeys(scope_kinds) if kind != "global"]
+        columns = [sql.Identifier(USAGE_COLUMNS[kind]) for kind in kinds]
+        cases = sql.SQL(" ").join(
+            sql.SQL("when grouping({}) = 0 then {}").format(column, sql.Literal(kind))
+            for column, kind in zip(columns, kinds, strict=True)
+        )
+        query = sql.SQL(_BUDGET_WINDOW_USE).format(
+            kind=sql.SQL("case {} else 'global' end").format(cases) if kinds else sql.SQL("'global'"),
+            value=sql.SQL("coalesce({}, '')").format(sql.SQL(", ").join(columns)) if kinds else sql.SQL("''"),
+            sets=sql.SQL("").join(sql.SQL(", ({})").format(column) for column in columns),
+        )
+        rows = await self._fetch_report_rows(query, _usage_params(tenant, since, until, {}))
         return {row["name"]: row["amount"] for row in rows}
 
     # --- API keys ---------------------------------------------------------------------------------
@@ -740,6 +818,10 @@ select {keys}coalesce(sum(requests), 0) as requests,
 """
 
 
+# Memory a report query may use to aggregate a month of usage (a hash per group, per prompt hash).
+REPORT_WORK_MEM = "64MB"
+
+
 def _usage_filters(filters: dict[str, str]) -> sql.Composable:
     """` and column = %(f_key)s` per filter; columns from the allow-list only."""
     return sql.SQL("").join(
@@ -808,7 +890,7 @@ with events as not materialized (
       from (select model, prompt_hash, count(*) as n, coalesce(sum(cost_usd), 0) as cost,
                    coalesce(max(cost_usd), 0) as dearest
               from events where prompt_hash is not null
-             group by model, prompt_hash having count(*) > 1) p
+             group by prompt_hash, model having count(*) > 1) p
      group by model
 )
 select m.*, coalesce(r.repeated_prompts, 0) as repeated_prompts,
@@ -837,18 +919,15 @@ select model, count(*) as samples,
  order by samples desc, model
 """
 
-# Per budget, what its scope used in the window: one scan, one grouping set per scope kind.
+# Per budget, what its scope used in the window: one scan, one grouping set per scope kind that has
+# budgets ({kind}, {value} and {sets} name allow-listed columns only), looked up per budget.
 _BUDGET_WINDOW_USE = """
-with used as (
-    select case when grouping(user_id) = 0 then 'user' when grouping(session_id) = 0 then 'session'
-                when grouping(project) = 0 then 'project' when grouping(team) = 0 then 'team'
-                when grouping(feature) = 0 then 'feature' when grouping(endpoint) = 0 then 'endpoint'
-                else 'global' end as scope_kind,
-           coalesce(user_id, session_id, project, team, feature, endpoint, '') as scope_value,
+with used as materialized (
+    select {kind} as scope_kind, {value} as scope_value,
            sum(total_tokens) as tokens, coalesce(sum(cost_usd), 0) as usd
       from tl_usage
      where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s
-     group by grouping sets ((), (user_id), (session_id), (project), (team), (feature), (endpoint))
+     group by grouping sets (() {sets})
 )
 select b.name, coalesce(case when b.unit = 'tokens' then u.tokens else u.usd end, 0) as amount
   from tl_budget b
