@@ -281,3 +281,13 @@ create table tl_usage_daily (
     errors                      bigint  not null
 );
 create index tl_usage_daily_tenant_day on tl_usage_daily (tenant_id, day);
+
+-- Reports: a hash of each call's prompt (never its text), to find repeated prompts. SHA-256 (hex) of the
+-- prompt text or of its messages' canonical JSON; null when the caller sent neither. The reservation
+-- keeps the hash check_budget took, for the usage that settles it.
+alter table tl_usage add column prompt_hash text;
+alter table tl_reservation add column prompt_hash text;
+-- Repeated prompts per model, found by one ordered pass over this index (index-only: no heap reads,
+-- no hash table of every distinct prompt of the month). Measured by bench/reports.py.
+create index tl_usage_prompt on tl_usage (tenant_id, prompt_hash, model) include (occurred_at, cost_usd)
+    where prompt_hash is not null;

@@ -183,7 +183,7 @@ async def test_no_overspend_of_a_token_budget_across_processes(
     assert sum(a["total_tokens"] for per in settled for a in per) == actual
     assert not sampler.over_cap()
     state = (await ledger.get_budget("hot")).state
-    assert (state.used, state.reserved, state.overage) == (actual, 0, 0)
+    assert (state.used, state.reserved, state.overage) == (Decimal(actual), Decimal(0), Decimal(0))
     row = await period_row(dsn)
     assert (row["committed"], row["reserved"], row["overage"]) == (actual, 0, 0)
     counts = await fetch(
@@ -266,5 +266,5 @@ async def test_no_overspend_of_a_usd_budget_with_mixed_models(
     assert sum(Decimal(a["cost_usd"]) for per in settled for a in per) == expected
     assert not sampler.over_cap()
     state = (await ledger.get_budget("dollar")).state
-    assert (state.used, state.reserved, state.overage) == (expected, 0, 0)
+    assert (state.used, state.reserved, state.overage) == (expected, Decimal(0), Decimal(0))
     assert expected < spent

@@ -482,3 +482,23 @@ async def test_track_counts_texts_when_counts_are_absent(ledger: Ledger) -> None
     assert (tracked.input_tokens, tracked.output_tokens, tracked.method) == (2, 2, "exact")
     given = await ledger.track_usage(TrackRequest(model=MODEL, input_tokens=9, output_text="hi there"))
     assert given.input_tokens == 9 and given.output_tokens == 2
+
+
+async def test_prompts_are_recorded_by_hash_never_by_text(ledger: Ledger) -> None:
+    from tokenledger import reports
+    from tokenledger.types import ChatMessage
+
+    messages = [ChatMessage(role="user", content="What is our refund policy?")]
+    check = await ledger.check_budget(CheckRequest(model=MODEL, messages=messages))
+    await ledger.track_usage(
+        TrackRequest(model=MODEL, reservation_id=check.reservation_id, input_tokens=9, output_tokens=3)
+    )
+    await ledger.track_usage(TrackRequest(model=MODEL, input_text="hello there", output_tokens=1))
+    rows = await ledger.store._fetch_rows(
+        "select prompt_hash, metadata from tl_usage order by recorded_at", ()
+    )
+    assert [r["prompt_hash"] for r in rows] == [
+        reports.prompt_hash(messages=messages),
+        reports.prompt_hash(text="hello there"),
+    ]
+    assert "refund" not in str(rows)

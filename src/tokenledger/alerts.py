@@ -26,6 +26,7 @@ import httpx
 
 from tokenledger.errors import InvalidInput
 from tokenledger.ledger import Ledger
+from tokenledger.secrets import resolve_secret
 
 log = logging.getLogger("tokenledger.alerts")
 
@@ -167,14 +168,18 @@ class LogSink:
 
 
 def sinks_from_env(environ: dict[str, str] | None = None) -> list[Sink]:
-    """Sinks configured by TOKENLEDGER_ALERT_WEBHOOK, _SLACK_WEBHOOK, _SMTP (comma-separated where
-    several), and TOKENLEDGER_ALERT_LOG (on unless `0`)."""
-    env = os.environ if environ is None else environ
+    """Sinks configured by TOKENLEDGER_ALERT_WEBHOOK and _SLACK_WEBHOOK (comma-separated URLs), _SMTP (one
+    URL), each of them possibly a `vault:` reference, and TOKENLEDGER_ALERT_LOG (on unless `0`)."""
+    env = dict(os.environ if environ is None else environ)
+
+    def values(name: str) -> list[str]:
+        return [resolve_secret(v.strip(), env) for v in env.get(name, "").split(",") if v.strip()]
+
     sinks: list[Sink] = []
-    sinks += [WebhookSink(u) for u in env.get("TOKENLEDGER_ALERT_WEBHOOK", "").split(",") if u.strip()]
-    sinks += [SlackSink(u) for u in env.get("TOKENLEDGER_ALERT_SLACK_WEBHOOK", "").split(",") if u.strip()]
-    if env.get("TOKENLEDGER_ALERT_SMTP"):
-        sinks.append(EmailSink.from_url(env["TOKENLEDGER_ALERT_SMTP"]))
+    sinks += [WebhookSink(url) for url in values("TOKENLEDGER_ALERT_WEBHOOK")]
+    sinks += [SlackSink(url) for url in values("TOKENLEDGER_ALERT_SLACK_WEBHOOK")]
+    if smtp := env.get("TOKENLEDGER_ALERT_SMTP", "").strip():  # one URL: its `to=` may list several
+        sinks.append(EmailSink.from_url(resolve_secret(smtp, env)))
     if env.get("TOKENLEDGER_ALERT_LOG", "1") != "0":
         sinks.append(LogSink())
     return sinks

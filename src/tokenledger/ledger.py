@@ -157,20 +157,15 @@ class Ledger:
     def _catalog_model(self, name: str) -> ModelInfo:
         return self.catalog.resolve(name)
 
-    async def _model_for_call(self, name: str, principal: Principal) -> ModelInfo:
-        """The catalog entry that counts a call; the database is asked only for a model the catalog does
-        not know (a tenant may price its own models). Prices are applied by the database itself."""
+    async def _model_for_call(self, name: str, principal: Principal) -> tuple[ModelInfo, Price]:
+        """The model that counts a call, and its bundled price. The database is asked only for a model the
+        catalog does not know (a tenant may price its own); it applies the tenant's override in force at
+        the call's time itself, so the price passed down is the catalog's (none for such a model)."""
         try:
-            return self.catalog.resolve(name)
+            model = self.catalog.resolve(name)
         except UnknownModel:
-            return await self.model_info(name, principal)
-
-    def _catalog_price(self, name: str) -> Price:
-        """The bundled price; the database applies the tenant's override in force at the usage's time."""
-        try:
-            return self.catalog.resolve(name).price
-        except UnknownModel:
-            return Price()
+            return await self.model_info(name, principal), Price()
+        return model, model.price
 
     # --- counting ---------------------------------------------------------------------------------
 
@@ -249,7 +244,7 @@ class Ledger:
         """Check a request against every matching budget and rate limit, and reserve it when allowed."""
         principal = principal or Principal()
         attribution = self._attribution(request, principal, action="check budgets")
-        model = await self._model_for_call(request.model, principal)
+        model, catalog_price = await self._model_for_call(request.model, principal)
         given = [n for n in ("input_tokens", "text", "messages") if getattr(request, n) is not None]
         if len(given) != 1:
             raise InvalidInput(
@@ -265,7 +260,7 @@ class Ledger:
         answer = await self.store.check(
             tenant=principal.tenant_id,
             request_id=request.request_id,
-            request_hash=_request_hash(request),
+            request_hash=_request_hash(request) if request.request_id else "",
             model=model.name,
             attribution=attribution,
             input_tokens=input_tokens,
@@ -274,8 +269,9 @@ class Ledger:
             allow_partial=request.allow_partial,
             reserve=request.reserve,
             ttl_seconds=request.ttl_seconds,
-            catalog_price=_price_params(self._catalog_price(model.name)),
+            catalog_price=_price_params(catalog_price),
             method=method,
+            prompt_hash=request.prompt_hash or reports.prompt_hash(request.text, request.messages),
         )
         result = CheckResult.model_validate(answer)
         if self.metrics is not None:
@@ -325,7 +321,7 @@ class Ledger:
             raise InvalidInput(
                 "metadata", "...", "text without NUL characters (PostgreSQL cannot store them)"
             )
-        model = await self._model_for_call(request.model, principal)
+        model, catalog_price = await self._model_for_call(request.model, principal)
         input_tokens, output_tokens, method = await self._usage_counts(request, model)
         if request.reasoning_output_tokens > output_tokens:
             raise InvalidInput(
@@ -336,7 +332,7 @@ class Ledger:
         answer = await self.store.track(
             tenant=principal.tenant_id,
             request_id=request.request_id,
-            request_hash=_request_hash(request),
+            request_hash=_request_hash(request) if request.request_id else "",
             reservation_id=request.reservation_id,
             model=model.name,
             provider=request.provider or model.provider,
@@ -347,7 +343,7 @@ class Ledger:
             cache_creation_input_tokens=request.cache_creation_input_tokens,
             reasoning_output_tokens=request.reasoning_output_tokens,
             reported_cost=request.cost_usd,
-            catalog_price=_price_params(self._catalog_price(model.name)),
+            catalog_price=_price_params(catalog_price),
             method=method,
             status=request.status,
             latency_ms=request.latency_ms,
@@ -355,6 +351,7 @@ class Ledger:
             metadata=request.metadata,
             occurred_at=request.occurred_at,
             estimated_input_tokens=None,
+            prompt_hash=request.prompt_hash or reports.prompt_hash(request.input_text),
         )
         result = TrackResult.model_validate(answer)
         if self.metrics is not None:
@@ -508,18 +505,19 @@ class Ledger:
         budgets and forecasts the tenant's budgets. Render it with `reports.formatted`."""
         principal = principal or Principal()
         view = query.view
-        if view in ("summary", "usage"):
-            return reports.usage_report(await self.usage(query, principal), view)
         if view == "budgets":
             return reports.budgets_report(await self.list_budgets(principal), now=datetime.now(UTC))
-        if view == "timeseries":
-            return await self._timeseries(query, principal)
+        if view in ("summary", "usage", "timeseries"):
+            return await self._usage_report(query, principal)
         default_window = reports.FORECAST_WINDOW if view == "forecast" else timedelta(days=30)
         filters, since, until = self._report_scope(query, principal, default_window)
         tenant = principal.tenant_id
         if view == "forecast":
             budgets = await self.list_budgets(principal)
-            use = await self.store.budget_window_use(tenant=tenant, since=since, until=until)
+            kinds = [budget.spec.scope.partition(":")[0] for budget in budgets]
+            use = await self.store.budget_window_use(
+                tenant=tenant, since=since, until=until, scope_kinds=kinds
+            )
             return reports.forecast_report(budgets, use, since, until)
         if view == "top":
             rows = await self.store.top_usage(
@@ -537,21 +535,42 @@ class Ledger:
         )
         return reports.recommendations_report(stats, self.catalog, since, until)
 
-    async def _timeseries(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
-        bucketed = query.model_copy(update={"bucket": query.bucket or "day", "limit": MAX_REPORT_ROWS})
-        result = await self.usage(bucketed, principal)
-        buckets = await self.store.usage_buckets(
-            since=result.since,
-            until=result.until,
-            bucket=bucketed.bucket or "day",
-            timezone=query.timezone,
-            limit=MAX_REPORT_ROWS + 1,
-        )
-        if len(buckets) > MAX_REPORT_ROWS:
-            raise InvalidInput(
-                "bucket", bucketed.bucket, f"at most {MAX_REPORT_ROWS:,} buckets: a coarser bucket or window"
+    async def _usage_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
+        """Summary, usage or timeseries: the groups and the totals of the window in one scan."""
+        filters, since, until = self._report_scope(query, principal, timedelta(days=30))
+        _validate_timezone(query.timezone, "timezone")
+        group_by = [] if query.view == "summary" else query.group_by
+        bucket = (query.bucket or "day") if query.view == "timeseries" else query.bucket
+        buckets: list[datetime] = []
+        if query.view == "timeseries":
+            assert bucket is not None
+            buckets = await self.store.usage_buckets(
+                since=since, until=until, bucket=bucket, timezone=query.timezone, limit=MAX_REPORT_ROWS + 1
             )
-        return reports.timeseries_report(result, buckets, bucketed.bucket or "day", query.timezone)
+            if len(buckets) > MAX_REPORT_ROWS:
+                raise InvalidInput(
+                    "bucket", bucket, f"at most {MAX_REPORT_ROWS:,} buckets: a coarser bucket or window"
+                )
+        rows, totals = await self.store.usage_report(
+            tenant=principal.tenant_id,
+            since=since,
+            until=until,
+            filters=filters,
+            group_by=group_by,
+            bucket=None if query.view == "summary" else bucket,
+            timezone=query.timezone,
+            limit=MAX_REPORT_ROWS if query.view == "timeseries" else query.limit,
+        )
+        result = UsageResult(
+            since=since,
+            until=until,
+            rows=[_usage_row(row, group_by) for row in rows],
+            totals=_usage_row(totals, ()),
+        )
+        if query.view == "timeseries":
+            assert bucket is not None
+            return reports.timeseries_report(result, buckets, bucket, query.timezone)
+        return reports.usage_report(result, "summary" if query.view == "summary" else "usage")
 
     def _report_scope(
         self, query: UsageQuery, principal: Principal, default_window: timedelta
@@ -593,6 +612,10 @@ class Ledger:
         )
         if self.metrics is not None:
             self.metrics.observe_alert_delivery(delivery["sink"], error=error, retry_seconds=retry_seconds)
+
+    async def ensure_usage_partitions(self, months_ahead: int = 3) -> int:
+        """Create the monthly usage partitions of the next months; returns how many were new."""
+        return await self.store.ensure_usage_partitions(months_ahead)
 
     async def forecast_alerts(self, *, min_elapsed: float = 0.1) -> int:
         """Write an alert for each budget period on course to run out before it ends."""

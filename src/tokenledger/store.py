@@ -266,10 +266,11 @@ class Store:
         ttl_seconds: float,
         catalog_price: dict[str, str | None],
         method: str,
+        prompt_hash: str | None = None,
     ) -> dict[str, Any]:
         return dict(
             await self._fetch_json(
-                "select tl_check(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "select tl_check(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     tenant,
                     request_id,
@@ -284,6 +285,7 @@ class Store:
                     ttl_seconds,
                     Jsonb(catalog_price),
                     method,
+                    prompt_hash,
                 ),
                 retry_safe=request_id is not None or not reserve,
             )
@@ -313,10 +315,11 @@ class Store:
         metadata: dict[str, Any],
         occurred_at: datetime | None,
         estimated_input_tokens: int | None,
+        prompt_hash: str | None = None,
     ) -> dict[str, Any]:
         return dict(
             await self._fetch_json(
-                f"select tl_track({', '.join(['%s'] * 21)})",
+                f"select tl_track({', '.join(['%s'] * 22)})",
                 (
                     tenant,
                     request_id,
@@ -339,6 +342,7 @@ class Store:
                     Jsonb(metadata),
                     occurred_at,
                     estimated_input_tokens,
+                    prompt_hash,
                 ),
                 retry_safe=request_id is not None,
             )

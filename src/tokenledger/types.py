@@ -54,6 +54,9 @@ TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern
 ToolName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 ReservationId = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
+# SHA-256 (hex) of a prompt: repeated prompts are found by it, the text is never stored.
+PROMPT_HASH_PATTERN = r"^[0-9a-f]{64}$"
+PromptHash = Annotated[str, StringConstraints(pattern=PROMPT_HASH_PATTERN)]
 BudgetName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
 NonNegativeInt = Annotated[int, Field(ge=0, le=2**53)]
 Money = Annotated[Decimal, _plain, Field(ge=0, max_digits=38, decimal_places=18)]
@@ -315,6 +318,7 @@ class CheckRequest(Attribution):
     allow_partial: bool = False
     ttl_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600
     request_id: RequestId | None = None
+    prompt_hash: PromptHash | None = None  # default: hashed from text or messages
 
 
 class CheckResult(Model):
@@ -355,6 +359,7 @@ class TrackRequest(Attribution):
     ] = Field(default_factory=list, max_length=256)
     metadata: dict[str, Any] = Field(default_factory=dict)
     occurred_at: Moment | None = None  # usage reported after the fact lands in its own period
+    prompt_hash: PromptHash | None = None  # default: hashed from input_text, else the reservation's
 
 
 class AlertInfo(Model):

@@ -12,7 +12,10 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final, Literal
@@ -31,6 +34,8 @@ log = logging.getLogger("tokenledger.serve")
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8765
 SWEEP_SECONDS: Final = 5.0
+ALERT_POLL_SECONDS: Final = float(os.environ.get("TOKENLEDGER_ALERT_POLL_SECONDS", "5"))
+HOUSEKEEPING_SECONDS: Final = 6 * 3600.0
 ADMIN_KEY_FILE: Final = "admin.key"
 TransportName = Literal["stdio", "http", "sse"]
 
@@ -147,6 +152,40 @@ async def _sweep_expired(ledger: Ledger) -> None:
                 log.info("released %d expired reservations", released)
 
 
+async def _housekeeping(ledger: Ledger) -> None:
+    """Keep monthly usage partitions created ahead and, with TOKENLEDGER_RETENTION set (e.g. 90d), prune
+    what is older; every few hours, for as long as the server runs."""
+    from tokenledger.cli.ledger_cmds import parse_duration
+
+    retention = os.environ.get("TOKENLEDGER_RETENTION")
+    keep = parse_duration(retention, "TOKENLEDGER_RETENTION") if retention else None
+    while True:
+        try:
+            await ledger.ensure_usage_partitions()
+            if keep is not None:
+                pruned = await ledger.prune_usage(keep)
+                if pruned["dropped_partitions"]:
+                    log.info("retention dropped %s", ", ".join(pruned["dropped_partitions"]))
+        except TokenLedgerError as error:
+            log.warning("housekeeping failed, will retry: %s", error)
+        await anyio.sleep(HOUSEKEEPING_SECONDS)
+
+
+@asynccontextmanager
+async def _background(ledger: Ledger) -> AsyncIterator[None]:
+    """What a server does besides answering calls: release expired reservations, deliver alerts from the
+    outbox to the configured sinks (any number of servers share the work), keep partitions ahead."""
+    from tokenledger.alerts import Dispatcher, sinks_from_env
+
+    sinks = await anyio.to_thread.run_sync(sinks_from_env)  # a bad sink setting refuses to start
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_sweep_expired, ledger)
+        tasks.start_soon(partial(Dispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
+        tasks.start_soon(_housekeeping, ledger)
+        yield
+        tasks.cancel_scope.cancel()
+
+
 async def _serve_stdio(settings: Settings) -> None:
     from tokenledger.mcp import build_server
 
@@ -154,10 +193,8 @@ async def _serve_stdio(settings: Settings) -> None:
     async with await Ledger.open(settings) as ledger:
         server = build_server(ledger, default_principal=principal)
         log.info("serving MCP over stdio as %s of tenant %r", principal.role, principal.tenant_id)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_sweep_expired, ledger)
+        async with _background(ledger):
             await server.run_stdio_async()
-            tasks.cancel_scope.cancel()
 
 
 @dataclass
@@ -222,10 +259,8 @@ async def _serve_http(settings: Settings, args: argparse.Namespace, stop: _StopR
                 args.host,
             )
         print(_banner(describe(args.host, args.port, transports), key_note), file=sys.stderr, flush=True)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_sweep_expired, ledger)
+        async with _background(ledger):
             await uvicorn_server.serve()
-            tasks.cancel_scope.cancel()
         if not uvicorn_server.started and not stop.requested:
             raise TokenLedgerError(f"could not serve on {args.host}:{args.port} (see the log above)")
     log.info("stopped")

@@ -13,8 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
+from tokenledger.reports import ReportQuery
 from tokenledger.types import (
     PRINTABLE_PATTERN,
+    PROMPT_HASH_PATTERN,
     UUID_PATTERN,
     Budget,
     BudgetName,
@@ -32,7 +34,6 @@ from tokenledger.types import (
     ReservationId,
     TrackRequest,
     Unit,
-    UsageQuery,
 )
 
 __all__ = [
@@ -109,15 +110,14 @@ class FitInput(FitRequest):
     model_config = _config(max_tokens="Output room")
 
 
-class ReportInput(UsageQuery):
-    """A usage query, the view to show and its format."""
+class ReportInput(ReportQuery):
+    """A report query (the view to show) and its format."""
 
-    view: Literal["summary", "usage", "budgets"] = "summary"
     format: Literal["json", "markdown", "csv"] = "json"
 
     model_config = _config(
-        view="summary: totals; usage: rows by group_by/bucket; budgets: live state",
-        since="ISO 8601 or 90m/24h/7d ago; default 30d",
+        view="usage: by group_by/bucket; forecast: per budget; top: dearest calls",
+        since="ISO 8601 or 90m/24h/7d ago; default 30d (forecast 24h)",
     )
 
 
@@ -197,7 +197,7 @@ _BIG_INT = 2**31
 # Keys the agent does not need to read; validation still applies them (the input model is the judge).
 _DROP_INPUT = ("title", "default", "format", "maxLength", "maxItems")
 # "no control characters" and "a UUID": agents never send otherwise by accident; still enforced.
-_UNPUBLISHED_PATTERNS = (PRINTABLE_PATTERN, UUID_PATTERN)
+_UNPUBLISHED_PATTERNS = (PRINTABLE_PATTERN, UUID_PATTERN, PROMPT_HASH_PATTERN)
 
 
 def input_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -100,10 +100,8 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         return await ledger.release(request.reservation_id, who(ctx))
 
     async def report(request: ReportInput, ctx: Context[Any, Any]) -> reports.Report:
-        """Usage summary, grouped usage, or budgets with live state; json, markdown or csv."""
-        if request.view == "budgets":
-            return reports.budgets_report(await ledger.list_budgets(who(ctx)), request.format)
-        return reports.usage_report(await ledger.usage(request, who(ctx)), request.view, request.format)
+        """Usage, timeseries, budgets, forecast, top calls, savings, estimate accuracy; json/markdown/csv."""
+        return reports.formatted(await ledger.report(request, who(ctx)), request.format)
 
     async def manage_budget(request: ManageBudgetInput, ctx: Context[Any, Any]) -> BudgetsResult:
         """Set, get, list or delete budgets (set and delete need admin)."""
