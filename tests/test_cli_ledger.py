@@ -89,6 +89,8 @@ def test_keys_and_usage(env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and "user" in err
     code, out, _ = run(capsys, "usage", "--since", "7d", "--group-by", "user,model")
     assert code == 0 and "TOTAL" in out
+    code, out, _ = run(capsys, "usage", "--since", "30d", "--bucket", "day", "--timezone", "America/New_York")
+    assert code == 0 and "TOTAL" in out
     code, _, err = run(capsys, "usage", "--group-by", "password")
     assert code == 1 and "group_by" in err
 

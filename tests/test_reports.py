@@ -353,3 +353,11 @@ async def test_mcp_report_tool_new_views(ledger: Ledger) -> None:
         result = await client.call_tool("report", {**window, "view": "top"})
         assert result.structured_content is not None
         assert {row["user"] for row in result.structured_content["rows"]} == {"bob"}
+
+
+def test_an_empty_report_says_so_in_the_table(dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    from tokenledger.cli import main
+
+    monkeypatch.setenv("TOKENLEDGER_DATABASE_URL", dsn)
+    assert main(["report", "--view", "top"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": no rows")

@@ -224,7 +224,7 @@ async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Nam
     rows = [
         [
             *(row.keys.get(k) or "-" for k in query.group_by),
-            *([row.bucket.isoformat()] if query.bucket and row.bucket else []),
+            *([row.bucket.isoformat() if row.bucket else "-"] if query.bucket else []),
             *(str(v) for v in (row.requests, row.input_tokens, row.output_tokens, row.total_tokens)),
             money(row.cost_usd),
         ]

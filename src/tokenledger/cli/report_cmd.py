@@ -86,7 +86,9 @@ def write(report: reports.Report, fmt: str, out: TextIO, *, interactive: bool) -
     rows = reports.shown_rows(report)
     if fmt == "table":
         console = Console(file=out, width=None if interactive else 10_000, highlight=False)
-        console.print(table(report))
+        grid = table(report)
+        # A table without rows has no columns either, and rich prints nothing for it: say so instead.
+        console.print(grid if rows else f"{grid.title}: no rows")
         for note in report.notes:
             console.print(note, style="dim", soft_wrap=True)
     elif fmt == "json":
@@ -119,8 +121,6 @@ def table(report: reports.Report) -> Table:
         cells = [_shown(totals.get(column)) if column in totals else "" for column in columns]
         cells[0] = "TOTAL"
         grid.add_row(*cells, style="bold")
-    if not rows:
-        grid.caption = "no rows"
     return grid
 
 
