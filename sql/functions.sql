@@ -299,7 +299,7 @@ create or replace function tl_check(
     p_tenant text, p_request_id text, p_request_hash text, p_model text, p_attr jsonb,
     p_input_tokens bigint, p_max_output bigint, p_priority text, p_allow_partial boolean,
     p_reserve boolean, p_ttl_seconds double precision, p_catalog_price jsonb, p_method text,
-    p_prompt_hash text default null)
+    p_prompt_hash text default null, p_counted_input bigint default null)
 returns jsonb language plpgsql
 -- Generic plans: the statements here are key lookups, and re-planning them per call cost more
 -- than running them (measured: a check 0.83 ms -> 0.29 ms).
@@ -475,10 +475,10 @@ begin
         expires := now_at + make_interval(secs => p_ttl_seconds);
         insert into tl_reservation (tenant_id, reservation_id, request_id, expires_at, model, priority,
                                     input_tokens, granted_output_tokens, estimated_cost_usd, attribution,
-                                    prompt_hash)
+                                    prompt_hash, counted_input_tokens)
         values (p_tenant, reservation, p_request_id, expires, p_model, p_priority, p_input_tokens, granted,
                 case when priced then p_input_tokens * rate_in + granted * rate_out end, p_attr,
-                p_prompt_hash);
+                p_prompt_hash, p_counted_input);
         for i in 1 .. coalesce(array_length(budgets, 1), 0) loop
             b := budgets[i];
             amount := case when b.unit = 'tokens' then p_input_tokens + granted

@@ -291,3 +291,6 @@ alter table tl_reservation add column prompt_hash text;
 -- no hash table of every distinct prompt of the month). Measured by bench/reports.py.
 create index tl_usage_prompt on tl_usage (tenant_id, prompt_hash, model) include (occurred_at, cost_usd)
     where prompt_hash is not null;
+
+-- For an estimated model, the count before calibration (input_tokens holds what was reserved).
+alter table tl_reservation add column counted_input_tokens bigint;

@@ -502,3 +502,32 @@ async def test_prompts_are_recorded_by_hash_never_by_text(ledger: Ledger) -> Non
         reports.prompt_hash(text="hello there"),
     ]
     assert "refund" not in str(rows)
+
+
+async def test_estimates_are_calibrated_from_what_the_provider_reported(ledger: Ledger) -> None:
+    claude = "claude-sonnet-4-5"
+    assert ledger.catalog.resolve(claude).count_method == "estimate"
+    text = "Summarise the quarterly report in three bullet points. " * 20
+    first = await ledger.check_budget(CheckRequest(model=claude, text=text))
+    assert first.method == "estimate" and first.calibration_factor is None
+    raw = first.input_tokens
+    for _ in range(5):  # the provider reports twice what we estimated, every time
+        check = await ledger.check_budget(CheckRequest(model=claude, text=text))
+        await ledger.track_usage(
+            TrackRequest(
+                model=claude, reservation_id=check.reservation_id, input_tokens=2 * raw, output_tokens=1
+            )
+        )
+    calibrated = await Ledger(ledger.store).check_budget(CheckRequest(model=claude, text=text))
+    assert calibrated.calibration_factor == 2.0
+    assert calibrated.input_tokens == 2 * raw and calibrated.method == "estimate"
+    # Exact counts are never scaled, and a calibrated check keeps calibrating against the raw count.
+    exact = await ledger.check_budget(CheckRequest(model=MODEL, text=text))
+    assert exact.calibration_factor is None
+    await ledger.track_usage(
+        TrackRequest(
+            model=claude, reservation_id=calibrated.reservation_id, input_tokens=2 * raw, output_tokens=1
+        )
+    )
+    again = await Ledger(ledger.store).check_budget(CheckRequest(model=claude, text=text))
+    assert again.calibration_factor == 2.0

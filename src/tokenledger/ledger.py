@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +61,11 @@ __all__ = ["Ledger"]
 
 ATTRIBUTION_FIELDS = ("user", "session", "project", "team", "feature", "endpoint")
 SCOPE_KINDS = ("team", "project", "user", "session", "feature", "endpoint")
+# Estimates are calibrated from the provider's reported usage once a model has this many settled calls;
+# the factor is kept this long per process, and held within these bounds.
+CALIBRATION_MIN_CALLS = 5
+CALIBRATION_TTL_SECONDS = 300.0
+CALIBRATION_BOUNDS = (0.5, 3.0)
 # Texts above this are counted in a worker thread; below it the hand-off costs more than the count.
 THREAD_COUNT_THRESHOLD = 64 * 1024
 MAX_REPORT_ROWS = 10_000  # time buckets of a timeseries report
@@ -88,6 +94,7 @@ class Ledger:
         self.store = store
         self.catalog = catalog or Catalog()
         self.counter = counter or tokens.TokenCounter()
+        self._calibration: dict[tuple[str, str], tuple[float | None, float]] = {}
         self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
 
     @classmethod
@@ -251,11 +258,17 @@ class Ledger:
                 "input_tokens", given or None, "give exactly one of input_tokens, text or messages"
             )
         method: Method
+        factor: float | None = None
+        counted: int | None = None
         if request.input_tokens is not None:
             input_tokens, method = request.input_tokens, "provider"
         else:
             count = await self._count(request.text, None, request.messages, None, model, None)
             input_tokens, method = count.tokens, count.method
+            if method == "estimate":
+                counted = input_tokens  # kept raw, so later calibration compares like with like
+                if factor := await self.estimate_factor(model.name, principal):
+                    input_tokens = math.ceil(input_tokens * factor)
         started = time.perf_counter()
         answer = await self.store.check(
             tenant=principal.tenant_id,
@@ -272,8 +285,11 @@ class Ledger:
             catalog_price=_price_params(catalog_price),
             method=method,
             prompt_hash=request.prompt_hash or reports.prompt_hash(request.text, request.messages),
+            counted_input_tokens=counted,
         )
         result = CheckResult.model_validate(answer)
+        if factor is not None:
+            result.calibration_factor = factor
         if self.metrics is not None:
             self.metrics.observe_check(result, time.perf_counter() - started)
         extra_warnings = self._context_warnings(model, input_tokens, request.max_output_tokens)
@@ -283,6 +299,22 @@ class Ledger:
                 update={"warnings": [*result.warnings, *extra_warnings], "suggested_model": suggestion}
             )
         return result
+
+    async def estimate_factor(self, model: str, principal: Principal | None = None) -> float | None:
+        """How this tenant's provider-reported input for `model` compares with our pre-flight estimates
+        (actual / estimated over its latest settled calls), or None until there are enough calls."""
+        principal = principal or Principal()
+        key = (principal.tenant_id, model)
+        cached = self._calibration.get(key)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        seen = await self.store.estimate_calibration(tenant=principal.tenant_id, model=model)
+        factor = None
+        if seen["calls"] >= CALIBRATION_MIN_CALLS and seen["estimated"] > 0:
+            low, high = CALIBRATION_BOUNDS
+            factor = round(min(max(seen["actual"] / seen["estimated"], low), high), 4)
+        self._calibration[key] = (factor, time.monotonic() + CALIBRATION_TTL_SECONDS)
+        return factor
 
     def _context_warnings(self, model: ModelInfo, input_tokens: int, max_output: int) -> list[str]:
         if model.context_window and input_tokens + max_output > model.context_window:

@@ -267,10 +267,11 @@ class Store:
         catalog_price: dict[str, str | None],
         method: str,
         prompt_hash: str | None = None,
+        counted_input_tokens: int | None = None,
     ) -> dict[str, Any]:
         return dict(
             await self._fetch_json(
-                "select tl_check(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "select tl_check(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     tenant,
                     request_id,
@@ -286,6 +287,7 @@ class Store:
                     Jsonb(catalog_price),
                     method,
                     prompt_hash,
+                    counted_input_tokens,
                 ),
                 retry_safe=request_id is not None or not reserve,
             )
@@ -462,6 +464,12 @@ class Store:
         }
         params.update({f"f_{k}": v for k, v in filters.items()})
         return await self._fetch_rows(query, params)
+
+    async def estimate_calibration(self, *, tenant: str, model: str, calls: int = 200) -> dict[str, int]:
+        """Provider-reported input tokens against our raw (uncalibrated) counts over the model's latest
+        settled calls: `actual`, `estimated` and `calls`."""
+        rows = await self._fetch_rows(_CALIBRATION, {"tenant": tenant, "model": model, "calls": calls})
+        return {key: int(value) for key, value in rows[0].items()}
 
     async def prune_usage(self, *, before: datetime) -> dict[str, Any]:
         """Roll up and drop every monthly usage partition that ends before `before`."""
@@ -937,6 +945,21 @@ select b.name, coalesce(case when b.unit = 'tokens' then u.tokens else u.usd end
   from tl_budget b
   left join used u on u.scope_kind = b.scope_kind and u.scope_value = b.scope_value
  where b.tenant_id = %(tenant)s
+"""
+
+# Settled calls of one model, newest first: what the provider reported against the pre-flight estimate.
+_CALIBRATION = """
+select coalesce(sum(u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens), 0) as actual,
+       coalesce(sum(r.counted_input_tokens), 0) as estimated,
+       count(*) as calls
+  from (select reservation_id, input_tokens, cache_read_input_tokens, cache_creation_input_tokens
+          from tl_usage
+         where tenant_id = %(tenant)s and model = %(model)s and reservation_id is not null
+           and status = 'success'
+         order by occurred_at desc
+         limit %(calls)s) u
+  join tl_reservation r on r.tenant_id = %(tenant)s and r.reservation_id = u.reservation_id
+ where r.counted_input_tokens > 0
 """
 
 _SCHEMA_SIGNATURE = """

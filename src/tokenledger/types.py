@@ -337,6 +337,8 @@ class CheckResult(Model):
     suggested_model: str | None = None
     warnings: list[str] = Field(default_factory=list)
     duplicate: bool = False
+    # An estimated count scaled by what the provider reported for this model's recent calls.
+    calibration_factor: float | None = None
 
 
 class TrackRequest(Attribution):
