@@ -11,42 +11,12 @@ from typing import Any
 
 import pytest
 
+from tests.test_tokens import COOKBOOK_TOOLS, COOKBOOK_WEATHER_MESSAGES
 from tokenledger import tokens
 from tokenledger.cli import main
 
-WEATHER: dict[str, Any] = {
-    "messages": [
-        {
-            "role": "system",
-            "content": "You are a helpful assistant that can answer to questions about the weather.",
-        },
-        {"role": "user", "content": "What's the weather like in San Francisco?"},
-    ],
-    "tools": [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_current_weather",
-                "description": "Get the current weather in a given location",
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "location": {
-                            "type": "string",
-                            "description": "The city and state, e.g. San Francisco, CA",
-                        },
-                        "unit": {
-                            "type": "string",
-                            "description": "The unit of temperature to return",
-                            "enum": ["celsius", "fahrenheit"],
-                        },
-                    },
-                    "required": ["location"],
-                },
-            },
-        }
-    ],
-}
+# The cookbook's weather example (105 tokens on gpt-4, 101 on gpt-4o), shared with the counting tests.
+WEATHER: dict[str, Any] = {"messages": COOKBOOK_WEATHER_MESSAGES, "tools": COOKBOOK_TOOLS}
 
 
 def run_command(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
