@@ -489,45 +489,47 @@ class Ledger:
         """Usage aggregated by any of user, session, project, team, feature, endpoint, provider, model and
         a time bucket. A member sees only its own user's usage."""
         principal = principal or Principal()
-        filters = {
-            k: v for k in (*ATTRIBUTION_FIELDS, "model", "provider") if (v := getattr(query, k)) is not None
-        }
-        if principal.role == "member":
-            if filters.get("user", principal.user) != principal.user:
-                raise PermissionDenied(
-                    f"user {filters['user']!r}: a member key reads only its own user's usage"
-                )
-            filters["user"] = principal.user or ""
-        until = query.until or datetime.now(UTC)
-        since = query.since or until - timedelta(days=30)
-        if since >= until:
-            raise InvalidInput("since", since.isoformat(), f"must be before until ({until.isoformat()})")
-        _validate_timezone(query.timezone, "timezone")
-        rows = await self.store.usage(
-            tenant=principal.tenant_id,
-            since=since,
-            until=until,
-            filters=filters,
+        filters, since, until = self._report_scope(query, principal, timedelta(days=30))
+        return await self._usage(
+            principal.tenant_id,
+            filters,
+            since,
+            until,
+            query.timezone,
             group_by=query.group_by,
             bucket=query.bucket,
-            timezone=query.timezone,
             limit=query.limit,
         )
-        totals = await self.store.usage(
-            tenant=principal.tenant_id,
+
+    async def _usage(
+        self,
+        tenant: str,
+        filters: dict[str, str],
+        since: datetime,
+        until: datetime,
+        timezone: str,
+        *,
+        group_by: Sequence[str],
+        bucket: str | None,
+        limit: int,
+    ) -> UsageResult:
+        """The window's groups (at most `limit`) and its totals, from one scan."""
+        _validate_timezone(timezone, "timezone")
+        rows, totals = await self.store.usage_report(
+            tenant=tenant,
             since=since,
             until=until,
             filters=filters,
-            group_by=(),
-            bucket=None,
-            timezone=query.timezone,
-            limit=1,
+            group_by=group_by,
+            bucket=bucket,
+            timezone=timezone,
+            limit=limit,
         )
         return UsageResult(
             since=since,
             until=until,
-            rows=[_usage_row(r, query.group_by) for r in rows],
-            totals=_usage_row(totals[0], ()),
+            rows=[_usage_row(row, group_by) for row in rows],
+            totals=_usage_row(totals, ()),
         )
 
     # --- reports ----------------------------------------------------------------------------------
@@ -570,7 +572,7 @@ class Ledger:
     async def _usage_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
         """Summary, usage or timeseries: the groups and the totals of the window in one scan."""
         filters, since, until = self._report_scope(query, principal, timedelta(days=30))
-        _validate_timezone(query.timezone, "timezone")
+        _validate_timezone(query.timezone, "timezone")  # before the bucket query uses it
         group_by = [] if query.view == "summary" else query.group_by
         bucket = (query.bucket or "day") if query.view == "timeseries" else query.bucket
         buckets: list[datetime] = []
@@ -583,21 +585,15 @@ class Ledger:
                 raise InvalidInput(
                     "bucket", bucket, f"at most {MAX_REPORT_ROWS:,} buckets: a coarser bucket or window"
                 )
-        rows, totals = await self.store.usage_report(
-            tenant=principal.tenant_id,
-            since=since,
-            until=until,
-            filters=filters,
+        result = await self._usage(
+            principal.tenant_id,
+            filters,
+            since,
+            until,
+            query.timezone,
             group_by=group_by,
             bucket=None if query.view == "summary" else bucket,
-            timezone=query.timezone,
             limit=MAX_REPORT_ROWS if query.view == "timeseries" else query.limit,
-        )
-        result = UsageResult(
-            since=since,
-            until=until,
-            rows=[_usage_row(row, group_by) for row in rows],
-            totals=_usage_row(totals, ()),
         )
         if query.view == "timeseries":
             assert bucket is not None

@@ -418,53 +418,6 @@ class Store:
 
     # --- usage ------------------------------------------------------------------------------------
 
-    async def usage(
-        self,
-        *,
-        tenant: str,
-        since: datetime,
-        until: datetime,
-        filters: dict[str, str],
-        group_by: Sequence[str],
-        bucket: str | None,
-        timezone: str,
-        limit: int,
-    ) -> list[dict[str, Any]]:
-        """Usage aggregated by allow-listed columns (and a time bucket), most expensive first."""
-        keys = [
-            sql.SQL("{} as {}").format(sql.Identifier(USAGE_COLUMNS[g]), sql.Identifier(g)) for g in group_by
-        ]
-        if bucket:
-            keys.append(
-                sql.SQL(
-                    "date_trunc({}, occurred_at at time zone %(tz)s) at time zone %(tz)s as bucket"
-                ).format(sql.Literal(bucket))
-            )
-        filter_sql = sql.SQL("").join(
-            sql.SQL(" and {} = {}").format(sql.Identifier(USAGE_COLUMNS[k]), sql.Placeholder(f"f_{k}"))
-            for k in filters
-        )
-        group = (
-            (sql.SQL("group by ") + sql.SQL(", ").join(sql.Literal(i + 1) for i in range(len(keys))))
-            if keys
-            else sql.SQL("")
-        )
-        query = sql.SQL(_USAGE_REPORT).format(
-            keys=sql.SQL("").join(k + sql.SQL(", ") for k in keys),
-            filters=filter_sql,
-            group=group,
-            order=sql.SQL("bucket, cost_usd desc") if bucket else sql.SQL("cost_usd desc, requests desc"),
-        )
-        params: dict[str, Any] = {
-            "tenant": tenant,
-            "since": since,
-            "until": until,
-            "tz": timezone,
-            "limit": limit,
-        }
-        params.update({f"f_{k}": v for k, v in filters.items()})
-        return await self._fetch_rows(query, params)
-
     async def estimate_calibration(self, *, tenant: str, model: str, calls: int = 200) -> dict[str, int]:
         """Provider-reported input tokens against our raw (uncalibrated) counts over the model's latest
         settled calls: `actual`, `estimated` and `calls`."""
@@ -510,7 +463,8 @@ class Store:
         timezone: str,
         limit: int,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Usage grouped like `usage` (up to `limit` groups) and the window's totals, in one scan."""
+        """Usage grouped by allow-listed columns and a time bucket (up to `limit` groups, most expensive
+        first, or in bucket order), and the window's totals, in one scan."""
         keys: list[sql.Composable] = [sql.Identifier(USAGE_COLUMNS[g]) for g in group_by]
         if bucket:
             keys.append(
