@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import email
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.servers import free_port
 from tokenledger.alerts import Dispatcher, EmailSink, LogSink, SlackSink, WebhookSink, sinks_from_env
 from tokenledger.ledger import Ledger
 from tokenledger.store import Store
@@ -152,9 +152,7 @@ async def test_email_over_smtp_and_slack(ledger: Ledger, receiver: Receiver) -> 
             received.append(envelope)
             return "250 OK"
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     controller = Controller(Handler(), hostname="127.0.0.1", port=port)
     controller.start()
     try:

@@ -26,7 +26,7 @@ import anyio
 import httpx2
 import pytest
 
-from tests.test_metrics import serving
+from tests.servers import serving
 from tokenledger import dashboard
 from tokenledger.ledger import Ledger
 from tokenledger.mcp.http import DASHBOARD_COOKIE

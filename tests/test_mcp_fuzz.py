@@ -31,22 +31,14 @@ from hypothesis_jsonschema import from_schema
 from mcp import Client
 from mcp_types import CallToolResult, TextContent, Tool
 
+from tests.test_mcp_tools import TOOLS as ALL_TOOLS
 from tokenledger.ledger import Ledger
 from tokenledger.mcp import build_server
 from tokenledger.types import Principal
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = [
-    "count_tokens",
-    "check_budget",
-    "track_usage",
-    "release",
-    "report",
-    "manage_budget",
-    "prices",
-    "fit_messages",
-]
+TOOLS = sorted(ALL_TOOLS)
 VALID_EXAMPLES = 150
 INVALID_EXAMPLES = 60
 UNKNOWN_FIELD = "zz_not_a_field"

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +20,6 @@ import anyio
 import httpx2
 import psycopg
 import pytest
-import uvicorn
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
@@ -32,11 +29,9 @@ from mcp_types import CallToolResult
 from mcp_types.version import LATEST_MODERN_VERSION, LATEST_PROTOCOL_VERSION
 from psycopg import sql
 
-from tokenledger.ledger import Ledger
-from tokenledger.mcp import build_server
-from tokenledger.mcp.http import DEFAULT_MAX_REQUEST_BYTES, AccessPolicy, Transport, build_app
-from tokenledger.settings import Settings
-from tokenledger.types import MAX_TEXT_BYTES, Principal
+from tests.servers import Served, serving
+from tokenledger.mcp.http import DEFAULT_MAX_REQUEST_BYTES, AccessPolicy
+from tokenledger.types import MAX_TEXT_BYTES
 
 LEGACY = "2025-06-18"
 NEWEST = LATEST_PROTOCOL_VERSION
@@ -45,12 +40,6 @@ MODEL = "gpt-4o-mini"
 TEST_TIMEOUT = 60
 
 pytestmark = pytest.mark.anyio
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -69,57 +58,6 @@ def offer(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 # --- servers -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Served:
-    """A running HTTP server: its base URL and a ledger over the same database (for keys and checks)."""
-
-    base: str
-    port: int
-    ledger: Ledger
-    dsn: str
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    dsn: str,
-    *,
-    transports: tuple[Transport, ...] = ("http", "sse"),
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-) -> AsyncIterator[Served]:
-    """The real app under uvicorn on 127.0.0.1, in this event loop, stopped on exit."""
-    ledger = await Ledger.open(Settings.from_env({}), dsn=dsn, migrate=False)
-    try:
-        server = build_server(ledger, default_principal=Principal(role="viewer"))
-        app = build_app(
-            ledger,
-            server,
-            transports=transports,
-            policy=AccessPolicy.for_bind("127.0.0.1"),
-            max_request_bytes=max_request_bytes,
-        )
-        port = free_port()
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
-        http_server = uvicorn.Server(config)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(http_server.serve)
-            with anyio.fail_after(10):
-                while not http_server.started:  # noqa: ASYNC110 - uvicorn has no "started" event
-                    await anyio.sleep(0.01)
-            try:
-                yield Served(f"http://127.0.0.1:{port}", port, ledger, dsn)
-            finally:
-                http_server.should_exit = True
-    finally:
-        await ledger.close()
 
 
 def stdio_parameters(dsn: str, home: Path, **env: str) -> StdioServerParameters:

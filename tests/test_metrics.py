@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,17 +19,13 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from tokenledger.ledger import Ledger
-from tokenledger.mcp import build_server
-from tokenledger.mcp.http import AccessPolicy, build_app
+from tests.servers import Served, serving
 from tokenledger.metrics import METRIC_NAMES, Metrics
-from tokenledger.settings import Settings
-from tokenledger.types import BudgetState, CheckResult, Principal, TrackResult
+from tokenledger.types import BudgetState, CheckResult, TrackResult
 
 MODEL = "gpt-4o-mini"
 TEST_TIMEOUT = 60
@@ -42,45 +37,6 @@ pytestmark = pytest.mark.anyio
 
 
 # --- a server on loopback ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Served:
-    base: str
-    port: int
-    ledger: Ledger
-    dsn: str
-
-
-@contextlib.asynccontextmanager
-async def serving(dsn: str, **app_options: Any) -> AsyncIterator[Served]:
-    """The real app (MCP, /metrics, /dashboard) under uvicorn on 127.0.0.1, in this event loop."""
-    ledger = await Ledger.open(Settings.from_env({}), dsn=dsn, migrate=False)
-    try:
-        server = build_server(ledger, default_principal=Principal(role="viewer"))
-        app = build_app(ledger, server, policy=AccessPolicy.for_bind("127.0.0.1"), **app_options)
-        port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=2
-        )
-        http_server = uvicorn.Server(config)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(http_server.serve)
-            with anyio.fail_after(10):
-                while not http_server.started:  # noqa: ASYNC110 - uvicorn has no "started" event
-                    await anyio.sleep(0.01)
-            try:
-                yield Served(f"http://127.0.0.1:{port}", port, ledger, dsn)
-            finally:
-                http_server.should_exit = True
-    finally:
-        await ledger.close()
 
 
 @contextlib.asynccontextmanager

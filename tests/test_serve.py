@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -18,18 +17,13 @@ import anyio
 import httpx2
 import psycopg
 
+from tests.servers import free_port
 from tokenledger.ledger import Ledger
 from tokenledger.settings import Settings
 from tokenledger.types import Principal
 
 START_TIMEOUT = 30
 STOP_TIMEOUT = 15
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager

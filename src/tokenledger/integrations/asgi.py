@@ -172,6 +172,8 @@ class TokenLedgerMiddleware:
         if user is not None and getattr(user, "is_authenticated", False):
             try:
                 identity = user.identity
+            # Starlette's BaseUser declares `identity` and raises NotImplementedError where a user class
+            # leaves it out; other auth libraries have no such attribute: then fall back to display_name.
             except (NotImplementedError, AttributeError):
                 identity = getattr(user, "display_name", None)
             if isinstance(identity, str) and identity:

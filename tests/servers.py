@@ -1,0 +1,61 @@
+"""Real servers on loopback for the tests: a free port, and the whole HTTP app under uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import uvicorn
+
+from tokenledger.ledger import Ledger
+from tokenledger.mcp import build_server
+from tokenledger.mcp.http import AccessPolicy, build_app
+from tokenledger.settings import Settings
+from tokenledger.types import Principal
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Served:
+    """A running HTTP server: its base URL and a ledger over the same database (for keys and checks)."""
+
+    base: str
+    port: int
+    ledger: Ledger
+    dsn: str
+
+
+@contextlib.asynccontextmanager
+async def serving(dsn: str, **app_options: Any) -> AsyncIterator[Served]:
+    """The real app (MCP, SSE, /metrics, /dashboard) under uvicorn on 127.0.0.1, in this event loop,
+    stopped on exit. `app_options` go to `build_app` (transports, max_request_bytes, metrics_token...)."""
+    ledger = await Ledger.open(Settings.from_env({}), dsn=dsn, migrate=False)
+    try:
+        server = build_server(ledger, default_principal=Principal(role="viewer"))
+        app = build_app(ledger, server, policy=AccessPolicy.for_bind("127.0.0.1"), **app_options)
+        port = free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=2
+        )
+        http_server = uvicorn.Server(config)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(http_server.serve)
+            with anyio.fail_after(10):
+                while not http_server.started:  # noqa: ASYNC110 - uvicorn has no "started" event
+                    await anyio.sleep(0.01)
+            try:
+                yield Served(f"http://127.0.0.1:{port}", port, ledger, dsn)
+            finally:
+                http_server.should_exit = True
+    finally:
+        await ledger.close()
