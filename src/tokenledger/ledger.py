@@ -32,6 +32,7 @@ from tokenledger.types import (
     Attribution,
     Budget,
     BudgetSpec,
+    BudgetState,
     ChatMessage,
     CheckRequest,
     CheckResult,
@@ -288,6 +289,7 @@ class Ledger:
             counted_input_tokens=counted,
         )
         result = CheckResult.model_validate(answer)
+        result.budgets = _visible_states(principal, result.budgets)
         if factor is not None:
             result.calibration_factor = factor
         if self.metrics is not None:
@@ -386,6 +388,9 @@ class Ledger:
             prompt_hash=request.prompt_hash or reports.prompt_hash(request.input_text),
         )
         result = TrackResult.model_validate(answer)
+        result.budgets = _visible_states(principal, result.budgets)
+        shown = {state.name for state in result.budgets}
+        result.alerts = [alert for alert in result.alerts if alert.budget in shown]
         if self.metrics is not None:
             self.metrics.observe_usage(
                 result,
@@ -443,15 +448,19 @@ class Ledger:
         return Budget.model_validate(answer)
 
     async def get_budget(self, name: str, principal: Principal | None = None) -> Budget:
+        """One budget the principal may read; another user's looks absent to a member."""
         principal = principal or Principal()
         found = await self.store.budgets(tenant=principal.tenant_id, name=name)
-        if not found:
+        visible = _visible_budgets(principal, [Budget.model_validate(b) for b in found])
+        if not visible:
             raise NotFound(f"name {name!r}: no such budget in this tenant")
-        return Budget.model_validate(found[0])
+        return visible[0]
 
     async def list_budgets(self, principal: Principal | None = None) -> list[Budget]:
+        """The budgets the principal may read (see `may_read_budget`), by name."""
         principal = principal or Principal()
-        return [Budget.model_validate(b) for b in await self.store.budgets(tenant=principal.tenant_id)]
+        found = await self.store.budgets(tenant=principal.tenant_id)
+        return _visible_budgets(principal, [Budget.model_validate(b) for b in found])
 
     async def delete_budget(self, name: str, principal: Principal | None = None) -> BudgetSpec:
         principal = principal or Principal()
@@ -536,7 +545,7 @@ class Ledger:
 
     async def report(self, query: reports.ReportQuery, principal: Principal | None = None) -> reports.Report:
         """One report view (rows, totals, notes; json): usage views cover a member's own user only,
-        budgets and forecasts the tenant's budgets. Render it with `reports.formatted`."""
+        budgets and forecasts the budgets the principal may read. Render it with `reports.formatted`."""
         principal = principal or Principal()
         view = query.view
         if view == "budgets":
@@ -718,7 +727,7 @@ class Ledger:
         self, principal: Principal | None = None, *, days: int = 30, timezone: str = "UTC", top: int = 10
     ) -> dashboards.Dashboard:
         """What the web dashboard shows a principal over the last `days` days: a viewer or admin its
-        tenant, a member its own user (the budgets that apply to it: global and its user's)."""
+        tenant, a member its own user's usage and decisions and the budgets it may read."""
         principal = principal or Principal()
         if not 1 <= days <= 366:
             raise InvalidInput("days", days, "a whole number of days, 1 to 366")
@@ -729,8 +738,6 @@ class Ledger:
         since = dashboards.window_start(until, days, timezone)
         member = principal.role == "member"
         budgets = [b.state for b in await self.list_budgets(principal)]
-        if member:
-            budgets = [b for b in budgets if b.scope in ("global", f"user:{principal.user}")]
         window = UsageQuery(since=since, until=until, timezone=timezone)
         by_day = window.model_copy(update={"bucket": "day", "limit": days + 1})
         daily = await self.usage(by_day, principal)
@@ -739,7 +746,6 @@ class Ledger:
         for key in keys:
             grouped = window.model_copy(update={"group_by": [key], "limit": top})
             tops[key] = (await self.usage(grouped, principal)).rows
-        alert_budgets = [b.name for b in budgets] if member else None
         return dashboards.Dashboard(
             tenant=principal.tenant_id,
             role=principal.role,
@@ -754,7 +760,7 @@ class Ledger:
             top_projects=tops["project"],
             top_models=tops["model"],
             decisions=await self.recent_decisions(principal),
-            alerts=await self.open_alerts(principal, budgets=alert_budgets),
+            alerts=await self.open_alerts(principal),
         )
 
     async def recent_decisions(
@@ -783,8 +789,12 @@ class Ledger:
     async def open_alerts(
         self, principal: Principal | None = None, *, budgets: Sequence[str] | None = None, limit: int = 20
     ) -> list[dashboards.OpenAlert]:
-        """Alerts of the budgets' current periods, newest first (of the named budgets only, if given)."""
+        """Alerts of the budgets' current periods, newest first: of the budgets the principal may read
+        (and of the named ones only, if given)."""
         principal = principal or Principal()
+        if principal.role == "member":
+            readable = [budget.spec.name for budget in await self.list_budgets(principal)]
+            budgets = [name for name in readable if budgets is None or name in budgets]
         rows = await self.store.open_alerts(tenant=principal.tenant_id, budgets=budgets, limit=limit)
         return [
             dashboards.OpenAlert(
@@ -822,6 +832,25 @@ class Ledger:
             if principal.user:
                 attribution["user"] = principal.user
         return attribution
+
+
+def may_read_budget(principal: Principal, scope: str) -> bool:
+    """The one rule of who reads which budget. Admins and viewers read every budget of their tenant. A
+    member reads its own user's budgets in full and the shared ones (global, team, project, session,
+    feature, endpoint) as the aggregate state that explains its own decisions; never another user's."""
+    if principal.role != "member":
+        return True
+    kind, _, value = scope.partition(":")
+    return kind != "user" or (principal.user is not None and value == principal.user)
+
+
+def _visible_budgets(principal: Principal, budgets: Sequence[Budget]) -> list[Budget]:
+    return [budget for budget in budgets if may_read_budget(principal, budget.spec.scope)]
+
+
+def _visible_states(principal: Principal, states: Sequence[BudgetState]) -> list[BudgetState]:
+    """The budget states of a check or track answer that the principal may read."""
+    return [state for state in states if may_read_budget(principal, state.scope)]
 
 
 def _validate_timezone(name: str, field: str) -> None:

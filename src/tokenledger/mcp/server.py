@@ -129,7 +129,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         "tokenledger", instructions=INSTRUCTIONS, tools=tools, middleware=[PrincipalMiddleware()]
     )
     _add_resources(server, ledger, default_principal)
-    _add_prompts(server)
+    _add_prompts(server, default_principal)
     return server
 
 
@@ -175,7 +175,7 @@ def _add_resources(server: MCPServer, ledger: Ledger, default: Principal) -> Non
     @server.resource(
         "tokenledger://budgets",
         name="budgets",
-        description="The tenant's budgets with live state",
+        description="The budgets you may read, with live state",
         mime_type="application/json",
     )
     async def budgets() -> str:
@@ -184,7 +184,7 @@ def _add_resources(server: MCPServer, ledger: Ledger, default: Principal) -> Non
     @server.resource(
         "tokenledger://budgets/{name}",
         name="budget",
-        description="One budget with live state",
+        description="One budget you may read, with live state",
         mime_type="application/json",
     )
     async def budget(name: str, ctx: Context[Any, Any]) -> str:
@@ -216,9 +216,22 @@ async def _read(read: Callable[[], Awaitable[BaseModel]]) -> str:
         raise ResourceError(_public_message(error)) from error
 
 
-def _add_prompts(server: MCPServer) -> None:
+def _add_prompts(server: MCPServer, default: Principal) -> None:
     @server.prompt(name="cost_review", description="Review token spend and budgets for a period")
-    def cost_review(since: str = "7d") -> list[UserMessage]:
+    def cost_review(ctx: Context[Any, Any], since: str = "7d") -> list[UserMessage]:
+        if principal_of(ctx, default).role == "member":
+            # A member's reports hold its own user's usage only: no per-user breakdown to ask for.
+            return [
+                UserMessage(
+                    f"Review my LLM token spend since {since}. Call the `report` tool three times: "
+                    f'view="summary" since="{since}" for totals; view="usage" since="{since}" '
+                    'group_by=["model"] for the models I spend most on; view="budgets" for the budgets that '
+                    "apply to me, near or over their limit. Then summarise: total cost and tokens, the top "
+                    "models by cost, budgets at warning or exceeded and when they reset, the error rate, and "
+                    "two or three concrete savings (cheaper models via `prices`, trimming context with "
+                    "`fit_messages`)."
+                )
+            ]
         return [
             UserMessage(
                 f"Review our LLM token spend since {since}. Call the `report` tool three times: "
