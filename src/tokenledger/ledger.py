@@ -31,6 +31,7 @@ from tokenledger.types import (
     MAX_METADATA_BYTES,
     Attribution,
     Budget,
+    BudgetChange,
     BudgetSpec,
     BudgetState,
     ChatMessage,
@@ -62,6 +63,10 @@ __all__ = ["Ledger"]
 
 ATTRIBUTION_FIELDS = ("user", "session", "project", "team", "feature", "endpoint")
 SCOPE_KINDS = ("team", "project", "user", "session", "feature", "endpoint")
+# Budget fields a `set` may clear with null; null on any other field keeps its value.
+CLEARABLE_BUDGET_FIELDS = frozenset(
+    {"hard_limit", "priority_shares", "rollover_cap", "tokens_per_minute", "requests_per_minute"}
+)
 # Estimates are calibrated from the provider's reported usage once a model has this many settled calls;
 # the factor is kept this long per process, and held within these bounds.
 CALIBRATION_MIN_CALLS = 5
@@ -437,13 +442,32 @@ class Ledger:
 
     # --- budgets ----------------------------------------------------------------------------------
 
-    async def set_budget(self, spec: BudgetSpec, principal: Principal | None = None) -> Budget:
-        """Create or replace a budget by name."""
+    async def set_budget(
+        self,
+        spec: BudgetSpec | BudgetChange,
+        principal: Principal | None = None,
+        *,
+        reset_counters: bool = False,
+    ) -> Budget:
+        """Create a budget, or change only the fields `spec` gives of the one by that name (the others
+        keep their values). A change of scope, unit, period or timezone would discard the current period's
+        usage and reservations: it is refused while there are any, unless `reset_counters` confirms it."""
         principal = principal or Principal()
         self._require(principal, ("admin",), "change budgets")
-        _validate_budget(spec)
+        changes = _given_budget_fields(spec)
+        found = await self.store.budgets(tenant=principal.tenant_id, name=spec.name)
+        current = Budget.model_validate(found[0]) if found else None
+        if current is None and changes.get("limit") is None:
+            raise InvalidInput("limit", None, f"a positive amount, required to create budget {spec.name!r}")
+        base = current.spec.model_dump(mode="json") if current is not None else {}
+        merged = BudgetSpec.model_validate({**base, **changes})
+        _validate_budget(merged)
         answer = await self.store.set_budget(
-            tenant=principal.tenant_id, actor=principal.actor, spec=spec.model_dump(mode="json")
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            spec=merged.model_dump(mode="json"),
+            expected_updated_at=None if current is None else current.updated_at,
+            reset_counters=reset_counters,
         )
         return Budget.model_validate(answer)
 
@@ -851,6 +875,12 @@ def _visible_budgets(principal: Principal, budgets: Sequence[Budget]) -> list[Bu
 def _visible_states(principal: Principal, states: Sequence[BudgetState]) -> list[BudgetState]:
     """The budget states of a check or track answer that the principal may read."""
     return [state for state in states if may_read_budget(principal, state.scope)]
+
+
+def _given_budget_fields(spec: BudgetSpec | BudgetChange) -> dict[str, Any]:
+    """The budget fields a caller gave, as JSON values: a null clears only a clearable field."""
+    given = spec.model_dump(mode="json", include=spec.model_fields_set)
+    return {k: v for k, v in given.items() if v is not None or k in CLEARABLE_BUDGET_FIELDS}
 
 
 def _validate_timezone(name: str, field: str) -> None:

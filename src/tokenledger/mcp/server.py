@@ -42,7 +42,6 @@ from tokenledger.mcp.schemas import (
 from tokenledger.types import (
     MAX_MESSAGES,
     MAX_TEXT_BYTES,
-    BudgetSpec,
     CheckResult,
     CountResult,
     FitResult,
@@ -104,7 +103,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         return reports.formatted(await ledger.report(request, who(ctx)), request.format)
 
     async def manage_budget(request: ManageBudgetInput, ctx: Context[Any, Any]) -> BudgetsResult:
-        """Set, get, list or delete budgets (set and delete need admin)."""
+        """Set (only the fields given), get, list or delete budgets; set and delete need admin."""
         return await _manage_budget(ledger, request, who(ctx))
 
     async def prices(request: PricesInput, ctx: Context[Any, Any]) -> PricesResult:
@@ -144,8 +143,8 @@ async def _manage_budget(ledger: Ledger, request: ManageBudgetInput, principal: 
     if action == "delete":
         deleted = await ledger.delete_budget(request.name, principal)
         return BudgetsResult(action=action, deleted=deleted.name)
-    spec = BudgetSpec.model_validate(request.spec_fields())
-    return BudgetsResult(action=action, budgets=[await ledger.set_budget(spec, principal)])
+    changed = await ledger.set_budget(request.change(), principal, reset_counters=request.reset_counters)
+    return BudgetsResult(action=action, budgets=[changed])
 
 
 async def _prices(ledger: Ledger, request: PricesInput, principal: Principal) -> PricesResult:
