@@ -55,9 +55,10 @@ REPORT_VIEWS: list[dict[str, Any]] = [
 FORMATS = ("json", "markdown", "csv")
 
 
-async def seed(ledger: Ledger) -> None:
+async def seed(ledger: Ledger) -> str:
     """Shared budgets, one budget per member; ana's usage (60% of her budget: an alert), her open
-    reservation and her denial; bob's usage and his open reservation, both in every shared scope."""
+    reservation (its id is returned) and her denial; bob's usage and his open reservation, both in every
+    shared scope."""
     for spec in (
         BudgetSpec(name="everyone", limit=Decimal(10**6), period="month"),
         BudgetSpec(name="team-search", scope="team:search", limit=Decimal(10**6), period="day"),
@@ -79,6 +80,8 @@ async def seed(ledger: Ledger) -> None:
         TrackRequest(model=MODEL, input_tokens=100, output_tokens=20, **ATTRIBUTION), BOB
     )
     assert (await ledger.check_budget(CheckRequest(model=MODEL, input_tokens=13, **ATTRIBUTION), BOB)).allowed
+    assert held.reservation_id is not None
+    return held.reservation_id
 
 
 def leaks(seen: str) -> list[str]:
@@ -93,7 +96,7 @@ def text(value: Any) -> str:
 
 
 async def test_a_member_reads_no_other_users_budget_figures_or_decisions_on_any_path(ledger: Ledger) -> None:
-    await seed(ledger)
+    anas_reservation = await seed(ledger)
     seen: list[str] = []  # everything bob's calls returned
 
     async with Client(build_server(ledger, default_principal=BOB)) as client:
@@ -149,6 +152,9 @@ async def test_a_member_reads_no_other_users_budget_figures_or_decisions_on_any_
         )
         assert {state["name"] for state in tracked["budgets"]} == BOBS
         seen.append(text(tracked))
+        nobodys = await bob.refused("release", reservation_id="00000000-0000-4000-8000-000000000000")
+        anas = await bob.refused("release", reservation_id=anas_reservation)
+        assert anas == nobodys.replace("00000000-0000-4000-8000-000000000000", anas_reservation)
 
     board = await ledger.dashboard(BOB)
     assert {state.name for state in board.budgets} == BOBS
