@@ -404,23 +404,26 @@ def read_wheel(wheel: Path, release: Release) -> tuple[dict[str, Any], str]:
     return json.loads(raw), licence
 
 
-def pypi_dates() -> dict[str, str]:
-    """Return each litellm version's first upload day (UTC), read from PyPI's simple index."""
-    request = urllib.request.Request(PYPI_INDEX, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        index = json.load(response)
+def first_upload_days(index: dict[str, Any]) -> dict[str, str]:
+    """Return each version's first upload day (UTC) from a PEP 691 JSON simple index with PEP 700 times."""
     first: dict[str, str] = {}
     for file in index["files"]:
         match = re.match(r"litellm-(\d+(?:\.\d+)*)(?:-|\.tar\.gz$)", file["filename"])
-        if match and not file.get("yanked"):
+        if match and not file.get("yanked") and file.get("upload-time"):
             uploaded = file["upload-time"][:10]
             first[match[1]] = min(first.get(match[1], uploaded), uploaded)
     return first
 
 
+def wrong_dates(dates: dict[str, str]) -> list[tuple[str, str, str | None]]:
+    """Return (version, recorded date, PyPI's date) for every release whose dates differ."""
+    return [(r.version, r.date, dates.get(r.version)) for r in RELEASES if dates.get(r.version) != r.date]
+
+
 def check_dates() -> int:
-    dates = pypi_dates()
-    wrong = [(r.version, r.date, dates.get(r.version)) for r in RELEASES if dates.get(r.version) != r.date]
+    request = urllib.request.Request(PYPI_INDEX, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        wrong = wrong_dates(first_upload_days(json.load(response)))
     for version, recorded, found in wrong:
         print(f"litellm {version}: recorded {recorded}, PyPI says {found}", file=sys.stderr)
     print(f"{len(RELEASES) - len(wrong)} of {len(RELEASES)} release dates match PyPI", file=sys.stderr)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import sys
+import zipfile
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -146,3 +148,56 @@ def test_releases_are_recorded_oldest_first_with_their_checksums() -> None:
     assert [r.date for r in releases] == sorted(r.date for r in releases)
     assert releases[-1].version == "1.109.1"
     assert all(len(r.prices_sha256) == 64 for r in releases)
+
+
+def wheel(directory: Path, version: str, prices: dict[str, Any]) -> tuple[Path, str]:
+    """Write a minimal litellm wheel holding `prices`; return it and its price list's SHA-256."""
+    raw = json.dumps(prices).encode()
+    path = directory / f"litellm-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(update_catalog.PRICES_FILE, raw)
+        archive.writestr(f"litellm-{version}.dist-info/METADATA", f"Name: litellm\nVersion: {version}\n")
+        archive.writestr(f"litellm-{version}.dist-info/licenses/LICENSE", "MIT License\nCopyright Berri AI\n")
+    return path, hashlib.sha256(raw).hexdigest()
+
+
+def test_the_script_builds_from_wheels_and_checks_their_price_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheels, out = tmp_path / "wheels", tmp_path / "out"
+    wheels.mkdir()
+    _, old = wheel(wheels, "1.0.0", {"claude-x": spec("anthropic", 1e-06, 5e-06)})
+    _, new = wheel(wheels, "1.1.0", {"claude-y": spec("anthropic", 3e-06, 1.5e-05)})
+    releases = [Release("1.0.0", "2025-01-01", old), Release("1.1.0", "2025-02-01", new)]
+    monkeypatch.setattr(update_catalog, "RELEASES", releases)
+    assert update_catalog.main(["--wheels", str(wheels), "--output", str(out)]) == 0
+    first = (out / "catalog.json").read_text(encoding="utf-8")
+    built = Catalog(out / "catalog.json")
+    assert built.resolve("claude-x").retired and built.snapshot.releases[-1][0] == "1.1.0"
+    assert "litellm releases 1.0.0 to 1.1.0" in (out / "LICENSE.litellm").read_text(encoding="utf-8")
+    assert update_catalog.main(["--wheels", str(wheels), "--output", str(out)]) == 0
+    assert (out / "catalog.json").read_text(encoding="utf-8") == first  # the same input, the same file
+
+    monkeypatch.setattr(update_catalog, "RELEASES", [Release("1.0.0", "2025-01-01", "0" * 64)])
+    with pytest.raises(SystemExit, match="SHA-256"):
+        update_catalog.main(["--wheels", str(wheels), "--output", str(out)])
+
+
+def test_release_dates_are_the_first_upload_day_on_pypi() -> None:
+    index = {
+        "files": [
+            {"filename": "litellm-1.14.4.tar.gz", "upload-time": "2023-12-14T22:40:00Z"},
+            {"filename": "litellm-1.14.4-py3-none-any.whl", "upload-time": "2023-12-14T22:33:11.17Z"},
+            {
+                "filename": "litellm-1.53.1-py3-none-any.whl",
+                "upload-time": "2024-11-29T01:00:00Z",
+                "yanked": True,
+            },
+            {"filename": "litellm-1.53.1-py3-none-any.whl", "upload-time": "2024-11-28T05:36:31Z"},
+        ]
+    }
+    days = update_catalog.first_upload_days(index)
+    assert days == {"1.14.4": "2023-12-14", "1.53.1": "2024-11-28"}
+    wrong = update_catalog.wrong_dates(days)
+    assert ("1.14.4", "2023-12-14", "2023-12-14") not in wrong  # recorded as PyPI says
+    assert ("1.56.6", "2025-01-02", None) in wrong  # not in this index
