@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from tokenledger import catalog
 from tokenledger.catalog import Catalog, cost
@@ -67,6 +68,10 @@ def test_resolve_names_aliases_dated_and_prefixed(name: str, expected: str) -> N
 def test_resolve_returns_a_copy() -> None:
     catalog.resolve("gpt-4o").price.input = Decimal(1)
     assert catalog.resolve("gpt-4o").price.input == Decimal("0.0000025")
+    catalog.resolve("gpt-5.4").price.tiers.clear()
+    assert catalog.resolve("gpt-5.4").price.tiers
+    with pytest.raises(ValidationError, match="frozen"):  # rate sets are shared between copies: immutable
+        catalog.resolve("gpt-5.4").price.tiers[0].input = Decimal(1)  # type: ignore[misc]
 
 
 def test_unknown_model_lists_closest_names() -> None:

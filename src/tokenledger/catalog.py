@@ -95,6 +95,7 @@ LOCAL_PRICE = Price(input=Decimal(0), output=Decimal(0), local=True)
 _VERSION_SUFFIX = re.compile(r"(?:[-@](?:\d{4}-\d{2}-\d{2}|\d{8}|\d{2}-\d{4}|\d{4})|-latest)$")
 # How Bedrock spells a model: [region/]geography.vendor.model-vN:M; `converse/` and `invoke/` routes.
 _BEDROCK_ROUTE = re.compile(r"^(?:converse/|invoke/)?(?:[a-z]{2}(?:-gov)?-[a-z]+-\d/)?")
+_BEDROCK_GEOGRAPHY = re.compile(r"^(us|eu|apac|global|au|jp|ca|us-gov)\.")  # cross-region inference profiles
 _BEDROCK_VERSION = re.compile(r"-v\d+(?::\d+)?$")
 _TOKENS_ALLOWED = "a whole number of tokens, 0 or more"
 
@@ -116,11 +117,13 @@ class _Index:
     snapshot: Snapshot
     # lower-cased name -> the model's JSON line, replaced by the parsed entry when first asked for
     entries: dict[str, str | dict[str, Any]]
+    providers: dict[str, str]  # lower-cased name -> provider, known without parsing the line
+    retired: set[str]  # lower-cased names of retired models
     aliases: dict[str, str]  # lower-cased alias -> lower-cased name
     alias_names: dict[str, list[str]]  # lower-cased name -> its aliases as written
     versions: dict[str, str]  # release date -> litellm version
-    complete: bool = False  # every entry parsed
-    prices: dict[str, Price] = field(default_factory=dict)  # current prices parsed so far
+    prices: dict[tuple[str, int], Price] = field(default_factory=dict)  # (name, index in its prices)
+    infos: dict[str, ModelInfo] = field(default_factory=dict)  # entries built so far
 
     def entry(self, key: str) -> dict[str, Any]:
         found = self.entries[key]
@@ -128,12 +131,14 @@ class _Index:
             found = self.entries[key] = json.loads(found)
         return found
 
-    def all_entries(self) -> dict[str, dict[str, Any]]:
-        if not self.complete:
-            for key in self.entries:
-                self.entry(key)
-            self.complete = True
-        return self.entries  # type: ignore[return-value]
+    def price(self, key: str, position: int) -> Price:
+        """Return the entry's price at `position` in its dated prices (parsed once; callers copy it)."""
+        dated = self.entry(key)["prices"]
+        position %= len(dated)
+        found = self.prices.get((key, position))
+        if found is None:
+            found = self.prices[key, position] = _price(dated[position])
+        return found
 
 
 @dataclass(frozen=True)
@@ -143,33 +148,56 @@ class _Resolved:
 
 
 # The layout scripts/update_catalog.py writes: a header, then one model per line, each starting with
-# its name. Other layouts of the same JSON load too, parsed whole.
+# its name and provider. Other layouts of the same JSON load too, parsed whole.
 _MODELS_START = '\n"models":[\n'
 _MODELS_END = "\n]}\n"
 _NAME_START = '{"name":"'
+_PROVIDER_START = ',"provider":"'
+_RETIRED = '"retired":"'  # only ever a key: quotes inside names and values are escaped
 
 
 def _bundled_path() -> Path:
     return Path(str(resources.files("tokenledger") / "data" / "catalog.json"))
 
 
+def _line_key(line: str) -> tuple[str, str] | None:
+    """Return the name and provider a model's line starts with, read without parsing the line."""
+    if not line.startswith(_NAME_START):
+        return None
+    name, end = json.decoder.scanstring(line, len(_NAME_START))  # type: ignore[attr-defined]
+    if not line.startswith(_PROVIDER_START, end):
+        return None
+    provider, _ = json.decoder.scanstring(line, end + len(_PROVIDER_START))  # type: ignore[attr-defined]
+    return name, provider
+
+
 def _load(path: Path) -> _Index:
     """Return the catalog's index: the header parsed, each model's line kept unparsed under its name."""
     text = path.read_text(encoding="utf-8")
     head, found, body = text.partition(_MODELS_START)
-    entries: dict[str, str | dict[str, Any]] = {}
     if found and body.endswith(_MODELS_END):
         document: dict[str, Any] = json.loads(head + '"models":[]}')
-        for line in body[: -len(_MODELS_END)].split(",\n"):
-            if line.startswith(_NAME_START):
-                name, _ = json.decoder.scanstring(line, len(_NAME_START))  # type: ignore[attr-defined]
-                entries[name.lower()] = line
-            else:
-                model = json.loads(line)
-                entries[model["name"].lower()] = model
+        models: list[str | dict[str, Any]] = list(body[: -len(_MODELS_END)].split(",\n"))
     else:
         document = json.loads(text)
-        entries = {model["name"].lower(): model for model in document["models"]}
+        models = list(document["models"])
+    entries: dict[str, str | dict[str, Any]] = {}
+    providers: dict[str, str] = {}
+    retired: set[str] = set()
+    for model in models:
+        known = _line_key(model) if isinstance(model, str) else None
+        if isinstance(model, str) and known is None:
+            model = json.loads(model)
+        if known is not None:
+            name, provider = known
+            gone = _RETIRED in model
+        else:
+            assert isinstance(model, dict)
+            name, provider, gone = model["name"], model["provider"], "retired" in model
+        key = name.lower()
+        entries[key], providers[key] = model, provider
+        if gone:
+            retired.add(key)
     aliases: dict[str, str] = {}
     alias_names: dict[str, list[str]] = {}
     for alias, name in document.get("aliases", {}).items():
@@ -182,11 +210,11 @@ def _load(path: Path) -> _Index:
         source=meta["source"],
         version=meta.get("litellm_version", ""),
         models=len(entries),
-        retired=meta.get("retired", 0),
+        retired=len(retired),
         releases=releases,
     )
     versions = {day.isoformat(): version for version, day in releases}
-    return _Index(snapshot, entries, aliases, alias_names, versions)
+    return _Index(snapshot, entries, providers, retired, aliases, alias_names, versions)
 
 
 def _midnight(day: str) -> datetime:
@@ -195,6 +223,20 @@ def _midnight(day: str) -> datetime:
 
 def _price(dated: dict[str, Any]) -> Price:
     return Price.model_validate({key: value for key, value in dated.items() if key != "from"})
+
+
+def _copy_price(price: Price) -> Price:
+    """Return a copy a caller may change: the rate sets and tiers inside are immutable, so shared."""
+    return price.model_copy(update={"tiers": list(price.tiers)})
+
+
+def _copy_info(info: ModelInfo) -> ModelInfo:
+    update = {
+        "price": _copy_price(info.price),
+        "aliases": list(info.aliases),
+        "warnings": list(info.warnings),
+    }
+    return info.model_copy(update=update)
 
 
 def _candidates(key: str) -> list[str]:
@@ -219,7 +261,7 @@ def _served_names(host: str, rest: str) -> list[str]:
     names = [rest]
     if host == "bedrock":
         route = _BEDROCK_ROUTE.sub("", rest)
-        names += [route, re.sub(r"^(us|eu|apac|global|au|jp|ca|us-gov)\.", "", route)]
+        names += [route, _BEDROCK_GEOGRAPHY.sub("", route)]
     bare = _BEDROCK_VERSION.sub("", bare_name(rest)) if host == "bedrock" else bare_name(rest)
     names.append(bare)
     if "claude" in bare:
@@ -247,11 +289,12 @@ class Catalog:
 
     def providers(self) -> list[str]:
         """Return the providers in the catalog, sorted."""
-        return sorted({entry["provider"] for entry in self._index.all_entries().values()})
+        return sorted(set(self._index.providers.values()))
 
     def context_windows(self) -> dict[str, int]:
         """Return every catalog model's context window by name (retired models too), where published."""
-        entries = self._index.all_entries().values()
+        index = self._index
+        entries = [index.entry(key) for key in index.entries]
         return {entry["name"]: entry["context_window"] for entry in entries if entry.get("context_window")}
 
     def resolve(self, name: str) -> ModelInfo:
@@ -259,8 +302,8 @@ class Catalog:
 
         Raises UnknownModel, listing up to five close names, when nothing matches.
         """
-        # Built afresh: callers may adjust an entry (a tenant's price) without touching the catalog.
-        return self._resolve(name).info
+        # A copy: callers may adjust an entry (a tenant's price) without touching the catalog.
+        return _copy_info(self._resolve(name).info)
 
     def price_at(self, name: str, at: datetime) -> Price:
         """Return the catalog price of a model in force at `at` (the earliest known before its first date)."""
@@ -268,13 +311,13 @@ class Catalog:
             raise InvalidInput("at", at, "a datetime with its UTC offset")
         resolved = self._resolve(name)
         if resolved.key is None:
-            return resolved.info.price
+            return _copy_price(resolved.info.price)
         prices = self._index.entry(resolved.key)["prices"]
-        chosen = prices[0]
-        for dated in prices:
+        chosen = 0
+        for position, dated in enumerate(prices):
             if _midnight(dated["from"]) <= at:
-                chosen = dated
-        return _price(chosen)
+                chosen = position
+        return _copy_price(self._index.price(resolved.key, chosen))
 
     def price_history(self, name: str) -> list[DatedPrice]:
         """Return a model's catalog prices, oldest first, each with the dates it was in force."""
@@ -290,7 +333,7 @@ class Catalog:
                 DatedPrice(
                     effective_from=_midnight(dated["from"]),
                     effective_until=None if following is None else _midnight(following),
-                    price=_price(dated),
+                    price=_copy_price(self._index.price(resolved.key, index)),
                     source=f"litellm {version}",
                 )
             )
@@ -307,7 +350,7 @@ class Catalog:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidInput("limit", limit, "a whole number, 1 or more")
         found = self._matching(query, provider, retired)
-        return [self._info(key) for key in found[:limit]]
+        return [_copy_info(self._template(key)) for key in found[:limit]]
 
     def count(self, query: str = "", provider: str | None = None, *, retired: bool | None = False) -> int:
         """Return how many models `search` would find with no limit."""
@@ -320,19 +363,19 @@ class Catalog:
         words = phrase.split()
         found = []
         index = self._index
-        for key, entry in index.all_entries().items():
-            if wanted is not None and entry["provider"] != wanted:
+        for key, provider in index.providers.items():
+            if wanted is not None and provider != wanted:
                 continue
-            if retired is not None and ("retired" in entry) != retired:
+            if retired is not None and (key in index.retired) != retired:
                 continue
-            haystack = " ".join([key, entry["provider"], *index.alias_names.get(key, ())]).lower()
+            haystack = " ".join([key, provider, *index.alias_names.get(key, ())]).lower()
             if all(word in haystack for word in words):
                 found.append(key)
         found.sort(
             key=lambda key: (
                 key != phrase,
                 not key.startswith(phrase),
-                index.entries[key]["provider"],  # type: ignore[index]
+                index.providers[key],
                 key,
             )
         )
@@ -362,34 +405,36 @@ class Catalog:
         excluded = self._excluded(exclude)
         best: tuple[Decimal, str] | None = None
         index = self._index
-        for key, entry in index.all_entries().items():
-            if key in excluded or "retired" in entry or entry.get("context_window") is None:
+        for key, provider in index.providers.items():
+            if key in excluded or key in index.retired:
                 continue
-            if (
-                (entry["provider"] != wanted)
-                if wanted is not None
-                else (entry["provider"] not in FIRST_PARTY)
-            ):
+            if (provider != wanted) if wanted is not None else (provider not in FIRST_PARTY):
                 continue
-            if entry["context_window"] < input_tokens + output_tokens:
+            entry = index.entry(key)
+            if entry.get("context_window") is None or entry["context_window"] < input_tokens + output_tokens:
                 continue
             max_output = entry.get("max_output_tokens")
             if max_output is not None and max_output < output_tokens:
                 continue
-            price = index.prices.get(key)
-            if price is None:
-                price = index.prices[key] = _price(entry["prices"][-1])
+            price = index.price(key, -1)
             usd = cost(price, input_tokens=input_tokens, output_tokens=output_tokens).cost_usd
             if usd is None or (max_cost_usd is not None and usd > max_cost_usd):
                 continue
             if best is None or (usd, key) < best:
                 best = (usd, key)
-        return None if best is None else self._info(best[1])
+        return None if best is None else _copy_info(self._template(best[1]))
 
     # --- building and resolving entries -------------------------------------------------------------
 
-    def _info(self, key: str) -> ModelInfo:
-        """Return the ModelInfo of a catalog entry, built afresh (cheaper than copying a kept one)."""
+    def _template(self, key: str) -> ModelInfo:
+        """Return the ModelInfo of a catalog entry, built once: callers hand out copies of it."""
+        index = self._index
+        info = index.infos.get(key)
+        if info is None:
+            info = index.infos[key] = self._build(key)
+        return info
+
+    def _build(self, key: str) -> ModelInfo:
         entry = self._index.entry(key)
         name, provider = entry["name"], entry["provider"]
         family = family_of(name, provider)
@@ -409,7 +454,7 @@ class Catalog:
             family=family,
             context_window=entry.get("context_window"),
             max_output_tokens=entry.get("max_output_tokens"),
-            price=_price(current),
+            price=self._index.price(key, -1),
             aliases=list(self._index.alias_names.get(key, ())),
             effective_from=_midnight(current["from"]),
             retired=retired is not None,
@@ -434,14 +479,14 @@ class Catalog:
         key = typed.lower()
         found = self._lookup([key])
         if found is not None:
-            return _Resolved(self._info(found), found)
+            return _Resolved(self._template(found), found)
         prefix, _, rest = key.partition("/")
         if prefix in LOCAL_RUNTIMES and rest:
             return _Resolved(self._local(typed, prefix), None)
         if prefix in HOSTS and rest:
             found = self._lookup(_served_names(prefix, rest))
             if found is not None:
-                return _Resolved(self._hosted(typed, HOSTS[prefix], self._info(found)), found)
+                return _Resolved(self._hosted(typed, HOSTS[prefix], self._template(found)), found)
         known = [*self._index.entries, *self._index.aliases]
         close = difflib.get_close_matches(_candidates(key)[-1], known, n=10, cutoff=0.5)
         index = self._index

@@ -202,7 +202,11 @@ PriceMode = Literal["standard", "batch", "flex", "priority"]
 
 
 class PriceRates(Model):
-    """Per-token USD rates of one way of calling a model; None where the provider publishes none."""
+    """Per-token USD rates of one way of calling a model; None where the provider publishes none.
+
+    Immutable, so copies of a price may share them (Price itself stays mutable)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     input: Amount | None = None
     output: Amount | None = None
@@ -230,6 +234,8 @@ class Price(PriceRates):
     a context threshold (ascending); a rate a mode or tier does not publish is the standard one.
     `local`: a model run on the caller's own machine, priced $0 as a stated price, not unpriced.
     """
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
 
     batch: PriceRates | None = None
     flex: PriceRates | None = None
