@@ -209,7 +209,7 @@ class Ledger:
                     **fit.model_dump(),
                     "estimated_cost_usd": estimate.cost_usd,
                     "priced": estimate.priced,
-                    "warnings": list(model.warnings),
+                    "warnings": [*result.warnings, *model.warnings],
                 }
             )
         return result
