@@ -549,6 +549,13 @@ def test_routed_and_hosted_names_resolve(name: str, expected: str, provider: str
     assert model.price.priced
 
 
+def test_openrouter_prices_are_kept_from_the_last_release_that_listed_them() -> None:
+    routed = catalog.resolve("openrouter/anthropic/claude-3.5-sonnet")
+    assert routed.retired and routed.last_listed == date(2026, 10, 1)
+    assert (routed.price.input, routed.price.output) == (Decimal("0.000003"), Decimal("0.000015"))
+    assert catalog.default_catalog().count(provider="openrouter") == 0  # none listed today
+
+
 def test_a_host_keeps_its_own_price() -> None:
     # Bedrock's EU profile of Claude Sonnet 4.5 costs 10% more than Anthropic's API.
     hosted = catalog.resolve("bedrock/eu.anthropic.claude-sonnet-4-5-20250929-v1:0")

@@ -444,8 +444,8 @@ class Catalog:
         if retired is not None:
             version = self._index.versions.get(retired, "?")
             warnings.append(
-                f"{name} is retired: its provider's price list last listed it on {retired} "
-                f"(litellm {version}); priced at its last listed price"
+                f"{name} is retired: the price list last listed it on {retired} (litellm {version}); "
+                "its provider retired it or no longer publishes its price. Priced at its last listed price"
             )
         return ModelInfo(
             name=name,
