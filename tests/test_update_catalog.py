@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tokenledger import pricelist
 from tokenledger.catalog import Catalog
 
 _SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "update_catalog.py"
@@ -49,7 +50,7 @@ def model(catalog: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_prices_read_tiers_modes_and_one_hour_writes() -> None:
-    price = update_catalog.build_price(
+    price = pricelist.build_price(
         spec(
             "openai",
             2.5e-06,
@@ -75,7 +76,7 @@ def test_prices_read_tiers_modes_and_one_hour_writes() -> None:
             {"above_input_tokens": 272_000, "input": "0.000005", "flex": {"input": "0.0000025"}},
         ],
     }
-    assert update_catalog.build_price(spec("openai", 0, 0)) == {}  # $0/$0: unpriced, not free
+    assert pricelist.build_price(spec("openai", 0, 0)) == {}  # $0/$0: unpriced, not free
 
 
 def test_a_model_that_disappears_is_retired_at_its_last_price() -> None:
