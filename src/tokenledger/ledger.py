@@ -84,7 +84,14 @@ def _request_hash(request: Any) -> str:
 
 
 def _price_params(price: Price) -> dict[str, str | None]:
-    return {name: None if value is None else str(value) for name, value in price.model_dump().items()}
+    fields = ("input", "output", "cache_read", "cache_write", "reasoning")  # a tenant override's columns
+    return {name: None if (value := getattr(price, name)) is None else str(value) for name in fields}
+
+
+def _catalog_price(price: Price) -> dict[str, Any]:
+    """The catalog price as tl_check and tl_track take it: rates as decimal strings, and the modes,
+    tiers and `local` flag only where the model has them (see tokenledger.pricing for the rule)."""
+    return price.model_dump(mode="json", exclude_defaults=True)
 
 
 def _hash_key(key: str) -> str:
@@ -170,15 +177,18 @@ class Ledger:
     def _catalog_model(self, name: str) -> ModelInfo:
         return self.catalog.resolve(name)
 
-    async def _model_for_call(self, name: str, principal: Principal) -> tuple[ModelInfo, Price]:
-        """The model that counts a call, and its bundled price. The database is asked only for a model the
-        catalog does not know (a tenant may price its own); it applies the tenant's override in force at
-        the call's time itself, so the price passed down is the catalog's (none for such a model)."""
+    async def _model_for_call(
+        self, name: str, principal: Principal, at: datetime | None = None
+    ) -> tuple[ModelInfo, Price]:
+        """The model that counts a call, and its bundled price in force at `at` (default: now). The
+        database is asked only for a model the catalog does not know (a tenant may price its own); it
+        applies the tenant's override in force at the call's time itself, so the price passed down is
+        the catalog's (none for such a model)."""
         try:
             model = self.catalog.resolve(name)
         except UnknownModel:
             return await self.model_info(name, principal), Price()
-        return model, model.price
+        return model, model.price if at is None else self.catalog.price_at(name, at)
 
     # --- counting ---------------------------------------------------------------------------------
 
@@ -205,6 +215,7 @@ class Ledger:
                     **fit.model_dump(),
                     "estimated_cost_usd": estimate.cost_usd,
                     "priced": estimate.priced,
+                    "warnings": [*result.warnings, *model.warnings],
                 }
             )
         return result
@@ -288,7 +299,7 @@ class Ledger:
             allow_partial=request.allow_partial,
             reserve=request.reserve,
             ttl_seconds=request.ttl_seconds,
-            catalog_price=_price_params(catalog_price),
+            catalog_price=_catalog_price(catalog_price),
             method=method,
             prompt_hash=request.prompt_hash or reports.prompt_hash(request.text, request.messages),
             counted_input_tokens=counted,
@@ -299,7 +310,10 @@ class Ledger:
             result.calibration_factor = factor
         if self.metrics is not None:
             self.metrics.observe_check(result, time.perf_counter() - started)
-        extra_warnings = self._context_warnings(model, input_tokens, request.max_output_tokens)
+        extra_warnings = [
+            *model.warnings,
+            *self._context_warnings(model, input_tokens, request.max_output_tokens),
+        ]
         suggestion = self._suggest_model(result, model, input_tokens, request.max_output_tokens)
         if extra_warnings or suggestion:
             result = result.model_copy(
@@ -360,7 +374,8 @@ class Ledger:
             raise InvalidInput(
                 "metadata", "...", "text without NUL characters (PostgreSQL cannot store them)"
             )
-        model, catalog_price = await self._model_for_call(request.model, principal)
+        at = request.occurred_at or datetime.now(UTC)  # usage is costed at the price of its own time
+        model, catalog_price = await self._model_for_call(request.model, principal, at)
         input_tokens, output_tokens, method = await self._usage_counts(request, model)
         if request.reasoning_output_tokens > output_tokens:
             raise InvalidInput(
@@ -382,7 +397,7 @@ class Ledger:
             cache_creation_input_tokens=request.cache_creation_input_tokens,
             reasoning_output_tokens=request.reasoning_output_tokens,
             reported_cost=request.cost_usd,
-            catalog_price=_price_params(catalog_price),
+            catalog_price=_catalog_price(catalog_price),
             method=method,
             status=request.status,
             latency_ms=request.latency_ms,
@@ -396,6 +411,8 @@ class Ledger:
         result.budgets = _visible_states(principal, result.budgets)
         shown = {state.name for state in result.budgets}
         result.alerts = [alert for alert in result.alerts if alert.budget in shown]
+        if model.warnings:
+            result = result.model_copy(update={"warnings": [*result.warnings, *model.warnings]})
         if self.metrics is not None:
             self.metrics.observe_usage(
                 result,
@@ -596,7 +613,7 @@ class Ledger:
                 tenant=tenant, since=since, until=until, filters=filters
             )
             return reports.accuracy_report(rows, since, until)
-        windows = {m.name: m.context_window for m in self.catalog.search(limit=10_000) if m.context_window}
+        windows = self.catalog.context_windows()
         stats = await self.store.model_usage_stats(
             tenant=tenant, since=since, until=until, filters=filters, context_windows=windows
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -22,6 +22,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     WithJsonSchema,
+    field_validator,
 )
 
 # --- shared vocabulary -------------------------------------------------------------------------
@@ -171,6 +172,7 @@ class CountResult(Model):
     percent_used: float | None = None
     estimated_cost_usd: Amount | None = None  # None: the model is unpriced or unknown
     priced: bool = False
+    warnings: list[str] = Field(default_factory=list)
 
 
 class FitRequest(Model):
@@ -195,14 +197,60 @@ class FitResult(Model):
 # --- catalog -----------------------------------------------------------------------------------
 
 
-class Price(Model):
-    """Per-token USD prices; None where the provider publishes none."""
+ServiceTier = Literal["standard", "flex", "priority"]
+CacheTTL = Literal["5m", "1h"]
+PriceMode = Literal["standard", "batch", "flex", "priority"]
+
+
+class PriceRates(Model):
+    """Per-token USD rates of one way of calling a model; None where the provider publishes none.
+
+    Immutable, so copies of a price may share them (Price itself stays mutable)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     input: Amount | None = None
     output: Amount | None = None
     cache_read: Amount | None = None
-    cache_write: Amount | None = None
+    cache_write: Amount | None = None  # a cache write kept 5 minutes (the default lifetime)
     reasoning: Amount | None = None
+    cache_write_1h: Amount | None = None  # a cache write kept 1 hour
+
+
+class PriceTier(PriceRates):
+    """The rates of a request whose input (uncached + cache read + cache write) exceeds
+    `above_input_tokens`: the whole request is billed at them, as the providers bill long contexts."""
+
+    above_input_tokens: Annotated[int, Field(gt=0)]
+    batch: PriceRates | None = None
+    flex: PriceRates | None = None
+    priority: PriceRates | None = None
+
+
+class Price(PriceRates):
+    """Per-token USD prices; None where the provider publishes none.
+
+    The top-level rates are the standard ones (synchronous call, 5-minute cache write, below every
+    context tier). `batch`, `flex` and `priority` hold the rates of those modes, `tiers` the rates above
+    a context threshold (ascending); a rate a mode or tier does not publish is the standard one.
+    `local`: a model run on the caller's own machine, priced $0 as a stated price, not unpriced.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+    batch: PriceRates | None = None
+    flex: PriceRates | None = None
+    priority: PriceRates | None = None
+    tiers: list[PriceTier] = Field(default_factory=list)
+    local: bool = False
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_ascend(cls, tiers: list[PriceTier]) -> list[PriceTier]:
+        thresholds = [tier.above_input_tokens for tier in tiers]
+        if thresholds != sorted(set(thresholds)):
+            raise ValueError(f"tiers must ascend by above_input_tokens without repeats; got {thresholds}")
+        return tiers
 
     @property
     def priced(self) -> bool:
@@ -223,6 +271,23 @@ class ModelInfo(Model):
     aliases: list[str] = Field(default_factory=list)
     source: str = "catalog"  # "catalog" or "tenant override"
     effective_from: datetime | None = None
+    # Whose tokenizer counts it: the maker (anthropic for Claude on Bedrock), not the host.
+    family: str | None = None
+    # The first-party model a hosted name serves (azure/gpt-4o -> gpt-4o), where the catalog knows it.
+    base_model: str | None = None
+    retired: bool = False  # no longer listed by the price source: priced at its last listed price
+    last_listed: date | None = None  # for a retired model, the date of the last release listing it
+    warnings: list[str] = Field(default_factory=list)  # said with every answer about this model
+
+
+class DatedPrice(Model):
+    """A catalog price and the time it was in force. The first price of a model also prices usage from
+    before its date: it is the earliest price known."""
+
+    effective_from: datetime
+    effective_until: datetime | None = None  # None: in force now
+    price: Price
+    source: str  # the price-list release that first listed this price
 
 
 class CostBreakdown(Model):
@@ -233,6 +298,10 @@ class CostBreakdown(Model):
     cache_read_usd: Amount | None = None
     cache_write_usd: Amount | None = None
     reasoning_usd: Amount | None = None
+    # Which published rates applied: the mode asked for, or "standard" where the model publishes none
+    # for it; and the context tier reached (its threshold in input tokens), if any.
+    price_mode: PriceMode | None = None
+    tier_above_input_tokens: int | None = None
 
 
 # --- budgets -----------------------------------------------------------------------------------
