@@ -15,7 +15,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -286,6 +286,8 @@ def forecast_report(
         elif rate > 0:
             hours_left = state.remaining / rate
             horizon = (ends_at - until).total_seconds() / 3600 if ends_at is not None else _HORIZON_HOURS
+            # The calendar's end bounds it too: a window may end as late as 9999 (types.LATEST_MOMENT).
+            horizon = min(horizon, (_CALENDAR_END - until).total_seconds() / 3600)
             # None: the period resets first (or, without a period end, not within a century).
             runs_out_at = until + timedelta(hours=float(hours_left)) if hours_left < horizon else None
         rows.append(
@@ -320,6 +322,7 @@ def _rate(value: Decimal) -> str:
 
 
 _HORIZON_HOURS = 100 * 365 * 24
+_CALENDAR_END = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 _ROLLING_HOURS = {"24h": Decimal(24), "7d": Decimal(168), "30d": Decimal(720)}
 
 
