@@ -69,6 +69,13 @@ CALIBRATION_BOUNDS = (0.5, 3.0)
 # Texts above this are counted in a worker thread; below it the hand-off costs more than the count.
 THREAD_COUNT_THRESHOLD = 64 * 1024
 MAX_REPORT_ROWS = 10_000  # time buckets of a timeseries report
+# A bucket's nominal length: a window over MAX_REPORT_ROWS of them is refused before any query runs.
+BUCKET_LENGTHS = {
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+    "month": timedelta(days=365.2425 / 12),
+}
 
 
 def _request_hash(request: Any) -> str:
@@ -106,7 +113,11 @@ class Ledger:
         if dsn is None:
             dsn = await anyio.to_thread.run_sync(resolve_dsn, settings)
         store = await Store.open(
-            dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size, migrate=migrate
+            dsn,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            migrate=migrate,
+            reports=settings.reports,
         )
         return cls(store)
 
@@ -578,13 +589,12 @@ class Ledger:
         buckets: list[datetime] = []
         if query.view == "timeseries":
             assert bucket is not None
+            _check_bucket_count(since, until, bucket)  # arithmetic: before the series is made in SQL
             buckets = await self.store.usage_buckets(
                 since=since, until=until, bucket=bucket, timezone=query.timezone, limit=MAX_REPORT_ROWS + 1
             )
-            if len(buckets) > MAX_REPORT_ROWS:
-                raise InvalidInput(
-                    "bucket", bucket, f"at most {MAX_REPORT_ROWS:,} buckets: a coarser bucket or window"
-                )
+            if len(buckets) > MAX_REPORT_ROWS:  # a window at the limit whose ends fall inside buckets
+                raise _too_many_buckets(since, until, bucket, len(buckets))
         result = await self._usage(
             principal.tenant_id,
             filters,
@@ -831,6 +841,25 @@ def _validate_timezone(name: str, field: str) -> None:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as error:
         raise InvalidInput(field, name, "an IANA time zone such as UTC or Europe/Paris") from error
+
+
+def _check_bucket_count(since: datetime, until: datetime, bucket: str) -> None:
+    """Refuse a timeseries window of more than MAX_REPORT_ROWS buckets by arithmetic alone, so that the
+    bucket series PostgreSQL makes for a window it accepts holds about that many rows at most."""
+    count = math.ceil((until - since) / BUCKET_LENGTHS[bucket])
+    if count > MAX_REPORT_ROWS:
+        raise _too_many_buckets(since, until, bucket, count)
+
+
+def _too_many_buckets(since: datetime, until: datetime, bucket: str, count: int) -> InvalidInput:
+    longest = BUCKET_LENGTHS[bucket] * MAX_REPORT_ROWS
+    return InvalidInput(
+        "bucket",
+        bucket,
+        f"at most {MAX_REPORT_ROWS:,} buckets; since {since.isoformat()} to {until.isoformat()} spans "
+        f"{count:,} {bucket}s: with bucket {bucket!r} the window (since, until) may span at most "
+        f"{longest.days:,} days, or use a coarser bucket",
+    )
 
 
 def _validate_budget(spec: BudgetSpec) -> None:
