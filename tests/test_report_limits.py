@@ -1,5 +1,6 @@
 """Reports cannot take a server down: bounded windows and bucket counts (refused before any SQL), a
-statement timeout, their own few connections, and a query that stops when its client goes away.
+statement timeout, their own few connections, and a query that stops when its client goes away. Also
+the time zones PostgreSQL refuses.
 
 A report as slow as a report can be is made real without seeding millions of rows: another connection
 holds an ACCESS EXCLUSIVE lock on `tl_usage_daily`, which every usage report reads (checks and settles
@@ -35,12 +36,13 @@ from tokenledger.ledger import MAX_REPORT_ROWS, Ledger
 from tokenledger.mcp import build_server
 from tokenledger.reports import ReportQuery
 from tokenledger.settings import ReportLimits, Settings
-from tokenledger.store import Store
+from tokenledger.store import Store, StoreRefused
 from tokenledger.types import (
     BudgetSpec,
     CheckRequest,
     Principal,
     TrackRequest,
+    UsageQuery,
     explain_validation_error,
 )
 
@@ -164,6 +166,7 @@ async def test_since_999999d_is_one_clear_line_on_every_surface(
 
 async def test_more_than_10000_buckets_are_refused_before_any_query(ledger: Ledger) -> None:
     store = ledger.store
+    await store.timezone_names()  # read once per store; not what this test counts
     until = datetime(2026, 11, 1, tzinfo=UTC)
     before = (
         store.pool.get_stats().get("requests_num", 0),
@@ -219,6 +222,43 @@ async def test_every_view_answers_or_refuses_at_the_extremes(ledger: Ledger) -> 
                     assert report.view == view
     forecast = await ledger.report(ReportQuery(view="forecast", since=earliest, until=latest))
     assert forecast.rows[0]["runs_out_at"] is None  # past the calendar: not a moment
+
+
+# --- time zones: what PostgreSQL accepts -------------------------------------------------------
+
+
+@pytest.mark.parametrize("zone", ["posixrules", "localtime"])
+async def test_zones_postgresql_refuses_are_refused_on_every_path(
+    ledger: Ledger, dsn: str, zone: str
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    ZoneInfo(zone)  # the trap: Python loads it ...
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        with pytest.raises(psycopg.errors.InvalidParameterValue):  # ... PostgreSQL does not
+            await conn.execute("select now() at time zone %s", (zone,))
+
+    for call in (
+        lambda: ledger.report(ReportQuery(view="timeseries", timezone=zone)),
+        lambda: ledger.report(ReportQuery(view="usage", bucket="day", timezone=zone)),
+        lambda: ledger.usage(UsageQuery(bucket="hour", timezone=zone)),
+        lambda: ledger.dashboard(timezone=zone),
+        lambda: ledger.set_budget(BudgetSpec(name="daily", limit=Decimal(100), period="day", timezone=zone)),
+    ):
+        with pytest.raises(InvalidInput) as refused:
+            await call()
+        error = refused.value
+        assert error.field == "timezone" and zone in str(error) and "Europe/Paris" in str(error)
+        assert not isinstance(error, StoreRefused), "refused in Python, before any write"
+    assert await ledger.list_budgets() == []
+
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        for tool, arguments in [
+            ("report", {"view": "timeseries", "timezone": zone}),
+            ("manage_budget", {"action": "set", "name": "daily", "limit": "100", "timezone": zone}),
+        ]:
+            result = await client.call_tool(tool, arguments)
+            assert result.is_error and f"timezone: '{zone}' is not allowed" in text_of(result)
 
 
 # --- time limit and concurrency ----------------------------------------------------------------
@@ -413,3 +453,16 @@ async def test_a_browser_that_leaves_the_dashboard_cancels_its_queries(dsn: str)
                     tasks.cancel_scope.cancel()
                 with anyio.fail_after(10):
                     await until_no_report_runs(dsn)
+
+
+@pytest.mark.parametrize("zone", ["posixrules", "localtime"])
+async def test_dashboard_refuses_zones_postgresql_refuses(dsn: str, zone: str) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with serving(dsn) as served, httpx2.AsyncClient(timeout=30) as http:
+            viewer, _ = await served.ledger.create_key(role="viewer")
+            page = await http.get(
+                f"{served.base}/dashboard",
+                params={"tz": zone},
+                headers={"Cookie": f"tokenledger_key={viewer}"},
+            )
+            assert page.status_code == 400 and f"timezone: &#x27;{zone}&#x27; is not allowed" in page.text

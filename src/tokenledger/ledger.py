@@ -12,7 +12,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -447,7 +447,7 @@ class Ledger:
         """Create or replace a budget by name."""
         principal = principal or Principal()
         self._require(principal, ("admin",), "change budgets")
-        _validate_budget(spec)
+        _validate_budget(spec, await self.store.timezone_names())
         answer = await self.store.set_budget(
             tenant=principal.tenant_id, actor=principal.actor, spec=spec.model_dump(mode="json")
         )
@@ -525,7 +525,7 @@ class Ledger:
         limit: int,
     ) -> UsageResult:
         """The window's groups (at most `limit`) and its totals, from one scan."""
-        _validate_timezone(timezone, "timezone")
+        await self._check_timezone(timezone)
         rows, totals = await self.store.usage_report(
             tenant=tenant,
             since=since,
@@ -583,7 +583,7 @@ class Ledger:
     async def _usage_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
         """Summary, usage or timeseries: the groups and the totals of the window in one scan."""
         filters, since, until = self._report_scope(query, principal, timedelta(days=30))
-        _validate_timezone(query.timezone, "timezone")  # before the bucket query uses it
+        await self._check_timezone(query.timezone)  # before the bucket query uses it
         group_by = [] if query.view == "summary" else query.group_by
         bucket = (query.bucket or "day") if query.view == "timeseries" else query.bucket
         buckets: list[datetime] = []
@@ -734,7 +734,7 @@ class Ledger:
             raise InvalidInput("days", days, "a whole number of days, 1 to 366")
         if not 1 <= top <= 100:
             raise InvalidInput("top", top, "1 to 100")
-        _validate_timezone(timezone, "timezone")
+        await self._check_timezone(timezone)
         until = datetime.now(UTC)
         since = dashboards.window_start(until, days, timezone)
         member = principal.role == "member"
@@ -815,6 +815,10 @@ class Ledger:
 
     # --- access -----------------------------------------------------------------------------------
 
+    async def _check_timezone(self, name: str, field: str = "timezone") -> None:
+        """Refuse a time zone that PostgreSQL (buckets, periods) or Python (the dashboard) does not know."""
+        _validate_timezone(name, field, await self.store.timezone_names())
+
     @staticmethod
     def _require(principal: Principal, roles: Sequence[str], action: str) -> None:
         if principal.role not in roles:
@@ -834,13 +838,19 @@ class Ledger:
         return attribution
 
 
-def _validate_timezone(name: str, field: str) -> None:
+def _validate_timezone(name: str, field: str, known: Collection[str]) -> None:
+    """Refuse a zone not in `known` (the names PostgreSQL accepts: Store.timezone_names) or that zoneinfo
+    cannot load. Python alone is not enough: it loads files such as posixrules, localtime or
+    posix/Europe/Paris that PostgreSQL refuses."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    allowed = "an IANA time zone such as UTC or Europe/Paris (see pg_timezone_names)"
+    if name not in known:
+        raise InvalidInput(field, name, allowed)
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as error:
-        raise InvalidInput(field, name, "an IANA time zone such as UTC or Europe/Paris") from error
+        raise InvalidInput(field, name, allowed) from error
 
 
 def _check_bucket_count(since: datetime, until: datetime, bucket: str) -> None:
@@ -862,8 +872,9 @@ def _too_many_buckets(since: datetime, until: datetime, bucket: str, count: int)
     )
 
 
-def _validate_budget(spec: BudgetSpec) -> None:
-    """Rules a single field cannot express; each error names its field."""
+def _validate_budget(spec: BudgetSpec, timezones: Collection[str]) -> None:
+    """Rules a single field cannot express; each error names its field. `timezones`: the zone names
+    PostgreSQL accepts."""
     if spec.scope != "global":
         kind, sep, value = spec.scope.partition(":")
         if not sep or kind not in SCOPE_KINDS or not value:
@@ -871,7 +882,7 @@ def _validate_budget(spec: BudgetSpec) -> None:
                 "scope", spec.scope, f"'global' or KIND:VALUE with KIND one of {', '.join(SCOPE_KINDS)}"
             )
         Attribution(**{kind: value})  # the value must be a valid identifier, as attributions are
-    _validate_timezone(spec.timezone, "timezone")
+    _validate_timezone(spec.timezone, "timezone", timezones)
     if spec.hard_limit is not None and spec.hard_limit < spec.limit:
         raise InvalidInput("hard_limit", str(spec.hard_limit), f"at least the limit ({spec.limit})")
     if spec.rollover == "carry" and spec.period in ("total", "24h", "7d", "30d"):

@@ -184,6 +184,7 @@ class Store:
         self.pool = pool
         self.report_pool = report_pool
         self.report_limits = report_limits
+        self._timezones: frozenset[str] | None = None
 
     @classmethod
     async def open(
@@ -295,6 +296,14 @@ class Store:
 
     async def ping(self) -> None:
         await self._fetch_json("select 1", ())
+
+    async def timezone_names(self) -> frozenset[str]:
+        """The time zone names this PostgreSQL server accepts (read once per store: they change only
+        with the server's time zone data)."""
+        if self._timezones is None:
+            rows = await self._fetch_rows("select name from pg_timezone_names", ())
+            self._timezones = frozenset(row["name"] for row in rows)
+        return self._timezones
 
     # --- schema -----------------------------------------------------------------------------------
 
