@@ -11,7 +11,8 @@ Every MCP request passes four checks, in this order, before the SDK sees it:
 The key is looked up in the database on every request, so a revoked key is refused at once. The caller's
 `Principal` is put in the request scope's state: a tool finds it at
 `ctx.request_context.request.state.principal` (on streamable HTTP, and on SSE's `POST /messages/`).
-`/healthz` needs none of this: it says only whether the server and its database answer.
+`/healthz` needs none of this: it says only whether the server and its database answer. A request whose
+client goes away before its response starts is cancelled, with its database queries (CancelOnDisconnect).
 
 `/metrics` passes the same checks; it takes an admin or viewer key, or, when the server has a scrape
 token (`TOKENLEDGER_METRICS_TOKEN`), that token alone (the metrics cover every tenant of the process).
