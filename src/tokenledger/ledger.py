@@ -12,7 +12,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -75,6 +75,13 @@ CALIBRATION_BOUNDS = (0.5, 3.0)
 # Texts above this are counted in a worker thread; below it the hand-off costs more than the count.
 THREAD_COUNT_THRESHOLD = 64 * 1024
 MAX_REPORT_ROWS = 10_000  # time buckets of a timeseries report
+# A bucket's nominal length: a window over MAX_REPORT_ROWS of them is refused before any query runs.
+BUCKET_LENGTHS = {
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+    "month": timedelta(days=365.2425 / 12),
+}
 
 
 def _request_hash(request: Any) -> str:
@@ -119,7 +126,11 @@ class Ledger:
         if dsn is None:
             dsn = await anyio.to_thread.run_sync(resolve_dsn, settings)
         store = await Store.open(
-            dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size, migrate=migrate
+            dsn,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            migrate=migrate,
+            reports=settings.reports,
         )
         return cls(store)
 
@@ -478,7 +489,7 @@ class Ledger:
             raise InvalidInput("limit", None, f"a positive amount, required to create budget {spec.name!r}")
         base = current.spec.model_dump(mode="json") if current is not None else {}
         merged = BudgetSpec.model_validate({**base, **changes})
-        _validate_budget(merged)
+        _validate_budget(merged, await self.store.timezone_names())
         answer = await self.store.set_budget(
             tenant=principal.tenant_id,
             actor=principal.actor,
@@ -564,7 +575,7 @@ class Ledger:
         limit: int,
     ) -> UsageResult:
         """The window's groups (at most `limit`) and its totals, from one scan."""
-        _validate_timezone(timezone, "timezone")
+        await self._check_timezone(timezone)
         rows, totals = await self.store.usage_report(
             tenant=tenant,
             since=since,
@@ -622,19 +633,18 @@ class Ledger:
     async def _usage_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
         """Summary, usage or timeseries: the groups and the totals of the window in one scan."""
         filters, since, until = self._report_scope(query, principal, timedelta(days=30))
-        _validate_timezone(query.timezone, "timezone")  # before the bucket query uses it
+        await self._check_timezone(query.timezone)  # before the bucket query uses it
         group_by = [] if query.view == "summary" else query.group_by
         bucket = (query.bucket or "day") if query.view == "timeseries" else query.bucket
         buckets: list[datetime] = []
         if query.view == "timeseries":
             assert bucket is not None
+            _check_bucket_count(since, until, bucket)  # arithmetic: before the series is made in SQL
             buckets = await self.store.usage_buckets(
                 since=since, until=until, bucket=bucket, timezone=query.timezone, limit=MAX_REPORT_ROWS + 1
             )
-            if len(buckets) > MAX_REPORT_ROWS:
-                raise InvalidInput(
-                    "bucket", bucket, f"at most {MAX_REPORT_ROWS:,} buckets: a coarser bucket or window"
-                )
+            if len(buckets) > MAX_REPORT_ROWS:  # a window at the limit whose ends fall inside buckets
+                raise _too_many_buckets(since, until, bucket, len(buckets))
         result = await self._usage(
             principal.tenant_id,
             filters,
@@ -774,7 +784,7 @@ class Ledger:
             raise InvalidInput("days", days, "a whole number of days, 1 to 366")
         if not 1 <= top <= 100:
             raise InvalidInput("top", top, "1 to 100")
-        _validate_timezone(timezone, "timezone")
+        await self._check_timezone(timezone)
         until = datetime.now(UTC)
         since = dashboards.window_start(until, days, timezone)
         member = principal.role == "member"
@@ -856,6 +866,10 @@ class Ledger:
 
     # --- access -----------------------------------------------------------------------------------
 
+    async def _check_timezone(self, name: str, field: str = "timezone") -> None:
+        """Refuse a time zone that PostgreSQL (buckets, periods) or Python (the dashboard) does not know."""
+        _validate_timezone(name, field, await self.store.timezone_names())
+
     @staticmethod
     def _require(principal: Principal, roles: Sequence[str], action: str) -> None:
         if principal.role not in roles:
@@ -900,17 +914,43 @@ def _given_budget_fields(spec: BudgetSpec | BudgetChange) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None or k in CLEARABLE_BUDGET_FIELDS}
 
 
-def _validate_timezone(name: str, field: str) -> None:
+def _validate_timezone(name: str, field: str, known: Collection[str]) -> None:
+    """Refuse a zone not in `known` (the names PostgreSQL accepts: Store.timezone_names) or that zoneinfo
+    cannot load. Python alone is not enough: it loads files such as posixrules, localtime or
+    posix/Europe/Paris that PostgreSQL refuses."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    allowed = "an IANA time zone such as UTC or Europe/Paris (see pg_timezone_names)"
+    if name not in known:
+        raise InvalidInput(field, name, allowed)
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as error:
-        raise InvalidInput(field, name, "an IANA time zone such as UTC or Europe/Paris") from error
+        raise InvalidInput(field, name, allowed) from error
 
 
-def _validate_budget(spec: BudgetSpec) -> None:
-    """Rules a single field cannot express; each error names its field."""
+def _check_bucket_count(since: datetime, until: datetime, bucket: str) -> None:
+    """Refuse a timeseries window of more than MAX_REPORT_ROWS buckets by arithmetic alone, so that the
+    bucket series PostgreSQL makes for a window it accepts holds about that many rows at most."""
+    count = math.ceil((until - since) / BUCKET_LENGTHS[bucket])
+    if count > MAX_REPORT_ROWS:
+        raise _too_many_buckets(since, until, bucket, count)
+
+
+def _too_many_buckets(since: datetime, until: datetime, bucket: str, count: int) -> InvalidInput:
+    longest = BUCKET_LENGTHS[bucket] * MAX_REPORT_ROWS
+    return InvalidInput(
+        "bucket",
+        bucket,
+        f"at most {MAX_REPORT_ROWS:,} buckets; since {since.isoformat()} to {until.isoformat()} spans "
+        f"{count:,} {bucket}s: with bucket {bucket!r} the window (since, until) may span at most "
+        f"{longest.days:,} days, or use a coarser bucket",
+    )
+
+
+def _validate_budget(spec: BudgetSpec, timezones: Collection[str]) -> None:
+    """Rules a single field cannot express; each error names its field. `timezones`: the zone names
+    PostgreSQL accepts."""
     if spec.scope != "global":
         kind, sep, value = spec.scope.partition(":")
         if not sep or kind not in SCOPE_KINDS or not value:
@@ -918,7 +958,7 @@ def _validate_budget(spec: BudgetSpec) -> None:
                 "scope", spec.scope, f"'global' or KIND:VALUE with KIND one of {', '.join(SCOPE_KINDS)}"
             )
         Attribution(**{kind: value})  # the value must be a valid identifier, as attributions are
-    _validate_timezone(spec.timezone, "timezone")
+    _validate_timezone(spec.timezone, "timezone", timezones)
     if spec.hard_limit is not None and spec.hard_limit < spec.limit:
         raise InvalidInput("hard_limit", str(spec.hard_limit), f"at least the limit ({spec.limit})")
     if spec.rollover == "carry" and spec.period in ("total", "24h", "7d", "30d"):

@@ -65,13 +65,23 @@ Money = Annotated[Decimal, _plain, Field(ge=0, max_digits=38, decimal_places=18)
 
 _DURATION = re.compile(r"^(\d{1,6})(s|m|h|d|w)$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# Every moment a caller sends lies in this range, so no date arithmetic on it (a window's default start, a
+# bucket's boundary, a forecast's horizon) can leave what Python and PostgreSQL can represent.
+MAX_DURATION = timedelta(days=36_525)  # 100 years back
+EARLIEST_MOMENT = datetime(1900, 1, 1, tzinfo=UTC)  # before any duration can reach
+LATEST_MOMENT = datetime(9999, 1, 1, tzinfo=UTC)  # a year short of datetime's end: room for a bucket
+MOMENT_RANGE = "between 1900-01-01 and 9999-01-01 (UTC)"
 
 
 def _moment(value: object) -> object:
-    """A duration back from now (`90m`, `24h`, `7d`) becomes that moment; other values pass on."""
+    """A duration back from now (`90m`, `24h`, `7d`, at most 100 years) becomes that moment; other values
+    pass on."""
     if isinstance(value, str) and (match := _DURATION.match(value.strip())):
         amount, unit = match.groups()
-        return datetime.now(UTC) - timedelta(**{_DURATION_UNITS[unit]: int(amount)})
+        duration = timedelta(**{_DURATION_UNITS[unit]: int(amount)})
+        if duration > MAX_DURATION:
+            raise ValueError(f"a duration back from now of at most {MAX_DURATION.days}d (100 years)")
+        return datetime.now(UTC) - duration
     return value
 
 
@@ -80,6 +90,12 @@ def _aware(value: datetime) -> datetime:
         raise ValueError(
             "a timestamp needs its UTC offset, e.g. 2026-11-23T10:00:00+00:00, or a duration like 24h"
         )
+    try:
+        inside = EARLIEST_MOMENT <= value <= LATEST_MOMENT
+    except OverflowError:  # an offset that moves year 1 or 9999 past what datetime holds
+        inside = False
+    if not inside:
+        raise ValueError(f"a timestamp {MOMENT_RANGE}")
     return value
 
 
@@ -567,7 +583,8 @@ def explain_validation_error(error: ValidationError, fields: Sequence[str] = (),
         elif kind.startswith(("datetime", "date_")):
             parts.append(f"{field}: got {_shown(item.get('input'))}; allowed: {MOMENT_HELP}")
         else:
-            parts.append(f"{field}: got {_shown(item.get('input'))}; allowed: {item['msg']}")
+            allowed = item["msg"].removeprefix("Value error, ")  # our validators' words, without pydantic's
+            parts.append(f"{field}: got {_shown(item.get('input'))}; allowed: {allowed}")
     rest = list(dict.fromkeys(_field_path(item["loc"]) for item in items[limit:]))
     return "; ".join(parts) + (f"; also invalid: {', '.join(rest[:20])}" if rest else "")
 
