@@ -539,6 +539,11 @@ class Ledger:
         budgets and forecasts the tenant's budgets. Render it with `reports.formatted`."""
         principal = principal or Principal()
         view = query.view
+        if view == "chargeback":
+            return await self._chargeback_report(query, principal)
+        for name in ("period", "by"):
+            if getattr(query, name) is not None:
+                raise InvalidInput(name, getattr(query, name), "only with view 'chargeback'")
         if view == "budgets":
             return reports.budgets_report(await self.list_budgets(principal), now=datetime.now(UTC))
         if view in ("summary", "usage", "timeseries"):
@@ -599,6 +604,56 @@ class Ledger:
             assert bucket is not None
             return reports.timeseries_report(result, buckets, bucket, query.timezone)
         return reports.usage_report(result, "summary" if query.view == "summary" else "usage")
+
+    async def _chargeback_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
+        """Statements per cost centre for a calendar month, from the usage view's own query."""
+        if query.since is not None or query.until is not None:
+            raise InvalidInput(
+                "since" if query.since is not None else "until",
+                (query.since or query.until or datetime.now(UTC)).isoformat(),
+                "not with view 'chargeback': it covers the calendar month given by period (YYYY-MM)",
+            )
+        _validate_timezone(query.timezone, "timezone")
+        period = query.period or reports.current_month(datetime.now(UTC), query.timezone)
+        since, until = reports.month_window(period, query.timezone)
+        by = query.by or "team"
+        month = query.model_copy(update={"since": since, "until": until})
+        filters, since, until = self._report_scope(month, principal, timedelta(days=31))
+        result = await self._usage(
+            principal.tenant_id,
+            filters,
+            since,
+            until,
+            query.timezone,
+            group_by=[by, "model"],
+            bucket=None,
+            limit=MAX_REPORT_ROWS,
+        )
+        if len(result.rows) > MAX_REPORT_ROWS:
+            raise InvalidInput(
+                "by", by, f"at most {MAX_REPORT_ROWS:,} cost centre and model pairs: filter the report"
+            )
+        models = {str(row.keys["model"]) for row in result.rows}
+        prices = await self._prices_in_force(principal, models, min(until, datetime.now(UTC)))
+        return reports.chargeback_report(result, by=by, period=period, timezone=query.timezone, prices=prices)
+
+    async def _prices_in_force(
+        self, principal: Principal, models: set[str], at: datetime
+    ) -> dict[str, Price | None]:
+        """Each model's price at `at`: the tenant's override in force, else the catalog's (None: unpriced)."""
+        overrides: dict[str, Price] = {}
+        for row in await self.store.price_overrides(tenant=principal.tenant_id):  # newest first per model
+            if row["model"] in models and row["model"] not in overrides and row["effective_from"] <= at:
+                overrides[row["model"]] = Price(
+                    **{k: row[k] for k in ("input", "output", "cache_read", "cache_write", "reasoning")}
+                )
+        prices: dict[str, Price | None] = {}
+        for name in models:
+            try:
+                prices[name] = overrides.get(name) or self.catalog.resolve(name).price
+            except UnknownModel:
+                prices[name] = None
+        return prices
 
     def _report_scope(
         self, query: UsageQuery, principal: Principal, default_window: timedelta

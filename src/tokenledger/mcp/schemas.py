@@ -118,6 +118,7 @@ class ReportInput(ReportQuery):
     model_config = _config(
         view="usage: by group_by/bucket; forecast: per budget; top: dearest calls",
         since="ISO 8601 or 90m/24h/7d ago; default 30d (forecast 24h)",
+        period="chargeback month YYYY-MM",
     )
 
 

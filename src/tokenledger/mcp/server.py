@@ -100,7 +100,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         return await ledger.release(request.reservation_id, who(ctx))
 
     async def report(request: ReportInput, ctx: Context[Any, Any]) -> reports.Report:
-        """Usage, timeseries, budgets, forecast, top calls, savings, estimate accuracy; json/markdown/csv."""
+        """Usage, timeseries, budgets, forecast, top calls, savings, accuracy, chargeback; json/md/csv."""
         return reports.formatted(await ledger.report(request, who(ctx)), request.format)
 
     async def manage_budget(request: ManageBudgetInput, ctx: Context[Any, Any]) -> BudgetsResult:
