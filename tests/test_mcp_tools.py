@@ -30,6 +30,7 @@ TOOLS = {
     "release",
     "report",
     "manage_budget",
+    "manage_schedule",
     "prices",
     "fit_messages",
 }

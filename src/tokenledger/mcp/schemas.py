@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from tokenledger.reports import ReportQuery
+from tokenledger.schedules import Every, LocalTime, Schedule, ScheduleName, ScheduleRun, ScheduleView
 from tokenledger.types import (
     PRINTABLE_PATTERN,
     PROMPT_HASH_PATTERN,
@@ -24,6 +25,7 @@ from tokenledger.types import (
     CountRequest,
     Enforcement,
     FitRequest,
+    GroupKey,
     Model,
     ModelInfo,
     ModelName,
@@ -42,10 +44,12 @@ __all__ = [
     "CountInput",
     "FitInput",
     "ManageBudgetInput",
+    "ManageScheduleInput",
     "PricesInput",
     "PricesResult",
     "ReleaseInput",
     "ReportInput",
+    "SchedulesResult",
     "TrackInput",
     "input_schema",
     "output_schema",
@@ -156,6 +160,29 @@ class ManageBudgetInput(Model):
         return self.model_dump(exclude={"action"}, exclude_none=True)
 
 
+_STRING = WithJsonSchema({"type": "string"})
+
+
+class ManageScheduleInput(Model):
+    """An action on scheduled reports; `add` takes the ScheduleSpec fields."""
+
+    action: Literal["add", "list", "run_now", "delete"] = "list"
+    # Published as plain strings (the patterns still apply): every agent pays for the schema.
+    name: Annotated[ScheduleName, _STRING] | None = None
+    view: ScheduleView | None = None
+    every: Every | None = None
+    at: Annotated[LocalTime, _STRING] | None = None
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64), _STRING] | None = None
+    to: Annotated[str, StringConstraints(min_length=1, max_length=260), _STRING] | None = None
+    by: GroupKey | None = None
+
+    model_config = _config(at="HH:MM local", to="email[:ADDR], slack or webhook")
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The ScheduleSpec fields that were given."""
+        return self.model_dump(exclude={"action"}, exclude_none=True)
+
+
 class PricesInput(Model):
     """An action on prices: the entry of a model, a catalog search, or a tenant override (USD per token)."""
 
@@ -184,6 +211,12 @@ class BudgetsResult(Model):
     action: str
     budgets: list[Budget] = Field(default_factory=list)
     deleted: str | None = None  # the name of the budget deleted
+
+
+class SchedulesResult(Model):
+    action: str
+    schedules: list[Schedule] = Field(default_factory=list)
+    run: ScheduleRun | None = None  # run_now: the run queued
 
 
 class PricesResult(Model):
