@@ -378,7 +378,7 @@ async def test_each_occurrence_is_delivered_once_by_racing_dispatchers(
     assert "<td" in html and "finance-mail" in html
     chargeback = by_to["ops@example.test"]
     statement = chargeback.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    month = (daily - timedelta(microseconds=1)).astimezone(ZoneInfo(PARIS)).strftime("%Y-%m")
+    month = window_before(daily, "day", PARIS).astimezone(ZoneInfo(PARIS)).strftime("%Y-%m")
     assert f"month {month}" in str(chargeback["Subject"]) and "| search | subtotal |" in statement
 
     runs = await ledger.store.schedule_runs(tenant="default")
@@ -459,6 +459,37 @@ def test_a_message_escapes_what_users_named() -> None:
     assert "<!channel>" not in slack and "&lt;!channel&gt;" in slack
 
 
+async def test_what_each_view_covers(ledger: Ledger) -> None:
+    """A monthly chargeback on the 1st is the month just ended (a daily one the month to date); a usage
+    report covers its run's window, grouped by `by` (default model)."""
+    first = utc(2026, 11, 1, 6)  # 07:00 Paris on the 1st
+
+    def run(view: Any, **fields: Any) -> Delivery:
+        return Delivery.model_validate(
+            {"tenant_id": "default", "schedule": "s", "run_id": 1, "occurrence": first, "kind": "scheduled",
+             "since": utc(2026, 10, 1, 5), "until": first, "sink": "email:x", "attempt": 1, "view": view,
+             "every": "month", "at": "07:00", "timezone": PARIS, "destination": "email", **fields}
+        )  # fmt: skip
+
+    chargeback = await ledger.scheduled_report(run("chargeback", by="project"))
+    assert chargeback.totals is not None and chargeback.totals["period"] == "2026-10"
+    assert chargeback.totals["by"] == "project" and chargeback.since == utc(2026, 9, 30, 22)
+    assert (await ledger.scheduled_report(run("chargeback"))).totals["by"] == "team"  # type: ignore[index]
+    daily = await ledger.scheduled_report(run("chargeback", every="day", since=utc(2026, 10, 31, 6)))
+    assert daily.totals is not None and daily.totals["period"] == "2026-10"  # on the 1st: October, whole
+    later = await ledger.scheduled_report(
+        run("chargeback", every="day", occurrence=utc(2026, 11, 2, 6), until=utc(2026, 11, 2, 6))
+    )
+    assert later.totals is not None and later.totals["period"] == "2026-11"  # the month to date
+    usage = await ledger.scheduled_report(run("usage"))
+    assert (usage.since, usage.until) == (utc(2026, 10, 1, 5), first)
+    await ledger.track_usage(
+        TrackRequest(model="gpt-4o", input_tokens=10, output_tokens=1, occurred_at=utc(2026, 10, 15))
+    )
+    assert "model" in (await ledger.scheduled_report(run("usage"))).rows[0]
+    assert (await ledger.scheduled_report(run("budgets"))).view == "budgets"
+
+
 # --- run-now, the CLI and the MCP tool -----------------------------------------------------------
 
 
@@ -503,7 +534,8 @@ def test_cli_schedule_commands(
     assert main(["schedule", "delete", "mail"]) == 1 and "no such schedule" in capsys.readouterr().err
 
 
-async def test_mcp_manage_schedule_tool(ledger: Ledger) -> None:
+async def test_mcp_manage_schedule_tool(ledger: Ledger, receivers: tuple[Receiver, Receiver]) -> None:
+    _, slack = receivers
     async with Client(build_server(ledger, default_principal=ADMIN)) as client:
         added = await client.call_tool(
             "manage_schedule",
@@ -515,6 +547,13 @@ async def test_mcp_manage_schedule_tool(ledger: Ledger) -> None:
         assert [s["name"] for s in listed.structured_content["schedules"]] == ["daily"]  # type: ignore[index]
         run = await client.call_tool("manage_schedule", {"action": "run_now", "name": "daily"})
         assert run.structured_content["run"]["kind"] == "manual"  # type: ignore[index]
+        # Queued: the next poll of a server's dispatcher sends it.
+        assert await ScheduleDispatcher(ledger, [SlackSink(slack.url)]).run_once() == 1
+        [posted] = slack.bodies
+        assert (
+            posted["text"].startswith("[tokenledger] daily: daily forecast report")
+            and "(run now)" in posted["text"]
+        )
         for arguments, field in (
             ({"action": "add", "name": "x", "to": "fax"}, "to"),
             ({"action": "add", "name": "x", "to": "slack", "at": "7am"}, "at"),

@@ -628,7 +628,7 @@ def _statements(rows: Sequence[Cells], by: str) -> str:
             requests = _count(row.get("requests"))
             subtotal = (
                 f'<tr class="subtotal"{_attrs(subtotal=row.get("cost_usd"), tokens=row.get("tokens"))}>'
-                f'<td colspan="2">Subtotal · {requests:,} calls</td>'
+                f'<td colspan="2">Subtotal · {requests:,} call{"" if requests == 1 else "s"}</td>'
                 f'<td class="num">{escape(tokens(_count(row.get("tokens"))))}</td>'
                 f'<td class="num">{escape(cost)}</td><td class="num">{escape(share)}</td></tr>'
             )
@@ -642,7 +642,7 @@ def _statements(rows: Sequence[Cells], by: str) -> str:
             sections.append(
                 f'<section id="total"{_attrs(total_cost=row.get("cost_usd"))}><h2>Total · '
                 f"{escape(_cents(row.get('cost_usd')))}<small>{escape(tokens(_count(row.get('tokens'))))} "
-                f"tokens · {_count(row.get('requests')):,} calls</small></h2></section>"
+                f"tokens · {_count(row.get('requests')):,} call(s)</small></h2></section>"
             )
     return "".join(sections) if len(sections) > 1 else ""
 

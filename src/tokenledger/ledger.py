@@ -834,11 +834,10 @@ class Ledger:
         )
         query: dict[str, Any] = {"view": delivery.view, "timezone": delivery.timezone}
         if delivery.view == "chargeback":
-            # The month the window ends in: the month just ended on the 1st, the month to date otherwise.
-            last_moment = delivery.until - timedelta(microseconds=1)
-            query.update(
-                period=reports.current_month(last_moment, delivery.timezone), by=delivery.by or "team"
-            )
+            # The month one period before the run: a monthly run on the 1st (and a daily one on the 1st)
+            # sends the month just ended; other runs the month to date.
+            anchor = schedules.window_before(delivery.until, delivery.every, delivery.timezone)
+            query.update(period=reports.current_month(anchor, delivery.timezone), by=delivery.by or "team")
         elif delivery.view != "budgets":
             query.update(since=delivery.since, until=delivery.until)
             if delivery.view == "usage":

@@ -23,6 +23,7 @@ SLACK_TEXT_LIMIT: Final = 2_900
 SLACK_HEADER_LIMIT: Final = 150
 
 _CELL = "padding:4px 10px;border-bottom:1px solid #e3e7ee;text-align:left;vertical-align:top"
+_RIGHT = ";text-align:right"
 _HEAD = "padding:4px 10px;border-bottom:2px solid #c9d0dc;text-align:left;color:#5f6b7a;font-weight:600"
 
 
@@ -68,7 +69,11 @@ def html_table(columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> 
     head = "".join(f'<th style="{_HEAD}">{escape(column)}</th>' for column in columns)
     body = "".join(
         "<tr>"
-        + "".join(f'<td style="{_CELL}">{escape(_text(row.get(column)))}</td>' for column in columns)
+        + "".join(
+            f'<td style="{_CELL}{_RIGHT if _numeric(row.get(column)) else ""}">'
+            f"{escape(_text(row.get(column)))}</td>"
+            for column in columns
+        )
         + "</tr>"
         for row in rows
     )
@@ -110,6 +115,16 @@ def slack_table(columns: Sequence[str], rows: Sequence[Mapping[str, object]], li
             break
         shown.append(line)
     return slack_escape("\n".join(shown))
+
+
+def _numeric(value: object) -> bool:
+    """Numbers (and decimal strings, as money travels) align right."""
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, int | float):
+        return True
+    text = str(value)
+    return bool(text) and text.replace(".", "", 1).lstrip("-").isdigit()
 
 
 def _text(value: object) -> str:
