@@ -210,7 +210,10 @@ async def test_add_list_delete_and_audit(ledger: Ledger) -> None:
         ({"to": "email:a@example.com\r\nBcc: all@example.com"}, "to"),
         ({"to": "email:a@example.com,b@example.com"}, "to"),
         ({"to": "slack:#general"}, "to"),
+        ({"to": "email:" + "a" * 64 + "@" + "b" * 186 + ".com"}, "to"),  # a 255-character address
+        ({"to": "webhook" + " " * 254}, "to"),  # 261 characters
         ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": "Europe/" + "x" * 58}, "timezone"),  # 65 characters
         ({"view": "summary", "by": "team"}, "by"),
         ({"view": "chargeback", "by": "model"}, "by"),
         ({"by": "colour"}, "by"),
@@ -223,6 +226,14 @@ async def test_bad_input_names_the_field_and_writes_nothing(
         await ledger.add_schedule(spec(**fields))
     assert field in str(raised.value)
     assert await ledger.list_schedules() == [] and await ledger.store.audit_log(tenant="default") == []
+
+
+async def test_the_longest_address_and_time_zone_allowed(ledger: Ledger) -> None:
+    address = "a" * 64 + "@" + "b" * 185 + ".com"  # 254 characters: the most an SMTP path takes
+    added = await ledger.add_schedule(
+        spec(to=f"email:{address}", timezone="America/Argentina/ComodRivadavia")
+    )
+    assert added.to == f"email:{address}"
 
 
 async def test_only_admins_and_at_most_a_hundred_per_tenant(ledger: Ledger) -> None:

@@ -607,12 +607,13 @@ class Ledger:
 
     async def _chargeback_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
         """Statements per cost centre for a calendar month, from the usage view's own query."""
-        if query.since is not None or query.until is not None:
-            raise InvalidInput(
-                "since" if query.since is not None else "until",
-                (query.since or query.until or datetime.now(UTC)).isoformat(),
-                "not with view 'chargeback': it covers the calendar month given by period (YYYY-MM)",
-            )
+        for name in ("since", "until"):
+            if (moment := getattr(query, name)) is not None:
+                raise InvalidInput(
+                    name,
+                    moment.isoformat(),
+                    "not with view 'chargeback': it covers the calendar month given by period (YYYY-MM)",
+                )
         _validate_timezone(query.timezone, "timezone")
         period = query.period or reports.current_month(datetime.now(UTC), query.timezone)
         since, until = reports.month_window(period, query.timezone)
