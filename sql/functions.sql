@@ -1112,3 +1112,181 @@ begin
     rolled := rolled + n;
     return jsonb_build_object('dropped_partitions', to_jsonb(dropped), 'rollup_rows', rolled);
 end $$;
+
+-- --- scheduled reports ----------------------------------------------------------------------------
+-- Python computes occurrences (zoneinfo: the schedule's local time, across DST changes); the database
+-- decides which process takes each one (a compare-and-set on next_run_at, a unique occurrence per
+-- schedule) and hands each run to each sink once (claims with FOR UPDATE SKIP LOCKED and a lease).
+
+-- A schedule as the Schedule model reads it, with its latest run.
+create or replace function tl_schedule_json(s tl_schedule) returns jsonb
+language sql stable as $$
+    select jsonb_build_object(
+        'name', s.name, 'view', s.report_view, 'every', s.every, 'at', to_char(s.at_local, 'HH24:MI'),
+        'timezone', s.timezone,
+        'to', s.destination || coalesce(':' || s.recipient, ''), 'by', s.group_by,
+        'next_run_at', s.next_run_at, 'created_at', s.created_at, 'created_by', s.created_by,
+        'last_occurrence', r.occurrence, 'last_delivered_at', r.delivered_at, 'last_error', d.last_error)
+      from (select 1) one
+      left join lateral (select * from tl_schedule_run r
+                          where r.tenant_id = s.tenant_id and r.schedule_id = s.schedule_id
+                          order by r.occurrence desc limit 1) r on true
+      left join lateral (select d.last_error from tl_schedule_delivery d
+                          where d.tenant_id = r.tenant_id and d.run_id = r.run_id and d.last_error is not null
+                          order by d.sink limit 1) d on true
+$$;
+
+-- Add a schedule (at most p_max per tenant; names are unique) and audit it.
+create or replace function tl_add_schedule(p_tenant text, p_actor text, p_spec jsonb, p_next_run_at timestamptz,
+                                           p_max integer) returns jsonb
+language plpgsql as $$
+declare
+    s tl_schedule;
+begin
+    perform pg_advisory_xact_lock(hashtextextended('tl_schedule:' || p_tenant, 0));  -- the count is per tenant
+    if (select count(*) from tl_schedule where tenant_id = p_tenant) >= p_max then
+        raise exception 'name %: this tenant has % schedules, the most allowed; delete one first',
+            p_spec ->> 'name', p_max using errcode = 'TL400';
+    end if;
+    insert into tl_schedule (tenant_id, name, report_view, every, at_local, timezone, destination, recipient,
+                             group_by, next_run_at, created_by)
+    values (p_tenant, p_spec ->> 'name', p_spec ->> 'view', p_spec ->> 'every', (p_spec ->> 'at')::time,
+            p_spec ->> 'timezone', p_spec ->> 'destination', p_spec ->> 'recipient', p_spec ->> 'by',
+            p_next_run_at, p_actor)
+    on conflict (tenant_id, name) do nothing
+    returning * into s;
+    if s.schedule_id is null then
+        raise exception 'name %: a schedule of this name exists; delete it first or choose another name',
+            p_spec ->> 'name' using errcode = 'TL409';
+    end if;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'create', 'schedule', s.name, null, tl_schedule_json(s));
+    return tl_schedule_json(s);
+end $$;
+
+create or replace function tl_delete_schedule(p_tenant text, p_actor text, p_name text) returns jsonb
+language plpgsql as $$
+declare
+    s tl_schedule;
+    shown jsonb;
+begin
+    select * into s from tl_schedule where tenant_id = p_tenant and name = p_name for update;
+    if not found then
+        raise exception 'name %: no such schedule in this tenant', p_name using errcode = 'TL404';
+    end if;
+    shown := tl_schedule_json(s);
+    delete from tl_schedule where tenant_id = p_tenant and schedule_id = s.schedule_id;  -- runs go with it
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'delete', 'schedule', p_name, shown, null);
+    return shown;
+end $$;
+
+create or replace function tl_schedule_run_json(s tl_schedule, r tl_schedule_run) returns jsonb
+language sql stable as $$
+    select jsonb_build_object(
+        'schedule', s.name, 'run_id', r.run_id, 'occurrence', r.occurrence,
+        'kind', r.kind, 'since', r.since, 'until', r.until, 'missed', r.missed, 'missed_from', r.missed_from)
+$$;
+
+-- Take the due occurrence of a schedule: advances next_run_at from p_expected to p_next and records the
+-- run, or returns null when another process took it first (next_run_at has moved on).
+create or replace function tl_start_schedule_run(p_tenant text, p_schedule_id bigint, p_expected timestamptz,
+                                                 p_next timestamptz, p_occurrence timestamptz, p_kind text,
+                                                 p_since timestamptz, p_missed integer, p_missed_from timestamptz)
+returns jsonb language plpgsql as $$
+declare
+    s tl_schedule;
+    r tl_schedule_run;
+begin
+    update tl_schedule set next_run_at = p_next
+     where tenant_id = p_tenant and schedule_id = p_schedule_id and next_run_at = p_expected
+    returning * into s;
+    if not found then
+        return null;
+    end if;
+    insert into tl_schedule_run (tenant_id, schedule_id, occurrence, kind, since, until, missed, missed_from)
+    values (p_tenant, p_schedule_id, p_occurrence, p_kind, p_since, p_occurrence, p_missed, p_missed_from)
+    on conflict (tenant_id, schedule_id, occurrence) do nothing
+    returning * into r;
+    return case when r.run_id is not null then tl_schedule_run_json(s, r) end;
+end $$;
+
+-- Run a schedule now, outside its recurrence, over [p_since, p_until); audited.
+create or replace function tl_run_schedule_now(p_tenant text, p_actor text, p_name text, p_since timestamptz,
+                                               p_until timestamptz) returns jsonb
+language plpgsql as $$
+declare
+    s tl_schedule;
+    r tl_schedule_run;
+begin
+    select * into s from tl_schedule where tenant_id = p_tenant and name = p_name;
+    if not found then
+        raise exception 'name %: no such schedule in this tenant', p_name using errcode = 'TL404';
+    end if;
+    insert into tl_schedule_run (tenant_id, schedule_id, occurrence, kind, since, until)
+    values (p_tenant, s.schedule_id, p_until, 'manual', p_since, p_until)
+    returning * into r;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'run_now', 'schedule', p_name, null, tl_schedule_run_json(s, r));
+    return tl_schedule_run_json(s, r);
+end $$;
+
+-- Runs due for these sinks (a sink serves the runs whose destination is its kind, the part of its name
+-- before ':'), claimed for p_lease_seconds: concurrent dispatchers in any number of processes skip each
+-- other's claims, so each run reaches each sink once. p_tenant and p_run_id narrow it to one run.
+create or replace function tl_claim_schedule_deliveries(p_sinks text[], p_limit integer,
+                                                        p_lease_seconds double precision,
+                                                        p_tenant text default null, p_run_id bigint default null)
+returns setof jsonb language plpgsql as $$
+begin
+    insert into tl_schedule_delivery (tenant_id, run_id, sink)
+    select r.tenant_id, r.run_id, k.sink
+      from tl_schedule_run r
+      join tl_schedule s on s.tenant_id = r.tenant_id and s.schedule_id = r.schedule_id
+      join unnest(p_sinks) as k(sink) on split_part(k.sink, ':', 1) = s.destination
+     where r.delivered_at is null
+       and (p_run_id is null or (r.tenant_id = p_tenant and r.run_id = p_run_id))
+    on conflict do nothing;
+    return query
+    with due as (
+        select d.tenant_id, d.run_id, d.sink from tl_schedule_delivery d
+         where d.delivered_at is null and d.next_attempt_at <= now() and d.sink = any(p_sinks)
+           and (d.claimed_until is null or d.claimed_until < now())
+           and (p_run_id is null or (d.tenant_id = p_tenant and d.run_id = p_run_id))
+         order by d.next_attempt_at
+         limit p_limit
+           for update skip locked),
+    claimed as (
+        update tl_schedule_delivery d
+           set claimed_until = now() + make_interval(secs => p_lease_seconds), attempts = d.attempts + 1
+          from due
+         where d.tenant_id = due.tenant_id and d.run_id = due.run_id and d.sink = due.sink
+        returning d.tenant_id, d.run_id, d.sink, d.attempts)
+    select tl_schedule_run_json(s, r) || jsonb_build_object(
+               'tenant_id', c.tenant_id, 'sink', c.sink, 'attempt', c.attempts, 'view', s.report_view, 'every', s.every,
+               'at', to_char(s.at_local, 'HH24:MI'), 'timezone', s.timezone, 'destination', s.destination,
+               'recipient', s.recipient, 'by', s.group_by)
+      from claimed c
+      join tl_schedule_run r on r.tenant_id = c.tenant_id and r.run_id = c.run_id
+      join tl_schedule s on s.tenant_id = r.tenant_id and s.schedule_id = r.schedule_id;
+end $$;
+
+-- Record a delivery attempt, as tl_finish_alert_delivery does; a run is delivered once every sink has it.
+create or replace function tl_finish_schedule_delivery(p_tenant text, p_run_id bigint, p_sink text, p_error text,
+                                                       p_retry_seconds double precision) returns void
+language plpgsql as $$
+begin
+    update tl_schedule_delivery
+       set delivered_at = case when p_error is null then now() end,
+           last_error = p_error,
+           claimed_until = null,
+           next_attempt_at = case when p_error is null then next_attempt_at
+                                  when p_retry_seconds is null then 'infinity'
+                                  else now() + make_interval(secs => p_retry_seconds) end
+     where tenant_id = p_tenant and run_id = p_run_id and sink = p_sink;
+    update tl_schedule_run r
+       set delivered_at = now()
+     where r.tenant_id = p_tenant and r.run_id = p_run_id and r.delivered_at is null
+       and not exists (select 1 from tl_schedule_delivery d
+                        where d.tenant_id = r.tenant_id and d.run_id = r.run_id and d.delivered_at is null);
+end $$;

@@ -37,6 +37,7 @@ LEDGER_MODULES = {
     "test_ledger_model",
     "test_migrations",
     "test_alerts",
+    "test_schedules",
     "test_retention",
 }
 

@@ -26,6 +26,7 @@ import httpx
 
 from tokenledger.errors import InvalidInput
 from tokenledger.ledger import Ledger
+from tokenledger.notices import Notice, email_message
 from tokenledger.secrets import resolve_secret
 
 log = logging.getLogger("tokenledger.alerts")
@@ -68,6 +69,9 @@ class Sink(Protocol):
 
     async def send(self, alert: dict[str, Any]) -> None: ...
 
+    # A notice (a scheduled report, ...); `recipients` replace an email sink's configured ones.
+    async def send_notice(self, notice: Notice, recipients: Sequence[str] | None = None) -> None: ...
+
 
 def _sink_name(kind: str, secret: str) -> str:
     return f"{kind}:{hashlib.sha256(secret.encode()).hexdigest()[:12]}"
@@ -86,8 +90,18 @@ class WebhookSink:
         return payload(alert)
 
     async def send(self, alert: dict[str, Any]) -> None:
+        await self._post(self.body(alert))
+
+    async def send_notice(self, notice: Notice, recipients: Sequence[str] | None = None) -> None:
+        """Post a notice's JSON (its stable `id` included); `recipients` are for email only."""
+        await self._post(self.notice_body(notice))
+
+    def notice_body(self, notice: Notice) -> dict[str, Any]:
+        return notice.webhook()
+
+    async def _post(self, body: dict[str, Any]) -> None:
         async with httpx.AsyncClient(timeout=self.timeout) as client:
-            response = await client.post(self.url, json=self.body(alert))
+            response = await client.post(self.url, json=body)
         if response.status_code >= 300:
             raise RuntimeError(f"{self.name} answered HTTP {response.status_code}")
 
@@ -101,6 +115,9 @@ class SlackSink(WebhookSink):
 
     def body(self, alert: dict[str, Any]) -> dict[str, Any]:
         return {"text": f":warning: {describe(alert)}"}
+
+    def notice_body(self, notice: Notice) -> dict[str, Any]:
+        return notice.slack()
 
 
 @dataclass
@@ -158,6 +175,12 @@ class EmailSink:
         message.set_content(describe(alert) + "\n\n" + json.dumps(payload(alert), indent=2))
         await anyio.to_thread.run_sync(self._send_blocking, message)
 
+    async def send_notice(self, notice: Notice, recipients: Sequence[str] | None = None) -> None:
+        """Send a notice as a multipart email (text and HTML), to `recipients` instead of the configured
+        ones when given."""
+        message = email_message(notice, sender=self.sender, recipients=list(recipients or self.recipients))
+        await anyio.to_thread.run_sync(self._send_blocking, message)
+
 
 @dataclass
 class LogSink:
@@ -165,6 +188,9 @@ class LogSink:
 
     async def send(self, alert: dict[str, Any]) -> None:
         log.warning("alert: %s", describe(alert))
+
+    async def send_notice(self, notice: Notice, recipients: Sequence[str] | None = None) -> None:
+        log.info("notice: %s", notice.subject)
 
 
 def sinks_from_env(environ: dict[str, str] | None = None) -> list[Sink]:

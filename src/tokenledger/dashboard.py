@@ -22,12 +22,14 @@ from pydantic import Field
 from tokenledger.types import BudgetState, Model, Role, UsageRow
 
 __all__ = [
+    "Chargeback",
     "DailySpend",
     "Dashboard",
     "Decision",
     "OpenAlert",
     "daily_series",
     "render",
+    "render_chargeback",
     "render_login",
     "render_message",
     "window_start",
@@ -88,6 +90,23 @@ class Dashboard(Model):
     top_models: list[UsageRow] = Field(default_factory=list)
     decisions: list[Decision] = Field(default_factory=list)
     alerts: list[OpenAlert] = Field(default_factory=list)
+
+
+Cells = dict[str, str | int | float | bool | None]
+
+
+class Chargeback(Model):
+    """A chargeback report's rows (lines, subtotals, total), totals and notes, as `Ledger.report` made them
+    for one principal (a member: its own user's lines only)."""
+
+    tenant: str
+    role: Role
+    user: str | None = None
+    since: datetime
+    until: datetime
+    rows: list[Cells] = Field(default_factory=list)
+    totals: Cells = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
 
 
 # --- the data ----------------------------------------------------------------------------------
@@ -231,12 +250,12 @@ footer { color:var(--muted); font-size:12px; text-align:center; }
 """
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, css: str = "") -> str:
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
+        f"<title>{escape(title)}</title><style>{_CSS}{css}</style></head>"
         f"<body>{body}</body></html>\n"
     )
 
@@ -477,6 +496,155 @@ def _alerts(alerts: Sequence[OpenAlert], zone: ZoneInfo) -> str:
         head = "<tr><th>When</th><th>Budget</th><th>Alert</th><th>Delivery</th></tr>"
         body = f"<table>{head}{''.join(lines)}</table>"
     return f'<section id="alerts"><h2>Open alerts<small>current periods</small></h2>{body}</section>'
+
+
+# --- the chargeback statement ------------------------------------------------------------------
+
+_PRINT_CSS: Final = """
+form.pick { display:flex; gap:10px; align-items:end; flex-wrap:wrap; }
+form.pick label { display:block; color:var(--muted); font-size:12px; }
+form.pick input, form.pick select, form.pick button { font:inherit; padding:5px 8px;
+    border:1px solid var(--line); border-radius:6px; background:#fff; }
+tr.subtotal td { font-weight:600; border-top:2px solid var(--line); }
+section.statement { break-inside:avoid; page-break-inside:avoid; }
+@media print {
+  body { background:#fff; font-size:12px; }
+  header, .noprint { display:none; }
+  main { padding:0; max-width:none; }
+  .card, section { border:1px solid #bbb; }
+}
+"""
+_TOKEN_TYPE_NAMES: Final = {
+    "input": "Input",
+    "output": "Output",
+    "cache_read": "Cache read",
+    "cache_write": "Cache write",
+    "reasoning": "Reasoning",
+}
+CHARGEBACK_CENTRES: Final = ("team", "project", "feature", "user")
+
+
+def _cents(value: object) -> str:
+    return f"${Decimal(str(value or 0)):,.2f}"
+
+
+def _count(value: object) -> int:
+    return int(str(value or 0))
+
+
+def _share(value: object) -> str:
+    return "—" if value is None else f"{value}%"
+
+
+def render_chargeback(data: Chargeback, *, now: datetime | None = None) -> str:
+    """A printable page: one statement per cost centre (lines by model and token type, a subtotal), then
+    the total, with a form to pick another month, cost centre or time zone."""
+    now = now or datetime.now(UTC)
+    totals = data.totals
+    period, by, timezone = (str(totals.get(k, "")) for k in ("period", "by", "timezone"))
+    who = f"tenant {data.tenant} · {data.role}" + (f" · user {data.user}" if data.user else "")
+    header = (
+        f'<header><h1>{TITLE}</h1><div class="who"{_attrs(tenant=data.tenant, role=data.role)}>'
+        f'{escape(who)} · <a href="/dashboard" style="color:#c6cfdd">dashboard</a>'
+        '<form method="post" action="/dashboard/logout"><button type="submit">Sign out</button></form>'
+        "</div></header>"
+    )
+    options = "".join(
+        f'<option value="{c}"{" selected" if c == by else ""}>{c}</option>' for c in CHARGEBACK_CENTRES
+    )
+    pick = (
+        '<section class="noprint"><form class="pick" method="get" action="/dashboard/chargeback">'
+        f'<div><label for="period">Month</label><input id="period" name="period" type="month" '
+        f'value="{escape(period, quote=True)}" pattern="[0-9]{{4}}-[0-9]{{2}}"></div>'
+        f'<div><label for="by">Cost centre</label><select id="by" name="by">{options}</select></div>'
+        f'<div><label for="tz">Time zone</label><input id="tz" name="tz" '
+        f'value="{escape(timezone, quote=True)}"></div>'
+        '<div><button type="submit">Show</button></div>'
+        '<p class="sub" style="margin:0">Print it, or save it as PDF, from the browser (Ctrl+P).</p>'
+        "</form></section>"
+    )
+    zone = ZoneInfo(timezone) if timezone else ZoneInfo("UTC")
+    scope = f"user {data.user}'s usage" if data.user else "this tenant"
+    title = (
+        f'<section id="chargeback-title"{_attrs(period=period, by=by, timezone=timezone)}>'
+        f"<h2>Chargeback statement {escape(period)}<small>by {escape(by)} · {escape(timezone)} · "
+        f"{escape(scope)} · {escape(_moment(data.since, zone))} – {escape(_moment(data.until, zone))}"
+        "</small></h2></section>"
+    )
+    cards = [
+        ("Total", _cents(totals.get("cost_usd")), "total-cost", totals.get("cost_usd")),
+        ("Tokens", tokens(_count(totals.get("tokens"))), "total-tokens", totals.get("tokens")),
+        ("Requests", tokens(_count(totals.get("requests"))), "total-requests", totals.get("requests")),
+        ("Cost centres", str(totals.get("cost_centres", 0)), "cost-centres", totals.get("cost_centres")),
+    ]
+    card_html = "".join(
+        f'<div class="card"><div class="label">{escape(label)}</div>'
+        f'<div class="value" data-metric="{name}" data-value="{escape(str(value), quote=True)}">'
+        f"{escape(shown)}</div></div>"
+        for label, shown, name, value in cards
+    )
+    statements = _statements(data.rows, by)
+    notes = "".join(f"<li>{escape(note)}</li>" for note in data.notes)
+    parts = [
+        pick,
+        title,
+        f'<div class="cards">{card_html}</div>',
+        statements or '<section><p class="empty">No usage in this month.</p></section>',
+        f'<section id="notes"><h2>How these numbers are made</h2><ul class="sub">{notes}</ul></section>',
+        f"<footer>Generated {escape(_moment(now, zone))} {escape(timezone)}</footer>",
+    ]
+    body = header + "<main>" + "".join(parts) + "</main>"
+    return _page(f"{TITLE} — chargeback {period}", body, _PRINT_CSS)
+
+
+def _statements(rows: Sequence[Cells], by: str) -> str:
+    """A section per cost centre: its lines and subtotal row (rows come grouped, the subtotal last)."""
+    sections: list[str] = []
+    lines: list[str] = []
+    head = (
+        '<tr><th>Model</th><th>Token type</th><th class="num">Tokens</th><th class="num">Cost</th>'
+        '<th class="num">Share of total</th></tr>'
+    )
+    for row in rows:
+        if row.get("kind") == "line":
+            token_type = str(row.get("token_type"))
+            attrs = _attrs(
+                model=row.get("model"),
+                token_type=token_type,
+                tokens=row.get("tokens"),
+                cost=row.get("cost_usd"),
+                share=row.get("share_percent"),
+            )
+            lines.append(
+                f'<tr class="line"{attrs}><td class="name">{escape(str(row.get("model")))}</td>'
+                f"<td>{escape(_TOKEN_TYPE_NAMES.get(token_type, token_type))}</td>"
+                f'<td class="num">{escape(tokens(_count(row.get("tokens"))))}</td>'
+                f'<td class="num">{escape(_cents(row.get("cost_usd")))}</td>'
+                f'<td class="num">{escape(_share(row.get("share_percent")))}</td></tr>'
+            )
+        elif row.get("kind") == "subtotal":
+            centre = str(row.get("cost_centre"))
+            cost, share = _cents(row.get("cost_usd")), _share(row.get("share_percent"))
+            requests = _count(row.get("requests"))
+            subtotal = (
+                f'<tr class="subtotal"{_attrs(subtotal=row.get("cost_usd"), tokens=row.get("tokens"))}>'
+                f'<td colspan="2">Subtotal · {requests:,} call{"" if requests == 1 else "s"}</td>'
+                f'<td class="num">{escape(tokens(_count(row.get("tokens"))))}</td>'
+                f'<td class="num">{escape(cost)}</td><td class="num">{escape(share)}</td></tr>'
+            )
+            sections.append(
+                f'<section class="statement"{_attrs(centre=centre, cost=row.get("cost_usd"))}>'
+                f"<h2>{escape(by)} {escape(centre)}<small>{escape(cost)} · {escape(share)} of the total"
+                f"</small></h2><table>{head}{''.join(lines)}{subtotal}</table></section>"
+            )
+            lines = []
+        elif row.get("kind") == "total":
+            sections.append(
+                f'<section id="total"{_attrs(total_cost=row.get("cost_usd"))}><h2>Total · '
+                f"{escape(_cents(row.get('cost_usd')))}<small>{escape(tokens(_count(row.get('tokens'))))} "
+                f"tokens · {_count(row.get('requests')):,} call(s)</small></h2></section>"
+            )
+    return "".join(sections) if len(sections) > 1 else ""
 
 
 # --- other pages -------------------------------------------------------------------------------

@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
 
 from tokenledger import dashboard as dashboards
-from tokenledger import reports, tokens
+from tokenledger import reports, schedules, tokens
 from tokenledger.catalog import Catalog, cost
 from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, UnknownModel
 from tokenledger.settings import Settings
@@ -600,6 +600,11 @@ class Ledger:
         budgets and forecasts the budgets the principal may read. Render it with `reports.formatted`."""
         principal = principal or Principal()
         view = query.view
+        if view == "chargeback":
+            return await self._chargeback_report(query, principal)
+        for name in ("period", "by"):
+            if getattr(query, name) is not None:
+                raise InvalidInput(name, getattr(query, name), "only with view 'chargeback'")
         if view == "budgets":
             return reports.budgets_report(await self.list_budgets(principal), now=datetime.now(UTC))
         if view in ("summary", "usage", "timeseries"):
@@ -660,6 +665,57 @@ class Ledger:
             return reports.timeseries_report(result, buckets, bucket, query.timezone)
         return reports.usage_report(result, "summary" if query.view == "summary" else "usage")
 
+    async def _chargeback_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
+        """Statements per cost centre for a calendar month, from the usage view's own query."""
+        for name in ("since", "until"):
+            if (moment := getattr(query, name)) is not None:
+                raise InvalidInput(
+                    name,
+                    moment.isoformat(),
+                    "not with view 'chargeback': it covers the calendar month given by period (YYYY-MM)",
+                )
+        await self._check_timezone(query.timezone)
+        period = query.period or reports.current_month(datetime.now(UTC), query.timezone)
+        since, until = reports.month_window(period, query.timezone)
+        by = query.by or "team"
+        month = query.model_copy(update={"since": since, "until": until})
+        filters, since, until = self._report_scope(month, principal, timedelta(days=31))
+        result = await self._usage(
+            principal.tenant_id,
+            filters,
+            since,
+            until,
+            query.timezone,
+            group_by=[by, "model"],
+            bucket=None,
+            limit=MAX_REPORT_ROWS,
+        )
+        if len(result.rows) > MAX_REPORT_ROWS:
+            raise InvalidInput(
+                "by", by, f"at most {MAX_REPORT_ROWS:,} cost centre and model pairs: filter the report"
+            )
+        models = {str(row.keys["model"]) for row in result.rows}
+        prices = await self._prices_in_force(principal, models, min(until, datetime.now(UTC)))
+        return reports.chargeback_report(result, by=by, period=period, timezone=query.timezone, prices=prices)
+
+    async def _prices_in_force(
+        self, principal: Principal, models: set[str], at: datetime
+    ) -> dict[str, Price | None]:
+        """Each model's price at `at`: the tenant's override in force, else the catalog's (None: unpriced)."""
+        overrides: dict[str, Price] = {}
+        for row in await self.store.price_overrides(tenant=principal.tenant_id):  # newest first per model
+            if row["model"] in models and row["model"] not in overrides and row["effective_from"] <= at:
+                overrides[row["model"]] = Price(
+                    **{k: row[k] for k in ("input", "output", "cache_read", "cache_write", "reasoning")}
+                )
+        prices: dict[str, Price | None] = {}
+        for name in models:
+            try:
+                prices[name] = overrides.get(name) or self.catalog.resolve(name).price
+            except UnknownModel:
+                prices[name] = None
+        return prices
+
     def _report_scope(
         self, query: UsageQuery, principal: Principal, default_window: timedelta
     ) -> tuple[dict[str, str], datetime, datetime]:
@@ -716,6 +772,138 @@ class Ledger:
         if older_than < timedelta(days=1):
             raise InvalidInput("older_than", str(older_than), "at least 1 day")
         return await self.store.prune_usage(before=datetime.now(UTC) - older_than)
+
+    # --- scheduled reports ------------------------------------------------------------------------
+
+    async def add_schedule(
+        self, spec: schedules.ScheduleSpec, principal: Principal | None = None
+    ) -> schedules.Schedule:
+        """Add a scheduled report (admin; audited): its first occurrence is the next one from now."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "manage schedules")
+        kind, recipient = schedules.destination(spec.to)
+        await self._check_timezone(spec.timezone)
+        if spec.by is not None and spec.view not in ("usage", "chargeback"):
+            raise InvalidInput(
+                "by", spec.by, "only with view usage (a grouping) or chargeback (a cost centre)"
+            )
+        if spec.view == "chargeback" and spec.by not in (None, *get_args(reports.CostCentre)):
+            raise InvalidInput("by", spec.by, "a cost centre: team, project, feature or user")
+        now = datetime.now(UTC)
+        answer = await self.store.add_schedule(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            spec={**spec.model_dump(mode="json"), "destination": kind, "recipient": recipient},
+            next_run_at=schedules.next_occurrence(now, spec.every, spec.at, spec.timezone),
+            max_schedules=schedules.MAX_SCHEDULES,
+        )
+        return schedules.Schedule.model_validate(answer)
+
+    async def list_schedules(self, principal: Principal | None = None) -> list[schedules.Schedule]:
+        """The tenant's scheduled reports (admin: they name recipients), each with its latest run."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "manage schedules")
+        return [
+            schedules.Schedule.model_validate(s)
+            for s in await self.store.schedules(tenant=principal.tenant_id)
+        ]
+
+    async def delete_schedule(self, name: str, principal: Principal | None = None) -> schedules.Schedule:
+        """Delete a scheduled report and its pending runs (admin; audited)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "manage schedules")
+        answer = await self.store.delete_schedule(
+            tenant=principal.tenant_id, actor=principal.actor, name=name
+        )
+        return schedules.Schedule.model_validate(answer)
+
+    async def run_schedule_now(self, name: str, principal: Principal | None = None) -> schedules.ScheduleRun:
+        """Queue a run of a schedule now, over the last day, week or month (admin; audited); a dispatcher
+        delivers it like an occurrence."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "manage schedules")
+        found = await self.store.schedules(tenant=principal.tenant_id, name=name)
+        if not found:
+            raise NotFound(f"name {name!r}: no such schedule in this tenant")
+        schedule = schedules.Schedule.model_validate(found[0])
+        until = datetime.now(UTC)
+        answer = await self.store.run_schedule_now(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            name=name,
+            since=schedules.window_before(until, schedule.every, schedule.timezone),
+            until=until,
+        )
+        return schedules.ScheduleRun.model_validate(answer)
+
+    async def start_due_schedule_runs(self, *, limit: int = 100) -> list[schedules.ScheduleRun]:
+        """Record one run for each schedule (all tenants) whose occurrence has come, advancing it to its
+        next occurrence; several due occurrences (after downtime) make one catch-up run. A schedule
+        another process took meanwhile is skipped: each occurrence is started once."""
+        started = []
+        for due in await self.store.due_schedules(limit=limit):
+            plan = schedules.plan_due(
+                due["next_run_at"], due["now"], due["every"], due["at"], due["timezone"]
+            )
+            run = await self.store.start_schedule_run(
+                tenant=due["tenant_id"],
+                schedule_id=due["schedule_id"],
+                expected=due["next_run_at"],
+                next_run_at=plan.next_run_at,
+                occurrence=plan.occurrence,
+                kind=plan.kind,
+                since=plan.since,
+                missed=plan.missed,
+                missed_from=plan.missed_from,
+            )
+            if run is not None:
+                started.append(schedules.ScheduleRun.model_validate(run))
+        return started
+
+    async def claim_schedule_deliveries(
+        self,
+        sinks: Sequence[str],
+        *,
+        limit: int = 20,
+        lease_seconds: float = 120,
+        run: tuple[str, int] | None = None,
+    ) -> list[schedules.Delivery]:
+        """Runs due for these sinks (all tenants, or the one `run` (tenant, run_id)), each claimed by this
+        caller alone for `lease_seconds`."""
+        tenant, run_id = run if run is not None else (None, None)
+        claimed = await self.store.claim_schedule_deliveries(
+            sinks=sinks, limit=limit, lease_seconds=lease_seconds, tenant=tenant, run_id=run_id
+        )
+        return [schedules.Delivery.model_validate(d) for d in claimed]
+
+    async def finish_schedule_delivery(
+        self, delivery: schedules.Delivery, *, error: str | None = None, retry_seconds: float | None = None
+    ) -> None:
+        """Record a delivery: done when `error` is None, else retried after `retry_seconds` (None: stop)."""
+        await self.store.finish_schedule_delivery(
+            tenant=delivery.tenant_id,
+            run_id=delivery.run_id,
+            sink=delivery.sink,
+            error=error,
+            retry_seconds=retry_seconds,
+        )
+
+    async def scheduled_report(self, delivery: schedules.Delivery) -> reports.Report:
+        """The report of a claimed run, over its window, as a viewer of its tenant sees it."""
+        principal = Principal(
+            tenant_id=delivery.tenant_id, role="viewer", key_id=f"schedule:{delivery.schedule}"
+        )
+        query: dict[str, Any] = {"view": delivery.view, "timezone": delivery.timezone}
+        if delivery.view == "chargeback":
+            # The month one period before the run: a monthly run on the 1st (and a daily one on the 1st)
+            # sends the month just ended; other runs the month to date.
+            anchor = schedules.window_before(delivery.until, delivery.every, delivery.timezone)
+            query.update(period=reports.current_month(anchor, delivery.timezone), by=delivery.by or "team")
+        elif delivery.view != "budgets":
+            query.update(since=delivery.since, until=delivery.until)
+            if delivery.view == "usage":
+                query["group_by"] = [delivery.by or "model"]
+        return await self.report(reports.ReportQuery.model_validate(query), principal)
 
     # --- API keys ---------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ catalog: no I/O. Money stays exact and travels as a decimal string; tokens are i
 ISO 8601 with their offset. One implementation serves the `report` tool, `tokenledger report` and the
 library (`Ledger.report`).
 
-Views: `summary`, `usage`, `timeseries`, `budgets`, `forecast`, `top`, `recommendations`, `accuracy`.
+Views: `summary`, `usage`, `timeseries`, `budgets`, `forecast`, `top`, `recommendations`, `accuracy`,
+`chargeback`.
 """
 
 from __future__ import annotations
@@ -17,24 +18,28 @@ import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from typing import Any, Literal
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, localcontext
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from tokenledger.catalog import Catalog, cost
-from tokenledger.errors import UnknownModel
-from tokenledger.types import Budget, ChatMessage, Model, UsageQuery, UsageResult, UsageRow
+from tokenledger.errors import InvalidInput, UnknownModel
+from tokenledger.types import Budget, ChatMessage, Model, Price, UsageQuery, UsageResult, UsageRow
 
 __all__ = [
     "FORECAST_WINDOW",
     "Report",
     "ReportQuery",
     "accuracy_report",
+    "allocate_cents",
     "budgets_report",
+    "chargeback_report",
     "csv_lines",
     "forecast_report",
     "formatted",
+    "month_window",
     "prompt_hash",
     "recommendations_report",
     "render",
@@ -44,7 +49,18 @@ __all__ = [
     "usage_report",
 ]
 
-View = Literal["summary", "usage", "timeseries", "budgets", "forecast", "top", "recommendations", "accuracy"]
+View = Literal[
+    "summary",
+    "usage",
+    "timeseries",
+    "budgets",
+    "forecast",
+    "top",
+    "recommendations",
+    "accuracy",
+    "chargeback",
+]
+CostCentre = Literal["team", "project", "feature", "user"]
 Format = Literal["json", "markdown", "csv"]
 Cell = str | int | float | bool | None
 
@@ -106,6 +122,10 @@ class ReportQuery(UsageQuery):
     """A usage query (window, filters, grouping) and the view to show."""
 
     view: View = "summary"
+    # chargeback only: the calendar month (YYYY-MM, in `timezone`; default the current one) and the
+    # attribution that names the cost centres (default team). Validated by `month_window`.
+    period: Annotated[str, StringConstraints(min_length=1, max_length=16)] | None = None
+    by: CostCentre | None = None
 
 
 class Report(Model):
@@ -530,6 +550,206 @@ def _recommend(row: Mapping[str, Any], catalog: Catalog) -> Iterator[tuple[str, 
             f"{int(ERROR_RATE * 100)}%) and used {row['error_tokens']} tokens",
             "fix the failing calls; retry with backoff only on retryable errors",
         )
+
+
+# --- chargeback ----------------------------------------------------------------------------------
+
+CHARGEBACK_YEARS = (2000, 2100)  # the months a chargeback period may name
+UNATTRIBUTED = "(unattributed)"  # the cost centre of usage without that attribution (never an identifier)
+# Token types as statements list them: (name, UsageRow field, catalog.cost part). "output" is the output
+# other than reasoning, so a line's tokens add up to the usage's total_tokens.
+TOKEN_TYPES = (
+    ("input", "input_tokens", "input_usd"),
+    ("output", "output_tokens", "output_usd"),
+    ("cache_read", "cache_read_input_tokens", "cache_read_usd"),
+    ("cache_write", "cache_creation_input_tokens", "cache_write_usd"),
+    ("reasoning", "reasoning_output_tokens", "reasoning_usd"),
+)
+_CENT = Decimal("0.01")
+
+
+def month_window(period: str, timezone: str) -> tuple[datetime, datetime]:
+    """The calendar month `period` (YYYY-MM) in `timezone`, as [start, end) instants in UTC."""
+    first, last = CHARGEBACK_YEARS
+    match = re.fullmatch(r"([0-9]{4})-([0-9]{2})", period)
+    year, month = (int(match[1]), int(match[2])) if match else (0, 0)
+    if not (first <= year <= last and 1 <= month <= 12):
+        raise InvalidInput(
+            "period", period, f"a calendar month as YYYY-MM (e.g. 2026-11), years {first} to {last}"
+        )
+    zone = ZoneInfo(timezone)
+    start = datetime(year, month, 1, tzinfo=zone)
+    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=zone)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def current_month(now: datetime, timezone: str) -> str:
+    """The YYYY-MM of the month `now` falls in, in `timezone`."""
+    return now.astimezone(ZoneInfo(timezone)).strftime("%Y-%m")
+
+
+def allocate_cents(amounts: Sequence[Decimal], total_cents: int) -> list[int]:
+    """Whole cents for each amount that add up to `total_cents` exactly: every amount gets its floor in
+    cents, and the cents left go to the largest remainders (ties: the earlier amount)."""
+    scaled = [amount * 100 for amount in amounts]
+    cents = [int(value.to_integral_value(rounding=ROUND_FLOOR)) for value in scaled]
+    by_remainder = sorted(range(len(cents)), key=lambda i: (-(scaled[i] - cents[i]), i))
+    short = total_cents - sum(cents)
+    for index in by_remainder[: max(short, 0)]:
+        cents[index] += 1
+    for index in reversed(by_remainder):  # only from rounding noise in the amounts: give back the smallest
+        if short >= 0:
+            break
+        if cents[index] > 0:
+            cents[index] -= 1
+            short += 1
+    return cents
+
+
+def _cents(value: int) -> str:
+    return format((Decimal(value) / 100).quantize(_CENT), "f")
+
+
+def _split_by_token_type(row: UsageRow, price: Price | None) -> list[tuple[str, int, Decimal]]:
+    """(token type, tokens, cost) of one model's usage: its recorded cost split in proportion to what each
+    type costs at `price` (by tokens where the model has no price), so the parts add up to the cost."""
+    tokens = {name: int(getattr(row, field)) for name, field, _ in TOKEN_TYPES}
+    tokens["output"] -= row.reasoning_output_tokens
+    weights = {name: Decimal(count) for name, count in tokens.items()}
+    if price is not None and price.priced:
+        parts = cost(
+            price,
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            cache_read_input_tokens=row.cache_read_input_tokens,
+            cache_creation_input_tokens=row.cache_creation_input_tokens,
+            reasoning_output_tokens=row.reasoning_output_tokens,
+        )
+        priced = {name: getattr(parts, part) or Decimal(0) for name, _, part in TOKEN_TYPES}
+        if sum(priced.values()) > 0:
+            weights = priced
+    whole = sum(weights.values())
+    if whole <= 0:  # no tokens at all: a reported cost still shows, on the input line
+        weights, whole = {**{name: Decimal(0) for name in tokens}, "input": Decimal(1)}, Decimal(1)
+    with localcontext(prec=60):
+        lines = [(name, tokens[name], row.cost_usd * weights[name] / whole) for name, _, _ in TOKEN_TYPES]
+    return [line for line in lines if line[1] or line[2]]
+
+
+def chargeback_report(
+    result: UsageResult,
+    *,
+    by: CostCentre,
+    period: str,
+    timezone: str,
+    prices: Mapping[str, Price | None],
+) -> Report:
+    """One statement per cost centre (the `by` attribution) of the month: lines by model and token type
+    with tokens, cost and share of the total, then the statement's subtotal; a last row for the total.
+
+    `result` is the usage of the month grouped by (`by`, model): the usage view's query, so the total is
+    that view's cost to the cent. Costs are whole cents that add up exactly: the total is the exact cost
+    rounded half up, statements share it by largest remainder, and each statement's lines share its cents
+    the same way. `prices` (per model, None when unpriced) only weigh a model's cost across token types.
+    """
+    statements: dict[str, list[UsageRow]] = {}
+    for row in result.rows:
+        statements.setdefault(row.keys.get(by) or UNATTRIBUTED, []).append(row)
+    exact_total = result.totals.cost_usd
+    total_cents = int((exact_total * 100).to_integral_value(rounding=ROUND_HALF_UP))
+    order = sorted(statements, key=lambda centre: (-sum(r.cost_usd for r in statements[centre]), centre))
+    statement_cents = allocate_cents(
+        [sum((r.cost_usd for r in statements[centre]), Decimal(0)) for centre in order], total_cents
+    )
+    rows: list[dict[str, Cell]] = []
+    for centre, cents in zip(order, statement_cents, strict=True):
+        groups = sorted(statements[centre], key=lambda r: str(r.keys.get("model")))
+        lines = [
+            (str(group.keys.get("model")), name, count, amount)
+            for group in groups
+            for name, count, amount in _split_by_token_type(group, prices.get(str(group.keys.get("model"))))
+        ]
+        line_cents = allocate_cents([amount for *_, amount in lines], cents)
+        for (model, name, count, amount), line_cost in zip(lines, line_cents, strict=True):
+            rows.append(
+                _chargeback_row(centre, "line", model, name, count, None, line_cost, amount, exact_total)
+            )
+        rows.append(
+            _chargeback_row(
+                centre,
+                "subtotal",
+                None,
+                None,
+                sum(group.total_tokens for group in groups),
+                sum(group.requests for group in groups),
+                cents,
+                sum((group.cost_usd for group in groups), Decimal(0)),
+                exact_total,
+            )
+        )
+    totals = result.totals
+    rows.append(
+        _chargeback_row(
+            None,
+            "total",
+            None,
+            None,
+            totals.total_tokens,
+            totals.requests,
+            total_cents,
+            exact_total,
+            exact_total,
+        )
+    )
+    since, until = result.since, result.until
+    notes = [
+        f"cost centre: {by}; period {period} in {timezone} ({since.isoformat()} to {until.isoformat()}); "
+        f"{UNATTRIBUTED}: usage without a {by}",
+        "cost_usd in whole cents: the total is the usage view's cost of the same window rounded half up; "
+        "statements share it, and lines their statement, by largest remainder, so every sum is exact",
+        "a model's cost is split across token types by its current prices per type (exact where one price "
+        "applied all month; by tokens for a model without prices); share_percent is of the total",
+    ]
+    if totals.unpriced_requests:
+        notes.append(
+            f"{totals.unpriced_requests} call(s) used unpriced models: their cost is unknown, not counted"
+        )
+    summary: dict[str, Cell] = {
+        "period": period,
+        "timezone": timezone,
+        "by": by,
+        "cost_centres": len(order),
+        "requests": totals.requests,
+        "tokens": totals.total_tokens,
+        "cost_usd": _cents(total_cents),
+        "cost_usd_exact": _cell(exact_total),
+        "unpriced_requests": totals.unpriced_requests,
+    }
+    report = Report(view="chargeback", since=since, until=until, rows=rows, totals=summary, notes=notes)
+    return formatted(report, "json")
+
+
+def _chargeback_row(
+    centre: str | None,
+    kind: str,
+    model: str | None,
+    token_type: str | None,
+    tokens: int,
+    requests: int | None,
+    cents: int,
+    exact: Decimal,
+    exact_total: Decimal,
+) -> dict[str, Cell]:
+    return {
+        "cost_centre": centre,
+        "kind": kind,
+        "model": model,
+        "token_type": token_type,
+        "requests": requests,
+        "tokens": tokens,
+        "cost_usd": _cents(cents),
+        "share_percent": _percent(exact, exact_total),
+    }
 
 
 # --- prompt hashes -------------------------------------------------------------------------------

@@ -789,6 +789,109 @@ class Store:
             "select * from tl_alert where tenant_id = %(tenant)s order by alert_id", {"tenant": tenant}
         )
 
+    # --- scheduled reports ------------------------------------------------------------------------
+
+    async def add_schedule(
+        self, *, tenant: str, actor: str, spec: dict[str, Any], next_run_at: datetime, max_schedules: int
+    ) -> dict[str, Any]:
+        """Add a schedule (audited); refused past `max_schedules` per tenant or for a taken name."""
+        return dict(
+            await self._fetch_json(
+                "select tl_add_schedule(%s, %s, %s, %s, %s)",
+                (tenant, actor, Jsonb(spec), next_run_at, max_schedules),
+            )
+        )
+
+    async def schedules(self, *, tenant: str, name: str | None = None) -> list[dict[str, Any]]:
+        """A tenant's schedules by name, each with its latest run."""
+        rows = await self._fetch_rows(
+            """select tl_schedule_json(s) as schedule from tl_schedule s
+                where tenant_id = %(tenant)s and (%(name)s::text is null or name = %(name)s)
+                order by name""",
+            {"tenant": tenant, "name": name},
+        )
+        return [row["schedule"] for row in rows]
+
+    async def delete_schedule(self, *, tenant: str, actor: str, name: str) -> dict[str, Any]:
+        return dict(await self._fetch_json("select tl_delete_schedule(%s, %s, %s)", (tenant, actor, name)))
+
+    async def run_schedule_now(
+        self, *, tenant: str, actor: str, name: str, since: datetime, until: datetime
+    ) -> dict[str, Any]:
+        """Record a run of the schedule over [since, until) outside its recurrence (audited)."""
+        return dict(
+            await self._fetch_json(
+                "select tl_run_schedule_now(%s, %s, %s, %s, %s)", (tenant, actor, name, since, until)
+            )
+        )
+
+    async def due_schedules(self, *, limit: int) -> list[dict[str, Any]]:
+        """Schedules (all tenants) whose next occurrence has come, with the database's clock (`now`)."""
+        return await self._fetch_rows(
+            """select tenant_id, schedule_id, name, every, to_char(at_local, 'HH24:MI') as at, timezone,
+                      next_run_at, clock_timestamp() as now
+                 from tl_schedule where next_run_at <= clock_timestamp()
+                order by next_run_at limit %(limit)s""",
+            {"limit": limit},
+        )
+
+    async def start_schedule_run(
+        self,
+        *,
+        tenant: str,
+        schedule_id: int,
+        expected: datetime,
+        next_run_at: datetime,
+        occurrence: datetime,
+        kind: str,
+        since: datetime,
+        missed: int,
+        missed_from: datetime | None,
+    ) -> dict[str, Any] | None:
+        """The run of a due occurrence, or None when another process took it (compare-and-set)."""
+        found = await self._fetch_json(
+            "select tl_start_schedule_run(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (tenant, schedule_id, expected, next_run_at, occurrence, kind, since, missed, missed_from),
+            retry_safe=True,
+        )
+        return None if found is None else dict(found)
+
+    async def claim_schedule_deliveries(
+        self,
+        *,
+        sinks: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        tenant: str | None = None,
+        run_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Runs due for these sinks (one run when `run_id` is given), each claimed by this caller alone."""
+        rows = await self._fetch_rows(
+            "select tl_claim_schedule_deliveries(%(sinks)s, %(limit)s, %(lease)s, %(tenant)s, %(run)s) as d",
+            {"sinks": list(sinks), "limit": limit, "lease": lease_seconds, "tenant": tenant, "run": run_id},
+        )
+        return [row["d"] for row in rows]
+
+    async def finish_schedule_delivery(
+        self, *, tenant: str, run_id: int, sink: str, error: str | None, retry_seconds: float | None
+    ) -> None:
+        await self._fetch_json(
+            "select tl_finish_schedule_delivery(%s, %s, %s, %s, %s)",
+            (tenant, run_id, sink, error, retry_seconds),
+            retry_safe=True,
+        )
+
+    async def schedule_runs(self, *, tenant: str) -> list[dict[str, Any]]:
+        return await self._fetch_rows(
+            "select * from tl_schedule_run where tenant_id = %(tenant)s order by run_id", {"tenant": tenant}
+        )
+
+    async def schedule_deliveries(self, *, tenant: str) -> list[dict[str, Any]]:
+        return await self._fetch_rows(
+            "select * from tl_schedule_delivery where tenant_id = %(tenant)s order by run_id, sink",
+            {"tenant": tenant},
+        )
+
     # --- dashboard --------------------------------------------------------------------------------
 
     async def recent_decisions(self, *, tenant: str, user: str | None, limit: int) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ SUMMED_VIEWS = ("usage", "timeseries")
 def register(subparsers: Any) -> None:
     report = subparsers.add_parser(
         "report",
-        help="usage, timeseries, budgets, forecast, top calls, recommendations, estimate accuracy",
+        help="usage, timeseries, budgets, forecast, top calls, recommendations, accuracy, chargeback",
         description="One report view as an aligned table (default), json, markdown or csv.",
     )
     report.add_argument("--view", default="summary", choices=get_args(reports.View))
@@ -41,7 +41,11 @@ def register(subparsers: Any) -> None:
     report.add_argument("--until", help="ISO timestamp with offset, or a duration back; default now")
     report.add_argument("--group-by", default="", help="comma-separated: " + " ".join(FILTERS))
     report.add_argument("--bucket", help="hour, day, week or month (timeseries: default day)")
-    report.add_argument("--timezone", default="UTC", help="IANA zone of the buckets")
+    report.add_argument("--timezone", default="UTC", help="IANA zone of the buckets and of --period")
+    report.add_argument("--period", help="chargeback: the calendar month, YYYY-MM (default: this month)")
+    report.add_argument(
+        "--by", help="chargeback: the cost centres, team project feature or user (default team)"
+    )
     for key in FILTERS:
         report.add_argument(f"--{key}", help=f"only this {key}")
     report.add_argument("--limit", default="50", help="rows of usage and top (1 .. 10000)")
@@ -61,6 +65,7 @@ def report_command(args: argparse.Namespace) -> int:
             "bucket": args.bucket,
             "timezone": args.timezone,
             "limit": args.limit,
+            **{key: value for key in ("period", "by") if (value := getattr(args, key)) is not None},
         }
     )
 

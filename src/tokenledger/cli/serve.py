@@ -176,13 +176,16 @@ async def _housekeeping(ledger: Ledger) -> None:
 @asynccontextmanager
 async def _background(ledger: Ledger) -> AsyncIterator[None]:
     """What a server does besides answering calls: release expired reservations, deliver alerts from the
-    outbox to the configured sinks (any number of servers share the work), keep partitions ahead."""
+    outbox and scheduled reports to the configured sinks (any number of servers share the work), keep
+    partitions ahead."""
     from tokenledger.alerts import Dispatcher, sinks_from_env
+    from tokenledger.scheduled import ScheduleDispatcher
 
     sinks = await anyio.to_thread.run_sync(sinks_from_env)  # a bad sink setting refuses to start
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_sweep_expired, ledger)
         tasks.start_soon(partial(Dispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
+        tasks.start_soon(partial(ScheduleDispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
         tasks.start_soon(_housekeeping, ledger)
         yield
         tasks.cancel_scope.cancel()

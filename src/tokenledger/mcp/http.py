@@ -20,7 +20,8 @@ token (`TOKENLEDGER_METRICS_TOKEN`), that token alone (the metrics cover every t
 `/dashboard` passes checks 1-3 and authenticates itself, as a browser cannot easily send a bearer header:
 `/dashboard?key=<key>` once (answered with a redirect that drops the key from the address) or the
 sign-in form (`POST /dashboard/login`) puts the key in an HttpOnly, SameSite=Strict cookie scoped to
-`/dashboard`, checked against the database on every request like a bearer key.
+`/dashboard`, checked against the database on every request like a bearer key. `/dashboard/chargeback`
+(a printable chargeback statement) signs in the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -43,6 +45,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
 from starlette.datastructures import Headers
@@ -53,11 +56,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenledger import dashboard
-from tokenledger.errors import InvalidInput, ReportBusy, ReportTimeout, TokenLedgerError
+from tokenledger.errors import InvalidInput, PermissionDenied, ReportBusy, ReportTimeout, TokenLedgerError
 from tokenledger.ledger import Ledger
 from tokenledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenledger.metrics import Metrics
-from tokenledger.types import Principal
+from tokenledger.reports import ReportQuery
+from tokenledger.types import Principal, explain_validation_error
 
 __all__ = [
     "DASHBOARD_COOKIE",
@@ -85,7 +89,10 @@ METRICS_PATH: Final = "/metrics"
 DASHBOARD_PATH: Final = "/dashboard"
 DASHBOARD_LOGIN_PATH: Final = "/dashboard/login"
 DASHBOARD_LOGOUT_PATH: Final = "/dashboard/logout"
-DASHBOARD_PATHS: Final = frozenset({DASHBOARD_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_LOGOUT_PATH})
+CHARGEBACK_PATH: Final = "/dashboard/chargeback"
+DASHBOARD_PATHS: Final = frozenset(
+    {DASHBOARD_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_LOGOUT_PATH, CHARGEBACK_PATH}
+)
 DASHBOARD_COOKIE: Final = "tokenledger_key"
 DASHBOARD_COOKIE_SECONDS: Final = 12 * 3600
 METRICS_ROLES: Final = ("admin", "viewer")
@@ -539,8 +546,9 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
                 dashboard.render_message("Unavailable", "The key store is unavailable; retry shortly."), 503
             )
 
-    async def page(request: Request) -> Response:
-        """The dashboard for the cookie's key; `?key=` signs in; no key: the sign-in form."""
+    async def signed_in(request: Request) -> Principal | Response:
+        """The principal of the cookie's key; `?key=` signs in (a redirect to the same page without it);
+        no key: the sign-in form."""
         query = request.query_params
         given = query.get("key")
         if given is not None:
@@ -553,7 +561,7 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
             if principal is None:
                 return _login_page("That API key is unknown or revoked.", 401)
             rest = urlencode([(k, v) for k, v in query.multi_items() if k != "key"])
-            return _signed_in(request, given.strip(), DASHBOARD_PATH + (f"?{rest}" if rest else ""))
+            return _signed_in(request, given.strip(), request.url.path + (f"?{rest}" if rest else ""))
         key = request.cookies.get(DASHBOARD_COOKIE)
         if not key:
             return _login_page()
@@ -564,6 +572,14 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
             response = _login_page("Your API key is unknown or was revoked: sign in again.", 401)
             response.delete_cookie(DASHBOARD_COOKIE, path=DASHBOARD_PATH)
             return response
+        return principal
+
+    async def page(request: Request) -> Response:
+        """The dashboard for the signed-in key."""
+        principal = await signed_in(request)
+        if isinstance(principal, Response):
+            return principal
+        query = request.query_params
         try:
             days = int(query.get("days", "30"))
         except ValueError:
@@ -585,6 +601,48 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
             )
         return _page(dashboard.render(data))
 
+    async def chargeback(request: Request) -> Response:
+        """A printable chargeback statement: `?period=YYYY-MM&by=team&tz=UTC` (a member: its own lines)."""
+        principal = await signed_in(request)
+        if isinstance(principal, Response):
+            return principal
+        query = request.query_params
+        try:
+            wanted = ReportQuery.model_validate(
+                {
+                    "view": "chargeback",
+                    "period": query.get("period") or None,
+                    "by": query.get("by") or "team",
+                    "timezone": query.get("tz") or "UTC",
+                }
+            )
+            report = await ledger.report(wanted, principal)
+        except ValidationError as error:
+            return _page(dashboard.render_message("Bad request", explain_validation_error(error)), 400)
+        except InvalidInput as error:
+            return _page(dashboard.render_message("Bad request", str(error)), 400)
+        except PermissionDenied as error:
+            return _page(dashboard.render_message("Not allowed", str(error)), 403)
+        except TokenLedgerError as error:
+            log.error("chargeback page: %s", error)
+            return _page(
+                dashboard.render_message("Unavailable", "The database is unavailable; retry shortly."), 503
+            )
+        return _page(
+            dashboard.render_chargeback(
+                dashboard.Chargeback(
+                    tenant=principal.tenant_id,
+                    role=principal.role,
+                    user=principal.user if principal.role == "member" else None,
+                    since=report.since or datetime.now(UTC),
+                    until=report.until or datetime.now(UTC),
+                    rows=report.rows,
+                    totals=report.totals or {},
+                    notes=report.notes,
+                )
+            )
+        )
+
     async def login(request: Request) -> Response:
         """The sign-in form's POST: `key=<API key>`, form-encoded."""
         form = parse_qs((await request.body()).decode("utf-8", "replace"))
@@ -605,6 +663,7 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
 
     return [
         Route(DASHBOARD_PATH, page, methods=["GET"]),
+        Route(CHARGEBACK_PATH, chargeback, methods=["GET"]),
         Route(DASHBOARD_LOGIN_PATH, login, methods=["POST"]),
         Route(DASHBOARD_LOGOUT_PATH, logout, methods=["POST"]),
     ]

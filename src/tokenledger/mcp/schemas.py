@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from tokenledger.reports import ReportQuery
+from tokenledger.schedules import Every, LocalTime, Schedule, ScheduleName, ScheduleRun, ScheduleView
 from tokenledger.types import (
     PRINTABLE_PATTERN,
     PROMPT_HASH_PATTERN,
@@ -24,6 +25,7 @@ from tokenledger.types import (
     CheckRequest,
     CountRequest,
     FitRequest,
+    GroupKey,
     Model,
     ModelInfo,
     ModelName,
@@ -39,10 +41,12 @@ __all__ = [
     "CountInput",
     "FitInput",
     "ManageBudgetInput",
+    "ManageScheduleInput",
     "PricesInput",
     "PricesResult",
     "ReleaseInput",
     "ReportInput",
+    "SchedulesResult",
     "TrackInput",
     "input_schema",
     "output_schema",
@@ -115,6 +119,7 @@ class ReportInput(ReportQuery):
     model_config = _config(
         view="usage: by group_by/bucket; forecast: per budget; top: dearest calls",
         since="ISO 8601 or 90m/24h/7d ago; default 30d (forecast 24h)",
+        period="chargeback month YYYY-MM",
     )
 
 
@@ -138,6 +143,29 @@ class ManageBudgetInput(BudgetChange):
         """The budget fields this call gave (a `set`, with its name)."""
         given = self.model_fields_set & set(BudgetChange.model_fields)
         return BudgetChange.model_validate(self.model_dump(include=given))
+
+
+_STRING = WithJsonSchema({"type": "string"})
+
+
+class ManageScheduleInput(Model):
+    """An action on scheduled reports; `add` takes the ScheduleSpec fields."""
+
+    action: Literal["add", "list", "run_now", "delete"] = "list"
+    # Published as plain strings (the patterns still apply): every agent pays for the schema.
+    name: Annotated[ScheduleName, _STRING] | None = None
+    view: ScheduleView | None = None
+    every: Every | None = None
+    at: Annotated[LocalTime, _STRING] | None = None
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64), _STRING] | None = None
+    to: Annotated[str, StringConstraints(min_length=1, max_length=260), _STRING] | None = None
+    by: GroupKey | None = None
+
+    model_config = _config(at="HH:MM local", to="email[:ADDR], slack or webhook")
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The ScheduleSpec fields that were given."""
+        return self.model_dump(exclude={"action"}, exclude_none=True)
 
 
 class PricesInput(Model):
@@ -168,6 +196,12 @@ class BudgetsResult(Model):
     action: str
     budgets: list[Budget] = Field(default_factory=list)
     deleted: str | None = None  # the name of the budget deleted
+
+
+class SchedulesResult(Model):
+    action: str
+    schedules: list[Schedule] = Field(default_factory=list)
+    run: ScheduleRun | None = None  # run_now: the run queued
 
 
 class PricesResult(Model):

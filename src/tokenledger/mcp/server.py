@@ -31,14 +31,17 @@ from tokenledger.mcp.schemas import (
     CountInput,
     FitInput,
     ManageBudgetInput,
+    ManageScheduleInput,
     PricesInput,
     PricesResult,
     ReleaseInput,
     ReportInput,
+    SchedulesResult,
     TrackInput,
     input_schema,
     output_schema,
 )
+from tokenledger.schedules import ScheduleSpec
 from tokenledger.types import (
     MAX_MESSAGES,
     MAX_TEXT_BYTES,
@@ -67,6 +70,8 @@ READ = ToolAnnotations(readOnlyHint=True, idempotentHint=True)
 WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False)
 WRITE_IDEMPOTENT = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True)
 ADMIN = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True)
+# add refuses a taken name and run_now queues another delivery each time: not idempotent; delete destroys.
+SCHEDULE = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=False)
 
 
 # --- the tools ---------------------------------------------------------------------------------
@@ -99,12 +104,16 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         return await ledger.release(request.reservation_id, who(ctx))
 
     async def report(request: ReportInput, ctx: Context[Any, Any]) -> reports.Report:
-        """Usage, timeseries, budgets, forecast, top calls, savings, estimate accuracy; json/markdown/csv."""
+        """Usage, timeseries, budgets, forecast, top calls, savings, accuracy, chargeback; json/md/csv."""
         return reports.formatted(await ledger.report(request, who(ctx)), request.format)
 
     async def manage_budget(request: ManageBudgetInput, ctx: Context[Any, Any]) -> BudgetsResult:
         """Set (only the fields given), get, list or delete budgets; set and delete need admin."""
         return await _manage_budget(ledger, request, who(ctx))
+
+    async def manage_schedule(request: ManageScheduleInput, ctx: Context[Any, Any]) -> SchedulesResult:
+        """Add, list, run now or delete scheduled reports (admin)."""
+        return await _manage_schedule(ledger, request, who(ctx))
 
     async def prices(request: PricesInput, ctx: Context[Any, Any]) -> PricesResult:
         """A model's prices and context window, a catalog search, or a tenant price override."""
@@ -121,6 +130,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         _tool(release, ReleaseInput, ReleaseResult, WRITE_IDEMPOTENT),
         _tool(report, ReportInput, reports.Report, READ),
         _tool(manage_budget, ManageBudgetInput, BudgetsResult, ADMIN),
+        _tool(manage_schedule, ManageScheduleInput, SchedulesResult, SCHEDULE),
         _tool(prices, PricesInput, PricesResult, WRITE_IDEMPOTENT),
         _tool(fit_messages, FitInput, FitResult, READ),
     ]
@@ -145,6 +155,24 @@ async def _manage_budget(ledger: Ledger, request: ManageBudgetInput, principal: 
         return BudgetsResult(action=action, deleted=deleted.name)
     changed = await ledger.set_budget(request.change(), principal, reset_counters=request.reset_counters)
     return BudgetsResult(action=action, budgets=[changed])
+
+
+async def _manage_schedule(
+    ledger: Ledger, request: ManageScheduleInput, principal: Principal
+) -> SchedulesResult:
+    action = request.action
+    if action == "list":
+        return SchedulesResult(action=action, schedules=await ledger.list_schedules(principal))
+    if request.name is None:
+        raise ToolError(f"name: missing; allowed: a schedule name, required for action {action!r}")
+    if action == "run_now":
+        return SchedulesResult(action=action, run=await ledger.run_schedule_now(request.name, principal))
+    if action == "delete":
+        return SchedulesResult(
+            action=action, schedules=[await ledger.delete_schedule(request.name, principal)]
+        )
+    spec = ScheduleSpec.model_validate(request.spec_fields())
+    return SchedulesResult(action=action, schedules=[await ledger.add_schedule(spec, principal)])
 
 
 async def _prices(ledger: Ledger, request: PricesInput, principal: Principal) -> PricesResult:
