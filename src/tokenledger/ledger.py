@@ -28,6 +28,9 @@ from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, Unknown
 from tokenledger.settings import Settings
 from tokenledger.store import Store, resolve_dsn
 from tokenledger.types import (
+    CLOCK_SKEW,
+    MAX_BACKDATE,
+    MAX_IMPORT_AGE,
     MAX_METADATA_BYTES,
     Attribution,
     Budget,
@@ -37,6 +40,8 @@ from tokenledger.types import (
     CheckResult,
     CountRequest,
     CountResult,
+    ExtendRequest,
+    ExtendResult,
     FitRequest,
     FitResult,
     GroupKey,
@@ -343,8 +348,30 @@ class Ledger:
         return cheaper.name if cheaper else None
 
     async def track_usage(self, request: TrackRequest, principal: Principal | None = None) -> TrackResult:
-        """Record a call's usage (settling its reservation if given); a replayed request_id counts once."""
+        """Record a call's usage (settling its reservation if given); a replayed request_id counts once.
+
+        Direct usage is dated at most MAX_BACKDATE back and CLOCK_SKEW ahead; a settle counts in its
+        reservation's periods, and its occurred_at must fall within the reservation's lifetime."""
         principal = principal or Principal()
+        if request.reservation_id is None and request.occurred_at is not None:
+            _check_occurred_at(request.occurred_at, MAX_BACKDATE, "direct usage")
+        return await self._track(request, principal)
+
+    async def import_usage(self, request: TrackRequest, principal: Principal | None = None) -> TrackResult:
+        """Record usage that happened up to MAX_IMPORT_AGE ago (admins: history from another system). It
+        posts to the budgets' periods of its own time, as direct usage does."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "import usage")
+        if request.reservation_id is not None:
+            raise InvalidInput(
+                "reservation_id", request.reservation_id, "imported usage settles none; use track_usage"
+            )
+        if request.occurred_at is None:
+            raise InvalidInput("occurred_at", None, "imported usage needs the time it happened")
+        _check_occurred_at(request.occurred_at, MAX_IMPORT_AGE, "imported usage")
+        return await self._track(request, principal)
+
+    async def _track(self, request: TrackRequest, principal: Principal) -> TrackResult:
         attribution = self._attribution(request, principal, action="track usage")
         metadata_json = json.dumps(request.metadata, default=str)
         if len(metadata_json) > MAX_METADATA_BYTES:
@@ -384,6 +411,8 @@ class Ledger:
             occurred_at=request.occurred_at,
             estimated_input_tokens=None,
             prompt_hash=request.prompt_hash or reports.prompt_hash(request.input_text),
+            member_user=_member_user(principal),
+            clock_skew=CLOCK_SKEW,
         )
         result = TrackResult.model_validate(answer)
         if self.metrics is not None:
@@ -420,11 +449,23 @@ class Ledger:
         principal = principal or Principal()
         self._require(principal, ("admin", "member"), "release reservations")
         answer = await self.store.release(
-            tenant=principal.tenant_id,
-            reservation_id=reservation_id,
-            user=principal.user if principal.role == "member" else None,
+            tenant=principal.tenant_id, reservation_id=reservation_id, user=_member_user(principal)
         )
         return ReleaseResult.model_validate(answer)
+
+    async def extend_reservation(
+        self, request: ExtendRequest, principal: Principal | None = None
+    ) -> ExtendResult:
+        """Give an active reservation a new expiry, now + ttl_seconds, keeping its holds (a long call)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "extend reservations")
+        answer = await self.store.extend(
+            tenant=principal.tenant_id,
+            reservation_id=request.reservation_id,
+            user=_member_user(principal),
+            ttl_seconds=request.ttl_seconds,
+        )
+        return ExtendResult.model_validate(answer)
 
     async def expire_reservations(self, limit: int = 500) -> int:
         """Release every reservation past its expiry (all tenants); returns how many."""
@@ -822,6 +863,24 @@ class Ledger:
             if principal.user:
                 attribution["user"] = principal.user
         return attribution
+
+
+def _member_user(principal: Principal) -> str | None:
+    """The user a member acts for ('' for one bound to none), whose reservations alone it may touch;
+    None for an admin."""
+    return (principal.user or "") if principal.role == "member" else None
+
+
+def _check_occurred_at(occurred_at: datetime, max_age: timedelta, what: str) -> None:
+    now = datetime.now(UTC)
+    if not now - max_age <= occurred_at <= now + CLOCK_SKEW:
+        raise InvalidInput(
+            "occurred_at",
+            occurred_at.isoformat(),
+            f"{what} is dated at most {max_age.days} days back and {CLOCK_SKEW.seconds // 60} minutes ahead "
+            f"of now ({now.isoformat(timespec='seconds')})"
+            + ("; an admin imports older usage with import_usage" if max_age == MAX_BACKDATE else ""),
+        )
 
 
 def _validate_timezone(name: str, field: str) -> None:

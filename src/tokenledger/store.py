@@ -14,7 +14,7 @@ import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from importlib import resources
@@ -318,10 +318,15 @@ class Store:
         occurred_at: datetime | None,
         estimated_input_tokens: int | None,
         prompt_hash: str | None = None,
+        member_user: str | None = None,
+        clock_skew: timedelta = timedelta(0),
     ) -> dict[str, Any]:
+        """Record a usage (settling its reservation). `member_user`: a member's user, who may settle only
+        its own reservations; `clock_skew`: how far a settle's occurred_at may stray from its reservation's
+        lifetime."""
         return dict(
             await self._fetch_json(
-                f"select tl_track({', '.join(['%s'] * 22)})",
+                f"select tl_track({', '.join(['%s'] * 24)})",
                 (
                     tenant,
                     request_id,
@@ -345,6 +350,8 @@ class Store:
                     occurred_at,
                     estimated_input_tokens,
                     prompt_hash,
+                    member_user,
+                    clock_skew,
                 ),
                 retry_safe=request_id is not None,
             )
@@ -354,6 +361,18 @@ class Store:
         return dict(
             await self._fetch_json(
                 "select tl_release(%s, %s, %s)", (tenant, reservation_id, user), retry_safe=True
+            )
+        )
+
+    async def extend(
+        self, *, tenant: str, reservation_id: str, user: str | None, ttl_seconds: float
+    ) -> dict[str, Any]:
+        """A new expiry (now + ttl) for an active reservation; `user`: a member's (extends its own only)."""
+        return dict(
+            await self._fetch_json(
+                "select tl_extend(%s, %s, %s, %s)",
+                (tenant, reservation_id, user, ttl_seconds),
+                retry_safe=True,
             )
         )
 

@@ -61,6 +61,18 @@ BudgetName = Annotated[str, StringConstraints(min_length=1, max_length=100, patt
 NonNegativeInt = Annotated[int, Field(ge=0, le=2**53)]
 Money = Annotated[Decimal, _plain, Field(ge=0, max_digits=38, decimal_places=18)]
 
+# A reservation lives 5 s to a day: shorter would let a stream of instant expiries hold nothing while
+# calls still run; a long call extends its reservation instead of asking for hours up front.
+MIN_TTL_SECONDS = 5
+MAX_TTL_SECONDS = 86_400
+TtlSeconds = Annotated[float, Field(ge=MIN_TTL_SECONDS, le=MAX_TTL_SECONDS)]
+# When usage happened: direct usage at most MAX_BACKDATE ago, never more than CLOCK_SKEW ahead; a settle
+# between its reservation's creation and now (give or take CLOCK_SKEW). An admin imports older usage
+# (Ledger.import_usage) back to MAX_IMPORT_AGE.
+MAX_BACKDATE = timedelta(days=7)
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_IMPORT_AGE = timedelta(days=731)
+
 _DURATION = re.compile(r"^(\d{1,6})(s|m|h|d|w)$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -316,7 +328,7 @@ class CheckRequest(Attribution):
     priority: Priority = "medium"
     reserve: bool = True
     allow_partial: bool = False
-    ttl_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600
+    ttl_seconds: TtlSeconds = 600
     request_id: RequestId | None = None
     prompt_hash: PromptHash | None = None  # default: hashed from text or messages
 
@@ -393,6 +405,18 @@ class ReleaseResult(Model):
     reservation_id: str
     status: Literal["released", "already_released", "expired"]
     released: Amount = Decimal(0)
+
+
+class ExtendRequest(Model):
+    """A new expiry for an active reservation: now + ttl_seconds; its holds stay."""
+
+    reservation_id: ReservationId
+    ttl_seconds: TtlSeconds = 600
+
+
+class ExtendResult(Model):
+    reservation_id: str
+    expires_at: datetime
 
 
 # --- prices ------------------------------------------------------------------------------------

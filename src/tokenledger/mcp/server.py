@@ -29,6 +29,7 @@ from tokenledger.mcp.schemas import (
     BudgetsResult,
     CheckInput,
     CountInput,
+    ExtendInput,
     FitInput,
     ManageBudgetInput,
     PricesInput,
@@ -45,6 +46,7 @@ from tokenledger.types import (
     BudgetSpec,
     CheckResult,
     CountResult,
+    ExtendResult,
     FitResult,
     PriceSpec,
     Principal,
@@ -65,7 +67,7 @@ INSTRUCTIONS = (
 # Fields only counted, never stored: any text is fine there.
 COUNTED_ONLY = frozenset({"text", "texts", "messages", "tools", "input_text", "output_text"})
 READ = ToolAnnotations(readOnlyHint=True, idempotentHint=True)
-WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False)
+WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False)  # idempotentHint is false by default
 WRITE_IDEMPOTENT = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True)
 ADMIN = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True)
 
@@ -99,6 +101,10 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         """Release a reservation whose call was not made."""
         return await ledger.release(request.reservation_id, who(ctx))
 
+    async def extend_reservation(request: ExtendInput, ctx: Context[Any, Any]) -> ExtendResult:
+        """Extend an active reservation to ttl_seconds from now."""
+        return await ledger.extend_reservation(request, who(ctx))
+
     async def report(request: ReportInput, ctx: Context[Any, Any]) -> reports.Report:
         """Usage, timeseries, budgets, forecast, top calls, savings, estimate accuracy; json/markdown/csv."""
         return reports.formatted(await ledger.report(request, who(ctx)), request.format)
@@ -120,6 +126,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         _tool(check_budget, CheckInput, CheckResult, WRITE),
         _tool(track_usage, TrackInput, TrackResult, WRITE),
         _tool(release, ReleaseInput, ReleaseResult, WRITE_IDEMPOTENT),
+        _tool(extend_reservation, ExtendInput, ExtendResult, WRITE),
         _tool(report, ReportInput, reports.Report, READ),
         _tool(manage_budget, ManageBudgetInput, BudgetsResult, ADMIN),
         _tool(prices, PricesInput, PricesResult, WRITE_IDEMPOTENT),
