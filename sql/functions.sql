@@ -323,7 +323,7 @@ declare
     avail numeric;
     share numeric;
     allowed_amount numeric;
-    fit_output bigint;
+    fit_output numeric;  -- numeric: a large allowance over a tiny rate exceeds bigint
     granted bigint := p_max_output;
     blocked jsonb;
     blocked_reason text;

@@ -66,7 +66,7 @@ create table tl_rate_window (
     tenant_id    text        not null,
     budget_id    bigint      not null,
     window_start timestamptz not null,
-    tokens       bigint      not null default 0,
+    tokens       numeric     not null default 0,  -- numeric: no number of calls overflows it
     requests     bigint      not null default 0,
     primary key (tenant_id, budget_id, window_start),
     foreign key (tenant_id, budget_id) references tl_budget on delete cascade
@@ -277,12 +277,12 @@ create table tl_usage_daily (
     provider                    text,
     model                       text    not null,
     requests                    bigint  not null,
-    input_tokens                bigint  not null,
-    output_tokens               bigint  not null,
-    cache_read_input_tokens     bigint  not null,
-    cache_creation_input_tokens bigint  not null,
-    reasoning_output_tokens     bigint  not null,
-    total_tokens                bigint  not null,
+    input_tokens                numeric not null,  -- token sums are numeric: they cannot overflow
+    output_tokens               numeric not null,
+    cache_read_input_tokens     numeric not null,
+    cache_creation_input_tokens numeric not null,
+    reasoning_output_tokens     numeric not null,
+    total_tokens                numeric not null,
     cost_usd                    numeric not null,
     unpriced_requests           bigint  not null,
     errors                      bigint  not null

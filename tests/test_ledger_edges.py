@@ -2,33 +2,48 @@
 
 A late settle records its usage once whoever freed the reservation; idempotency keys are per user;
 usage is dated within bounds and a settle counts in its reservation's period; TTLs are bounded and a
-reservation can be extended; a member touches only its own user's reservations. Each test names the
-defect of issue 9 it pins down.
+reservation can be extended; counts and limits stay within what the ledger can hold, and an internal
+error is logged under the id its caller reads; a member touches only its own user's reservations. Each
+test names the defect of issue 9 it pins down.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import anyio
+import httpx2
+import psycopg
 import pydantic
 import pytest
+from mcp import Client
+from mcp_types import TextContent
 
+from tests.servers import serving
 from tests.test_ledger import budget, table_counts
-from tokenledger.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from tokenledger import reports
+from tokenledger.cli import main
+from tokenledger.errors import Conflict, InternalError, InvalidInput, NotFound, PermissionDenied
 from tokenledger.ledger import Ledger
+from tokenledger.mcp import build_server
+from tokenledger.mcp.http import DASHBOARD_COOKIE
 from tokenledger.store import Store
 from tokenledger.types import (
     CLOCK_SKEW,
     MAX_BACKDATE,
     MAX_IMPORT_AGE,
+    MAX_TOKEN_LIMIT,
+    MAX_TOKENS,
     MAX_TTL_SECONDS,
+    MAX_USD_LIMIT,
     MIN_TTL_SECONDS,
     CheckRequest,
     ExtendRequest,
+    PriceSpec,
     Principal,
     TrackRequest,
     UsageQuery,
@@ -327,3 +342,152 @@ async def test_a_member_settles_extends_and_releases_only_its_own_users_reservat
     bobs = await ledger.check_budget(CheckRequest(model=MODEL, input_tokens=100), BOB)
     await ledger.extend_reservation(ExtendRequest(reservation_id=bobs.reservation_id), BOB)
     assert (await ledger.track_usage(settle(bobs.reservation_id, 100), BOB)).total_tokens == 100
+
+
+# --- 8. what the ledger can hold ----------------------------------------------------------------------
+
+
+def test_limits_and_counts_are_bounded_to_what_the_ledger_holds() -> None:
+    """Defect 8: a 20-digit token limit and 2^53-token counts are refused naming their field; the bounds
+    themselves are accepted."""
+    assert (MAX_TOKENS, MAX_TOKEN_LIMIT, MAX_USD_LIMIT) == (10**12, 10**15, 10**12)  # as the README says
+    refused = [
+        (lambda: budget(limit=Decimal("99999999999999999999")), "limit"),
+        (lambda: budget(limit=Decimal(MAX_TOKEN_LIMIT + 1)), "limit"),
+        (lambda: budget(unit="usd", limit=Decimal(MAX_USD_LIMIT) + Decimal("0.01")), "limit"),
+        (lambda: budget(unit="usd", limit=Decimal(1), hard_limit=Decimal(MAX_USD_LIMIT + 1)), "hard_limit"),
+        (lambda: TrackRequest(model=MODEL, input_tokens=2**53, output_tokens=0), "input_tokens"),
+        (lambda: TrackRequest(model=MODEL, input_tokens=0, output_tokens=MAX_TOKENS + 1), "output_tokens"),
+        (
+            lambda: CheckRequest(model=MODEL, input_tokens=0, max_output_tokens=MAX_TOKENS + 1),
+            "max_output_tokens",
+        ),
+    ]
+    for make, field in refused:
+        with pytest.raises(pydantic.ValidationError) as error:
+            make()
+        assert error.value.errors()[0]["loc"] == (field,)
+    assert budget(limit=Decimal(MAX_TOKEN_LIMIT)).limit == MAX_TOKEN_LIMIT
+    assert budget(unit="usd", limit=Decimal(MAX_USD_LIMIT)).limit == MAX_USD_LIMIT
+    assert (
+        TrackRequest(model=MODEL, input_tokens=MAX_TOKENS, output_tokens=MAX_TOKENS).input_tokens
+        == MAX_TOKENS
+    )
+
+
+async def test_the_largest_valid_inputs_never_reach_an_internal_error(ledger: Ledger) -> None:
+    """Defect 8, the issue's reproductions at the bounds: a $100M budget priced at $1e-12 a token, and
+    tracks of MAX_TOKENS in every field (with a rate limit) against the largest token budget. Every check,
+    track and report answers; none is an internal error."""
+    big = Principal(tenant_id="big")
+    await ledger.set_budget(
+        budget(limit=Decimal(MAX_TOKEN_LIMIT), hard_limit=Decimal(MAX_TOKEN_LIMIT), tokens_per_minute=2**53),
+        big,
+    )
+    await ledger.set_budget(budget("dollars", unit="usd", limit=Decimal(100_000_000)), big)
+    await ledger.set_price(PriceSpec(model=MODEL, input=Decimal("1e-12"), output=Decimal("1e-12")), big)
+    largest = CheckRequest(model=MODEL, input_tokens=MAX_TOKENS, max_output_tokens=MAX_TOKENS)
+    check = await ledger.check_budget(largest, big)
+    assert check.allowed and check.estimated_cost_usd == Decimal(2)
+    every_field = {
+        "input_tokens": MAX_TOKENS,
+        "output_tokens": MAX_TOKENS,
+        "cache_read_input_tokens": MAX_TOKENS,
+        "cache_creation_input_tokens": MAX_TOKENS,
+        "reasoning_output_tokens": MAX_TOKENS,
+    }
+    await ledger.track_usage(
+        TrackRequest(model=MODEL, reservation_id=check.reservation_id, **every_field), big
+    )
+    for _ in range(4):
+        tracked = await ledger.track_usage(TrackRequest(model=MODEL, **every_field), big)
+        assert tracked.total_tokens == 4 * MAX_TOKENS
+    after = await ledger.check_budget(largest, big)
+    assert after.decision in ("allow", "deny")
+    for view in ("summary", "usage", "recommendations", "accuracy", "budgets", "forecast", "top"):
+        assert (await ledger.report(reports.ReportQuery(view=view), big)).view == view
+
+
+async def test_token_sums_cannot_overflow_bigint(ledger: Ledger, dsn: str) -> None:
+    """Defect 8: what sums token counts across calls is numeric. A rate window that already counted
+    about 2.3 million calls of 4 * 10^12 tokens in one minute still takes the next one."""
+    columns = await ledger.store._fetch_rows(
+        """select table_name || '.' || column_name as name, data_type from information_schema.columns
+            where table_name in ('tl_rate_window', 'tl_usage_daily', 'tl_budget_period')
+              and (column_name like '%%tokens' or column_name in ('committed', 'overage', 'reserved'))""",
+        (),
+    )
+    assert len(columns) == 10 and {c["data_type"] for c in columns} == {"numeric"}, columns
+    await ledger.set_budget(budget(limit=Decimal(MAX_TOKEN_LIMIT), tokens_per_minute=2**53))
+    await ledger.track_usage(settle(None, MAX_TOKENS))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("update tl_rate_window set tokens = 9223372036854775000")  # bigint's largest is ...807
+    tracked = await ledger.track_usage(settle(None, MAX_TOKENS))
+    assert tracked.total_tokens == MAX_TOKENS
+
+
+# --- 8. an internal error carries the id it was logged under --------------------------------------------
+
+
+def logged_ids(caplog: pytest.LogCaptureFixture) -> dict[str, logging.LogRecord]:
+    """The internal errors logged, by id."""
+    return {
+        str(record.args[0]): record  # type: ignore[index]
+        for record in caplog.records
+        if record.getMessage().startswith("internal error ")
+    }
+
+
+def break_function(dsn: str, signature: str) -> None:
+    """Drop one of the ledger's SQL functions: every call of it is now an unforeseen failure."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"drop function {signature}")
+
+
+async def test_an_internal_error_is_logged_under_the_id_the_caller_reads(
+    ledger: Ledger, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 8: an unforeseen failure reaches the caller (a Python caller, an MCP agent) as
+    `internal error <id>` with nothing of its internals, and the server logged that id with the
+    failure and its traceback."""
+    held = await ledger.check_budget(CheckRequest(model=MODEL, input_tokens=1))
+    break_function(dsn, "tl_release(text, uuid, text)")
+    with pytest.raises(InternalError) as failed:
+        await ledger.release(held.reservation_id or "")
+    record = logged_ids(caplog)[failed.value.error_id]
+    assert "tl_release" in str(record.exc_info[1]) and record.levelno == logging.ERROR  # type: ignore[index]
+
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        result = await client.call_tool("release", {"reservation_id": held.reservation_id})
+    text = "".join(block.text for block in result.content if isinstance(block, TextContent))
+    assert result.is_error and "internal error " in text and "tl_release" not in text
+    error_id = text.split("internal error ", 1)[1].split(":", 1)[0]
+    assert error_id in logged_ids(caplog) and error_id != failed.value.error_id
+
+
+def test_the_cli_shows_the_id_of_an_internal_error(
+    dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Defect 8: the CLI prints the id an unforeseen failure was logged under."""
+    monkeypatch.setenv("TOKENLEDGER_DATABASE_URL", dsn)
+    break_function(dsn, "tl_budget_state(tl_budget, timestamptz)")
+    assert main(["budget", "list"]) == 1
+    err = capsys.readouterr().err
+    error_id = err.split("internal error ", 1)[1].split(":", 1)[0]
+    assert error_id in logged_ids(caplog) and "tl_budget_state" not in err
+
+
+async def test_the_dashboard_shows_the_id_of_an_internal_error(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 8, over HTTP: the dashboard answers 500 with the id the failure was logged under."""
+    async with serving(dsn) as served, httpx2.AsyncClient(timeout=10) as http:
+        viewer, _ = await served.ledger.create_key(role="viewer")
+        break_function(dsn, "tl_budget_state(tl_budget, timestamptz)")
+        page = await http.get(f"{served.base}/dashboard", headers={"Cookie": f"{DASHBOARD_COOKIE}={viewer}"})
+    assert page.status_code == 500 and "tl_budget_state" not in page.text
+    error_id = page.text.split("internal error ", 1)[1].split(":", 1)[0]
+    assert error_id in logged_ids(caplog)

@@ -1,5 +1,5 @@
 -- 0006: the ledger's edges: usage recorded once per reservation whoever freed it, idempotency keys per
--- user
+-- user, and sums that cannot overflow bigint
 -- Applied in a transaction by `tokenledger migrate`; recorded in tl_migrations.
 
 -- How a reservation's hold ended (status) and whether its usage was recorded (settled_at, usage_id) are
@@ -25,3 +25,12 @@ update tl_request q set user_id = coalesce(u.user_id, '')
  where q.kind = 'track' and u.tenant_id = q.tenant_id and u.request_id = q.request_id;
 alter table tl_request drop constraint tl_request_pkey;
 alter table tl_request add primary key (tenant_id, user_id, kind, request_id);
+
+-- Token sums that grow with the number of calls are numeric: no number of calls overflows them.
+alter table tl_rate_window alter column tokens type numeric;
+alter table tl_usage_daily alter column input_tokens type numeric,
+    alter column output_tokens type numeric,
+    alter column cache_read_input_tokens type numeric,
+    alter column cache_creation_input_tokens type numeric,
+    alter column reasoning_output_tokens type numeric,
+    alter column total_tokens type numeric;

@@ -28,7 +28,14 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from tokenledger.errors import Conflict, InvalidInput, NotFound, StoreUnavailable, TokenLedgerError
+from tokenledger.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StoreUnavailable,
+    TokenLedgerError,
+    internal_error,
+)
 from tokenledger.secrets import resolve_secret
 from tokenledger.settings import Settings
 
@@ -101,7 +108,8 @@ def _translate(error: psycopg.Error) -> TokenLedgerError:
         return StoreUnavailable(
             f"PostgreSQL is unavailable: {message.strip()}; nothing was granted or recorded"
         )
-    return TokenLedgerError(f"database error {state}: {message}")
+    # Unforeseen: logged here with an id; the caller's message carries only the id.
+    return internal_error(log, error, f"calling PostgreSQL (SQLSTATE {state or 'none'})")
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:

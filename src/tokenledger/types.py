@@ -21,6 +21,8 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 # --- shared vocabulary -------------------------------------------------------------------------
@@ -58,7 +60,13 @@ ReservationId = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
 PROMPT_HASH_PATTERN = r"^[0-9a-f]{64}$"
 PromptHash = Annotated[str, StringConstraints(pattern=PROMPT_HASH_PATTERN)]
 BudgetName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
-NonNegativeInt = Annotated[int, Field(ge=0, le=2**53)]
+# What the ledger can hold. One call's token count per field: 10^12 is 100,000 times the largest context
+# window, and four such fields still sum far inside bigint (per-call counts are bigint columns; every sum
+# across calls is numeric). Budget limits: 10^15 tokens, $10^12.
+MAX_TOKENS = 10**12
+MAX_TOKEN_LIMIT = 10**15
+MAX_USD_LIMIT = 10**12
+NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Money = Annotated[Decimal, _plain, Field(ge=0, max_digits=38, decimal_places=18)]
 
 # A reservation lives 5 s to a day: shorter would let a stream of instant expiries hold nothing while
@@ -280,6 +288,15 @@ class BudgetSpec(Model):
     tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
     requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
     unpriced_policy: Literal["deny", "allow"] = "deny"
+
+    @field_validator("limit", "hard_limit", "rollover_cap")
+    @classmethod
+    def _within_what_the_ledger_holds(cls, value: Decimal | None, info: ValidationInfo) -> Decimal | None:
+        unit = info.data.get("unit", "tokens")
+        bound = MAX_TOKEN_LIMIT if unit == "tokens" else MAX_USD_LIMIT
+        if value is not None and value > bound:
+            raise ValueError(f"at most {bound:,} for a {unit} budget")
+        return value
 
 
 class BudgetState(Model):

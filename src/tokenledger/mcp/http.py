@@ -51,7 +51,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenledger import dashboard
-from tokenledger.errors import InvalidInput, TokenLedgerError
+from tokenledger.errors import InternalError, InvalidInput, TokenLedgerError
 from tokenledger.ledger import Ledger
 from tokenledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenledger.metrics import Metrics
@@ -520,6 +520,8 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
             data = await ledger.dashboard(principal, days=days, timezone=query.get("tz", "UTC"))
         except InvalidInput as error:
             return _page(dashboard.render_message("Bad request", str(error)), 400)
+        except InternalError as error:  # logged under its id where it arose; the page shows the id
+            return _page(dashboard.render_message("Internal error", str(error)), 500)
         except TokenLedgerError as error:
             log.error("dashboard: %s", error)
             return _page(

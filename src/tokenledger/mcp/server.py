@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from tokenledger import reports
-from tokenledger.errors import NotFound, TokenLedgerError, UnknownModel
+from tokenledger.errors import NotFound, TokenLedgerError, UnknownModel, internal_error
 from tokenledger.ledger import Ledger
 from tokenledger.mcp.access import PrincipalMiddleware, principal_of, request_principal
 from tokenledger.mcp.schemas import (
@@ -56,6 +57,8 @@ from tokenledger.types import (
 )
 
 __all__ = ["build_server", "describe_validation_error"]
+
+log = logging.getLogger("tokenledger.mcp")
 
 InputT = TypeVar("InputT", bound=BaseModel)
 Handler = Callable[[Any, Context[Any, Any]], Awaitable[BaseModel]]
@@ -221,6 +224,8 @@ async def _read(read: Callable[[], Awaitable[BaseModel]]) -> str:
         raise ResourceError(describe_validation_error(error)) from error
     except (TokenLedgerError, ToolError) as error:
         raise ResourceError(_public_message(error)) from error
+    except Exception as error:  # a bug: logged under an id, which the reader sees
+        raise ResourceError(str(internal_error(log, error, "reading a resource"))) from error
 
 
 def _add_prompts(server: MCPServer) -> None:
@@ -273,6 +278,10 @@ def _tool(
             raise ToolError(describe_validation_error(error, list(input_model.model_fields))) from error
         except TokenLedgerError as error:
             raise ToolError(_public_message(error)) from error
+        except ToolError:
+            raise
+        except Exception as error:  # a bug: logged under an id, which the agent reads
+            raise ToolError(str(internal_error(log, error, f"running tool {handler.__name__}"))) from error
 
     metadata = _WholeArguments(
         arg_model=ArgModelBase,
@@ -344,7 +353,8 @@ def describe_validation_error(error: ValidationError, fields: Sequence[str] = ()
 
 
 def _public_message(error: Exception) -> str:
-    """What an agent may read: our errors name the field; anything unforeseen is not shown."""
+    """What an agent may read: our errors name the field; anything unforeseen is logged under an id and
+    shown as that id only."""
     if type(error) is TokenLedgerError:
-        return "the ledger could not complete this call (internal error, logged on the server)"
-    return str(error)
+        return str(internal_error(log, error, "serving an MCP call"))
+    return str(error)  # an InternalError says only its id: it was logged where it arose
