@@ -3,13 +3,14 @@
 A late settle records its usage once whoever freed the reservation; idempotency keys are per user;
 usage is dated within bounds and a settle counts in its reservation's period; TTLs are bounded and a
 reservation can be extended; counts and limits stay within what the ledger can hold, and an internal
-error is logged under the id its caller reads; a member touches only its own user's reservations. Each
-test names the defect of issue 9 it pins down.
+error is logged under the id its caller reads; no single user's reports skew another's estimates; a
+member touches only its own user's reservations. Each test names the defect of issue 9 it pins down.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -42,6 +43,7 @@ from tokenledger.types import (
     MAX_USD_LIMIT,
     MIN_TTL_SECONDS,
     CheckRequest,
+    CountRequest,
     ExtendRequest,
     PriceSpec,
     Principal,
@@ -52,6 +54,7 @@ from tokenledger.types import (
 pytestmark = pytest.mark.anyio
 
 MODEL = "gpt-4o"
+ESTIMATED = "claude-sonnet-4-5"  # counted by estimate: calibrated from provider usage
 ADMIN = Principal()
 ANA = Principal(role="member", user="ana")
 BOB = Principal(role="member", user="bob")
@@ -491,3 +494,59 @@ async def test_the_dashboard_shows_the_id_of_an_internal_error(
     assert page.status_code == 500 and "tl_budget_state" not in page.text
     error_id = page.text.split("internal error ", 1)[1].split(":", 1)[0]
     assert error_id in logged_ids(caplog)
+
+
+# --- 10. calibration: one user, one vote ---------------------------------------------------------------
+
+
+TEXT = "Summarise the quarterly report in three bullet points. " * 20
+
+
+async def settled_calls(
+    ledger: Ledger, principal: Principal, calls: int, reported: Callable[[int], int]
+) -> None:
+    """`calls` checks of TEXT by `principal`, each settled with `reported(estimated input)`."""
+    for _ in range(calls):
+        check = await ledger.check_budget(CheckRequest(model=ESTIMATED, text=TEXT), principal)
+        request = TrackRequest(
+            model=ESTIMATED,
+            reservation_id=check.reservation_id,
+            input_tokens=reported(check.input_tokens),
+            output_tokens=1,
+        )
+        await ledger.track_usage(request, principal)
+
+
+async def factor_for(ledger: Ledger, principal: Principal) -> float | None:
+    """The calibration a fresh process gives `principal`'s next estimate (no cached ratios)."""
+    check = await Ledger(ledger.store).check_budget(
+        CheckRequest(model=ESTIMATED, text=TEXT, reserve=False), principal
+    )
+    return check.calibration_factor
+
+
+async def test_one_users_reports_do_not_lower_anothers_estimates(ledger: Ledger) -> None:
+    """Defect 10, the issue's scenario: ana's provider reports twice our estimate; bob then settles six
+    calls reporting input_tokens=1. Ana's factor stays hers; bob's own estimates take his; a third user
+    gets none (two users are too few to speak for a tenant)."""
+    await settled_calls(ledger, ANA, 5, lambda raw: 2 * raw)
+    assert await factor_for(ledger, ANA) == 2.0
+    await settled_calls(ledger, BOB, 6, lambda raw: 1)
+    assert await factor_for(ledger, ANA) == 2.0
+    assert await factor_for(ledger, BOB) == 0.5  # his own ratio, held at the lower bound
+    assert await factor_for(ledger, Principal(role="member", user="cy")) is None
+
+
+async def test_calibration_applies_when_three_users_agree(ledger: Ledger) -> None:
+    """Defect 10: a user without calls of its own gets the median of the users' ratios once three or more
+    users have them; one dissenting user cannot pull it down."""
+    agreeing = [Principal(role="member", user=name) for name in ("ana", "dan", "eve")]
+    for principal in agreeing:
+        await settled_calls(ledger, principal, 5, lambda raw: math.ceil(raw * 1.5))
+    await settled_calls(ledger, BOB, 6, lambda raw: 1)
+    newcomer = Principal(role="member", user="cy")
+    factor = await factor_for(ledger, newcomer)
+    assert factor is not None and 1.49 <= factor <= 1.51
+    raw = (await ledger.count_tokens(CountRequest(model=ESTIMATED, text=TEXT))).tokens
+    calibrated = await Ledger(ledger.store).check_budget(CheckRequest(model=ESTIMATED, text=TEXT), newcomer)
+    assert calibrated.input_tokens == math.ceil(raw * factor)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import secrets
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -66,9 +67,13 @@ __all__ = ["Ledger"]
 
 ATTRIBUTION_FIELDS = ("user", "session", "project", "team", "feature", "endpoint")
 SCOPE_KINDS = ("team", "project", "user", "session", "feature", "endpoint")
-# Estimates are calibrated from the provider's reported usage once a model has this many settled calls;
-# the factor is kept this long per process, and held within these bounds.
+# Estimates are calibrated from the provider's reported usage, one user one vote: a user's ratio is the
+# median of reported / estimated input over its latest settled calls (counted once it has MIN_CALLS). A
+# caller with a ratio uses its own; else the tenant's is the median of at least MIN_USERS users' ratios;
+# else there is none. No single user's reports move another user's estimates outside what the others
+# report. The per-user ratios are kept this long per process, the factor held within these bounds.
 CALIBRATION_MIN_CALLS = 5
+CALIBRATION_MIN_USERS = 3
 CALIBRATION_TTL_SECONDS = 300.0
 CALIBRATION_BOUNDS = (0.5, 3.0)
 # Texts above this are counted in a worker thread; below it the hand-off costs more than the count.
@@ -99,7 +104,8 @@ class Ledger:
         self.store = store
         self.catalog = catalog or Catalog()
         self.counter = counter or tokens.TokenCounter()
-        self._calibration: dict[tuple[str, str], tuple[float | None, float]] = {}
+        # (tenant, model) -> (per-user ratios, when they go stale): each user's factor derives from them.
+        self._calibration: dict[tuple[str, str], tuple[dict[str, list[Decimal]], float]] = {}
         self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
 
     @classmethod
@@ -272,7 +278,7 @@ class Ledger:
             input_tokens, method = count.tokens, count.method
             if method == "estimate":
                 counted = input_tokens  # kept raw, so later calibration compares like with like
-                if factor := await self.estimate_factor(model.name, principal):
+                if factor := await self.estimate_factor(model.name, principal, user=attribution.get("user")):
                     input_tokens = math.ceil(input_tokens * factor)
         started = time.perf_counter()
         answer = await self.store.check(
@@ -305,21 +311,22 @@ class Ledger:
             )
         return result
 
-    async def estimate_factor(self, model: str, principal: Principal | None = None) -> float | None:
-        """How this tenant's provider-reported input for `model` compares with our pre-flight estimates
-        (actual / estimated over its latest settled calls), or None until there are enough calls."""
+    async def estimate_factor(
+        self, model: str, principal: Principal | None = None, *, user: str | None = None
+    ) -> float | None:
+        """How the provider-reported input for `model` compares with our pre-flight estimates, for `user`
+        (a member's own; default the principal's): its own ratio once it has enough settled calls, else
+        the median over enough other users, else None. See CALIBRATION_MIN_CALLS."""
         principal = principal or Principal()
+        if principal.role == "member" or user is None:
+            user = principal.user
         key = (principal.tenant_id, model)
         cached = self._calibration.get(key)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        seen = await self.store.estimate_calibration(tenant=principal.tenant_id, model=model)
-        factor = None
-        if seen["calls"] >= CALIBRATION_MIN_CALLS and seen["estimated"] > 0:
-            low, high = CALIBRATION_BOUNDS
-            factor = round(min(max(seen["actual"] / seen["estimated"], low), high), 4)
-        self._calibration[key] = (factor, time.monotonic() + CALIBRATION_TTL_SECONDS)
-        return factor
+        if cached is None or cached[1] <= time.monotonic():
+            ratios = await self.store.estimate_calibration(tenant=principal.tenant_id, model=model)
+            cached = (ratios, time.monotonic() + CALIBRATION_TTL_SECONDS)
+            self._calibration[key] = cached
+        return calibration_factor(cached[0], user or "")
 
     def _context_warnings(self, model: ModelInfo, input_tokens: int, max_output: int) -> list[str]:
         if model.context_window and input_tokens + max_output > model.context_window:
@@ -881,6 +888,22 @@ def _check_occurred_at(occurred_at: datetime, max_age: timedelta, what: str) -> 
             f"of now ({now.isoformat(timespec='seconds')})"
             + ("; an admin imports older usage with import_usage" if max_age == MAX_BACKDATE else ""),
         )
+
+
+def calibration_factor(ratios: dict[str, list[Decimal]], user: str) -> float | None:
+    """The factor for `user`'s estimates from each user's ratios (newest first): its own median once it
+    has CALIBRATION_MIN_CALLS of them, else the median of at least CALIBRATION_MIN_USERS users' medians
+    (one vote each), else None; held within CALIBRATION_BOUNDS."""
+    own = ratios.get(user, [])
+    if len(own) >= CALIBRATION_MIN_CALLS:
+        ratio = statistics.median(own)
+    else:
+        votes = [statistics.median(r) for r in ratios.values() if len(r) >= CALIBRATION_MIN_CALLS]
+        if len(votes) < CALIBRATION_MIN_USERS:
+            return None
+        ratio = statistics.median(votes)
+    low, high = CALIBRATION_BOUNDS
+    return round(min(max(float(ratio), low), high), 4)
 
 
 def _validate_timezone(name: str, field: str) -> None:

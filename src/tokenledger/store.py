@@ -445,11 +445,16 @@ class Store:
 
     # --- usage ------------------------------------------------------------------------------------
 
-    async def estimate_calibration(self, *, tenant: str, model: str, calls: int = 200) -> dict[str, int]:
-        """Provider-reported input tokens against our raw (uncalibrated) counts over the model's latest
-        settled calls: `actual`, `estimated` and `calls`."""
-        rows = await self._fetch_rows(_CALIBRATION, {"tenant": tenant, "model": model, "calls": calls})
-        return {key: int(value) for key, value in rows[0].items()}
+    async def estimate_calibration(
+        self, *, tenant: str, model: str, calls_per_user: int = 50, window: int = 2_000
+    ) -> dict[str, list[Decimal]]:
+        """Per user ('' for calls without one): provider-reported input / our raw (uncalibrated) count, for
+        each of its latest `calls_per_user` settled calls among the model's latest `window` in the tenant."""
+        rows = await self._fetch_rows(
+            _CALIBRATION,
+            {"tenant": tenant, "model": model, "calls": calls_per_user, "window": window},
+        )
+        return {row["user_id"]: list(row["ratios"]) for row in rows}
 
     async def prune_usage(self, *, before: datetime) -> dict[str, Any]:
         """Roll up and drop every monthly usage partition that ends before `before`."""
@@ -928,19 +933,26 @@ select b.name, coalesce(case when b.unit = 'tokens' then u.tokens else u.usd end
  where b.tenant_id = %(tenant)s
 """
 
-# Settled calls of one model, newest first: what the provider reported against the pre-flight estimate.
+# The model's latest settled calls in the tenant (a bounded window, read newest first through
+# tl_usage_model): per user, the ratio of the input the provider reported to the raw pre-flight count, for
+# each of the user's latest calls.
 _CALIBRATION = """
-select coalesce(sum(u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens), 0) as actual,
-       coalesce(sum(r.counted_input_tokens), 0) as estimated,
-       count(*) as calls
-  from (select reservation_id, input_tokens, cache_read_input_tokens, cache_creation_input_tokens
-          from tl_usage
-         where tenant_id = %(tenant)s and model = %(model)s and reservation_id is not null
-           and status = 'success'
-         order by occurred_at desc
-         limit %(calls)s) u
-  join tl_reservation r on r.tenant_id = %(tenant)s and r.reservation_id = u.reservation_id
- where r.counted_input_tokens > 0
+select user_id, array_agg(ratio order by occurred_at desc) as ratios
+  from (select coalesce(u.user_id, '') as user_id, u.occurred_at,
+               (u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens)::numeric
+               / r.counted_input_tokens as ratio,
+               row_number() over (partition by coalesce(u.user_id, '') order by u.occurred_at desc) as nth
+          from (select reservation_id, user_id, occurred_at, input_tokens, cache_read_input_tokens,
+                       cache_creation_input_tokens
+                  from tl_usage
+                 where tenant_id = %(tenant)s and model = %(model)s and reservation_id is not null
+                   and status = 'success'
+                 order by occurred_at desc
+                 limit %(window)s) u
+          join tl_reservation r on r.tenant_id = %(tenant)s and r.reservation_id = u.reservation_id
+         where r.counted_input_tokens > 0) c
+ where nth <= %(calls)s
+ group by user_id
 """
 
 _SCHEMA_SIGNATURE = """
