@@ -474,7 +474,8 @@ def test_the_cli_shows_the_id_of_an_internal_error(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Defect 8: the CLI prints the id an unforeseen failure was logged under."""
+    """Defect 8: the CLI prints the id an unforeseen failure was logged under: one in the database, and
+    a bug in Python (the traceback goes to the log, not the message)."""
     monkeypatch.setenv("TOKENLEDGER_DATABASE_URL", dsn)
     break_function(dsn, "tl_budget_state(tl_budget, timestamptz)")
     assert main(["budget", "list"]) == 1
@@ -482,18 +483,36 @@ def test_the_cli_shows_the_id_of_an_internal_error(
     error_id = err.split("internal error ", 1)[1].split(":", 1)[0]
     assert error_id in logged_ids(caplog) and "tl_budget_state" not in err
 
+    async def a_bug(*args: object) -> None:
+        raise RuntimeError("a bug's own words")
 
-async def test_the_dashboard_shows_the_id_of_an_internal_error(
-    dsn: str, caplog: pytest.LogCaptureFixture
+    monkeypatch.setattr(Ledger, "list_budgets", a_bug)
+    assert main(["budget", "list"]) == 1
+    err = capsys.readouterr().err
+    error_id = err.split("internal error ", 1)[1].split(":", 1)[0]
+    record = logged_ids(caplog)[error_id]
+    assert "a bug's own words" not in err and isinstance(record.exc_info[1], RuntimeError)  # type: ignore[index]
+
+
+async def test_http_answers_500_with_the_id_of_an_internal_error(
+    dsn: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Defect 8, over HTTP: the dashboard answers 500 with the id the failure was logged under."""
+    """Defect 8, over HTTP: the dashboard, and any route that crashes on a bug (here /healthz), answer
+    500 with the id the failure was logged under, and nothing else of it."""
     async with serving(dsn) as served, httpx2.AsyncClient(timeout=10) as http:
         viewer, _ = await served.ledger.create_key(role="viewer")
         break_function(dsn, "tl_budget_state(tl_budget, timestamptz)")
         page = await http.get(f"{served.base}/dashboard", headers={"Cookie": f"{DASHBOARD_COOKIE}={viewer}"})
+
+        async def a_bug() -> None:
+            raise RuntimeError("a bug's own words")
+
+        monkeypatch.setattr(served.ledger, "ping", a_bug)
+        health = await http.get(f"{served.base}/healthz")
     assert page.status_code == 500 and "tl_budget_state" not in page.text
-    error_id = page.text.split("internal error ", 1)[1].split(":", 1)[0]
-    assert error_id in logged_ids(caplog)
+    assert page.text.split("internal error ", 1)[1].split(":", 1)[0] in logged_ids(caplog)
+    assert health.status_code == 500 and "a bug" not in health.text
+    assert health.json()["error"].split("internal error ", 1)[1].split(":", 1)[0] in logged_ids(caplog)
 
 
 # --- 10. calibration: one user, one vote ---------------------------------------------------------------

@@ -51,7 +51,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenledger import dashboard
-from tokenledger.errors import InternalError, InvalidInput, TokenLedgerError
+from tokenledger.errors import InternalError, InvalidInput, TokenLedgerError, internal_error
 from tokenledger.ledger import Ledger
 from tokenledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenledger.metrics import Metrics
@@ -628,7 +628,18 @@ def build_app(
         browser_paths=DASHBOARD_PATHS,
         metrics_token=metrics_token,
     )
-    return Starlette(routes=routes, middleware=[guard], lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=[guard],
+        lifespan=lifespan,
+        exception_handlers={Exception: _internal_error_response},
+    )
+
+
+async def _internal_error_response(request: Request, error: Exception) -> Response:
+    """Any route's crash: logged with its traceback under an id; the answer is a 500 naming that id."""
+    failure = internal_error(log, error, f"serving {request.method} {request.url.path}")
+    return JSONResponse({"error": str(failure)}, status_code=500)
 
 
 def describe(bind_host: str, port: int, transports: Sequence[Transport]) -> dict[str, str]:
