@@ -1,4 +1,4 @@
--- tokenledger: the ledger's rules. Each public function (tl_check, tl_track, tl_release,
+-- tokenledger: the ledger's rules. Each public function (tl_check, tl_track, tl_release, tl_extend,
 -- tl_expire_reservations, tl_set_budget, tl_delete_budget, tl_set_price) is one round trip
 -- and one transaction. Python prepares, SQL decides, Python explains.
 --
@@ -239,10 +239,12 @@ begin
          + p_reasoning * coalesce((p_price ->> 'reasoning')::numeric, rate_out);
 end $$;
 
--- Claims a request_id for this call. Returns null when the call is new; the stored answer
+-- Claims a request_id for this call of user p_user ('' without one): keys are scoped per (tenant, user),
+-- so one user's key never replays another's answer. Returns null when the call is new; the stored answer
 -- (with duplicate=true) when it is a replay; raises TL409 when the id was used for other content.
 -- A concurrent duplicate waits on the primary key until the first call commits.
-create or replace function tl_claim_request(p_tenant text, p_kind text, p_request_id text, p_hash text)
+create or replace function tl_claim_request(p_tenant text, p_user text, p_kind text, p_request_id text,
+                                            p_hash text)
 returns jsonb language plpgsql as $$
 declare
     earlier tl_request;
@@ -250,14 +252,14 @@ begin
     if p_request_id is null then
         return null;
     end if;
-    insert into tl_request (tenant_id, kind, request_id, request_hash)
-    values (p_tenant, p_kind, p_request_id, p_hash)
+    insert into tl_request (tenant_id, user_id, kind, request_id, request_hash)
+    values (p_tenant, p_user, p_kind, p_request_id, p_hash)
     on conflict do nothing;
     if found then
         return null;
     end if;
     select * into earlier from tl_request
-     where tenant_id = p_tenant and kind = p_kind and request_id = p_request_id;
+     where tenant_id = p_tenant and user_id = p_user and kind = p_kind and request_id = p_request_id;
     if earlier.request_hash <> p_hash then
         raise exception 'request_id % was already used for a different %: a replay must repeat the same content',
             p_request_id, case p_kind when 'check' then 'check_budget' else 'track_usage' end
@@ -266,10 +268,12 @@ begin
     return earlier.response || jsonb_build_object('duplicate', true);
 end $$;
 
-create or replace function tl_remember_response(p_tenant text, p_kind text, p_request_id text, p_response jsonb)
+create or replace function tl_remember_response(p_tenant text, p_user text, p_kind text, p_request_id text,
+                                                p_response jsonb)
 returns jsonb language sql as $$
     update tl_request set response = p_response
-     where p_request_id is not null and tenant_id = p_tenant and kind = p_kind and request_id = p_request_id;
+     where p_request_id is not null and tenant_id = p_tenant and user_id = p_user and kind = p_kind
+       and request_id = p_request_id;
     select p_response;
 $$;
 
@@ -319,7 +323,7 @@ declare
     avail numeric;
     share numeric;
     allowed_amount numeric;
-    fit_output bigint;
+    fit_output numeric;  -- numeric: a large allowance over a tiny rate exceeds bigint
     granted bigint := p_max_output;
     blocked jsonb;
     blocked_reason text;
@@ -334,7 +338,8 @@ declare
     decision text;
 begin
     if p_reserve and p_request_id is not null then
-        replay := tl_claim_request(p_tenant, 'check', p_request_id, p_request_hash);
+        replay := tl_claim_request(p_tenant, coalesce(p_attr ->> 'user', ''), 'check', p_request_id,
+                                   p_request_hash);
         if replay is not null then
             return replay;
         end if;
@@ -520,26 +525,34 @@ begin
         'method', p_method, 'blocked_by', blocked, 'budgets', states,
         'retry_after_seconds', retry_after, 'warnings', to_jsonb(warnings), 'duplicate', false);
     if p_reserve and p_request_id is not null then
-        perform tl_remember_response(p_tenant, 'check', p_request_id, result);
+        perform tl_remember_response(p_tenant, coalesce(p_attr ->> 'user', ''), 'check', p_request_id, result);
     end if;
     return result;
 end $$;
 
 -- Record one usage event and post it to every matching budget; settles its reservation if given.
 -- Returns the TrackResult as jsonb.
+--
+-- A settle records its usage exactly once, whatever freed the reservation's hold before it (its settle,
+-- an explicit release, expiry by the sweeper or lazily by another call): status says how the hold ended,
+-- settled_at and usage_id that the usage was recorded. It posts to the periods the reservation was taken
+-- in, whatever occurred_at says, and occurred_at must lie between the reservation's creation and now
+-- (each less or plus p_clock_skew). A member (p_member_user) settles only its own user's reservations.
+-- Every refusal raises before anything is written: the transaction rolls back whole.
 create or replace function tl_track(
     p_tenant text, p_request_id text, p_request_hash text, p_reservation_id uuid, p_model text,
     p_provider text, p_attr jsonb, p_input bigint, p_output bigint, p_cache_read bigint, p_cache_write bigint,
     p_reasoning bigint, p_reported_cost numeric, p_catalog_price jsonb, p_method text, p_status text,
     p_latency_ms integer, p_tools text[], p_metadata jsonb, p_occurred_at timestamptz,
-    p_estimated_input bigint, p_prompt_hash text default null)
+    p_estimated_input bigint, p_prompt_hash text, p_member_user text, p_clock_skew interval)
 returns jsonb language plpgsql
 -- Generic plans: the statements here are key lookups, and re-planning them per call cost more
 -- than running them (measured: a check 0.83 ms -> 0.29 ms).
 set plan_cache_mode = force_generic_plan as $$
 declare
     now_at timestamptz := clock_timestamp();
-    at timestamptz := coalesce(p_occurred_at, now_at);
+    at timestamptz := coalesce(p_occurred_at, now_at);  -- when the usage happened: its row and its price
+    post_at timestamptz := at;  -- the moment whose periods the usage counts in (a settle: its reservation's)
     replay jsonb;
     res tl_reservation;
     attr jsonb := p_attr;
@@ -566,7 +579,8 @@ declare
     result jsonb;
 begin
     if p_request_id is not null then
-        replay := tl_claim_request(p_tenant, 'track', p_request_id, p_request_hash);
+        replay := tl_claim_request(p_tenant, coalesce(p_attr ->> 'user', ''), 'track', p_request_id,
+                                   p_request_hash);
         if replay is not null then
             return replay;
         end if;
@@ -574,7 +588,9 @@ begin
 
     if p_reservation_id is not null then
         select * into res from tl_reservation where tenant_id = p_tenant and reservation_id = p_reservation_id;
-        if not found then
+        -- A member settles only its own user's reservations; others look absent to it.
+        if not found
+           or (p_member_user is not null and coalesce(res.attribution ->> 'user', '') <> p_member_user) then
             raise exception 'reservation_id %: no such reservation in this tenant', p_reservation_id
                 using errcode = 'TL404';
         end if;
@@ -585,18 +601,30 @@ begin
                     using errcode = 'TL400';
             end if;
         end loop;
+        if p_occurred_at is not null
+           and (p_occurred_at < res.created_at - p_clock_skew or p_occurred_at > now_at + p_clock_skew) then
+            raise exception 'occurred_at %: not when this reservation''s call ran; allowed: from its creation (%) '
+                            'to now (%), give or take % of clock skew', p_occurred_at, res.created_at, now_at,
+                            p_clock_skew using errcode = 'TL400';
+        end if;
+        if res.settled_at is not null then
+            raise exception 'reservation_id %: already settled at % (usage_id %); its usage is recorded once: '
+                            'a retry must repeat the first settle''s request_id', p_reservation_id, res.settled_at,
+                            res.usage_id using errcode = 'TL409';
+        end if;
         attr := attr || res.attribution;
+        post_at := res.created_at;
     end if;
 
     for b in select * from tl_matching_budgets(p_tenant, attr) loop
         budgets := budgets || b;
     end loop;
 
-    -- Lock every period row this call changes (the current ones and those the reservation holds),
+    -- Lock every period row this call changes (those it posts to and those the reservation holds),
     -- in (budget_id, period_start) order.
     for lock_keys in
         select x.budget_id, x.period_start from (
-            select m.budget_id, (tl_period_bounds(m.period, m.timezone, at)).period_start
+            select m.budget_id, (tl_period_bounds(m.period, m.timezone, post_at)).period_start
               from unnest(budgets) m
             union
             select h.budget_id, h.period_start from tl_reservation_hold h
@@ -618,9 +646,10 @@ begin
     if p_reservation_id is not null then
         select * into res from tl_reservation where tenant_id = p_tenant and reservation_id = p_reservation_id
            for update;
-        if res.status <> 'active' then
-            raise exception 'reservation_id %: already % at %; usage for it was not recorded twice',
-                p_reservation_id, res.status, res.finished_at using errcode = 'TL409';
+        if res.settled_at is not null then  -- a concurrent settle committed while this one waited
+            raise exception 'reservation_id %: already settled at % (usage_id %); its usage is recorded once: '
+                            'a retry must repeat the first settle''s request_id', p_reservation_id, res.settled_at,
+                            res.usage_id using errcode = 'TL409';
         end if;
         with freed as (
             update tl_reservation_hold h set released = true
@@ -629,12 +658,17 @@ begin
         update tl_budget_period p set reserved = p.reserved - f.amount
           from freed f
          where p.tenant_id = p_tenant and p.budget_id = f.budget_id and p.period_start = f.period_start;
-        if res.expires_at <= now_at then
-            warnings := warnings || format('reservation %s had expired at %s: usage was posted directly',
-                                           p_reservation_id, res.expires_at);
+        if res.status <> 'active' or res.expires_at <= now_at then
+            warnings := warnings || format(
+                'reservation %s was %s at %s, before this settle: its usage is recorded in its period, '
+                'as overage where its capacity was taken meanwhile', p_reservation_id,
+                case when res.status = 'released' then 'released' else 'expired' end,
+                case when res.status = 'released' then res.finished_at else res.expires_at end);
         end if;
-        update tl_reservation set status = case when res.expires_at <= now_at then 'expired' else 'settled' end,
-               finished_at = now_at
+        update tl_reservation
+           set status = case when res.status <> 'active' then res.status
+                             when res.expires_at <= now_at then 'expired' else 'settled' end,
+               finished_at = coalesce(res.finished_at, now_at), settled_at = now_at, usage_id = usage
          where tenant_id = p_tenant and reservation_id = p_reservation_id;
     end if;
 
@@ -653,12 +687,12 @@ begin
     foreach b in array budgets loop
         if b.unit = 'usd' and cost is null then
             warnings := warnings || format('USD budget %s did not count this unpriced usage', b.name);
-            states := states || tl_budget_state(b, at);
+            states := states || tl_budget_state(b, post_at);
             continue;
         end if;
         amount := case when b.unit = 'tokens' then total else cost end;
-        per := tl_lock_period(b, at);
-        u := tl_figures_of(b, per, at);
+        per := tl_lock_period(b, post_at);
+        u := tl_figures_of(b, per, post_at);
         before_pct := 100 * u.used / u.allowance;
         room := case when per.cap is null then amount
                      else least(amount, greatest(per.cap - per.committed - per.reserved, 0)) end;
@@ -677,7 +711,7 @@ begin
             on conflict (tenant_id, budget_id, window_start)
             do update set tokens = w.tokens + excluded.tokens, requests = w.requests + 1;
         end if;
-        u := tl_figures_of(b, per, at);
+        u := tl_figures_of(b, per, post_at);
         after_pct := 100 * u.used / u.allowance;
         foreach threshold in array b.alert_thresholds loop
             continue when not (before_pct < threshold and after_pct >= threshold);
@@ -693,7 +727,7 @@ begin
                     'percent_used', round(after_pct, 2));
             end if;
         end loop;
-        states := states || tl_state_json(b, u, at);
+        states := states || tl_state_json(b, u, post_at);
     end loop;
 
     insert into tl_usage (tenant_id, usage_id, occurred_at, request_id, reservation_id, user_id, session_id,
@@ -714,7 +748,7 @@ begin
         'priced', cost is not null, 'method', p_method, 'budgets', states, 'alerts', alerts,
         'warnings', to_jsonb(warnings), 'occurred_at', at);
     if p_request_id is not null then
-        perform tl_remember_response(p_tenant, 'track', p_request_id, result);
+        perform tl_remember_response(p_tenant, coalesce(p_attr ->> 'user', ''), 'track', p_request_id, result);
     end if;
     return result;
 end $$;
@@ -735,7 +769,7 @@ declare
 begin
     select * into res from tl_reservation where tenant_id = p_tenant and reservation_id = p_reservation_id;
     -- A member may release only its own user's reservations; others look absent to it.
-    if not found or (p_user is not null and res.attribution ->> 'user' is distinct from p_user) then
+    if not found or (p_user is not null and coalesce(res.attribution ->> 'user', '') <> p_user) then
         raise exception 'reservation_id %: no such reservation in this tenant', p_reservation_id
             using errcode = 'TL404';
     end if;
@@ -749,9 +783,9 @@ begin
     end loop;
     select * into res from tl_reservation where tenant_id = p_tenant and reservation_id = p_reservation_id
        for update;
-    if res.status = 'settled' then
+    if res.settled_at is not null then
         raise exception 'reservation_id %: already settled at %; a settled reservation cannot be released',
-            p_reservation_id, res.finished_at using errcode = 'TL409';
+            p_reservation_id, res.settled_at using errcode = 'TL409';
     end if;
     with released as (
         update tl_reservation_hold h set released = true
@@ -772,6 +806,52 @@ begin
         'status', case when res.status <> 'active' then 'already_released'
                        when res.expires_at <= now_at then 'expired' else 'released' end,
         'released', freed);
+end $$;
+
+-- Give an active reservation a new expiry, now + p_ttl_seconds, keeping its holds: a long call (a stream)
+-- keeps what it was granted. Refused once the reservation is settled, released or past its expiry (its
+-- capacity may be someone else's by then). A member extends only its own user's reservations.
+create or replace function tl_extend(p_tenant text, p_reservation_id uuid, p_user text,
+                                     p_ttl_seconds double precision) returns jsonb
+language plpgsql
+set plan_cache_mode = force_generic_plan as $$
+declare
+    now_at timestamptz := clock_timestamp();
+    expires timestamptz := now_at + make_interval(secs => p_ttl_seconds);
+    res tl_reservation;
+    lock_keys record;
+    b tl_budget;
+    per tl_budget_period;
+begin
+    select * into res from tl_reservation where tenant_id = p_tenant and reservation_id = p_reservation_id;
+    if not found or (p_user is not null and coalesce(res.attribution ->> 'user', '') <> p_user) then
+        raise exception 'reservation_id %: no such reservation in this tenant', p_reservation_id
+            using errcode = 'TL404';
+    end if;
+    -- The hold rows' periods first (lock order): no check frees these holds while they are moved.
+    for lock_keys in
+        select h.budget_id, h.period_start from tl_reservation_hold h
+         where h.tenant_id = p_tenant and h.reservation_id = p_reservation_id and not h.released
+         order by 1, 2
+    loop
+        select * into b from tl_budget where tenant_id = p_tenant and budget_id = lock_keys.budget_id;
+        per := tl_lock_period(b, lock_keys.period_start);
+    end loop;
+    select * into res from tl_reservation where tenant_id = p_tenant and reservation_id = p_reservation_id
+       for update;
+    if res.settled_at is not null or res.status <> 'active' or res.expires_at <= now_at then
+        raise exception 'reservation_id %: %; only an active reservation can be extended (check_budget again)',
+            p_reservation_id,
+            case when res.settled_at is not null then format('already settled at %s', res.settled_at)
+                 when res.status = 'released' then format('already released at %s', res.finished_at)
+                 else format('already expired at %s', res.expires_at) end
+            using errcode = 'TL409';
+    end if;
+    update tl_reservation set expires_at = expires
+     where tenant_id = p_tenant and reservation_id = p_reservation_id;
+    update tl_reservation_hold set expires_at = expires
+     where tenant_id = p_tenant and reservation_id = p_reservation_id and not released;
+    return jsonb_build_object('reservation_id', p_reservation_id, 'expires_at', expires);
 end $$;
 
 -- Release up to p_limit reservations past their expiry (any tenant when p_tenant is null).

@@ -66,7 +66,7 @@ create table tl_rate_window (
     tenant_id    text        not null,
     budget_id    bigint      not null,
     window_start timestamptz not null,
-    tokens       bigint      not null default 0,
+    tokens       numeric     not null default 0,  -- numeric: no number of calls overflows it
     requests     bigint      not null default 0,
     primary key (tenant_id, budget_id, window_start),
     foreign key (tenant_id, budget_id) references tl_budget on delete cascade
@@ -86,8 +86,13 @@ create table tl_reservation (
     granted_output_tokens bigint      not null,
     estimated_cost_usd    numeric,
     attribution           jsonb       not null default '{}',
+    -- How the hold ended is `status`; whether the usage was recorded is settled_at and usage_id: an
+    -- expired or released reservation is still settled, once.
+    settled_at            timestamptz,
+    usage_id              uuid,
     primary key (tenant_id, reservation_id),
-    check (status in ('active', 'settled', 'released', 'expired'))
+    check (status in ('active', 'settled', 'released', 'expired')),
+    check (status <> 'settled' or settled_at is not null)
 );
 create index tl_reservation_active on tl_reservation (tenant_id, expires_at) where status = 'active';
 
@@ -147,15 +152,17 @@ create table tl_usage_default partition of tl_usage default;
 create index tl_usage_user on tl_usage (tenant_id, user_id, occurred_at);
 create index tl_usage_model on tl_usage (tenant_id, model, occurred_at);
 
--- Idempotency: the first answer to a request_id, returned to every replay.
+-- Idempotency: the first answer to a request_id, returned to every replay. Keys are scoped per
+-- (tenant, user): one user's key never replays another's answer ('' for calls without a user).
 create table tl_request (
     tenant_id    text        not null,
+    user_id      text        not null default '',
     kind         text        not null,
     request_id   text        not null,
     request_hash text        not null,
     response     jsonb,
     created_at   timestamptz not null default now(),
-    primary key (tenant_id, kind, request_id)
+    primary key (tenant_id, user_id, kind, request_id)
 );
 
 -- Decisions worth showing later: denials, and what shadow or soft budgets would have denied.
@@ -270,12 +277,12 @@ create table tl_usage_daily (
     provider                    text,
     model                       text    not null,
     requests                    bigint  not null,
-    input_tokens                bigint  not null,
-    output_tokens               bigint  not null,
-    cache_read_input_tokens     bigint  not null,
-    cache_creation_input_tokens bigint  not null,
-    reasoning_output_tokens     bigint  not null,
-    total_tokens                bigint  not null,
+    input_tokens                numeric not null,  -- token sums are numeric: they cannot overflow
+    output_tokens               numeric not null,
+    cache_read_input_tokens     numeric not null,
+    cache_creation_input_tokens numeric not null,
+    reasoning_output_tokens     numeric not null,
+    total_tokens                numeric not null,
     cost_usd                    numeric not null,
     unpriced_requests           bigint  not null,
     errors                      bigint  not null

@@ -35,6 +35,7 @@ LEDGER_MODULES = {
     "test_concurrency",
     "test_faults",
     "test_ledger_model",
+    "test_ledger_edges",
     "test_migrations",
     "test_alerts",
     "test_schedules",

@@ -29,7 +29,7 @@ import anyio
 
 from tokenledger.ledger import Ledger
 from tokenledger.store import Store
-from tokenledger.types import CheckRequest, TrackRequest
+from tokenledger.types import MIN_TTL_SECONDS, CheckRequest, TrackRequest
 
 
 async def _wait_for(path: Path) -> None:
@@ -93,7 +93,7 @@ def _say(line: str) -> None:
 async def _traffic_loop(ledger: Ledger, model: str, worker: int) -> None:
     for n in range(10**9):
         check = await ledger.check_budget(
-            CheckRequest(model=model, input_tokens=10, max_output_tokens=10, ttl_seconds=1)
+            CheckRequest(model=model, input_tokens=10, max_output_tokens=10, ttl_seconds=MIN_TTL_SECONDS)
         )
         if not check.allowed:
             await anyio.sleep(0.05)

@@ -4,13 +4,15 @@ It answers `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthrop
 wire format, as JSON or as a server-sent event stream, with the usage numbers it is configured with,
 and records every request it receives (so a test can assert that no provider call was made).
 `drop_after=N` makes a stream stop after N content events without finishing its chunked body, as a
-dropped connection does. Run as a script, it serves until interrupted and prints its base URL.
+dropped connection does; `delay` paces a stream's events (a long stream). Run as a script, it serves
+until interrupted and prints its base URL.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -55,6 +57,7 @@ class Behaviour:
     openai_usage: OpenAIUsage = field(default_factory=OpenAIUsage)
     anthropic_usage: AnthropicUsage = field(default_factory=AnthropicUsage)
     drop_after: int | None = None  # streams: stop after this many content events, body unfinished
+    delay: float = 0.0  # streams: seconds before each event
     status: int = 200  # a non-200 status answers with the provider's error body
 
     @property
@@ -274,6 +277,7 @@ def _handler(standin: ProviderStandin) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             content_events = 0
             for name, data in events:
+                time.sleep(standin.behaviour.delay)
                 text = (f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n"
                 self._chunk(text.encode())
                 if _is_content(data):

@@ -157,7 +157,7 @@ async def seed(ledger: Ledger) -> None:
         (0, "cy", "support", HOSTILE_MODEL, 1_000, 500),
     ]
     for days_ago, user, project, model, input_tokens, output_tokens in calls:
-        await ledger.track_usage(
+        await ledger.import_usage(  # some are older than direct usage may be dated
             TrackRequest(
                 model=model,
                 user=user,

@@ -27,12 +27,12 @@ from psycopg.rows import dict_row
 from tokenledger.errors import StoreUnavailable
 from tokenledger.ledger import Ledger
 from tokenledger.store import Store
-from tokenledger.types import BudgetSpec, CheckRequest, CountRequest, TrackRequest
+from tokenledger.types import MIN_TTL_SECONDS, BudgetSpec, CheckRequest, CountRequest, TrackRequest
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 WORKER = Path(__file__).with_name("ledger_worker.py")
-TTL_SECONDS = 1
+TTL_SECONDS = MIN_TTL_SECONDS  # what tests/ledger_worker.py's traffic reserves with
 T = TypeVar("T")
 
 
@@ -129,7 +129,7 @@ async def test_a_killed_client_loses_no_settled_usage_and_its_holds_expire(
     assert period["overage"] == 0
     assert period["reserved"] > 0, "the killed client held no reservation: the test proved nothing"
 
-    # Its holds expire: 1.5 s after its last backend left, every hold (ttl 1 s) is past expiry.
+    # Its holds expire: TTL + 0.5 s after its last backend left, every hold is past expiry.
     await anyio.sleep(gone_at + TTL_SECONDS + 0.5 - time.monotonic())
     assert await ledger.expire_reservations() > 0
     period = (await fetch(dsn, "select committed, reserved from tl_budget_period"))[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ from tests.provider_standin import ProviderStandin
 from tokenledger.errors import BudgetExceeded, Conflict
 from tokenledger.integrations import SyncLedger, Usage, guard, metered, usage_from
 from tokenledger.ledger import Ledger
-from tokenledger.types import BudgetSpec, CheckResult, CountRequest, UsageQuery
+from tokenledger.types import MIN_TTL_SECONDS, BudgetSpec, CheckResult, CountRequest, UsageQuery
 
 pytestmark = pytest.mark.anyio
 
@@ -132,6 +133,37 @@ async def test_a_partial_grant_lowers_max_output_tokens(ledger: Ledger) -> None:
         assert grant.check.decision == "partial" and grant.max_output_tokens == 600
         await grant.record(output_tokens=600)
     assert await state(ledger) == (1000, 0)
+
+
+async def test_a_guarded_stream_longer_than_its_ttl_keeps_its_reservation(ledger: Ledger) -> None:
+    """A stream from the provider stand-in outlasts the shortest TTL; calling keep_alive() as it flows
+    extends the reservation each time half its TTL has passed, so the sweeper frees nothing of it and the
+    settle finds it still active."""
+    import httpx
+
+    await ledger.set_budget(budget(limit=1000))
+    with ProviderStandin() as provider:
+        provider.behaviour.delay = 0.9  # 7 events: about 6.3 s, past the 5 s TTL
+        async with guard(
+            ledger, model=MODEL, messages=MESSAGES, max_output_tokens=300, ttl_seconds=MIN_TTL_SECONDS
+        ) as grant:
+            granted_until = grant.expires_at
+            body = {"model": MODEL, "stream": True, "stream_options": {"include_usage": True}}
+            usage = None
+            async with (
+                httpx.AsyncClient(timeout=30) as http,
+                http.stream("POST", f"{provider.openai_base_url}/chat/completions", json=body) as response,
+            ):
+                async for line in response.aiter_lines():
+                    await grant.keep_alive()
+                    if line.startswith("data: {") and '"usage"' in line:
+                        usage = json.loads(line.removeprefix("data: "))["usage"]
+            assert await ledger.expire_reservations() == 0
+            assert await state(ledger) == (0, grant.input_tokens + 300)
+            assert granted_until is not None and grant.expires_at is not None
+            assert grant.expires_at > granted_until
+            tracked = await grant.settle(usage)
+    assert tracked.warnings == [] and await state(ledger) == (70, 0)
 
 
 def test_usage_from_maps_each_providers_fields() -> None:

@@ -12,7 +12,7 @@ from tests.provider_standin import ProviderStandin
 from tokenledger.errors import BudgetExceeded
 from tokenledger.integrations import SyncLedger
 from tokenledger.ledger import Ledger
-from tokenledger.types import BudgetSpec, CountRequest, UsageQuery
+from tokenledger.types import MIN_TTL_SECONDS, BudgetSpec, CountRequest, UsageQuery
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
@@ -118,6 +118,24 @@ async def test_openai_stream_settles_from_the_usage_chunk(
     received = [chunk async for chunk in stream]
     assert received[-1].usage.prompt_tokens == 40  # asked for by the caller: passed on
     assert await state(ledger) == (140, 0)
+
+
+async def test_a_long_openai_stream_extends_its_reservation(
+    ledger: Ledger, provider: ProviderStandin, async_openai: Any
+) -> None:
+    """A stream that outlasts the shortest TTL: the wrapper extends the reservation as events arrive,
+    so it is still active when the stream settles it (no expiry, no warning)."""
+    await ledger.set_budget(budget())
+    provider.behaviour.delay = 0.9  # 7 events: about 6.3 s, past the 5 s TTL
+    client = async_openai(ttl_seconds=MIN_TTL_SECONDS)
+    stream = await client.chat.completions.create(model=GPT, messages=MESSAGES, max_tokens=200, stream=True)
+    async with stream:
+        received = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in received) == provider.behaviour.text
+    tracked = stream.grant.tracked
+    assert tracked is not None and tracked.warnings == []
+    rows = await ledger.store._fetch_rows("select status from tl_reservation", ())
+    assert rows == [{"status": "settled"}] and await state(ledger) == (70, 0)
 
 
 async def test_openai_stream_cut_after_three_chunks_settles_what_was_used(

@@ -191,6 +191,7 @@ async def seed(client: Client) -> dict[str, dict[str, Any]]:
         "check_budget": {"model": "gpt-4o", "input_tokens": 100, "max_output_tokens": 50, "team": "a"},
         "track_usage": {"model": "gpt-4o", "input_tokens": 10, "output_tokens": 5, "user": "alice"},
         "release": {"reservation_id": reservation},
+        "extend_reservation": {"reservation_id": reservation, "ttl_seconds": 60},
         "report": {"view": "usage", "group_by": ["user"]},
         "manage_budget": {"action": "list"},
         "manage_schedule": {"action": "list"},

@@ -28,6 +28,7 @@ TOOLS = {
     "check_budget",
     "track_usage",
     "release",
+    "extend_reservation",
     "report",
     "manage_budget",
     "manage_schedule",
@@ -142,12 +143,16 @@ async def test_the_whole_flow(ledger: Ledger) -> None:
         assert header.startswith('"name","scope","unit","limit"')
         assert row.startswith('"monthly","global","tokens","100000')
 
-        # An aborted call gives its reservation back.
+        # A long call extends its reservation; an aborted one gives it back.
         held = await session.ok("check_budget", model="gpt-4o", input_tokens=10, max_output_tokens=10)
+        kept = await session.ok("extend_reservation", reservation_id=held["reservation_id"], ttl_seconds=900)
+        assert kept["reservation_id"] == held["reservation_id"] and kept["expires_at"] > held["expires_at"]
         released = await session.ok("release", reservation_id=held["reservation_id"])
         assert released["status"] == "released"
         again = await session.ok("release", reservation_id=held["reservation_id"])
         assert again["status"] == "already_released"
+        refused = await session.refused("extend_reservation", reservation_id=held["reservation_id"])
+        assert "already released" in refused
 
         fitted = await session.ok(
             "fit_messages",
@@ -251,6 +256,12 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("prices", {"action": "get", "model": "no-such-model-xyz"}, "model"),
     ("fit_messages", {"model": "gpt-4o"}, "messages"),
     ("release", {"reservation_id": "00000000-0000-0000-0000-000000000000"}, "reservation_id"),
+    ("extend_reservation", {"reservation_id": "00000000-0000-0000-0000-000000000000"}, "reservation_id"),
+    (
+        "extend_reservation",
+        {"reservation_id": "00000000-0000-0000-0000-000000000000", "ttl_seconds": 1},
+        "ttl_seconds",
+    ),
 ]
 
 

@@ -17,7 +17,7 @@ async def test_prune_drops_old_partitions_and_keeps_totals(ledger: Ledger) -> No
     old = datetime.now(UTC) - timedelta(days=150)
     await ledger.store._fetch_rows("select tl_ensure_usage_partitions(%s, 0) as created", (old,))
     for user, model, tokens in (("ana", "gpt-4o", 100), ("ana", "gpt-4o-mini", 50), ("bo", "gpt-4o", 7)):
-        await ledger.track_usage(
+        await ledger.import_usage(
             TrackRequest(model=model, input_tokens=tokens, output_tokens=tokens, user=user, occurred_at=old)
         )
     await ledger.track_usage(TrackRequest(model="gpt-4o", input_tokens=1, output_tokens=1, user="ana"))

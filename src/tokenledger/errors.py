@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Sequence
 
 
@@ -51,6 +53,25 @@ class PermissionDenied(TokenLedgerError, PermissionError):
 
 class StoreUnavailable(TokenLedgerError):
     """PostgreSQL cannot be reached; checks fail closed until it returns."""
+
+
+class InternalError(TokenLedgerError):
+    """Something unforeseen failed. The server logged it, with its traceback, under `error_id`; the
+    message carries the same id and nothing else of it (no SQL, no internals)."""
+
+    def __init__(self, error_id: str) -> None:
+        self.error_id = error_id
+        super().__init__(
+            f"internal error {error_id}: the ledger could not complete this call; "
+            "the server logged it under this id"
+        )
+
+
+def internal_error(log: logging.Logger, error: BaseException, doing: str) -> InternalError:
+    """Log an unforeseen `error` (with its traceback) under a new id; the InternalError to raise."""
+    error_id = secrets.token_hex(6)
+    log.error("internal error %s while %s: %s", error_id, doing, error, exc_info=error)
+    return InternalError(error_id)
 
 
 class BudgetExceeded(TokenLedgerError):

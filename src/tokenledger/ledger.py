@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import secrets
+import statistics
 import time
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,9 @@ from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, Unknown
 from tokenledger.settings import Settings
 from tokenledger.store import Store, resolve_dsn
 from tokenledger.types import (
+    CLOCK_SKEW,
+    MAX_BACKDATE,
+    MAX_IMPORT_AGE,
     MAX_METADATA_BYTES,
     Attribution,
     Budget,
@@ -39,6 +43,8 @@ from tokenledger.types import (
     CheckResult,
     CountRequest,
     CountResult,
+    ExtendRequest,
+    ExtendResult,
     FitRequest,
     FitResult,
     GroupKey,
@@ -67,9 +73,13 @@ SCOPE_KINDS = ("team", "project", "user", "session", "feature", "endpoint")
 CLEARABLE_BUDGET_FIELDS = frozenset(
     {"hard_limit", "priority_shares", "rollover_cap", "tokens_per_minute", "requests_per_minute"}
 )
-# Estimates are calibrated from the provider's reported usage once a model has this many settled calls;
-# the factor is kept this long per process, and held within these bounds.
+# Estimates are calibrated from the provider's reported usage, one user one vote: a user's ratio is the
+# median of reported / estimated input over its latest settled calls (counted once it has MIN_CALLS). A
+# caller with a ratio uses its own; else the tenant's is the median of at least MIN_USERS users' ratios;
+# else there is none. No single user's reports move another user's estimates outside what the others
+# report. The per-user ratios are kept this long per process, the factor held within these bounds.
 CALIBRATION_MIN_CALLS = 5
+CALIBRATION_MIN_USERS = 3
 CALIBRATION_TTL_SECONDS = 300.0
 CALIBRATION_BOUNDS = (0.5, 3.0)
 # Texts above this are counted in a worker thread; below it the hand-off costs more than the count.
@@ -114,7 +124,8 @@ class Ledger:
         self.store = store
         self.catalog = catalog or Catalog()
         self.counter = counter or tokens.TokenCounter()
-        self._calibration: dict[tuple[str, str], tuple[float | None, float]] = {}
+        # (tenant, model) -> (per-user ratios, when they go stale): each user's factor derives from them.
+        self._calibration: dict[tuple[str, str], tuple[dict[str, list[Decimal]], float]] = {}
         self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
 
     @classmethod
@@ -295,7 +306,7 @@ class Ledger:
             input_tokens, method = count.tokens, count.method
             if method == "estimate":
                 counted = input_tokens  # kept raw, so later calibration compares like with like
-                if factor := await self.estimate_factor(model.name, principal):
+                if factor := await self.estimate_factor(model.name, principal, user=attribution.get("user")):
                     input_tokens = math.ceil(input_tokens * factor)
         started = time.perf_counter()
         answer = await self.store.check(
@@ -332,21 +343,22 @@ class Ledger:
             )
         return result
 
-    async def estimate_factor(self, model: str, principal: Principal | None = None) -> float | None:
-        """How this tenant's provider-reported input for `model` compares with our pre-flight estimates
-        (actual / estimated over its latest settled calls), or None until there are enough calls."""
+    async def estimate_factor(
+        self, model: str, principal: Principal | None = None, *, user: str | None = None
+    ) -> float | None:
+        """How the provider-reported input for `model` compares with our pre-flight estimates, for `user`
+        (a member's own; default the principal's): its own ratio once it has enough settled calls, else
+        the median over enough other users, else None. See CALIBRATION_MIN_CALLS."""
         principal = principal or Principal()
+        if principal.role == "member" or user is None:
+            user = principal.user
         key = (principal.tenant_id, model)
         cached = self._calibration.get(key)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        seen = await self.store.estimate_calibration(tenant=principal.tenant_id, model=model)
-        factor = None
-        if seen["calls"] >= CALIBRATION_MIN_CALLS and seen["estimated"] > 0:
-            low, high = CALIBRATION_BOUNDS
-            factor = round(min(max(seen["actual"] / seen["estimated"], low), high), 4)
-        self._calibration[key] = (factor, time.monotonic() + CALIBRATION_TTL_SECONDS)
-        return factor
+        if cached is None or cached[1] <= time.monotonic():
+            ratios = await self.store.estimate_calibration(tenant=principal.tenant_id, model=model)
+            cached = (ratios, time.monotonic() + CALIBRATION_TTL_SECONDS)
+            self._calibration[key] = cached
+        return calibration_factor(cached[0], user or "")
 
     def _context_warnings(self, model: ModelInfo, input_tokens: int, max_output: int) -> list[str]:
         if model.context_window and input_tokens + max_output > model.context_window:
@@ -375,8 +387,30 @@ class Ledger:
         return cheaper.name if cheaper else None
 
     async def track_usage(self, request: TrackRequest, principal: Principal | None = None) -> TrackResult:
-        """Record a call's usage (settling its reservation if given); a replayed request_id counts once."""
+        """Record a call's usage (settling its reservation if given); a replayed request_id counts once.
+
+        Direct usage is dated at most MAX_BACKDATE back and CLOCK_SKEW ahead; a settle counts in its
+        reservation's periods, and its occurred_at must fall within the reservation's lifetime."""
         principal = principal or Principal()
+        if request.reservation_id is None and request.occurred_at is not None:
+            _check_occurred_at(request.occurred_at, MAX_BACKDATE, "direct usage")
+        return await self._track(request, principal)
+
+    async def import_usage(self, request: TrackRequest, principal: Principal | None = None) -> TrackResult:
+        """Record usage that happened up to MAX_IMPORT_AGE ago (admins: history from another system). It
+        posts to the budgets' periods of its own time, as direct usage does."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "import usage")
+        if request.reservation_id is not None:
+            raise InvalidInput(
+                "reservation_id", request.reservation_id, "imported usage settles none; use track_usage"
+            )
+        if request.occurred_at is None:
+            raise InvalidInput("occurred_at", None, "imported usage needs the time it happened")
+        _check_occurred_at(request.occurred_at, MAX_IMPORT_AGE, "imported usage")
+        return await self._track(request, principal)
+
+    async def _track(self, request: TrackRequest, principal: Principal) -> TrackResult:
         attribution = self._attribution(request, principal, action="track usage")
         metadata_json = json.dumps(request.metadata, default=str)
         if len(metadata_json) > MAX_METADATA_BYTES:
@@ -417,6 +451,8 @@ class Ledger:
             occurred_at=request.occurred_at,
             estimated_input_tokens=None,
             prompt_hash=request.prompt_hash or reports.prompt_hash(request.input_text),
+            member_user=_member_user(principal),
+            clock_skew=CLOCK_SKEW,
         )
         result = TrackResult.model_validate(answer)
         result.budgets = _visible_states(principal, result.budgets)
@@ -458,11 +494,23 @@ class Ledger:
         principal = principal or Principal()
         self._require(principal, ("admin", "member"), "release reservations")
         answer = await self.store.release(
-            tenant=principal.tenant_id,
-            reservation_id=reservation_id,
-            user=principal.user if principal.role == "member" else None,
+            tenant=principal.tenant_id, reservation_id=reservation_id, user=_member_user(principal)
         )
         return ReleaseResult.model_validate(answer)
+
+    async def extend_reservation(
+        self, request: ExtendRequest, principal: Principal | None = None
+    ) -> ExtendResult:
+        """Give an active reservation a new expiry, now + ttl_seconds, keeping its holds (a long call)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "extend reservations")
+        answer = await self.store.extend(
+            tenant=principal.tenant_id,
+            reservation_id=request.reservation_id,
+            user=_member_user(principal),
+            ttl_seconds=request.ttl_seconds,
+        )
+        return ExtendResult.model_validate(answer)
 
     async def expire_reservations(self, limit: int = 500) -> int:
         """Release every reservation past its expiry (all tenants); returns how many."""
@@ -1100,6 +1148,40 @@ def _given_budget_fields(spec: BudgetSpec | BudgetChange) -> dict[str, Any]:
     """The budget fields a caller gave, as JSON values: a null clears only a clearable field."""
     given = spec.model_dump(mode="json", include=spec.model_fields_set)
     return {k: v for k, v in given.items() if v is not None or k in CLEARABLE_BUDGET_FIELDS}
+
+
+def _member_user(principal: Principal) -> str | None:
+    """The user a member acts for ('' for one bound to none), whose reservations alone it may touch;
+    None for an admin."""
+    return (principal.user or "") if principal.role == "member" else None
+
+
+def _check_occurred_at(occurred_at: datetime, max_age: timedelta, what: str) -> None:
+    now = datetime.now(UTC)
+    if not now - max_age <= occurred_at <= now + CLOCK_SKEW:
+        raise InvalidInput(
+            "occurred_at",
+            occurred_at.isoformat(),
+            f"{what} is dated at most {max_age.days} days back and {CLOCK_SKEW.seconds // 60} minutes ahead "
+            f"of now ({now.isoformat(timespec='seconds')})"
+            + ("; an admin imports older usage with import_usage" if max_age == MAX_BACKDATE else ""),
+        )
+
+
+def calibration_factor(ratios: dict[str, list[Decimal]], user: str) -> float | None:
+    """The factor for `user`'s estimates from each user's ratios (newest first): its own median once it
+    has CALIBRATION_MIN_CALLS of them, else the median of at least CALIBRATION_MIN_USERS users' medians
+    (one vote each), else None; held within CALIBRATION_BOUNDS."""
+    own = ratios.get(user, [])
+    if len(own) >= CALIBRATION_MIN_CALLS:
+        ratio = statistics.median(own)
+    else:
+        votes = [statistics.median(r) for r in ratios.values() if len(r) >= CALIBRATION_MIN_CALLS]
+        if len(votes) < CALIBRATION_MIN_USERS:
+            return None
+        ratio = statistics.median(votes)
+    low, high = CALIBRATION_BOUNDS
+    return round(min(max(float(ratio), low), high), 4)
 
 
 def _validate_timezone(name: str, field: str, known: Collection[str]) -> None:

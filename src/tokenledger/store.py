@@ -14,7 +14,7 @@ import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from importlib import resources
@@ -37,6 +37,7 @@ from tokenledger.errors import (
     ReportTimeout,
     StoreUnavailable,
     TokenLedgerError,
+    internal_error,
 )
 from tokenledger.secrets import resolve_secret
 from tokenledger.settings import ReportLimits, Settings
@@ -110,7 +111,8 @@ def _translate(error: psycopg.Error) -> TokenLedgerError:
         return StoreUnavailable(
             f"PostgreSQL is unavailable: {message.strip()}; nothing was granted or recorded"
         )
-    return TokenLedgerError(f"database error {state}: {message}")
+    # Unforeseen: logged here with an id; the caller's message carries only the id.
+    return internal_error(log, error, f"calling PostgreSQL (SQLSTATE {state or 'none'})")
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -387,10 +389,15 @@ class Store:
         occurred_at: datetime | None,
         estimated_input_tokens: int | None,
         prompt_hash: str | None = None,
+        member_user: str | None = None,
+        clock_skew: timedelta = timedelta(0),
     ) -> dict[str, Any]:
+        """Record a usage (settling its reservation). `member_user`: a member's user, who may settle only
+        its own reservations; `clock_skew`: how far a settle's occurred_at may stray from its reservation's
+        lifetime."""
         return dict(
             await self._fetch_json(
-                f"select tl_track({', '.join(['%s'] * 22)})",
+                f"select tl_track({', '.join(['%s'] * 24)})",
                 (
                     tenant,
                     request_id,
@@ -414,6 +421,8 @@ class Store:
                     occurred_at,
                     estimated_input_tokens,
                     prompt_hash,
+                    member_user,
+                    clock_skew,
                 ),
                 retry_safe=request_id is not None,
             )
@@ -423,6 +432,18 @@ class Store:
         return dict(
             await self._fetch_json(
                 "select tl_release(%s, %s, %s)", (tenant, reservation_id, user), retry_safe=True
+            )
+        )
+
+    async def extend(
+        self, *, tenant: str, reservation_id: str, user: str | None, ttl_seconds: float
+    ) -> dict[str, Any]:
+        """A new expiry (now + ttl) for an active reservation; `user`: a member's (extends its own only)."""
+        return dict(
+            await self._fetch_json(
+                "select tl_extend(%s, %s, %s, %s)",
+                (tenant, reservation_id, user, ttl_seconds),
+                retry_safe=True,
             )
         )
 
@@ -499,11 +520,16 @@ class Store:
 
     # --- usage ------------------------------------------------------------------------------------
 
-    async def estimate_calibration(self, *, tenant: str, model: str, calls: int = 200) -> dict[str, int]:
-        """Provider-reported input tokens against our raw (uncalibrated) counts over the model's latest
-        settled calls: `actual`, `estimated` and `calls`."""
-        rows = await self._fetch_rows(_CALIBRATION, {"tenant": tenant, "model": model, "calls": calls})
-        return {key: int(value) for key, value in rows[0].items()}
+    async def estimate_calibration(
+        self, *, tenant: str, model: str, calls_per_user: int = 50, window: int = 2_000
+    ) -> dict[str, list[Decimal]]:
+        """Per user ('' for calls without one): provider-reported input / our raw (uncalibrated) count, for
+        each of its latest `calls_per_user` settled calls among the model's latest `window` in the tenant."""
+        rows = await self._fetch_rows(
+            _CALIBRATION,
+            {"tenant": tenant, "model": model, "calls": calls_per_user, "window": window},
+        )
+        return {row["user_id"]: list(row["ratios"]) for row in rows}
 
     async def prune_usage(self, *, before: datetime) -> dict[str, Any]:
         """Roll up and drop every monthly usage partition that ends before `before`."""
@@ -1127,19 +1153,26 @@ select b.name, coalesce(case when b.unit = 'tokens' then u.tokens else u.usd end
  where b.tenant_id = %(tenant)s
 """
 
-# Settled calls of one model, newest first: what the provider reported against the pre-flight estimate.
+# The model's latest settled calls in the tenant (a bounded window, read newest first through
+# tl_usage_model): per user, the ratio of the input the provider reported to the raw pre-flight count, for
+# each of the user's latest calls.
 _CALIBRATION = """
-select coalesce(sum(u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens), 0) as actual,
-       coalesce(sum(r.counted_input_tokens), 0) as estimated,
-       count(*) as calls
-  from (select reservation_id, input_tokens, cache_read_input_tokens, cache_creation_input_tokens
-          from tl_usage
-         where tenant_id = %(tenant)s and model = %(model)s and reservation_id is not null
-           and status = 'success'
-         order by occurred_at desc
-         limit %(calls)s) u
-  join tl_reservation r on r.tenant_id = %(tenant)s and r.reservation_id = u.reservation_id
- where r.counted_input_tokens > 0
+select user_id, array_agg(ratio order by occurred_at desc) as ratios
+  from (select coalesce(u.user_id, '') as user_id, u.occurred_at,
+               (u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens)::numeric
+               / r.counted_input_tokens as ratio,
+               row_number() over (partition by coalesce(u.user_id, '') order by u.occurred_at desc) as nth
+          from (select reservation_id, user_id, occurred_at, input_tokens, cache_read_input_tokens,
+                       cache_creation_input_tokens
+                  from tl_usage
+                 where tenant_id = %(tenant)s and model = %(model)s and reservation_id is not null
+                   and status = 'success'
+                 order by occurred_at desc
+                 limit %(window)s) u
+          join tl_reservation r on r.tenant_id = %(tenant)s and r.reservation_id = u.reservation_id
+         where r.counted_input_tokens > 0) c
+ where nth <= %(calls)s
+ group by user_id
 """
 
 _SCHEMA_SIGNATURE = """

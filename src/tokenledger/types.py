@@ -21,6 +21,7 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
@@ -60,8 +61,26 @@ ReservationId = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
 PROMPT_HASH_PATTERN = r"^[0-9a-f]{64}$"
 PromptHash = Annotated[str, StringConstraints(pattern=PROMPT_HASH_PATTERN)]
 BudgetName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
-NonNegativeInt = Annotated[int, Field(ge=0, le=2**53)]
+# What the ledger can hold. One call's token count per field: 10^12 is 100,000 times the largest context
+# window, and four such fields still sum far inside bigint (per-call counts are bigint columns; every sum
+# across calls is numeric). Budget limits: 10^15 tokens, $10^12.
+MAX_TOKENS = 10**12
+MAX_TOKEN_LIMIT = 10**15
+MAX_USD_LIMIT = 10**12
+NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Money = Annotated[Decimal, _plain, Field(ge=0, max_digits=38, decimal_places=18)]
+
+# A reservation lives 5 s to a day: shorter would let a stream of instant expiries hold nothing while
+# calls still run; a long call extends its reservation instead of asking for hours up front.
+MIN_TTL_SECONDS = 5
+MAX_TTL_SECONDS = 86_400
+TtlSeconds = Annotated[float, Field(ge=MIN_TTL_SECONDS, le=MAX_TTL_SECONDS)]
+# When usage happened: direct usage at most MAX_BACKDATE ago, never more than CLOCK_SKEW ahead; a settle
+# between its reservation's creation and now (give or take CLOCK_SKEW). An admin imports older usage
+# (Ledger.import_usage) back to MAX_IMPORT_AGE.
+MAX_BACKDATE = timedelta(days=7)
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_IMPORT_AGE = timedelta(days=731)
 
 _DURATION = re.compile(r"^(\d{1,6})(s|m|h|d|w)$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -355,6 +374,15 @@ class BudgetSpec(Model):
     requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
     unpriced_policy: Literal["deny", "allow"] = "deny"
 
+    @field_validator("limit", "hard_limit", "rollover_cap")
+    @classmethod
+    def _within_what_the_ledger_holds(cls, value: Decimal | None, info: ValidationInfo) -> Decimal | None:
+        unit = info.data.get("unit", "tokens")
+        bound = MAX_TOKEN_LIMIT if unit == "tokens" else MAX_USD_LIMIT
+        if value is not None and value > bound:
+            raise ValueError(f"at most {bound:,} for a {unit} budget")
+        return value
+
 
 class BudgetChange(Model):
     """A `set` that names only what changes. A field left out (or `null` where a value is required) keeps
@@ -427,7 +455,7 @@ class CheckRequest(Attribution):
     priority: Priority = "medium"
     reserve: bool = True
     allow_partial: bool = False
-    ttl_seconds: Annotated[float, Field(gt=0, le=86_400)] = 600
+    ttl_seconds: TtlSeconds = 600
     request_id: RequestId | None = None
     prompt_hash: PromptHash | None = None  # default: hashed from text or messages
 
@@ -504,6 +532,18 @@ class ReleaseResult(Model):
     reservation_id: str
     status: Literal["released", "already_released", "expired"]
     released: Amount = Decimal(0)
+
+
+class ExtendRequest(Model):
+    """A new expiry for an active reservation: now + ttl_seconds; its holds stay."""
+
+    reservation_id: ReservationId
+    ttl_seconds: TtlSeconds = 600
+
+
+class ExtendResult(Model):
+    reservation_id: str
+    expires_at: datetime
 
 
 # --- prices ------------------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from tokenledger.errors import TokenLedgerError
+from tokenledger.errors import TokenLedgerError, internal_error
 from tokenledger.types import explain_validation_error
 
 # Each module exposes `register(subparsers)`, which adds its commands and sets `handler`
@@ -51,3 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # a bug: logged with its traceback under an id, which the message names
+        failure = internal_error(logging.getLogger("tokenledger.cli"), error, f"running {args.command}")
+        print(f"tokenledger: {failure}", file=sys.stderr)
+        return 1

@@ -9,14 +9,18 @@ The same `guard(...)` works as `with` from sync code when given a `SyncLedger`, 
 `BudgetExceeded` carrying the `CheckResult`, before any call is made. A body that raises releases the
 reservation. A body that ends without settling is settled with the counted input and 0 output tokens
 (`on_exit="settle_input"`, the default: the call was most likely made) or released (`on_exit="release"`).
+A long call keeps its reservation with `grant.keep_alive()`, which extends it once more than half its TTL
+has passed (the SDK wrappers' streams call it on every event).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from types import TracebackType
@@ -26,7 +30,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from tokenledger.errors import BudgetExceeded, Conflict, InvalidInput
+from tokenledger.errors import BudgetExceeded, Conflict, InvalidInput, TokenLedgerError
 from tokenledger.ledger import Ledger
 from tokenledger.settings import Settings
 from tokenledger.types import (
@@ -36,6 +40,8 @@ from tokenledger.types import (
     ChatMessage,
     CheckRequest,
     CheckResult,
+    ExtendRequest,
+    ExtendResult,
     Principal,
     Priority,
     ReleaseResult,
@@ -56,6 +62,8 @@ __all__ = [
     "guard",
     "usage_from",
 ]
+
+log = logging.getLogger("tokenledger.integrations")
 
 T = TypeVar("T")
 OnExit = Literal["settle_input", "release"]
@@ -147,7 +155,7 @@ def usage_from(source: object) -> Usage:
 
 
 class LedgerCalls(Protocol):
-    """The three `Ledger` methods a guard needs; `Ledger` itself is one."""
+    """The `Ledger` methods a guard needs; `Ledger` itself is one."""
 
     async def check_budget(
         self, request: CheckRequest, principal: Principal | None = None
@@ -156,6 +164,10 @@ class LedgerCalls(Protocol):
     async def track_usage(self, request: TrackRequest, principal: Principal | None = None) -> TrackResult: ...
 
     async def release(self, reservation_id: str, principal: Principal | None = None) -> ReleaseResult: ...
+
+    async def extend_reservation(
+        self, request: ExtendRequest, principal: Principal | None = None
+    ) -> ExtendResult: ...
 
 
 class _ThroughPortal:
@@ -172,6 +184,11 @@ class _ThroughPortal:
 
     async def release(self, reservation_id: str, principal: Principal | None = None) -> ReleaseResult:
         return await anyio.to_thread.run_sync(self._sync.release, reservation_id, principal)
+
+    async def extend_reservation(
+        self, request: ExtendRequest, principal: Principal | None = None
+    ) -> ExtendResult:
+        return await anyio.to_thread.run_sync(self._sync.extend_reservation, request, principal)
 
 
 def async_calls(ledger: Ledger | SyncLedger | LedgerCalls) -> LedgerCalls:
@@ -198,6 +215,7 @@ class Grant:
         self.tracked: TrackResult | None = None
         self.released: ReleaseResult | None = None
         self._done = False
+        self._held_since = time.monotonic()  # when the reservation's current TTL began (or a little after)
 
     @property
     def reservation_id(self) -> str | None:
@@ -217,6 +235,44 @@ class Grant:
     def settled(self) -> bool:
         """Whether the grant is finished: settled, recorded or released."""
         return self._done
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the reservation expires unless settled, released or extended first."""
+        return self.check.expires_at
+
+    @property
+    def extension_due(self) -> bool:
+        """Whether more than half the reservation's TTL has passed since it was granted or last extended."""
+        return (
+            self.reservation_id is not None
+            and not self._done
+            and time.monotonic() - self._held_since > self._spec.ttl_seconds / 2
+        )
+
+    async def extend(self) -> ExtendResult:
+        """Keep the reservation (its holds) for another `ttl_seconds` from now: a long call's."""
+        if self.reservation_id is None or self._done:
+            raise Conflict(f"reservation {self.reservation_id}: this grant holds no active reservation")
+        asked_at = time.monotonic()
+        extended = await self._ledger.extend_reservation(
+            ExtendRequest(reservation_id=self.reservation_id, ttl_seconds=self._spec.ttl_seconds),
+            self._principal,
+        )
+        self._held_since = asked_at
+        self.check = self.check.model_copy(update={"expires_at": extended.expires_at})
+        return extended
+
+    async def keep_alive(self) -> None:
+        """Extend the reservation if more than half its TTL has passed; call it as a long call progresses.
+        A refusal is logged, not raised: the call goes on, and its settle still records the usage."""
+        if not self.extension_due:
+            return
+        try:
+            await self.extend()
+        except TokenLedgerError as error:
+            self._held_since = time.monotonic()  # retry after another half TTL, not on every event
+            log.warning("could not extend reservation %s: %s", self.reservation_id, error)
 
     async def settle(
         self,
@@ -355,6 +411,15 @@ class SyncGrant:
 
     def release(self) -> ReleaseResult | None:
         return self._portal.call(self.grant.release)
+
+    def extend(self) -> ExtendResult:
+        """Keep the reservation for another `ttl_seconds` from now; see `Grant.extend`."""
+        return self._portal.call(self.grant.extend)
+
+    def keep_alive(self) -> None:
+        """Extend the reservation if more than half its TTL has passed; see `Grant.keep_alive`."""
+        if self.grant.extension_due:  # checked here: no hop to the ledger's thread when not due
+            self._portal.call(self.grant.keep_alive)
 
     def run(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run a coroutine function on the ledger's event loop thread (with this grant, say)."""
@@ -642,6 +707,9 @@ class SyncLedger:
 
     def release(self, reservation_id: str, principal: Principal | None = None) -> ReleaseResult:
         return self.portal.call(self.ledger.release, reservation_id, principal)
+
+    def extend_reservation(self, request: ExtendRequest, principal: Principal | None = None) -> ExtendResult:
+        return self.portal.call(self.ledger.extend_reservation, request, principal)
 
     def set_budget(
         self,

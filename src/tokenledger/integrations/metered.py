@@ -349,6 +349,7 @@ class GuardedAsyncStream(Generic[E]):
         try:
             async for event in self.stream:
                 self.tally.events += 1
+                await self.grant.keep_alive()  # a long stream keeps its reservation
                 if self._observe(event, self.tally):
                     yield event
             status = "success"
@@ -428,6 +429,7 @@ class GuardedStream(Generic[E]):
         try:
             for event in self.stream:
                 self.tally.events += 1
+                self.grant.keep_alive()  # a long stream keeps its reservation
                 if self._observe(event, self.tally):
                     yield event
             status = "success"

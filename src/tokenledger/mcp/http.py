@@ -56,7 +56,15 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenledger import dashboard
-from tokenledger.errors import InvalidInput, PermissionDenied, ReportBusy, ReportTimeout, TokenLedgerError
+from tokenledger.errors import (
+    InternalError,
+    InvalidInput,
+    PermissionDenied,
+    ReportBusy,
+    ReportTimeout,
+    TokenLedgerError,
+    internal_error,
+)
 from tokenledger.ledger import Ledger
 from tokenledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenledger.metrics import Metrics
@@ -594,6 +602,8 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
         except ReportTimeout:
             message = "The dashboard's queries ran past the report time limit; show fewer days (?days=7)."
             return _page(dashboard.render_message("Too slow", message), 503)
+        except InternalError as error:  # logged under its id where it arose; the page shows the id
+            return _page(dashboard.render_message("Internal error", str(error)), 500)
         except TokenLedgerError as error:
             log.error("dashboard: %s", error)
             return _page(
@@ -743,7 +753,18 @@ def build_app(
         browser_paths=DASHBOARD_PATHS,
         metrics_token=metrics_token,
     )
-    return Starlette(routes=routes, middleware=[guard, Middleware(CancelOnDisconnect)], lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=[guard, Middleware(CancelOnDisconnect)],
+        lifespan=lifespan,
+        exception_handlers={Exception: _internal_error_response},
+    )
+
+
+async def _internal_error_response(request: Request, error: Exception) -> Response:
+    """Any route's crash: logged with its traceback under an id; the answer is a 500 naming that id."""
+    failure = internal_error(log, error, f"serving {request.method} {request.url.path}")
+    return JSONResponse({"error": str(failure)}, status_code=500)
 
 
 def describe(bind_host: str, port: int, transports: Sequence[Transport]) -> dict[str, str]:

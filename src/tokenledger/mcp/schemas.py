@@ -24,6 +24,7 @@ from tokenledger.types import (
     BudgetName,
     CheckRequest,
     CountRequest,
+    ExtendRequest,
     FitRequest,
     GroupKey,
     Model,
@@ -39,6 +40,7 @@ __all__ = [
     "BudgetsResult",
     "CheckInput",
     "CountInput",
+    "ExtendInput",
     "FitInput",
     "ManageBudgetInput",
     "ManageScheduleInput",
@@ -53,8 +55,7 @@ __all__ = [
 ]
 
 _ID_PATTERN = r"^[A-Za-z0-9_.:@/+=-]+$"
-_ID_SCHEMA = {"maxLength": 128, "minLength": 1, "pattern": _ID_PATTERN, "type": "string"}
-_ID_SCHEMA_NO_LENGTH = {"minLength": 1, "pattern": _ID_PATTERN, "type": "string"}
+_ID_SCHEMA = {"pattern": _ID_PATTERN, "type": "string"}  # lengths unpublished, as everywhere
 
 
 def _described(**descriptions: str) -> Callable[[dict[str, Any]], None]:
@@ -105,6 +106,9 @@ class TrackInput(TrackRequest):
 
 class ReleaseInput(Model):
     reservation_id: ReservationId
+
+
+ExtendInput = ExtendRequest  # its fields say all an agent needs
 
 
 class FitInput(FitRequest):
@@ -214,7 +218,7 @@ class PricesResult(Model):
 
 _BIG_INT = 2**31
 # Keys the agent does not need to read; validation still applies them (the input model is the judge).
-_DROP_INPUT = ("title", "default", "format", "maxLength", "maxItems")
+_DROP_INPUT = ("title", "default", "format", "minLength", "maxLength", "maxItems")
 # "no control characters" and "a UUID": agents never send otherwise by accident; still enforced.
 _UNPUBLISHED_PATTERNS = (PRINTABLE_PATTERN, UUID_PATTERN, PROMPT_HASH_PATTERN)
 
@@ -278,7 +282,7 @@ def _walk(node: Any, nested: dict[str, Any]) -> Any:
         del node["maximum"]
     if "anyOf" in node:
         node = _merge_any_of(node, nested)
-    if node == _ID_SCHEMA_NO_LENGTH:
+    if node == _ID_SCHEMA:
         return {"$ref": "#/$defs/Id"}
     if "$ref" in node and node["$ref"] != "#/$defs/Id":
         required = {"required": nested[node["$ref"]]} if nested.get(node["$ref"]) else {}

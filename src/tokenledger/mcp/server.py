@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,13 +23,14 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from tokenledger import reports
-from tokenledger.errors import NotFound, TokenLedgerError, UnknownModel
+from tokenledger.errors import NotFound, TokenLedgerError, UnknownModel, internal_error
 from tokenledger.ledger import Ledger
 from tokenledger.mcp.access import PrincipalMiddleware, principal_of, request_principal
 from tokenledger.mcp.schemas import (
     BudgetsResult,
     CheckInput,
     CountInput,
+    ExtendInput,
     FitInput,
     ManageBudgetInput,
     ManageScheduleInput,
@@ -47,6 +49,7 @@ from tokenledger.types import (
     MAX_TEXT_BYTES,
     CheckResult,
     CountResult,
+    ExtendResult,
     FitResult,
     PriceSpec,
     Principal,
@@ -56,6 +59,8 @@ from tokenledger.types import (
 )
 
 __all__ = ["build_server", "describe_validation_error"]
+
+log = logging.getLogger("tokenledger.mcp")
 
 InputT = TypeVar("InputT", bound=BaseModel)
 Handler = Callable[[Any, Context[Any, Any]], Awaitable[BaseModel]]
@@ -67,7 +72,7 @@ INSTRUCTIONS = (
 # Fields only counted, never stored: any text is fine there.
 COUNTED_ONLY = frozenset({"text", "texts", "messages", "tools", "input_text", "output_text"})
 READ = ToolAnnotations(readOnlyHint=True, idempotentHint=True)
-WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False)
+WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False)  # idempotentHint is false by default
 WRITE_IDEMPOTENT = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True)
 ADMIN = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True)
 # add refuses a taken name and run_now queues another delivery each time: not idempotent; delete destroys.
@@ -103,6 +108,10 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         """Release a reservation whose call was not made."""
         return await ledger.release(request.reservation_id, who(ctx))
 
+    async def extend_reservation(request: ExtendInput, ctx: Context[Any, Any]) -> ExtendResult:
+        """Extend an active reservation to ttl_seconds from now."""
+        return await ledger.extend_reservation(request, who(ctx))
+
     async def report(request: ReportInput, ctx: Context[Any, Any]) -> reports.Report:
         """Usage, timeseries, budgets, forecast, top calls, savings, accuracy, chargeback; json/md/csv."""
         return reports.formatted(await ledger.report(request, who(ctx)), request.format)
@@ -128,6 +137,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         _tool(check_budget, CheckInput, CheckResult, WRITE),
         _tool(track_usage, TrackInput, TrackResult, WRITE),
         _tool(release, ReleaseInput, ReleaseResult, WRITE_IDEMPOTENT),
+        _tool(extend_reservation, ExtendInput, ExtendResult, WRITE),
         _tool(report, ReportInput, reports.Report, READ),
         _tool(manage_budget, ManageBudgetInput, BudgetsResult, ADMIN),
         _tool(manage_schedule, ManageScheduleInput, SchedulesResult, SCHEDULE),
@@ -241,6 +251,8 @@ async def _read(read: Callable[[], Awaitable[BaseModel]]) -> str:
         raise ResourceError(describe_validation_error(error)) from error
     except (TokenLedgerError, ToolError) as error:
         raise ResourceError(_public_message(error)) from error
+    except Exception as error:  # a bug: logged under an id, which the reader sees
+        raise ResourceError(str(internal_error(log, error, "reading a resource"))) from error
 
 
 def _add_prompts(server: MCPServer, default: Principal) -> None:
@@ -306,6 +318,10 @@ def _tool(
             raise ToolError(describe_validation_error(error, list(input_model.model_fields))) from error
         except TokenLedgerError as error:
             raise ToolError(_public_message(error)) from error
+        except ToolError:
+            raise
+        except Exception as error:  # a bug: logged under an id, which the agent reads
+            raise ToolError(str(internal_error(log, error, f"running tool {handler.__name__}"))) from error
 
     metadata = _WholeArguments(
         arg_model=ArgModelBase,
@@ -377,7 +393,8 @@ def describe_validation_error(error: ValidationError, fields: Sequence[str] = ()
 
 
 def _public_message(error: Exception) -> str:
-    """What an agent may read: our errors name the field; anything unforeseen is not shown."""
+    """What an agent may read: our errors name the field; anything unforeseen is logged under an id and
+    shown as that id only."""
     if type(error) is TokenLedgerError:
-        return "the ledger could not complete this call (internal error, logged on the server)"
-    return str(error)
+        return str(internal_error(log, error, "serving an MCP call"))
+    return str(error)  # an InternalError says only its id: it was logged where it arose
