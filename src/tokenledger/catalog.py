@@ -192,6 +192,10 @@ class Catalog:
         """Return the providers in the catalog, sorted."""
         return sorted({model.provider for model in self._index.models.values()})
 
+    def model_names(self) -> frozenset[str]:
+        """Return the canonical name of every model in the catalog (aliases excluded)."""
+        return frozenset(model.name for model in self._index.models.values())
+
     def resolve(self, name: str) -> ModelInfo:
         """Return the entry for a model name, alias, dated or provider-prefixed name.
 

@@ -53,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "http: streamable HTTP at /mcp and, on the same port, legacy SSE at /sse, so one server "
             "covers both kinds of client. sse: legacy SSE at /sse only. Over HTTP and SSE every request "
             "needs 'Authorization: Bearer <key>' (tokenledger keys create); /healthz needs none. "
-            "Both also serve Prometheus metrics at /metrics (an admin or viewer key, or the scrape token "
-            "in TOKENLEDGER_METRICS_TOKEN) and a web dashboard at /dashboard (sign in with any key)."
+            "Both also serve Prometheus metrics at /metrics (an admin or viewer key reads its tenant's; "
+            "the scrape token in TOKENLEDGER_METRICS_TOKEN reads the whole process's) and a web dashboard "
+            "at /dashboard (sign in with any key)."
         ),
     )
     parser.add_argument(
@@ -291,8 +292,8 @@ async def _first_run_key(ledger: Ledger, home: Path) -> _KeyNote:
 
 
 def _metrics_token(settings: Settings) -> str | None:
-    """TOKENLEDGER_METRICS_TOKEN (a value or a `vault:` reference): when set, the only credential
-    /metrics accepts; unset, /metrics takes an admin or viewer API key."""
+    """TOKENLEDGER_METRICS_TOKEN (a value or a `vault:` reference): the operator's credential for the
+    whole process's /metrics; unset, nobody reads those (API keys read their own tenant's)."""
     value = os.environ.get("TOKENLEDGER_METRICS_TOKEN", "").strip()
     return resolve_secret(value, config=settings.vault) if value else None
 

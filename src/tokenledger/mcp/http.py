@@ -13,8 +13,9 @@ The key is looked up in the database on every request, so a revoked key is refus
 `ctx.request_context.request.state.principal` (on streamable HTTP, and on SSE's `POST /messages/`).
 `/healthz` needs none of this: it says only whether the server and its database answer.
 
-`/metrics` passes the same checks; it takes an admin or viewer key, or, when the server has a scrape
-token (`TOKENLEDGER_METRICS_TOKEN`), that token alone (the metrics cover every tenant of the process).
+`/metrics` passes the same checks. An admin or viewer key reads its own tenant's series only; the whole
+process's (every tenant summed, with the process's CPU and memory) needs the operator's scrape token
+(`TOKENLEDGER_METRICS_TOKEN`); without one configured, no credential reads it.
 
 `/dashboard` passes checks 1-3 and authenticates itself, as a browser cannot easily send a bearer header:
 `/dashboard?key=<key>` once (answered with a redirect that drops the key from the address) or the
@@ -86,6 +87,8 @@ DASHBOARD_PATHS: Final = frozenset({DASHBOARD_PATH, DASHBOARD_LOGIN_PATH, DASHBO
 DASHBOARD_COOKIE: Final = "tokenledger_key"
 DASHBOARD_COOKIE_SECONDS: Final = 12 * 3600
 METRICS_ROLES: Final = ("admin", "viewer")
+# Set in the scope's state by the guard when the operator's scrape token was presented.
+PROCESS_SCRAPE: Final = "tokenledger_process_scrape"
 # No script, no external anything: the page is self-contained HTML with inline CSS and SVG.
 DASHBOARD_CSP: Final = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -231,16 +234,15 @@ class RequestGuard:
         if refusal is None and scope["path"] in self.browser_paths:
             await self.app(scope, receive, send)
             return
-        if refusal is None and scope["path"] == METRICS_PATH and self.metrics_token is not None:
-            if _scrape_token_matches(headers, self.metrics_token):
-                await self.app(scope, receive, send)
-                return
-            refusal = _refusal(
-                401,
-                "invalid_token",
-                "/metrics needs 'Authorization: Bearer <the scrape token>' (TOKENLEDGER_METRICS_TOKEN)",
-                headers={"WWW-Authenticate": 'Bearer realm="tokenledger-metrics"'},
-            )
+        if (
+            refusal is None
+            and scope["path"] == METRICS_PATH
+            and self.metrics_token is not None
+            and _scrape_token_matches(headers, self.metrics_token)
+        ):
+            scope["state"] = {**scope.get("state", {}), PROCESS_SCRAPE: True}
+            await self.app(scope, receive, send)
+            return
         if refusal is None:
             refusal = await self._authenticate(scope, headers)
         if refusal is not None:
@@ -379,17 +381,23 @@ def _health_endpoint(ledger: Ledger) -> Callable[[Request], Awaitable[Response]]
 
 def _metrics_endpoint(metrics: Metrics) -> Callable[[Request], Awaitable[Response]]:
     async def scrape(request: Request) -> Response:
-        """The Prometheus text format; an API key needs role admin or viewer (a scrape token passes)."""
-        principal = request.scope.get("state", {}).get("principal")
-        if isinstance(principal, Principal) and principal.role not in METRICS_ROLES:
+        """The Prometheus text format: the key's tenant (role admin or viewer), or the whole process for
+        the scrape token."""
+        state = request.scope.get("state", {})
+        principal = state.get("principal")
+        if state.get(PROCESS_SCRAPE) is True:
+            exposition = metrics.process_exposition()
+        elif not isinstance(principal, Principal):  # the guard lets nothing else through; fail closed
+            return _refusal(401, "invalid_request", "an API key or the scrape token is required")
+        elif principal.role not in METRICS_ROLES:
             return _refusal(
                 403,
                 "insufficient_scope",
                 f"role {principal.role!r} cannot read metrics; allowed: admin, viewer",
             )
-        return Response(
-            metrics.exposition(), media_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"}
-        )
+        else:
+            exposition = metrics.tenant_exposition(principal.tenant_id)
+        return Response(exposition, media_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
     return scrape
 
@@ -411,7 +419,14 @@ class _ToolTimer:
             ok = not _is_error(result)
             return result
         finally:
-            self.metrics.observe_tool(name, time.perf_counter() - started, ok=ok)
+            self.metrics.observe_tool(name, time.perf_counter() - started, ok=ok, tenant=_tenant_of(ctx))
+
+
+def _tenant_of(ctx: ServerRequestContext[Any, Any]) -> str:
+    """The tenant of the request's principal ("" without one: counted in the process total only)."""
+    scope = getattr(ctx.request, "scope", None)
+    principal = scope.get("state", {}).get("principal") if isinstance(scope, dict) else None
+    return principal.tenant_id if isinstance(principal, Principal) else ""
 
 
 def _is_error(result: HandlerResult) -> bool:
@@ -573,12 +588,16 @@ def build_app(
     with lifespan on.
 
     The ledger reports to `metrics` (a new registry of this app's own when None): `ledger.metrics` is
-    set to it, and the server's tool calls are timed. `metrics_token`, when given, is the only
-    credential `/metrics` accepts.
+    set to it, and the server's tool calls are timed. `metrics_token`, when given, is the operator's
+    credential for the whole process's metrics; API keys read their own tenant's.
     """
     if not transports:
         raise ValueError("give at least one of the transports 'http' and 'sse'")
-    metrics = metrics or ledger.metrics or Metrics()
+    metrics = (
+        metrics
+        or ledger.metrics
+        or Metrics(models=ledger.catalog.model_names(), providers=ledger.catalog.providers())
+    )
     ledger.metrics = metrics
     if not any(isinstance(m, _ToolTimer) for m in server.middleware):
         server.middleware.append(_ToolTimer(metrics))
