@@ -4,12 +4,28 @@ slow clients, a database outage. Real servers on loopback, real clients, real Po
 
 from __future__ import annotations
 
+import os
+import pty
+import select
+import socket
+import time
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import quote
+
 import anyio
 import httpx2
 import pytest
 
 from tests.servers import serving
+from tests.test_alerts import Receiver
 from tests.test_metrics import Scrape, call, mcp_client, parse
+from tests.test_serve import serve
+from tests.test_serve_background import wait_for_a_body
+from tokenledger.ledger import Ledger
+from tokenledger.mcp.redaction import REDACTED, redact
+from tokenledger.settings import Settings
+from tokenledger.types import BudgetSpec, TrackRequest
 
 TEST_TIMEOUT = 60
 MODEL = "gpt-4o-mini"
@@ -79,3 +95,148 @@ async def test_metrics_keys_read_only_their_own_tenant(dsn: str, token: str | No
     assert input_tokens(process) == 110
     assert process.value("tokenledger_tool_seconds_count", tool="track_usage") == 3
     assert process.value("process_cpu_seconds_total") > 0
+
+
+# --- keys and secrets never reach a log line -------------------------------------------------------
+
+
+def raw_request(port: int, target: str, *, method: str = "GET", headers: dict[str, str] | None = None) -> int:
+    """Send one request with `target` exactly as given (no client normalises it); its status code."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {(headers or {}).pop('Host', f'127.0.0.1:{port}')}"]
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}' if method == "POST" else b""
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    lines += ["Content-Type: application/json", f"Content-Length: {len(body)}", "Connection: close"]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def every_byte_encoded(text: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in text.encode())
+
+
+KEY = "tl_0123456789ab_" + "Zx9-_" * 7
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"Bearer {KEY}",
+        f"GET /dashboard?k%65y={KEY}&days=7",
+        f"GET /dashboard?key={every_byte_encoded(KEY)}",
+        f"GET /dashboard?key={quote(every_byte_encoded(KEY))}",  # encoded twice
+        f"GET /dashboard?key={quote(quote(every_byte_encoded(KEY)))}",  # three times
+        f"refused origin 'http://{every_byte_encoded(KEY).lower()}.example'",
+        "token=scrape-secret-value and %73crape-secret-value",
+    ],
+)
+def test_redact_blanks_keys_and_known_secrets_in_any_percent_encoding(line: str) -> None:
+    cleaned = redact(line, ["scrape-secret-value"])
+    assert REDACTED in cleaned
+    for secret in (KEY, "scrape-secret-value", KEY.split("_", 2)[2]):
+        for form in (secret, quote(secret, safe=""), every_byte_encoded(secret)):
+            assert form.lower() not in cleaned.lower(), cleaned
+
+
+def test_redact_leaves_ordinary_lines_alone() -> None:
+    line = '127.0.0.1:5000 - "POST /mcp HTTP/1.1" 401 refused key tl_0_wrong; created admin key 0123456789ab'
+    assert redact(line, ["scrape-secret-value"]) == line
+
+
+def read_terminal(master: int) -> str:
+    """What was written to a pseudo-terminal, up to now."""
+    output = b""
+    while select.select([master], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    return output.decode(errors="replace")
+
+
+async def cross_an_alert_threshold(dsn: str) -> None:
+    async with await Ledger.open(Settings.from_env({}), dsn=dsn, migrate=False) as ledger:
+        await ledger.set_budget(BudgetSpec(name="team", limit=Decimal(100), priority_shares=None))
+        await ledger.track_usage(TrackRequest(model="gpt-4o", input_tokens=60, output_tokens=0))
+
+
+def test_no_secret_reaches_the_log_whatever_its_encoding(dsn: str, tmp_path: Path) -> None:
+    """`tokenledger serve` as a subprocess, stdout on a terminal and stderr (the log) in a file, while
+    requests carry the admin key and the scrape token every way a client might."""
+    token = "scrape-" + "Tok3n" * 5
+    hook_secret = "hooksecret" + "Q" * 20
+    receiver = Receiver()
+    env = {
+        "TOKENLEDGER_METRICS_TOKEN": token,
+        "TOKENLEDGER_ALERT_WEBHOOK": f"{receiver.url}/{hook_secret}",
+        "TOKENLEDGER_ALERT_POLL_SECONDS": "0.2",
+    }
+    master, terminal = pty.openpty()
+    home = tmp_path / "home"
+    try:
+        with serve(dsn, home, env=env, stdout=terminal) as (base, log):
+            os.close(terminal)
+            terminal = -1
+            port = int(base.rsplit(":", 1)[1])
+            key = (home / "admin.key").read_text().strip()
+            sign_ins = [
+                f"/dashboard?key={key}",
+                f"/dashboard?k%65y={key}",  # a percent-encoded parameter name
+                f"/dashboard?key={every_byte_encoded(key)}",  # a percent-encoded value
+                f"/dashboard?%6B%65%79={quote(every_byte_encoded(key))}&days=7",  # both, the value twice
+            ]
+            assert [raw_request(port, target) for target in sign_ins] == [303, 303, 303, 401]
+            refused: list[tuple[str, str, dict[str, str]]] = [
+                ("POST", f"/mcp?access_token={key}", {}),  # keys in query strings do not authenticate
+                ("POST", f"/mcp?token={quote(key)}", {}),
+                ("POST", f"/mcp?api_key={key}", {"Authorization": "Bearer"}),
+                ("GET", f"/sse?access_token={key}", {}),
+                ("GET", f"/metrics?token={token}", {}),
+                ("GET", f"/{key}", {}),  # a key in the path
+                ("POST", "/mcp", {"Origin": f"http://{key}.example"}),  # echoed by the refusal's log line
+                ("POST", "/mcp", {"Host": f"{key}.example", "Authorization": f"Bearer {key}"}),
+                ("POST", "/mcp", {"Authorization": f"Bearer {token}x"}),
+            ]
+            statuses = [raw_request(port, target, method=m, headers=h) for m, target, h in refused]
+            assert statuses == [401, 401, 401, 401, 401, 401, 403, 421, 401]
+            # An alert goes to the webhook, whose URL is a secret too.
+            anyio.run(cross_an_alert_threshold, dsn)
+            wait_for_a_body(receiver, 30.0)
+            assert receiver.bodies, "no alert was delivered: the webhook's URL was never used"
+            time.sleep(0.5)  # the delivery's own log lines
+        shown = read_terminal(master)
+    finally:
+        receiver.close()
+        os.close(master)
+        if terminal >= 0:
+            os.close(terminal)
+
+    logged = log.read_text()
+    forms = [
+        ("raw", key),
+        ("URL-encoded", quote(key, safe="")),
+        ("every byte encoded", every_byte_encoded(key)),
+        ("every byte encoded, lower case", every_byte_encoded(key).lower()),
+        ("encoded twice", quote(every_byte_encoded(key))),
+        ("its secret part", key.split("_", 2)[2]),
+        ("the scrape token", token),
+        ("the webhook URL's secret", hook_secret),
+    ]
+    leaked = [name for name, form in forms if form in logged]
+    assert not leaked, f"in the log: {leaked}\n{logged}"
+    # The requests were logged (so the check above saw them), without their query strings.
+    assert logged.count('"GET /dashboard?[redacted] HTTP/1.1" 303') == 3, logged
+    assert '"POST /mcp?[redacted] HTTP/1.1" 401' in logged
+    assert "refused a request from origin" in logged and "refused a request for host" in logged
+    # The first-run key is shown once, on the terminal.
+    assert shown.count(key) == 1, shown
+    assert str(home / "admin.key") in shown

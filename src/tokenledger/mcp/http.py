@@ -20,7 +20,9 @@ process's (every tenant summed, with the process's CPU and memory) needs the ope
 `/dashboard` passes checks 1-3 and authenticates itself, as a browser cannot easily send a bearer header:
 `/dashboard?key=<key>` once (answered with a redirect that drops the key from the address) or the
 sign-in form (`POST /dashboard/login`) puts the key in an HttpOnly, SameSite=Strict cookie scoped to
-`/dashboard`, checked against the database on every request like a bearer key.
+`/dashboard`, checked against the database on every request like a bearer key. That is the only place a
+key in a query string counts (`/mcp?access_token=` does not authenticate), and the access log shows no
+query string at all (`tokenledger.mcp.redaction`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenledger import dashboard
 from tokenledger.errors import InvalidInput, TokenLedgerError
 from tokenledger.ledger import Ledger
+from tokenledger.mcp.redaction import AccessLogRedaction
 from tokenledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenledger.metrics import Metrics
 from tokenledger.types import Principal
@@ -66,7 +68,6 @@ __all__ = [
     "METRICS_PATH",
     "SSE_PATH",
     "AccessPolicy",
-    "RedactQueryKeys",
     "Transport",
     "build_app",
 ]
@@ -435,28 +436,6 @@ def _is_error(result: HandlerResult) -> bool:
     return bool(getattr(result, "is_error", False))
 
 
-class RedactQueryKeys(logging.Filter):
-    """Blanks `key=` query values in log records (uvicorn's access log shows the dashboard's `?key=`)."""
-
-    PATTERN: Final = re.compile(r"([?&]key=)[^&\s\"]*")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = self.redact(record.msg)
-        return True
-
-    def redact(self, text: str) -> str:
-        return self.PATTERN.sub(r"\1[redacted]", text)
-
-
-def _redact_access_log() -> None:
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactQueryKeys) for f in access.filters):
-        access.addFilter(RedactQueryKeys())
-
-
 # --- /dashboard --------------------------------------------------------------------------------
 
 _PAGE_HEADERS: Final = {
@@ -601,7 +580,7 @@ def build_app(
     ledger.metrics = metrics
     if not any(isinstance(m, _ToolTimer) for m in server.middleware):
         server.middleware.append(_ToolTimer(metrics))
-    _redact_access_log()
+    AccessLogRedaction.install()
     routes: list[BaseRoute] = [
         Route(HEALTH_PATH, _health_endpoint(ledger), methods=["GET"]),
         Route(METRICS_PATH, _metrics_endpoint(metrics), methods=["GET"]),
