@@ -4,6 +4,7 @@ slow clients, a database outage. Real servers on loopback, real clients, real Po
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -17,13 +18,17 @@ import anyio
 import httpx2
 import pytest
 
-from tests.servers import serving
+from tests.servers import Served, serving
 from tests.test_alerts import Receiver
 from tests.test_metrics import Scrape, call, mcp_client, parse
 from tests.test_serve import serve
 from tests.test_serve_background import wait_for_a_body
+from tokenledger.cli import build_parser
+from tokenledger.cli.serve import read_timeouts
+from tokenledger.errors import InvalidInput
 from tokenledger.ledger import Ledger
 from tokenledger.mcp.redaction import REDACTED, redact
+from tokenledger.mcp.timeouts import ReadTimeouts
 from tokenledger.settings import Settings
 from tokenledger.types import BudgetSpec, TrackRequest
 
@@ -240,3 +245,134 @@ def test_no_secret_reaches_the_log_whatever_its_encoding(dsn: str, tmp_path: Pat
     # The first-run key is shown once, on the terminal.
     assert shown.count(key) == 1, shown
     assert str(home / "admin.key") in shown
+
+
+# --- slow clients are timed out ---------------------------------------------------------------------
+
+# Short bounds for the test; the server's defaults are 10 s and 30 s. A held connection must be closed
+# well within CLOSED_WITHIN (generous: a correctness bound, not a timing benchmark).
+SHORT = ReadTimeouts(header_seconds=1, body_seconds=2)
+CLOSED_WITHIN = 20
+
+
+async def read_until_closed(stream: anyio.abc.ByteStream) -> bytes:
+    """Everything the server sends until it closes the connection; fails if it keeps it open."""
+    received = b""
+    try:
+        with anyio.fail_after(CLOSED_WITHIN):
+            while True:
+                received += await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        return received
+    except TimeoutError:
+        raise AssertionError(
+            f"the server kept a slow client's connection open; it sent {received!r}"
+        ) from None
+
+
+async def connect(served: Served) -> anyio.abc.SocketStream:
+    return await anyio.connect_tcp("127.0.0.1", served.port)
+
+
+HEAD = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+async def test_slow_clients_are_disconnected_and_others_still_served(dsn: str) -> None:
+    outcomes: dict[str, bytes] = {}
+
+    async def half_the_headers(served: Served) -> None:
+        async with await connect(served) as stream:
+            await stream.send(HEAD.encode())
+            outcomes["half the headers"] = await read_until_closed(stream)
+
+    async def nothing_at_all(served: Served) -> None:
+        async with await connect(served) as stream:
+            outcomes["nothing"] = await read_until_closed(stream)
+
+    async def headers_byte_by_byte(served: Served) -> None:
+        async with await connect(served) as stream, anyio.create_task_group() as tasks:
+
+            async def trickle() -> None:
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    for byte in HEAD.encode():
+                        await stream.send(bytes([byte]))
+                        await anyio.sleep(0.2)
+
+            tasks.start_soon(trickle)
+            outcomes["headers byte by byte"] = await read_until_closed(stream)
+            tasks.cancel_scope.cancel()
+
+    async def body_byte_by_byte(served: Served) -> None:
+        async with await connect(served) as stream:
+            await stream.send(f"{HEAD}Authorization: Bearer tl_x\r\nContent-Length: 200\r\n\r\n{{".encode())
+            async with anyio.create_task_group() as tasks:
+
+                async def trickle() -> None:
+                    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        for _ in range(199):
+                            await anyio.sleep(0.2)
+                            await stream.send(b" ")
+
+                tasks.start_soon(trickle)
+                outcomes["body byte by byte"] = await read_until_closed(stream)
+                tasks.cancel_scope.cancel()
+
+    async def half_a_second_request(served: Served) -> None:
+        """A kept-alive connection: one whole request answered, then half of the next one's head."""
+        async with await connect(served) as stream:
+            await stream.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            first = b""
+            while b'"status"' not in first:
+                first += await stream.receive()
+            await stream.send(b"GET /healthz HTTP/1.1\r\nHost: 12")
+            outcomes["half a second request"] = await read_until_closed(stream)
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with serving(dsn, read_timeouts=SHORT) as served, anyio.create_task_group() as tasks:
+            for slow in (
+                half_the_headers,
+                nothing_at_all,
+                headers_byte_by_byte,
+                body_byte_by_byte,
+                half_a_second_request,
+            ):
+                tasks.start_soon(slow, served)
+            await anyio.sleep(0.5)
+            # Meanwhile, a normal request is answered at once.
+            async with httpx2.AsyncClient(timeout=10) as http:
+                assert (await http.get(f"{served.base}/healthz")).status_code == 200
+                key, _ = await served.ledger.create_key(role="admin")
+                async with mcp_client(served, key) as client:
+                    counted = await call(client, "count_tokens", text="hello world", model=MODEL)
+                    assert counted["tokens"] == 2
+
+    assert set(outcomes) == {
+        "half the headers",
+        "nothing",
+        "headers byte by byte",
+        "body byte by byte",
+        "half a second request",
+    }
+    for name, answer in outcomes.items():  # each told why, then disconnected
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"request_timeout" in answer, (name, answer)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "env", "expected"),
+    [
+        (["--header-timeout", "0"], {}, "--header-timeout: 0.0 is not allowed"),
+        (["--header-timeout", "nan"], {}, "--header-timeout: nan is not allowed"),
+        ([], {"TOKENLEDGER_BODY_TIMEOUT": "3601"}, "--body-timeout: 3601.0 is not allowed"),
+    ],
+)
+def test_read_timeouts_are_bounded(
+    arguments: list[str], env: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["serve", "--transport", "http", *arguments])
+    with pytest.raises(InvalidInput) as refused:
+        read_timeouts(args)
+    assert expected in str(refused.value) and "more than 0 and at most 3600" in str(refused.value)
+    monkeypatch.delenv("TOKENLEDGER_BODY_TIMEOUT", raising=False)
+    assert read_timeouts(build_parser().parse_args(["serve"])) == ReadTimeouts(10, 30)  # the defaults

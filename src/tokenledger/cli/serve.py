@@ -31,6 +31,7 @@ from tokenledger.types import Principal
 
 if TYPE_CHECKING:
     from tokenledger.mcp.redaction import RedactingFormatter
+    from tokenledger.mcp.timeouts import ReadTimeouts
 
 log = logging.getLogger("tokenledger.serve")
 
@@ -91,6 +92,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tool call with its JSON; env TOKENLEDGER_MAX_REQUEST_BYTES)",
     )
     parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=os.environ.get("TOKENLEDGER_HEADER_TIMEOUT", "10"),
+        metavar="SECONDS",
+        help="a client must send a request's headers within this (else 408 and the connection closes; "
+        "default 10; env TOKENLEDGER_HEADER_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=os.environ.get("TOKENLEDGER_BODY_TIMEOUT", "30"),
+        metavar="SECONDS",
+        help="... and then its body within this (default 30; env TOKENLEDGER_BODY_TIMEOUT)",
+    )
+    parser.add_argument(
         "--first-run",
         action="store_true",
         help="http/sse: on the first start create an admin key for tenant 'default', save it to "
@@ -117,10 +133,22 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("--port", args.port, "a TCP port, 1 to 65535")
     if args.max_request_bytes <= 0:
         raise InvalidInput("--max-request-bytes", args.max_request_bytes, "a positive number of bytes")
+    timeouts = read_timeouts(args)
     stop = _StopRequest()
     stop.install()
-    anyio.run(_serve_http, settings, args, stop, log_format)
+    anyio.run(_serve_http, settings, args, stop, log_format, timeouts)
     return 0
+
+
+def read_timeouts(args: argparse.Namespace) -> ReadTimeouts:
+    """--header-timeout and --body-timeout, each more than 0 and at most an hour."""
+    from tokenledger.mcp.timeouts import MAX_READ_TIMEOUT_SECONDS, ReadTimeouts
+
+    for flag, seconds in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if not 0 < seconds <= MAX_READ_TIMEOUT_SECONDS:  # NaN too
+            allowed = f"seconds, more than 0 and at most {MAX_READ_TIMEOUT_SECONDS:g}"
+            raise InvalidInput(flag, seconds, allowed)
+    return ReadTimeouts(args.header_timeout, args.body_timeout)
 
 
 def _configure_logging(level: str) -> RedactingFormatter:
@@ -235,12 +263,17 @@ class _StopRequest:
 
 
 async def _serve_http(
-    settings: Settings, args: argparse.Namespace, stop: _StopRequest, log_format: RedactingFormatter
+    settings: Settings,
+    args: argparse.Namespace,
+    stop: _StopRequest,
+    log_format: RedactingFormatter,
+    timeouts: ReadTimeouts,
 ) -> None:
     import uvicorn
 
     from tokenledger.mcp import build_server
     from tokenledger.mcp.http import AccessPolicy, Transport, build_app, describe
+    from tokenledger.mcp.timeouts import http_protocol
 
     transports: tuple[Transport, ...] = ("http", "sse") if args.transport == "http" else ("sse",)
     async with await Ledger.open(settings) as ledger:
@@ -265,6 +298,8 @@ async def _serve_http(
             app,
             host=args.host,
             port=args.port,
+            # h11 with read timeouts: uvicorn alone never times out a half-sent request.
+            http=http_protocol(timeouts),
             log_config=None,  # our logging: stderr, one format
             log_level=args.log_level,
             lifespan="on",
