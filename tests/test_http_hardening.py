@@ -5,6 +5,7 @@ slow clients, a database outage. Real servers on loopback, real clients, real Po
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pty
 import select
@@ -277,7 +278,10 @@ async def connect(served: Served) -> anyio.abc.SocketStream:
 HEAD = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
 
 
-async def test_slow_clients_are_disconnected_and_others_still_served(dsn: str) -> None:
+async def test_slow_clients_are_disconnected_and_others_still_served(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     outcomes: dict[str, bytes] = {}
 
     async def half_the_headers(served: Served) -> None:
@@ -355,6 +359,11 @@ async def test_slow_clients_are_disconnected_and_others_still_served(dsn: str) -
     }
     for name, answer in outcomes.items():  # each told why, then disconnected
         assert answer.startswith(b"HTTP/1.1 408 ") and b"request_timeout" in answer, (name, answer)
+    # A request cut off mid-body goes no further: its key is not even looked up.
+    assert not [r for r in caplog.records if "unknown or revoked API key" in r.getMessage()]
+    closed = [r.getMessage() for r in caplog.records if "closed the connection of" in r.getMessage()]
+    assert sum("request body took over 2 s" in line for line in closed) == 1, closed
+    assert sum("request headers took over 1 s" in line for line in closed) == 4, closed
 
 
 @pytest.mark.parametrize(

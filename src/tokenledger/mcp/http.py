@@ -196,6 +196,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _ClientLeft(Exception):
+    """The client disconnected (or was disconnected: a read timeout) before its body was complete."""
+
+
 class RequestGuard:
     """ASGI middleware: Host (421), Origin (403), body size (413), bearer key (401), in that order."""
 
@@ -232,6 +236,8 @@ class RequestGuard:
                 receive = await self._buffered_body(receive)
             except _BodyTooLarge:
                 refusal = self._too_large()
+            except _ClientLeft:
+                return  # nobody to answer: no key lookup, no application call
         if refusal is None and scope["path"] in self.browser_paths:
             await self.app(scope, receive, send)
             return
@@ -286,6 +292,8 @@ class RequestGuard:
         first: list[Message] = []
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientLeft
             if message["type"] != "http.request":
                 first.append(message)
                 break
