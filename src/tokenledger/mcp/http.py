@@ -11,7 +11,10 @@ Every MCP request passes four checks, in this order, before the SDK sees it:
 The key is looked up in the database on every request, so a revoked key is refused at once. The caller's
 `Principal` is put in the request scope's state: a tool finds it at
 `ctx.request_context.request.state.principal` (on streamable HTTP, and on SSE's `POST /messages/`).
-`/healthz` needs none of this: it says only whether the server and its database answer.
+While the database cannot be reached, only a call that needs none (`count_tokens`, `fit_messages` and the
+MCP handshake) goes on, for a key this server authenticated in the last minutes; every other call gets 503
+(`tokenledger.mcp.outage`). `/healthz` needs none of this: it says whether the server and its database
+answer, and during an outage what still works.
 
 `/metrics` passes the same checks. An admin or viewer key reads its own tenant's series only; the whole
 process's (every tenant summed, with the process's CPU and memory) needs the operator's scrape token
@@ -53,8 +56,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenledger import dashboard
-from tokenledger.errors import InvalidInput, TokenLedgerError
+from tokenledger.errors import InvalidInput, StoreUnavailable, TokenLedgerError
 from tokenledger.ledger import Ledger
+from tokenledger.mcp.outage import OFFLINE_TOOLS, RECENT_KEY_SECONDS, RecentKeys, needs_no_database
 from tokenledger.mcp.redaction import AccessLogRedaction
 from tokenledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenledger.metrics import Metrics
@@ -224,6 +228,8 @@ class RequestGuard:
         # Pages that authenticate themselves (a cookie or a form): Host, Origin and size checks only.
         self.browser_paths = frozenset(browser_paths)
         self.metrics_token = metrics_token or None
+        # Keys seen lately, for counting through a database outage (see tokenledger.mcp.outage).
+        self.recent_keys = RecentKeys()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
@@ -231,9 +237,10 @@ class RequestGuard:
             return
         headers = Headers(scope=scope)
         refusal = self._check_headers(headers)
+        body = b""
         if refusal is None:
             try:
-                receive = await self._buffered_body(receive)
+                body, receive = await self._buffered_body(receive)
             except _BodyTooLarge:
                 refusal = self._too_large()
             except _ClientLeft:
@@ -251,7 +258,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         if refusal is None:
-            refusal = await self._authenticate(scope, headers)
+            refusal = await self._authenticate(scope, headers, body)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -282,8 +289,8 @@ class RequestGuard:
             413, "request_too_large", f"the request body is over {limit} bytes; see --max-request-bytes"
         )
 
-    async def _buffered_body(self, receive: Receive) -> Receive:
-        """Read the whole body (refusing it past the limit) and give back a `receive` that replays it.
+    async def _buffered_body(self, receive: Receive) -> tuple[bytes, Receive]:
+        """Read the whole body (refusing it past the limit); give it back with a `receive` that replays it.
 
         A GET (the SSE stream) has an empty body and returns at once; the replay then hands on to the
         real `receive`, which later reports the client's disconnect.
@@ -310,9 +317,9 @@ class RequestGuard:
                 return pending.pop(0)
             return await receive()
 
-        return replay
+        return bytes(body), replay
 
-    async def _authenticate(self, scope: Scope, headers: Headers) -> Response | None:
+    async def _authenticate(self, scope: Scope, headers: Headers, body: bytes) -> Response | None:
         scheme, _, key = headers.get("authorization", "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -322,11 +329,16 @@ class RequestGuard:
                 "an API key is required: send 'Authorization: Bearer <key>' (see `tokenledger keys create`)",
                 headers={"WWW-Authenticate": 'Bearer realm="tokenledger"'},
             )
+        offline = self._needs_no_database(scope, body)
         try:
-            principal = await self.ledger.authenticate(key)
+            principal = await self._look_up(key, bounded=offline)
         except TokenLedgerError as error:
-            log.error("could not check an API key: %s", error)
-            return _refusal(503, "temporarily_unavailable", "the key store is unavailable; retry shortly")
+            unreachable = offline and isinstance(error, StoreUnavailable)
+            principal = self.recent_keys.recall(key) if unreachable else None
+            if principal is None:
+                log.error("could not check an API key: %s", error)
+                return _refusal(503, "temporarily_unavailable", "the key store is unavailable; retry shortly")
+            log.warning("the key store is unavailable: a call that needs no database goes on: %s", error)
         if principal is None:
             log.info("refused an unknown or revoked API key from %s", _client(scope))
             return _refusal(
@@ -345,6 +357,33 @@ class RequestGuard:
         # The SDK binds an SSE or streamable-HTTP session to the credential that opened it.
         scope["user"] = AuthenticatedUser(_access_token(principal))
         return None
+
+    async def _look_up(self, key: str, *, bounded: bool) -> Principal | None:
+        """The key's principal, from the database; remembered (or forgotten) for an outage.
+
+        `bounded`: a call that could go on without the database waits for it no longer than /healthz does
+        before calling it unavailable, rather than the pool's whole wait.
+        """
+        if bounded:
+            try:
+                with anyio.fail_after(HEALTH_TIMEOUT_SECONDS):
+                    principal = await self.ledger.authenticate(key)
+            except TimeoutError as error:
+                raise StoreUnavailable(f"no answer within {HEALTH_TIMEOUT_SECONDS:g} s") from error
+        else:
+            principal = await self.ledger.authenticate(key)
+        if principal is None:
+            self.recent_keys.forget(key)
+        else:
+            self.recent_keys.remember(key, principal)
+        return principal
+
+    @staticmethod
+    def _needs_no_database(scope: Scope, body: bytes) -> bool:
+        """Counting (and what leads to it: the handshake, opening an SSE stream) needs no database."""
+        if scope["method"] == "GET":
+            return bool(scope["path"] == SSE_PATH)
+        return scope["path"] in (MCP_PATH, MESSAGES_PATH) and needs_no_database(body)
 
 
 def _scrape_token_matches(headers: Headers, token: str) -> bool:
@@ -371,16 +410,24 @@ def _client(scope: Scope) -> str:
 
 def _health_endpoint(ledger: Ledger) -> Callable[[Request], Awaitable[Response]]:
     async def healthz(request: Request) -> Response:
-        """200 whenever the server answers; `database` says if PostgreSQL does (counting works without)."""
-        database = "ok"
+        """200 whenever the server answers; `database` says if PostgreSQL does, and when it does not,
+        what still works (the request guard uses the same timeout to call the database unavailable)."""
+        health: dict[str, Any] = {"status": "ok", "database": "ok"}
         try:
             with anyio.fail_after(HEALTH_TIMEOUT_SECONDS):
                 await ledger.ping()
         except (TokenLedgerError, TimeoutError, OSError) as error:
             log.warning("health check: the database is unavailable: %s", error)
-            database = "unavailable"
-        status = "ok" if database == "ok" else "degraded"
-        return JSONResponse({"status": status, "database": database}, headers={"Cache-Control": "no-store"})
+            health = {
+                "status": "degraded",
+                "database": "unavailable",
+                "available_tools": list(OFFLINE_TOOLS),
+                "detail": (
+                    f"{' and '.join(OFFLINE_TOOLS)} answer for keys this server authenticated in the last "
+                    f"{RECENT_KEY_SECONDS:g} s; every other call answers 503 until the database returns"
+                ),
+            }
+        return JSONResponse(health, headers={"Cache-Control": "no-store"})
 
     return healthz
 
