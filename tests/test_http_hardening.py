@@ -42,6 +42,7 @@ from tokenledger.types import BudgetSpec, Principal, TrackRequest
 TEST_TIMEOUT = 60
 MODEL = "gpt-4o-mini"
 CUSTOM_MODEL = "acme-secret-finetune"
+CUSTOM_PROVIDER = "acme-own-cloud"
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +69,14 @@ async def test_metrics_keys_read_only_their_own_tenant(dsn: str, token: str | No
                 await call(
                     client, "prices", action="set", model=CUSTOM_MODEL, input="0.000001", output="0.000002"
                 )
-                await call(client, "track_usage", model=CUSTOM_MODEL, input_tokens=3, output_tokens=1)
+                await call(
+                    client,
+                    "track_usage",
+                    model=CUSTOM_MODEL,
+                    provider=CUSTOM_PROVIDER,
+                    input_tokens=3,
+                    output_tokens=1,
+                )
 
             async def scrape(credential: str) -> str:
                 answer = await http.get(
@@ -93,11 +101,11 @@ async def test_metrics_keys_read_only_their_own_tenant(dsn: str, token: str | No
     assert acme.value("tokenledger_tool_seconds_count", tool="track_usage") == 2
     assert default.value("tokenledger_tool_seconds_count", tool="track_usage") == 1
     # A tenant's own model name is not a label value: it shows as `other`, to its own tenant only.
-    assert input_tokens(acme, gen_ai_request_model="other") == 3
+    assert input_tokens(acme, gen_ai_request_model="other", gen_ai_provider_name="other") == 3
     assert input_tokens(default, gen_ai_request_model="other") == 0
     for figures in (acme, default, process):
         if figures is not None:
-            assert CUSTOM_MODEL not in figures.text
+            assert CUSTOM_MODEL not in figures.text and CUSTOM_PROVIDER not in figures.text
             assert not {"tenant", "tenant_id"} & figures.label_names
             assert "acme" not in figures.text
     assert "process_cpu_seconds_total" not in acme.samples
@@ -473,6 +481,7 @@ def test_recent_keys_expire_are_bounded_and_can_be_forgotten() -> None:
     keys.forget("key-ana")  # the database refused it
     assert keys.recall("key-ana") is None
     assert not any("key-" in digest for digest in keys._seen)  # kept by hash only
+    assert RecentKeys().ttl_seconds == 300  # the README's "last 5 minutes"
     short = RecentKeys(ttl_seconds=0.05)
     short.remember("key-ana", ana)
     time.sleep(0.1)
