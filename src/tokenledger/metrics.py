@@ -4,24 +4,30 @@ Names follow the OpenTelemetry GenAI semantic conventions where they exist, as t
 Prometheus exporter spells them (`gen_ai.client.token.usage` -> `gen_ai_client_token_usage`, a
 duration in seconds gains `_seconds`); the ledger's own live under `tokenledger_*`.
 
-Every observation is kept per tenant, and a scrape is either one tenant's (what an API key of that
-tenant reads) or the whole process's (the operator's scrape token), summed over tenants. The tenant is
-an internal label that no scrape shows: both scrapes have the same series, so one Grafana board reads
-either. Labels never carry a user, session, tenant or budget name. Model and provider values come from
-the bundled catalog only (anything else is `other`), so one tenant's custom names can neither fill the
-label space nor show in another tenant's scrape; tool, reason and sink values come from fixed lists.
+A scrape is one tenant's (what an API key of that tenant reads) or the whole process's (the operator's
+scrape token). So every observation goes to two registries: its tenant's own and the process's, which
+sums all tenants and adds the process collectors (CPU, memory). A registry per tenant, rather than a
+`tenant` label filtered at scrape time, keeps a tenant's scrape to its own series (with a label, every
+scrape would walk every tenant's: O(tenants) work per scrape, O(tenants^2) for all of them) and needs no
+merging code; the price is one more `observe` per metric on the hot path, microseconds against a
+database round trip. Both scrapes have the same series, so one Grafana board reads either.
 
-Each `Metrics` owns its own `CollectorRegistry`, never the global one, so several servers (and tests)
-can run in one process.
+Labels never carry a user, session, tenant or budget name. Model and provider values come from the
+bundled catalog only (anything else is `other`), so one tenant's custom names can neither fill the label
+space nor show in another tenant's scrape; tool, reason and sink values come from fixed lists. Past
+`max_tenants` tenants, further ones count in the process's registry only.
+
+Each `Metrics` owns its registries, never the global one, so several servers (and tests) can run in one
+process.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Metric, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -35,11 +41,6 @@ log = logging.getLogger("tokenledger.metrics")
 # Every name here is a legacy (ASCII) name: the classic text format, which every Prometheus reads.
 CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 OTHER: Final = "other"
-# The internal label that keeps each series to one tenant; dropped from every scrape.
-TENANT: Final = "tenant"
-# Where observations go without a tenant, or past `max_tenants`: in the process total, no tenant's scrape
-# (a tenant id is never empty).
-NO_TENANT: Final = ""
 
 # The OpenTelemetry GenAI conventions' advised bucket boundaries.
 TOKEN_BUCKETS: Final = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216)
@@ -64,11 +65,70 @@ METRIC_NAMES: Final = frozenset(
 )
 
 
+class _Families:
+    """The ledger's metric families, in one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per recorded LLM call, by type (input is uncached input; reasoning is part of output)",
+            ["gen_ai_token_type", *GENAI_LABELS],
+            buckets=TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.operation_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "Duration of LLM calls as reported to track_usage (latency_ms)",
+            [*GENAI_LABELS, "status"],
+            buckets=OPERATION_BUCKETS,
+            registry=registry,
+        )
+        self.cost = Counter(
+            "tokenledger_cost_usd",
+            "USD cost of recorded usage (unpriced calls add nothing: see tokenledger_usage_records_total)",
+            list(GENAI_LABELS),
+            registry=registry,
+        )
+        self.usage_records = Counter(
+            "tokenledger_usage_records",
+            "Usage records written by track_usage, by call status and whether the model was priced",
+            [*GENAI_LABELS, "status", "priced"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "tokenledger_budget_decisions",
+            "check_budget decisions: allow, partial (fewer output tokens) or deny, with the blocking reason",
+            ["decision", "reason"],
+            registry=registry,
+        )
+        self.reservation_seconds = Histogram(
+            "tokenledger_reservation_seconds",
+            "Time of the ledger's check-and-reserve (one SQL function call), by decision",
+            ["decision"],
+            buckets=LEDGER_BUCKETS,
+            registry=registry,
+        )
+        self.tool_seconds = Histogram(
+            "tokenledger_tool_seconds",
+            "MCP tool call time in the server, by tool and outcome (ok, error)",
+            ["tool", "outcome"],
+            buckets=LEDGER_BUCKETS,
+            registry=registry,
+        )
+        self.alert_deliveries = Counter(
+            "tokenledger_alert_deliveries",
+            "Alert deliveries by sink kind and result: delivered, retry (failed, retried later), failed",
+            ["sink", "result"],
+            registry=registry,
+        )
+
+
 class Metrics:
-    """The metrics of one server process, per tenant, in a registry of their own.
+    """The metrics of one server process: per tenant, and for the whole process.
 
     `models` and `providers` are the label values allowed (the catalog's); others count as `other`.
-    Past `max_tenants` distinct tenants, newcomers are counted in the process total only (logged once).
+    Past `max_tenants` distinct tenants, newcomers count in the process's metrics only (logged once).
     """
 
     def __init__(
@@ -79,80 +139,18 @@ class Metrics:
         max_tenants: int = 1000,
         process: bool = True,
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=True)  # the process's
         if process:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
+        self._process = _Families(self.registry)
+        self._tenants: dict[str, _Families] = {}
+        self._no_tenant = _Families(CollectorRegistry())  # what a tenant with no observations reads
         self._models = frozenset(models)
         self._providers = frozenset(providers)
-        self._tenants: set[str] = set()
         self.max_tenants = max_tenants
+        self._warned = False
         self._tools: frozenset[str] | None = None
-        registry = self.registry
-        self.token_usage = Histogram(
-            "gen_ai_client_token_usage",
-            "Tokens per recorded LLM call, by type (input is uncached input; reasoning is part of output)",
-            [TENANT, "gen_ai_token_type", *GENAI_LABELS],
-            buckets=TOKEN_BUCKETS,
-            registry=registry,
-        )
-        self.operation_duration = Histogram(
-            "gen_ai_client_operation_duration_seconds",
-            "Duration of LLM calls as reported to track_usage (latency_ms)",
-            [TENANT, *GENAI_LABELS, "status"],
-            buckets=OPERATION_BUCKETS,
-            registry=registry,
-        )
-        self.cost = Counter(
-            "tokenledger_cost_usd",
-            "USD cost of recorded usage (unpriced calls add nothing: see tokenledger_usage_records_total)",
-            [TENANT, *GENAI_LABELS],
-            registry=registry,
-        )
-        self.usage_records = Counter(
-            "tokenledger_usage_records",
-            "Usage records written by track_usage, by call status and whether the model was priced",
-            [TENANT, *GENAI_LABELS, "status", "priced"],
-            registry=registry,
-        )
-        self.decisions = Counter(
-            "tokenledger_budget_decisions",
-            "check_budget decisions: allow, partial (fewer output tokens) or deny, with the blocking reason",
-            [TENANT, "decision", "reason"],
-            registry=registry,
-        )
-        self.reservation_seconds = Histogram(
-            "tokenledger_reservation_seconds",
-            "Time of the ledger's check-and-reserve (one SQL function call), by decision",
-            [TENANT, "decision"],
-            buckets=LEDGER_BUCKETS,
-            registry=registry,
-        )
-        self.tool_seconds = Histogram(
-            "tokenledger_tool_seconds",
-            "MCP tool call time in the server, by tool and outcome (ok, error)",
-            [TENANT, "tool", "outcome"],
-            buckets=LEDGER_BUCKETS,
-            registry=registry,
-        )
-        self.alert_deliveries = Counter(
-            "tokenledger_alert_deliveries",
-            "Alert deliveries by sink kind and result: delivered, retry (failed, retried later), failed",
-            [TENANT, "sink", "result"],
-            registry=registry,
-        )
-        ledger_metrics = (
-            self.token_usage,
-            self.operation_duration,
-            self.cost,
-            self.usage_records,
-            self.decisions,
-            self.reservation_seconds,
-            self.tool_seconds,
-            self.alert_deliveries,
-        )
-        # The families kept per tenant (as the registry names them: a counter without `_total`).
-        self._families = frozenset(described.name for m in ledger_metrics for described in m.describe())
 
     # --- observations (called by the ledger and the HTTP app) --------------------------------------
 
@@ -160,10 +158,10 @@ class Metrics:
         """A check_budget answer; a replay of an earlier answer is not counted again."""
         if result.duplicate:
             return
-        owner = self._tenant(tenant)
         reason = result.blocked_by.reason if result.blocked_by is not None else "none"
-        self.decisions.labels(owner, result.decision, _bounded_reason(reason)).inc()
-        self.reservation_seconds.labels(owner, result.decision).observe(seconds)
+        for families in self._targets(tenant):
+            families.decisions.labels(result.decision, _bounded_reason(reason)).inc()
+            families.reservation_seconds.labels(result.decision).observe(seconds)
 
     def observe_usage(
         self,
@@ -179,17 +177,18 @@ class Metrics:
         if result.duplicate:
             return
         labels = (
-            self._tenant(tenant),
             provider if provider in self._providers else OTHER,
             model if model in self._models else OTHER,
         )
-        for token_type, count in _token_counts(result):
-            self.token_usage.labels(labels[0], token_type, *labels[1:]).observe(count)
-        if result.cost_usd is not None:
-            self.cost.labels(*labels).inc(float(result.cost_usd))
-        self.usage_records.labels(*labels, status, "true" if result.priced else "false").inc()
-        if latency_ms is not None:
-            self.operation_duration.labels(*labels, status).observe(latency_ms / 1000)
+        counts = _token_counts(result)
+        for families in self._targets(tenant):
+            for token_type, count in counts:
+                families.token_usage.labels(token_type, *labels).observe(count)
+            if result.cost_usd is not None:
+                families.cost.labels(*labels).inc(float(result.cost_usd))
+            families.usage_records.labels(*labels, status, "true" if result.priced else "false").inc()
+            if latency_ms is not None:
+                families.operation_duration.labels(*labels, status).observe(latency_ms / 1000)
 
     def known_tools(self, names: Collection[str]) -> None:
         """The server's tool names: only these become `tool` label values, others count as `other`."""
@@ -197,7 +196,8 @@ class Metrics:
 
     def observe_tool(self, tool: str, seconds: float, *, ok: bool, tenant: str) -> None:
         name = tool if self._tools is not None and tool in self._tools else OTHER
-        self.tool_seconds.labels(self._tenant(tenant), name, "ok" if ok else "error").observe(seconds)
+        for families in self._targets(tenant):
+            families.tool_seconds.labels(name, "ok" if ok else "error").observe(seconds)
 
     def observe_alert_delivery(
         self, sink: str, *, tenant: str, error: str | None, retry_seconds: float | None
@@ -205,72 +205,34 @@ class Metrics:
         """One delivery attempt; `sink` is a sink name such as `webhook:3fa1...` (only its kind is kept)."""
         kind = sink.partition(":")[0]
         result = "delivered" if error is None else ("retry" if retry_seconds is not None else "failed")
-        sink_kind = kind if kind in _SINK_KINDS else OTHER
-        self.alert_deliveries.labels(self._tenant(tenant), sink_kind, result).inc()
+        for families in self._targets(tenant):
+            families.alert_deliveries.labels(kind if kind in _SINK_KINDS else OTHER, result).inc()
 
-    def _tenant(self, tenant: str) -> str:
-        if tenant in self._tenants:
-            return tenant
-        if len(self._tenants) >= self.max_tenants:
-            if NO_TENANT not in self._tenants:
-                self._tenants.add(NO_TENANT)
+    def _targets(self, tenant: str) -> tuple[_Families, ...]:
+        """Where an observation of `tenant` goes: the process's metrics and, within the bound, its own."""
+        own = self._tenants.get(tenant)
+        if own is None and tenant:
+            if len(self._tenants) < self.max_tenants:
+                own = self._tenants[tenant] = _Families(CollectorRegistry())
+            elif not self._warned:
+                self._warned = True
                 log.warning(
-                    "metrics: over %d tenants in this process; the metrics of further tenants count in "
-                    "the process total only",
+                    "metrics: over %d tenants in this process; further tenants count in the process's "
+                    "metrics only",
                     self.max_tenants,
                 )
-            return NO_TENANT
-        self._tenants.add(tenant)
-        return tenant
+        return (self._process,) if own is None else (self._process, own)
 
     # --- exposition --------------------------------------------------------------------------------
 
     def tenant_exposition(self, tenant: str) -> bytes:
-        """One tenant's series, in the Prometheus text format (0.0.4); nothing of any other tenant, and
+        """One tenant's series, in the Prometheus text format (0.0.4): nothing of any other tenant, and
         nothing of the process (its CPU and memory are every tenant's)."""
-        if not tenant:  # never the process view by accident
-            raise ValueError("a tenant scrape needs a tenant id")
-        return generate_latest(_View(self.registry, self._families, tenant=tenant))
+        return generate_latest(self._tenants.get(tenant, self._no_tenant).registry)
 
     def process_exposition(self) -> bytes:
         """Every tenant's series summed, with the process's own (CPU, memory), for the operator."""
-        return generate_latest(_View(self.registry, self._families, tenant=None))
-
-
-class _View:
-    """A registry's ledger families without their tenant label: one tenant's samples, or all summed.
-
-    A tenant view (`tenant` given) leaves out every other family; the process view keeps them.
-    """
-
-    def __init__(self, registry: CollectorRegistry, families: frozenset[str], *, tenant: str | None) -> None:
-        self.registry = registry
-        self.families = families
-        self.tenant = tenant
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self.registry.collect():
-            if family.name not in self.families:
-                if self.tenant is None:
-                    yield family
-                continue
-            merged: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-            for sample in family.samples:
-                labels = dict(sample.labels)
-                owner = labels.pop(TENANT)
-                if self.tenant is not None and owner != self.tenant:
-                    continue
-                key = (sample.name, tuple(labels.items()))
-                if key not in merged:
-                    merged[key] = sample.value
-                elif sample.name.endswith("_created"):  # a start time: the earliest, not a sum
-                    merged[key] = min(merged[key], sample.value)
-                else:
-                    merged[key] += sample.value
-            view = Metric(family.name, family.documentation, family.type, family.unit)
-            for (name, label_pairs), value in merged.items():
-                view.add_sample(name, dict(label_pairs), value)
-            yield view
+        return generate_latest(self.registry)
 
 
 _SINK_KINDS: Final = frozenset({"webhook", "slack", "email", "log"})
