@@ -296,28 +296,29 @@ class RequestGuard:
         real `receive`, which later reports the client's disconnect.
         """
         body = bytearray()
-        first: list[Message] = []
+        pending: list[Message] = []
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise _ClientLeft
             if message["type"] != "http.request":
-                first.append(message)
+                pending.append(message)
                 break
             body.extend(message.get("body", b""))
             if len(body) > self.max_request_bytes:
                 raise _BodyTooLarge
             if not message.get("more_body", False):
-                first.insert(0, {"type": "http.request", "body": bytes(body), "more_body": False})
                 break
-        pending = list(first)
+        whole = bytes(body)
+        if not pending:
+            pending.append({"type": "http.request", "body": whole, "more_body": False})
 
         async def replay() -> Message:
             if pending:
                 return pending.pop(0)
             return await receive()
 
-        return bytes(body), replay
+        return whole, replay
 
     async def _authenticate(self, scope: Scope, headers: Headers, body: bytes) -> Response | None:
         scheme, _, key = headers.get("authorization", "").partition(" ")
