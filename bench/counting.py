@@ -1,5 +1,8 @@
 """Benchmark: our counts against raw tiktoken, as medians and ratios. Run: python bench/counting.py
 
+`--section catalog` prints only the model catalog's size, load time and peak memory (load against a
+bare `json.loads` of the same file, in the same run).
+
 Every "miss" sample uses freshly built strings and a fresh TokenCounter, so neither our cache nor
 Python's per-string hash cache flatters our side. The raw chat formula is the cookbook's, with
 `encode_ordinary` (what we use; the cookbook's `encode` is slower and raises on `<|endoftext|>`).
@@ -8,13 +11,20 @@ Python's per-string hash cache flatters our side. The raw chat formula is the co
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import random
 import statistics
 import time
+import tracemalloc
 from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from tokenledger import tokens
+from tokenledger.catalog import Catalog
 from tokenledger.tokens import TokenCounter
 
 ENCODING = "o200k_base"
@@ -37,14 +47,19 @@ def make_text(chars: int, seed: int) -> str:
     return " ".join(words)[:chars]
 
 
-def median_seconds(run: Callable[[Any], object], make_input: Callable[[int], Any], samples: int) -> float:
+def median_seconds(
+    run: Callable[[Any], object],
+    make_input: Callable[[int], Any],
+    samples: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """Return the median time of `run(input)` over samples, each with an input built outside the timing."""
     times = []
     for sample in range(samples):
         prepared = make_input(sample)
-        started = time.perf_counter()
+        started = clock()
         run(prepared)
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
     return statistics.median(times)
 
 
@@ -68,10 +83,87 @@ def compare(
     return statistics.median(raw_times), statistics.median(our_times)
 
 
+def peak_bytes(run: Callable[[], object]) -> tuple[int, object]:
+    """Return the peak traced memory while `run()` runs, and what it returned (kept alive by the caller)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result = run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak, result
+
+
+def catalog_section(samples: int) -> None:
+    """Print the catalog file's size, its load time against a bare json.loads, and peak memory."""
+    path = Path(str(resources.files("tokenledger") / "data" / "catalog.json"))
+    size = path.stat().st_size
+
+    def parse() -> object:
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def first_resolve() -> object:
+        fresh = Catalog(path)  # parse and index; an entry is built when first asked for
+        return fresh, fresh.resolve("claude-sonnet-4-5")
+
+    def first_cheapest() -> object:
+        fresh = Catalog(path)  # builds every first-party entry listed today, to price it
+        return fresh, fresh.cheapest(10_000, 1_000)
+
+    def every_entry() -> object:
+        fresh = Catalog(path)
+        return fresh, [fresh.resolve(model) for model in fresh.context_windows()]
+
+    # CPU time of this process: the catalog's own cost, whatever else the machine runs.
+    cpu = time.process_time
+    rows = []
+    for case, run, runs in [
+        ("json.loads of the file (baseline)", parse, samples),
+        ("first resolve (load + 1 entry)", first_resolve, samples),
+        ("first cheapest (load + first-party)", first_cheapest, max(3, samples // 3)),
+        ("every entry built", every_entry, 3),
+    ]:
+        seconds = median_seconds(lambda _, run=run: run(), lambda _: None, runs, cpu)
+        peak, kept = peak_bytes(run)
+        rows.append((case, seconds, peak))
+        del kept
+    warm = Catalog(path)
+    warm.resolve("claude-sonnet-4-5")
+    at = datetime(2025, 1, 15, tzinfo=UTC)
+    repeat = 100  # calls per sample: one call is below the CPU clock's resolution
+
+    def per_call(call: Callable[[], object]) -> float:
+        return (
+            median_seconds(lambda _: [call() for _ in range(repeat)], lambda _: None, samples, cpu) / repeat
+        )
+
+    resolve_s = per_call(lambda: warm.resolve("claude-sonnet-4-5"))
+    hosted_s = per_call(lambda: warm.resolve("bedrock/us.anthropic.claude-3-5-haiku-20241022-v1:0"))
+    price_at_s = per_call(lambda: warm.price_at("gpt-3.5-turbo", at))
+    snapshot = warm.snapshot
+    print(
+        f"catalog.json: {size:,} bytes, {snapshot.models:,} models ({snapshot.retired:,} retired), "
+        f"{len(snapshot.releases)} litellm releases"
+    )
+    print(f"{'case (CPU time)':38} {'median':>10} {'peak MiB':>9} {'vs parse':>9}")
+    for case, seconds, peak in rows:
+        print(f"{case:38} {seconds * 1e3:8.2f}ms {peak / 2**20:9.1f} {seconds / rows[0][1]:8.2f}x")
+    print(f"{'resolve, warm':38} {resolve_s * 1e6:8.1f}us")
+    print(f"{'resolve a Bedrock inference profile':38} {hosted_s * 1e6:8.1f}us")
+    print(f"{'price_at 2025-01-15, warm':38} {price_at_s * 1e6:8.1f}us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=21)
+    parser.add_argument("--section", choices=["all", "counting", "catalog"], default="all")
     options = parser.parse_args()
+    if options.section in {"all", "catalog"}:
+        catalog_section(options.samples)
+        if options.section == "catalog":
+            return
+        print()
     enc = tokens.get_encoding(ENCODING)
     enc.encode_ordinary("warm up")
     rows: list[tuple[str, float, float, str]] = []

@@ -38,12 +38,16 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serving(
-    dsn: str, *, read_timeouts: ReadTimeouts = DEFAULT_READ_TIMEOUTS, **app_options: Any
+    dsn: str,
+    settings: Settings | None = None,
+    *,
+    read_timeouts: ReadTimeouts = DEFAULT_READ_TIMEOUTS,
+    **app_options: Any,
 ) -> AsyncIterator[Served]:
     """The real app (MCP, SSE, /metrics, /dashboard) under uvicorn on 127.0.0.1 with the server's read
-    timeouts, in this event loop, stopped on exit. `app_options` go to `build_app` (transports,
-    max_request_bytes, metrics_token...)."""
-    ledger = await Ledger.open(Settings.from_env({}), dsn=dsn, migrate=False)
+    timeouts, in this event loop, stopped on exit; its ledger opened with `settings` (default: none from
+    the environment). `app_options` go to `build_app` (transports, max_request_bytes, metrics_token...)."""
+    ledger = await Ledger.open(settings or Settings.from_env({}), dsn=dsn, migrate=False)
     try:
         server = build_server(ledger, default_principal=Principal(role="viewer"))
         app = build_app(ledger, server, policy=AccessPolicy.for_bind("127.0.0.1"), **app_options)

@@ -33,7 +33,9 @@ def test_models_json_and_provider(capsys: pytest.CaptureFixture[str]) -> None:
     document = json.loads(out)
     assert document["snapshot"]["litellm_version"]
     assert document["models"] and {model["provider"] for model in document["models"]} == {"anthropic"}
-    assert all(isinstance(value, str) for value in document["models"][0]["price"].values() if value)
+    rates = document["models"][0]["price_per_million"]
+    assert all(isinstance(value, str) for value in rates.values() if value is not None)
+    assert isinstance(document["models"][0]["price"]["input"], str)
 
 
 def test_models_with_no_match_says_so(capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,6 +112,28 @@ def test_cost_of_an_unpriced_model_is_not_zero(capsys: pytest.CaptureFixture[str
         (["prices", "claude-sonet-4-5"], "claude-sonnet-4-5"),
         (["models", "--provider", "nope"], "provider"),
         (["models", "--limit", "0"], "--limit"),
+        (
+            ["cost", "--model", "gpt-4o", "--input", "1", "--output", "1", "--service-tier", "turbo"],
+            "--service-tier",
+        ),
+        (["cost", "--model", "gpt-4o", "--input", "1", "--output", "1", "--cache-ttl", "2h"], "--cache-ttl"),
+        (
+            [
+                "cost",
+                "--model",
+                "gpt-4o",
+                "--input",
+                "1",
+                "--output",
+                "1",
+                "--batch",
+                "--service-tier",
+                "flex",
+            ],
+            "--service-tier",
+        ),
+        (["cost", "--model", "gpt-4o", "--input", "1", "--output", "1", "--at", "2025-13-01"], "--at"),
+        (["cost", "--model", "gpt-4o", "--input", "1", "--output", "1", "--at", "2025-01-01T00:00"], "--at"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(
@@ -133,3 +157,142 @@ def test_runs_as_a_module() -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines()[1].startswith("gpt-4o ")
+
+
+# --- the seeds' models, retirement and dates ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "total"),
+    [
+        # Seed 002's table: Claude Opus 4 $15 / $75, Claude Haiku 3.5 $0.80 / $4 per million.
+        ("claude-opus-4-20250514", "90"),
+        ("claude-3-5-haiku-20241022", "4.8"),
+    ],
+)
+def test_cost_of_seed_002s_retired_models(capsys: pytest.CaptureFixture[str], model: str, total: str) -> None:
+    code, out, err = run(capsys, "cost", "--model", model, "--input", "1000000", "--output", "1000000")
+    assert code == 0
+    assert out.splitlines()[-1].split() == ["total", "2,000,000", total]
+    assert "warning" in err and "retired" in err
+
+
+def test_cost_of_claude_sonnet_4_at_and_above_its_long_context_threshold(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Seed 002: Claude Sonnet 4 $3 / $15 per million; above 200K input tokens Anthropic bills the
+    # whole request at $6 / $22.50.
+    code, out, _ = run(
+        capsys, "cost", "--model", "claude-sonnet-4-20250514", "--input", "100000", "--output", "100000"
+    )
+    assert code == 0 and out.splitlines()[-1].split() == ["total", "200,000", "1.8"]
+    code, out, _ = run(
+        capsys, "cost", "--model", "claude-sonnet-4-20250514", "--input", "1000000", "--output", "1000000"
+    )
+    assert code == 0 and out.splitlines()[-1].split() == ["total", "2,000,000", "28.5"]
+    assert "above 200,000 input tokens" in out.splitlines()[0]
+
+
+def test_prices_and_count_of_a_retired_model_warn(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "prices", "claude-3-5-haiku-20241022")
+    assert code == 0
+    assert "0.0000008 / 0.8" in out and "last listed 2026-03-01" in out
+    assert "retired" in err
+    code, out, err = run(capsys, "count", "--model", "claude-3-5-haiku-20241022", "hello there", "--json")
+    assert code == 0
+    assert any("retired" in warning for warning in json.loads(out)["warnings"])
+    assert "retired" in err
+
+
+def test_models_retired_lists_them_with_their_last_date(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "models", "--retired", "claude-3-5-haiku-2024")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[-2:] == ["LAST", "LISTED"]
+    assert lines[1].split() == ["claude-3-5-haiku-20241022", "anthropic", "200,000", "0.8", "4", "2026-03-01"]
+    code, out, _ = run(capsys, "models", "claude-3-5-haiku-2024")  # listed today: Bedrock's, not Anthropic's
+    assert code == 0
+    assert "claude-3-5-haiku-20241022" not in [line.split()[0] for line in out.splitlines()]
+
+
+def test_prices_history_shows_the_dated_prices(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "prices", "gpt-3.5-turbo", "--history")
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert rows == [
+        ["2023-12-14", "2025-10-05", "1.5", "2", "-", "-", "litellm", "1.14.4"],
+        ["2025-10-05", "now", "0.5", "1.5", "-", "-", "litellm", "1.77.7"],
+    ]
+    code, out, _ = run(capsys, "prices", "gpt-3.5-turbo", "--history", "--json")
+    history = json.loads(out)["history"]
+    assert [h["effective_from"][:10] for h in history] == ["2023-12-14", "2025-10-05"]
+    assert history[0]["price"]["input"] == "0.0000015"
+
+
+def test_cost_at_a_date_takes_the_price_then(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["cost", "--model", "gpt-3.5-turbo", "--input", "1000", "--output", "1000"]
+    code, out, _ = run(capsys, *argv, "--at", "2024-06-01")
+    assert code == 0 and out.splitlines()[-1].split() == ["total", "2,000", "0.0035"]
+    code, out, _ = run(capsys, *argv, "--at", "2026-01-01T09:00:00+01:00")
+    assert code == 0 and out.splitlines()[-1].split() == ["total", "2,000", "0.002"]
+
+
+# --- price modes, hosts and local runtimes -------------------------------------------------------
+
+
+def test_prices_show_modes_and_tiers(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "prices", "gpt-5.4")
+    assert code == 0
+    labels = [line.strip().split("  ")[0] for line in out.splitlines()]
+    assert {"batch", "flex", "priority", "above 272,000 input"} <= set(labels)
+    assert "input 5 / output 22.5" in out
+
+
+@pytest.mark.parametrize(
+    ("options", "total", "mode"),
+    [
+        (["--batch"], "6.25", "batch rates"),
+        (["--service-tier", "priority"], "21.25", "priority rates"),
+        ([], "12.5", "standard rates"),
+    ],
+)
+def test_cost_in_batch_and_service_tiers(
+    capsys: pytest.CaptureFixture[str], options: list[str], total: str, mode: str
+) -> None:
+    argv = ["cost", "--model", "gpt-4o", "--input", "1000000", "--output", "1000000", *options]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert out.splitlines()[-1].split() == ["total", "2,000,000", total]
+    assert mode in out.splitlines()[0]
+
+
+def test_cost_of_one_hour_cache_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["cost", "--model", "claude-sonnet-4-20250514", "--input", "0", "--output", "0"]
+    code, out, _ = run(capsys, *argv, "--cache-write", "100000", "--cache-ttl", "1h", "--json")
+    assert code == 0 and json.loads(out)["cost_usd"] == "0.6"
+
+
+def test_cost_in_a_mode_the_model_lacks_warns(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "cost",
+        "--model",
+        "claude-sonnet-4-5",
+        "--input",
+        "10",
+        "--output",
+        "10",
+        "--service-tier",
+        "flex",
+    ]
+    code, out, err = run(capsys, *argv)
+    assert code == 0 and "standard rates" in out and "no flex price" in err
+
+
+def test_cost_of_a_local_model_is_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "cost", "--model", "ollama/llama3", "--input", "1000", "--output", "1000")
+    assert code == 0
+    assert "local runtime" in out.splitlines()[0]
+    assert out.splitlines()[-1].split() == ["total", "2,000", "0"]
+    code, out, _ = run(capsys, "prices", "ollama/llama3", "--json")
+    document = json.loads(out)
+    assert document["priced"] is True and document["price"] == {"input": "0", "output": "0", "local": True}

@@ -137,7 +137,9 @@ async def test_the_whole_flow(ledger: Ledger) -> None:
         assert markdown["text"].startswith("| model | requests |") and "| gpt-4o | 1 |" in markdown["text"]
         csv_report = await session.ok("report", view="budgets", format="csv")
         header, row = csv_report["text"].splitlines()[:2]
-        assert header.startswith("name,scope,unit,limit") and row.startswith("monthly,global,tokens,100000")
+        # Every cell quoted (OWASP's CSV-injection guidance; see test_report_limits).
+        assert header.startswith('"name","scope","unit","limit"')
+        assert row.startswith('"monthly","global","tokens","100000')
 
         # An aborted call gives its reservation back.
         held = await session.ok("check_budget", model="gpt-4o", input_tokens=10, max_output_tokens=10)

@@ -1,56 +1,102 @@
-"""The bundled model catalog: context windows, counting rules and per-token USD prices, and costs.
+"""The bundled model catalog: context windows, counting rules and dated per-token USD prices.
 
-The catalog is a dated snapshot of litellm's public price list (`data/catalog.json`, built by
-`scripts/update_catalog.py`), read once on first use. Names resolve case-insensitively, through
-aliases, provider prefixes (`openai/gpt-4o`, `gemini/gemini-2.5-pro`), fine-tune ids
-(`ft:gpt-4o-mini-2024-07-18:org::id`) and dated or `-latest` names whose base model is listed.
+The catalog is built from a series of litellm releases' public price lists (`data/catalog.json`, by
+`scripts/update_catalog.py`) and read once on first use; each model's entry is built when first asked
+for. Every price carries the date it came into force, so usage is costed at the price of its own time
+(`price_at`); a model the newest release no longer lists is `retired` and keeps its last price.
 
-Token conventions of `cost` (the same for every provider):
-- `input_tokens` are uncached input tokens; cache reads and cache writes are counted separately
-  (Anthropic's convention) and priced at their own rates, or at the input rate where the provider
-  publishes none, so a missing rate over-charges, never under-charges;
-- `reasoning_output_tokens` are part of `output_tokens` (OpenAI's convention) and priced at the
-  reasoning rate where one is published, else at the output rate;
-- a model without an input or output price is unpriced: its cost is None, never $0.
+Names resolve case-insensitively, through aliases, first-party prefixes (`openai/gpt-4o`,
+`gemini/gemini-2.5-pro`), fine-tune ids (`ft:gpt-4o-mini-2024-07-18:org::id`), dated or `-latest`
+names whose base model is listed, and hosted or routed names (`azure/`, `bedrock/`, `vertex_ai/`,
+`openrouter/`, ...): the host's own entry where the price list has one, else the model it serves at
+its maker's price, with a warning. Local runtimes (`ollama/`, `lm_studio/`, `vllm/`, ...) are priced
+$0 as local. Costs: see `tokenledger.pricing`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import difflib
 import functools
 import json
 import re
-from dataclasses import dataclass
-from datetime import date
-from decimal import Decimal, localcontext
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tokenledger.errors import InvalidInput, UnknownModel
-from tokenledger.types import CostBreakdown, ModelInfo, Price
+from tokenledger.families import FIRST_PARTY, bare_name, counting, family_of
+from tokenledger.pricing import cost
+from tokenledger.types import DatedPrice, ModelInfo, Price
 
-# Prefixes callers put before a model name (litellm, OpenRouter, Hugging Face style) -> our provider.
+__all__ = ["Catalog", "Snapshot", "cheapest", "cost", "default_catalog", "resolve", "search"]
+
+# Prefixes callers put before a maker's model name (litellm, OpenRouter, Hugging Face style) -> maker.
 PROVIDER_PREFIXES = {
     "openai": "openai",
+    "text-completion-openai": "openai",
     "anthropic": "anthropic",
     "google": "google",
     "gemini": "google",
-    "vertex_ai": "google",
     "mistral": "mistral",
     "mistralai": "mistral",
+    "codestral": "mistral",
     "cohere": "cohere",
     "cohere_chat": "cohere",
     "deepseek": "deepseek",
+    "deepseek-ai": "deepseek",
     "xai": "xai",
     "x-ai": "xai",
     "meta": "meta",
     "meta_llama": "meta",
     "meta-llama": "meta",
 }
+# Prefixes of hosts and routers, which serve other makers' models at their own prices -> provider.
+HOSTS = {
+    "azure": "azure",
+    "azure_ai": "azure_ai",
+    "bedrock": "bedrock",
+    "vertex_ai": "vertex_ai",
+    "openrouter": "openrouter",
+    "together_ai": "together_ai",
+    "groq": "groq",
+    "fireworks_ai": "fireworks_ai",
+    "deepinfra": "deepinfra",
+}
+HOST_NAMES = {
+    "azure": "Azure OpenAI",
+    "azure_ai": "Azure AI Foundry",
+    "bedrock": "Bedrock",
+    "vertex_ai": "Vertex AI",
+    "openrouter": "OpenRouter",
+    "together_ai": "Together AI",
+    "groq": "Groq",
+    "fireworks_ai": "Fireworks AI",
+    "deepinfra": "DeepInfra",
+}
+# Runtimes on the caller's own machine or servers: no per-token bill, so $0 as a stated price.
+LOCAL_RUNTIMES = (
+    "ollama",
+    "ollama_chat",
+    "lm_studio",
+    "vllm",
+    "hosted_vllm",
+    "llamafile",
+    "lemonade",
+    "xinference",
+    "oobabooga",
+)
+LOCAL_PRICE = Price(input=Decimal(0), output=Decimal(0), local=True)
 # Dated snapshots (-2024-08-06, -20250929, @20251101, -0125, -09-2025) and -latest pointers.
 _VERSION_SUFFIX = re.compile(r"(?:[-@](?:\d{4}-\d{2}-\d{2}|\d{8}|\d{2}-\d{4}|\d{4})|-latest)$")
+# How Bedrock spells a model: [region/]geography.vendor.model-vN:M; `converse/` and `invoke/` routes.
+_BEDROCK_ROUTE = re.compile(r"^(?:converse/|invoke/)?(?:[a-z]{2}(?:-gov)?-[a-z]+-\d/)?")
+_BEDROCK_GEOGRAPHY = re.compile(r"^(us|eu|apac|global|au|jp|ca|us-gov)\.")  # cross-region inference profiles
+_BEDROCK_VERSION = re.compile(r"-v\d+(?::\d+)?$")
 _TOKENS_ALLOWED = "a whole number of tokens, 0 or more"
 
 
@@ -58,44 +104,139 @@ _TOKENS_ALLOWED = "a whole number of tokens, 0 or more"
 class Snapshot:
     """Where the bundled prices come from and when they were taken."""
 
-    date: date
+    date: date  # the newest release's date
     source: str
-    version: str  # the litellm release the snapshot was read from
-    models: int
+    version: str  # the newest litellm release read
+    models: int  # every model, retired ones included
+    retired: int = 0
+    releases: tuple[tuple[str, dt.date], ...] = ()  # (litellm version, date), oldest first
+
+
+@dataclass
+class _Index:
+    snapshot: Snapshot
+    # lower-cased name -> the model's JSON line, replaced by the parsed entry when first asked for
+    entries: dict[str, str | dict[str, Any]]
+    providers: dict[str, str]  # lower-cased name -> provider, known without parsing the line
+    retired: set[str]  # lower-cased names of retired models
+    aliases: dict[str, str]  # lower-cased alias -> lower-cased name
+    alias_names: dict[str, list[str]]  # lower-cased name -> its aliases as written
+    versions: dict[str, str]  # release date -> litellm version
+    prices: dict[tuple[str, int], Price] = field(default_factory=dict)  # (name, index in its prices)
+    infos: dict[str, ModelInfo] = field(default_factory=dict)  # entries built so far
+
+    def entry(self, key: str) -> dict[str, Any]:
+        found = self.entries[key]
+        if isinstance(found, str):
+            found = self.entries[key] = json.loads(found)
+        return found
+
+    def price(self, key: str, position: int) -> Price:
+        """Return the entry's price at `position` in its dated prices (parsed once; callers copy it)."""
+        dated = self.entry(key)["prices"]
+        position %= len(dated)
+        found = self.prices.get((key, position))
+        if found is None:
+            found = self.prices[key, position] = _price(dated[position])
+        return found
 
 
 @dataclass(frozen=True)
-class _Index:
-    snapshot: Snapshot
-    models: dict[str, ModelInfo]  # lower-cased name -> entry, in catalog order
-    aliases: dict[str, str]  # lower-cased alias -> lower-cased name
+class _Resolved:
+    info: ModelInfo
+    key: str | None  # the catalog entry whose prices apply; None for a local runtime
+
+
+# The layout scripts/update_catalog.py writes: a header, then one model per line, each starting with
+# its name and provider. Other layouts of the same JSON load too, parsed whole.
+_MODELS_START = '\n"models":[\n'
+_MODELS_END = "\n]}\n"
+_NAME_START = '{"name":"'
+_PROVIDER_START = ',"provider":"'
+_RETIRED = '"retired":"'  # only ever a key: quotes inside names and values are escaped
 
 
 def _bundled_path() -> Path:
     return Path(str(resources.files("tokenledger") / "data" / "catalog.json"))
 
 
+def _line_key(line: str) -> tuple[str, str] | None:
+    """Return the name and provider a model's line starts with, read without parsing the line."""
+    if not line.startswith(_NAME_START):
+        return None
+    name, end = json.decoder.scanstring(line, len(_NAME_START))  # type: ignore[attr-defined]
+    if not line.startswith(_PROVIDER_START, end):
+        return None
+    provider, _ = json.decoder.scanstring(line, end + len(_PROVIDER_START))  # type: ignore[attr-defined]
+    return name, provider
+
+
 def _load(path: Path) -> _Index:
-    document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    rules: dict[str, str] = document.get("rules", {})
-    models: dict[str, ModelInfo] = {}
+    """Return the catalog's index: the header parsed, each model's line kept unparsed under its name."""
+    text = path.read_text(encoding="utf-8")
+    head, found, body = text.partition(_MODELS_START)
+    if found and body.endswith(_MODELS_END):
+        document: dict[str, Any] = json.loads(head + '"models":[]}')
+        models: list[str | dict[str, Any]] = list(body[: -len(_MODELS_END)].split(",\n"))
+    else:
+        document = json.loads(text)
+        models = list(document["models"])
+    entries: dict[str, str | dict[str, Any]] = {}
+    providers: dict[str, str] = {}
+    retired: set[str] = set()
+    for model in models:
+        known = _line_key(model) if isinstance(model, str) else None
+        if isinstance(model, str) and known is None:
+            model = json.loads(model)
+        if known is not None:
+            name, provider = known
+            gone = _RETIRED in model
+        else:
+            assert isinstance(model, dict)
+            name, provider, gone = model["name"], model["provider"], "retired" in model
+        key = name.lower()
+        entries[key], providers[key] = model, provider
+        if gone:
+            retired.add(key)
     aliases: dict[str, str] = {}
-    for entry in document["models"]:
-        price = Price(**{field: Decimal(text) for field, text in entry.get("price", {}).items()})
-        rule = entry.get("estimate_rule")
-        info = ModelInfo(**{**entry, "price": price, "estimate_rule": rules.get(rule, rule)})
-        key = info.name.lower()
-        models[key] = info
-        for alias in info.aliases:
-            aliases.setdefault(alias.lower(), key)
+    alias_names: dict[str, list[str]] = {}
+    for alias, name in document.get("aliases", {}).items():
+        aliases.setdefault(alias.lower(), name.lower())
+        alias_names.setdefault(name.lower(), []).append(alias)
     meta = document["snapshot"]
+    releases = tuple((version, date.fromisoformat(day)) for version, day in document.get("releases", ()))
     snapshot = Snapshot(
         date=date.fromisoformat(meta["date"]),
         source=meta["source"],
         version=meta.get("litellm_version", ""),
-        models=len(models),
+        models=len(entries),
+        retired=len(retired),
+        releases=releases,
     )
-    return _Index(snapshot=snapshot, models=models, aliases=aliases)
+    versions = {day.isoformat(): version for version, day in releases}
+    return _Index(snapshot, entries, providers, retired, aliases, alias_names, versions)
+
+
+def _midnight(day: str) -> datetime:
+    return datetime.combine(date.fromisoformat(day), time(), tzinfo=UTC)
+
+
+def _price(dated: dict[str, Any]) -> Price:
+    return Price.model_validate({key: value for key, value in dated.items() if key != "from"})
+
+
+def _copy_price(price: Price) -> Price:
+    """Return a copy a caller may change: the rate sets and tiers inside are immutable, so shared."""
+    return price.model_copy(update={"tiers": list(price.tiers)})
+
+
+def _copy_info(info: ModelInfo) -> ModelInfo:
+    update = {
+        "price": _copy_price(info.price),
+        "aliases": list(info.aliases),
+        "warnings": list(info.warnings),
+    }
+    return info.model_copy(update=update)
 
 
 def _candidates(key: str) -> list[str]:
@@ -114,64 +255,22 @@ def _candidates(key: str) -> list[str]:
     return names
 
 
-def _tokens(field: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(field, value, _TOKENS_ALLOWED)
-    return value
-
-
-def cost(
-    price: Price,
-    *,
-    input_tokens: int,
-    output_tokens: int,
-    cache_read_input_tokens: int = 0,
-    cache_creation_input_tokens: int = 0,
-    reasoning_output_tokens: int = 0,
-) -> CostBreakdown:
-    """Return the exact USD cost of one request at `price`, by part; cost None if unpriced.
-
-    Conventions (see the module docstring): `input_tokens` exclude cache reads and writes, which are
-    priced at their own rates (else the input rate); `reasoning_output_tokens` are part of
-    `output_tokens`, priced at the reasoning rate (else the output rate). `output_usd` covers the
-    output other than reasoning, so the parts add up to `cost_usd`.
-    """
-    counts = {
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cache_read_input_tokens": cache_read_input_tokens,
-        "cache_creation_input_tokens": cache_creation_input_tokens,
-        "reasoning_output_tokens": reasoning_output_tokens,
-    }
-    for field, value in counts.items():
-        _tokens(field, value)
-    if reasoning_output_tokens > output_tokens:
-        raise InvalidInput(
-            "reasoning_output_tokens",
-            reasoning_output_tokens,
-            f"at most output_tokens ({output_tokens}): reasoning tokens are part of the output",
-        )
-    if price.input is None or price.output is None:
-        return CostBreakdown(cost_usd=None, priced=False)
-    cache_read_rate = price.input if price.cache_read is None else price.cache_read
-    cache_write_rate = price.input if price.cache_write is None else price.cache_write
-    reasoning_rate = price.output if price.reasoning is None else price.reasoning
-    charges = {
-        "input_usd": (input_tokens, price.input),
-        "output_usd": (output_tokens - reasoning_output_tokens, price.output),
-        "cache_read_usd": (cache_read_input_tokens, cache_read_rate),
-        "cache_write_usd": (cache_creation_input_tokens, cache_write_rate),
-        "reasoning_usd": (reasoning_output_tokens, reasoning_rate),
-    }
-    # Enough precision that token count x per-token price is never rounded.
-    with localcontext(prec=60):
-        parts = {part: tokens * rate if tokens else Decimal(0) for part, (tokens, rate) in charges.items()}
-        total = sum(parts.values(), Decimal(0))
-    return CostBreakdown(cost_usd=total, priced=True, **parts)
+def _served_names(host: str, rest: str) -> list[str]:
+    """Return the names a hosted model may be listed under, most specific first: the host's own
+    spelling (Bedrock's `us.anthropic.claude-...-v1:0`), then the maker's (`claude-...`)."""
+    names = [rest]
+    if host == "bedrock":
+        route = _BEDROCK_ROUTE.sub("", rest)
+        names += [route, _BEDROCK_GEOGRAPHY.sub("", route)]
+    bare = _BEDROCK_VERSION.sub("", bare_name(rest)) if host == "bedrock" else bare_name(rest)
+    names.append(bare)
+    if "claude" in bare:
+        names.append(bare.replace(".", "-"))  # OpenRouter's claude-3.5-sonnet is claude-3-5-sonnet
+    return list(dict.fromkeys(names))
 
 
 class Catalog:
-    """Models and prices from a catalog file (the bundled snapshot by default), loaded on first use."""
+    """Models and prices from a catalog file (the bundled one by default), loaded on first use."""
 
     def __init__(self, path: Path | None = None) -> None:
         self._path = path
@@ -185,62 +284,106 @@ class Catalog:
 
     @property
     def snapshot(self) -> Snapshot:
-        """Return the snapshot's date, source and litellm version."""
+        """Return the catalog's sources, dates and size."""
         return self._index.snapshot
 
     def providers(self) -> list[str]:
         """Return the providers in the catalog, sorted."""
-        return sorted({model.provider for model in self._index.models.values()})
+        return sorted(set(self._index.providers.values()))
+
+    def context_windows(self) -> dict[str, int]:
+        """Return every catalog model's context window by name (retired models too), where published."""
+        index = self._index
+        entries = [index.entry(key) for key in index.entries]
+        return {entry["name"]: entry["context_window"] for entry in entries if entry.get("context_window")}
 
     def model_names(self) -> frozenset[str]:
-        """Return the canonical name of every model in the catalog (aliases excluded)."""
-        return frozenset(model.name for model in self._index.models.values())
+        """Return the name of every model in the catalog, lower-cased (aliases excluded; nothing parsed)."""
+        return frozenset(self._index.entries)
 
     def resolve(self, name: str) -> ModelInfo:
-        """Return the entry for a model name, alias, dated or provider-prefixed name.
+        """Return the entry for a model name, alias, dated, prefixed, hosted or local-runtime name.
 
         Raises UnknownModel, listing up to five close names, when nothing matches.
         """
-        key = name.strip().lower()
-        if not key:
-            raise InvalidInput("model", name, "a model name is required")
-        index = self._index
-        for candidate in _candidates(key):
-            found = index.models.get(candidate) or index.models.get(index.aliases.get(candidate, ""))
-            if found is not None:
-                # A copy: callers may adjust an entry (a tenant's price) without touching the catalog.
-                return found.model_copy(deep=True)
-        known = [*index.models, *index.aliases]
-        close = difflib.get_close_matches(_candidates(key)[-1], known, n=10, cutoff=0.5)
-        names = dict.fromkeys(index.models[index.aliases.get(match, match)].name for match in close)
-        raise UnknownModel(name, list(names)[:5])
+        # A copy: callers may adjust an entry (a tenant's price) without touching the catalog.
+        return _copy_info(self._resolve(name).info)
 
-    def search(self, query: str = "", provider: str | None = None, limit: int = 50) -> list[ModelInfo]:
+    def price_at(self, name: str, at: datetime) -> Price:
+        """Return the catalog price of a model in force at `at` (the earliest known before its first date)."""
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            raise InvalidInput("at", at, "a datetime with its UTC offset")
+        resolved = self._resolve(name)
+        if resolved.key is None:
+            return _copy_price(resolved.info.price)
+        prices = self._index.entry(resolved.key)["prices"]
+        chosen = 0
+        for position, dated in enumerate(prices):
+            if _midnight(dated["from"]) <= at:
+                chosen = position
+        return _copy_price(self._index.price(resolved.key, chosen))
+
+    def price_history(self, name: str) -> list[DatedPrice]:
+        """Return a model's catalog prices, oldest first, each with the dates it was in force."""
+        resolved = self._resolve(name)
+        if resolved.key is None:
+            return []
+        prices = self._index.entry(resolved.key)["prices"]
+        history = []
+        for index, dated in enumerate(prices):
+            following = prices[index + 1]["from"] if index + 1 < len(prices) else None
+            version = self._index.versions.get(dated["from"], "?")
+            history.append(
+                DatedPrice(
+                    effective_from=_midnight(dated["from"]),
+                    effective_until=None if following is None else _midnight(following),
+                    price=_copy_price(self._index.price(resolved.key, index)),
+                    source=f"litellm {version}",
+                )
+            )
+        return history
+
+    def search(
+        self, query: str = "", provider: str | None = None, limit: int = 50, *, retired: bool | None = False
+    ) -> list[ModelInfo]:
         """Return up to `limit` models whose name, alias or provider contains every word of `query`.
 
+        `retired`: False (default) for models listed today, True for retired ones only, None for both.
         Exact and prefix matches of the whole query come first, then the rest by provider and name.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidInput("limit", limit, "a whole number, 1 or more")
+        found = self._matching(query, provider, retired)
+        return [_copy_info(self._template(key)) for key in found[:limit]]
+
+    def count(self, query: str = "", provider: str | None = None, *, retired: bool | None = False) -> int:
+        """Return how many models `search` would find with no limit."""
+        return len(self._matching(query, provider, retired))
+
+    def _matching(self, query: str, provider: str | None, retired: bool | None) -> list[str]:
+        """Return the keys of the entries that match a search, in the order `search` gives them."""
         wanted = self._provider(provider) if provider is not None else None
         phrase = query.strip().lower()
         words = phrase.split()
         found = []
-        for key, model in self._index.models.items():
-            if wanted is not None and model.provider != wanted:
+        index = self._index
+        for key, provider in index.providers.items():
+            if wanted is not None and provider != wanted:
                 continue
-            haystack = " ".join([key, model.provider, *model.aliases]).lower()
+            if retired is not None and (key in index.retired) != retired:
+                continue
+            haystack = " ".join([key, provider, *index.alias_names.get(key, ())]).lower()
             if all(word in haystack for word in words):
-                found.append(model)
+                found.append(key)
         found.sort(
-            key=lambda model: (
-                model.name.lower() != phrase,
-                not model.name.lower().startswith(phrase),
-                model.provider,
-                model.name.lower(),
+            key=lambda key: (
+                key != phrase,
+                not key.startswith(phrase),
+                index.providers[key],
+                key,
             )
         )
-        return [model.model_copy(deep=True) for model in found[:limit]]
+        return found
 
     def cheapest(
         self,
@@ -253,33 +396,143 @@ class Catalog:
     ) -> ModelInfo | None:
         """Return the cheapest priced model that fits the request and `max_cost_usd`, or None.
 
-        Fits: the context window holds input + output and the max output holds output. Models with
-        no published context window are skipped, since a fit cannot be shown.
+        Only models listed today; of `provider`, or of the makers' own APIs when none is given (a host
+        serves them under another contract). Fits: the context window holds input + output and the
+        max output holds output. Models with no published context window are skipped, since a fit
+        cannot be shown.
         """
-        _tokens("input_tokens", input_tokens)
-        _tokens("output_tokens", output_tokens)
+        if isinstance(input_tokens, bool) or not isinstance(input_tokens, int) or input_tokens < 0:
+            raise InvalidInput("input_tokens", input_tokens, _TOKENS_ALLOWED)
+        if isinstance(output_tokens, bool) or not isinstance(output_tokens, int) or output_tokens < 0:
+            raise InvalidInput("output_tokens", output_tokens, _TOKENS_ALLOWED)
         wanted = self._provider(provider) if provider is not None else None
         excluded = self._excluded(exclude)
         best: tuple[Decimal, str] | None = None
-        for key, model in self._index.models.items():
-            if key in excluded or not model.price.priced or model.context_window is None:
+        index = self._index
+        for key, provider in index.providers.items():
+            if key in excluded or key in index.retired:
                 continue
-            if wanted is not None and model.provider != wanted:
+            if (provider != wanted) if wanted is not None else (provider not in FIRST_PARTY):
                 continue
-            if model.context_window < input_tokens + output_tokens:
+            entry = index.entry(key)
+            if entry.get("context_window") is None or entry["context_window"] < input_tokens + output_tokens:
                 continue
-            if model.max_output_tokens is not None and model.max_output_tokens < output_tokens:
+            max_output = entry.get("max_output_tokens")
+            if max_output is not None and max_output < output_tokens:
                 continue
-            usd = cost(model.price, input_tokens=input_tokens, output_tokens=output_tokens).cost_usd
+            price = index.price(key, -1)
+            usd = cost(price, input_tokens=input_tokens, output_tokens=output_tokens).cost_usd
             if usd is None or (max_cost_usd is not None and usd > max_cost_usd):
                 continue
             if best is None or (usd, key) < best:
                 best = (usd, key)
-        return None if best is None else self._index.models[best[1]].model_copy(deep=True)
+        return None if best is None else _copy_info(self._template(best[1]))
+
+    # --- building and resolving entries -------------------------------------------------------------
+
+    def _template(self, key: str) -> ModelInfo:
+        """Return the ModelInfo of a catalog entry, built once: callers hand out copies of it."""
+        index = self._index
+        info = index.infos.get(key)
+        if info is None:
+            info = index.infos[key] = self._build(key)
+        return info
+
+    def _build(self, key: str) -> ModelInfo:
+        entry = self._index.entry(key)
+        name, provider = entry["name"], entry["provider"]
+        family = family_of(name, provider)
+        current = entry["prices"][-1]
+        retired = entry.get("retired")
+        warnings = []
+        if retired is not None:
+            version = self._index.versions.get(retired, "?")
+            warnings.append(
+                f"{name} is retired: the price list last listed it on {retired} (litellm {version}); "
+                "its provider retired it or no longer publishes its price. Priced at its last listed price"
+            )
+        return ModelInfo(
+            name=name,
+            provider=provider,
+            **counting(name, family),
+            family=family,
+            context_window=entry.get("context_window"),
+            max_output_tokens=entry.get("max_output_tokens"),
+            price=self._index.price(key, -1),
+            aliases=list(self._index.alias_names.get(key, ())),
+            effective_from=_midnight(current["from"]),
+            retired=retired is not None,
+            last_listed=None if retired is None else date.fromisoformat(retired),
+            warnings=warnings,
+        )
+
+    def _lookup(self, names: list[str]) -> str | None:
+        """Return the key of the first of `names` (each with its candidates) the catalog lists."""
+        index = self._index
+        for name in names:
+            for candidate in _candidates(name):
+                key = candidate if candidate in index.entries else index.aliases.get(candidate)
+                if key is not None:
+                    return key
+        return None
+
+    def _resolve(self, name: str) -> _Resolved:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInput("model", name, "a model name is required")
+        typed = name.strip()
+        key = typed.lower()
+        found = self._lookup([key])
+        if found is not None:
+            return _Resolved(self._template(found), found)
+        prefix, _, rest = key.partition("/")
+        if prefix in LOCAL_RUNTIMES and rest:
+            return _Resolved(self._local(typed, prefix), None)
+        if prefix in HOSTS and rest:
+            found = self._lookup(_served_names(prefix, rest))
+            if found is not None:
+                return _Resolved(self._hosted(typed, HOSTS[prefix], self._template(found)), found)
+        known = [*self._index.entries, *self._index.aliases]
+        close = difflib.get_close_matches(_candidates(key)[-1], known, n=10, cutoff=0.5)
+        index = self._index
+        names = dict.fromkeys(index.entry(index.aliases.get(match, match))["name"] for match in close)
+        raise UnknownModel(name, list(names)[:5])
+
+    @staticmethod
+    def _hosted(name: str, host: str, served: ModelInfo) -> ModelInfo:
+        """Return a hosted name's entry: the served model's, or its maker's price where the price list
+        has none of the host's own, said in a warning."""
+        if served.provider == host:
+            return served
+        note = (
+            f"{name}: the price list has no {HOST_NAMES[host]} price for it; priced as {served.name} "
+            f"({served.provider}), which {HOST_NAMES[host]} may bill differently"
+        )
+        return served.model_copy(
+            update={
+                "name": name,
+                "provider": host,
+                "aliases": [],
+                "base_model": served.name,
+                "warnings": [note, *served.warnings],
+            }
+        )
+
+    @staticmethod
+    def _local(name: str, runtime: str) -> ModelInfo:
+        """Return a local runtime's model: $0 as local, counted by the rule of the family it names."""
+        served = name.split("/", 1)[1]
+        family = family_of(served, "other")
+        return ModelInfo(
+            name=name,
+            provider=runtime,
+            **counting(served, family),
+            family=family,
+            price=LOCAL_PRICE.model_copy(),
+        )
 
     def _provider(self, provider: str) -> str:
         name = provider.strip().lower()
-        name = PROVIDER_PREFIXES.get(name, name)
+        name = PROVIDER_PREFIXES.get(name, HOSTS.get(name, name))
         known = self.providers()
         if name not in known:
             raise InvalidInput("provider", provider, f"one of: {', '.join(known)}")
@@ -305,9 +558,11 @@ def resolve(name: str) -> ModelInfo:
     return default_catalog().resolve(name)
 
 
-def search(query: str = "", provider: str | None = None, limit: int = 50) -> list[ModelInfo]:
+def search(
+    query: str = "", provider: str | None = None, limit: int = 50, *, retired: bool | None = False
+) -> list[ModelInfo]:
     """Return matching models from the bundled catalog; see `Catalog.search`."""
-    return default_catalog().search(query, provider=provider, limit=limit)
+    return default_catalog().search(query, provider=provider, limit=limit, retired=retired)
 
 
 def cheapest(

@@ -59,3 +59,16 @@ class BudgetExceeded(TokenLedgerError):
     def __init__(self, decision: object, message: str) -> None:
         self.decision = decision
         super().__init__(message)
+
+
+class ReportBusy(TokenLedgerError):
+    """Every report slot stayed taken for as long as a report may wait: nothing ran; retry shortly.
+    Reports have their own connections, so checks and settles never wait behind them."""
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(message)
+
+
+class ReportTimeout(TokenLedgerError):
+    """A report query ran past the report time limit and PostgreSQL stopped it: narrow the window."""

@@ -12,7 +12,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -31,7 +31,9 @@ from tokenledger.types import (
     MAX_METADATA_BYTES,
     Attribution,
     Budget,
+    BudgetChange,
     BudgetSpec,
+    BudgetState,
     ChatMessage,
     CheckRequest,
     CheckResult,
@@ -61,6 +63,10 @@ __all__ = ["Ledger"]
 
 ATTRIBUTION_FIELDS = ("user", "session", "project", "team", "feature", "endpoint")
 SCOPE_KINDS = ("team", "project", "user", "session", "feature", "endpoint")
+# Budget fields a `set` may clear with null; null on any other field keeps its value.
+CLEARABLE_BUDGET_FIELDS = frozenset(
+    {"hard_limit", "priority_shares", "rollover_cap", "tokens_per_minute", "requests_per_minute"}
+)
 # Estimates are calibrated from the provider's reported usage once a model has this many settled calls;
 # the factor is kept this long per process, and held within these bounds.
 CALIBRATION_MIN_CALLS = 5
@@ -69,6 +75,13 @@ CALIBRATION_BOUNDS = (0.5, 3.0)
 # Texts above this are counted in a worker thread; below it the hand-off costs more than the count.
 THREAD_COUNT_THRESHOLD = 64 * 1024
 MAX_REPORT_ROWS = 10_000  # time buckets of a timeseries report
+# A bucket's nominal length: a window over MAX_REPORT_ROWS of them is refused before any query runs.
+BUCKET_LENGTHS = {
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+    "month": timedelta(days=365.2425 / 12),
+}
 
 
 def _request_hash(request: Any) -> str:
@@ -78,7 +91,14 @@ def _request_hash(request: Any) -> str:
 
 
 def _price_params(price: Price) -> dict[str, str | None]:
-    return {name: None if value is None else str(value) for name, value in price.model_dump().items()}
+    fields = ("input", "output", "cache_read", "cache_write", "reasoning")  # a tenant override's columns
+    return {name: None if (value := getattr(price, name)) is None else str(value) for name in fields}
+
+
+def _catalog_price(price: Price) -> dict[str, Any]:
+    """The catalog price as tl_check and tl_track take it: rates as decimal strings, and the modes,
+    tiers and `local` flag only where the model has them (see tokenledger.pricing for the rule)."""
+    return price.model_dump(mode="json", exclude_defaults=True)
 
 
 def _hash_key(key: str) -> str:
@@ -106,7 +126,11 @@ class Ledger:
         if dsn is None:
             dsn = await anyio.to_thread.run_sync(resolve_dsn, settings)
         store = await Store.open(
-            dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size, migrate=migrate
+            dsn,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            migrate=migrate,
+            reports=settings.reports,
         )
         return cls(store)
 
@@ -164,15 +188,18 @@ class Ledger:
     def _catalog_model(self, name: str) -> ModelInfo:
         return self.catalog.resolve(name)
 
-    async def _model_for_call(self, name: str, principal: Principal) -> tuple[ModelInfo, Price]:
-        """The model that counts a call, and its bundled price. The database is asked only for a model the
-        catalog does not know (a tenant may price its own); it applies the tenant's override in force at
-        the call's time itself, so the price passed down is the catalog's (none for such a model)."""
+    async def _model_for_call(
+        self, name: str, principal: Principal, at: datetime | None = None
+    ) -> tuple[ModelInfo, Price]:
+        """The model that counts a call, and its bundled price in force at `at` (default: now). The
+        database is asked only for a model the catalog does not know (a tenant may price its own); it
+        applies the tenant's override in force at the call's time itself, so the price passed down is
+        the catalog's (none for such a model)."""
         try:
             model = self.catalog.resolve(name)
         except UnknownModel:
             return await self.model_info(name, principal), Price()
-        return model, model.price
+        return model, model.price if at is None else self.catalog.price_at(name, at)
 
     # --- counting ---------------------------------------------------------------------------------
 
@@ -199,6 +226,7 @@ class Ledger:
                     **fit.model_dump(),
                     "estimated_cost_usd": estimate.cost_usd,
                     "priced": estimate.priced,
+                    "warnings": [*result.warnings, *model.warnings],
                 }
             )
         return result
@@ -282,17 +310,21 @@ class Ledger:
             allow_partial=request.allow_partial,
             reserve=request.reserve,
             ttl_seconds=request.ttl_seconds,
-            catalog_price=_price_params(catalog_price),
+            catalog_price=_catalog_price(catalog_price),
             method=method,
             prompt_hash=request.prompt_hash or reports.prompt_hash(request.text, request.messages),
             counted_input_tokens=counted,
         )
         result = CheckResult.model_validate(answer)
+        result.budgets = _visible_states(principal, result.budgets)
         if factor is not None:
             result.calibration_factor = factor
         if self.metrics is not None:
             self.metrics.observe_check(result, time.perf_counter() - started, tenant=principal.tenant_id)
-        extra_warnings = self._context_warnings(model, input_tokens, request.max_output_tokens)
+        extra_warnings = [
+            *model.warnings,
+            *self._context_warnings(model, input_tokens, request.max_output_tokens),
+        ]
         suggestion = self._suggest_model(result, model, input_tokens, request.max_output_tokens)
         if extra_warnings or suggestion:
             result = result.model_copy(
@@ -353,7 +385,8 @@ class Ledger:
             raise InvalidInput(
                 "metadata", "...", "text without NUL characters (PostgreSQL cannot store them)"
             )
-        model, catalog_price = await self._model_for_call(request.model, principal)
+        at = request.occurred_at or datetime.now(UTC)  # usage is costed at the price of its own time
+        model, catalog_price = await self._model_for_call(request.model, principal, at)
         input_tokens, output_tokens, method = await self._usage_counts(request, model)
         if request.reasoning_output_tokens > output_tokens:
             raise InvalidInput(
@@ -375,7 +408,7 @@ class Ledger:
             cache_creation_input_tokens=request.cache_creation_input_tokens,
             reasoning_output_tokens=request.reasoning_output_tokens,
             reported_cost=request.cost_usd,
-            catalog_price=_price_params(catalog_price),
+            catalog_price=_catalog_price(catalog_price),
             method=method,
             status=request.status,
             latency_ms=request.latency_ms,
@@ -386,6 +419,11 @@ class Ledger:
             prompt_hash=request.prompt_hash or reports.prompt_hash(request.input_text),
         )
         result = TrackResult.model_validate(answer)
+        result.budgets = _visible_states(principal, result.budgets)
+        shown = {state.name for state in result.budgets}
+        result.alerts = [alert for alert in result.alerts if alert.budget in shown]
+        if model.warnings:
+            result = result.model_copy(update={"warnings": [*result.warnings, *model.warnings]})
         if self.metrics is not None:
             self.metrics.observe_usage(
                 result,
@@ -433,26 +471,49 @@ class Ledger:
 
     # --- budgets ----------------------------------------------------------------------------------
 
-    async def set_budget(self, spec: BudgetSpec, principal: Principal | None = None) -> Budget:
-        """Create or replace a budget by name."""
+    async def set_budget(
+        self,
+        spec: BudgetSpec | BudgetChange,
+        principal: Principal | None = None,
+        *,
+        reset_counters: bool = False,
+    ) -> Budget:
+        """Create a budget, or change only the fields `spec` gives of the one by that name (the others
+        keep their values). A change of scope, unit, period or timezone would discard the current period's
+        usage and reservations: it is refused while there are any, unless `reset_counters` confirms it."""
         principal = principal or Principal()
         self._require(principal, ("admin",), "change budgets")
-        _validate_budget(spec)
+        changes = _given_budget_fields(spec)
+        found = await self.store.budgets(tenant=principal.tenant_id, name=spec.name)
+        current = Budget.model_validate(found[0]) if found else None
+        if current is None and changes.get("limit") is None:
+            raise InvalidInput("limit", None, f"a positive amount, required to create budget {spec.name!r}")
+        base = current.spec.model_dump(mode="json") if current is not None else {}
+        merged = BudgetSpec.model_validate({**base, **changes})
+        _validate_budget(merged, await self.store.timezone_names())
         answer = await self.store.set_budget(
-            tenant=principal.tenant_id, actor=principal.actor, spec=spec.model_dump(mode="json")
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            spec=merged.model_dump(mode="json"),
+            expected_updated_at=None if current is None else current.updated_at,
+            reset_counters=reset_counters,
         )
         return Budget.model_validate(answer)
 
     async def get_budget(self, name: str, principal: Principal | None = None) -> Budget:
+        """One budget the principal may read; another user's looks absent to a member."""
         principal = principal or Principal()
         found = await self.store.budgets(tenant=principal.tenant_id, name=name)
-        if not found:
+        visible = _visible_budgets(principal, [Budget.model_validate(b) for b in found])
+        if not visible:
             raise NotFound(f"name {name!r}: no such budget in this tenant")
-        return Budget.model_validate(found[0])
+        return visible[0]
 
     async def list_budgets(self, principal: Principal | None = None) -> list[Budget]:
+        """The budgets the principal may read (see `may_read_budget`), by name."""
         principal = principal or Principal()
-        return [Budget.model_validate(b) for b in await self.store.budgets(tenant=principal.tenant_id)]
+        found = await self.store.budgets(tenant=principal.tenant_id)
+        return _visible_budgets(principal, [Budget.model_validate(b) for b in found])
 
     async def delete_budget(self, name: str, principal: Principal | None = None) -> BudgetSpec:
         principal = principal or Principal()
@@ -515,7 +576,7 @@ class Ledger:
         limit: int,
     ) -> UsageResult:
         """The window's groups (at most `limit`) and its totals, from one scan."""
-        _validate_timezone(timezone, "timezone")
+        await self._check_timezone(timezone)
         rows, totals = await self.store.usage_report(
             tenant=tenant,
             since=since,
@@ -537,7 +598,7 @@ class Ledger:
 
     async def report(self, query: reports.ReportQuery, principal: Principal | None = None) -> reports.Report:
         """One report view (rows, totals, notes; json): usage views cover a member's own user only,
-        budgets and forecasts the tenant's budgets. Render it with `reports.formatted`."""
+        budgets and forecasts the budgets the principal may read. Render it with `reports.formatted`."""
         principal = principal or Principal()
         view = query.view
         if view == "budgets":
@@ -564,7 +625,7 @@ class Ledger:
                 tenant=tenant, since=since, until=until, filters=filters
             )
             return reports.accuracy_report(rows, since, until)
-        windows = {m.name: m.context_window for m in self.catalog.search(limit=10_000) if m.context_window}
+        windows = self.catalog.context_windows()
         stats = await self.store.model_usage_stats(
             tenant=tenant, since=since, until=until, filters=filters, context_windows=windows
         )
@@ -573,19 +634,18 @@ class Ledger:
     async def _usage_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
         """Summary, usage or timeseries: the groups and the totals of the window in one scan."""
         filters, since, until = self._report_scope(query, principal, timedelta(days=30))
-        _validate_timezone(query.timezone, "timezone")  # before the bucket query uses it
+        await self._check_timezone(query.timezone)  # before the bucket query uses it
         group_by = [] if query.view == "summary" else query.group_by
         bucket = (query.bucket or "day") if query.view == "timeseries" else query.bucket
         buckets: list[datetime] = []
         if query.view == "timeseries":
             assert bucket is not None
+            _check_bucket_count(since, until, bucket)  # arithmetic: before the series is made in SQL
             buckets = await self.store.usage_buckets(
                 since=since, until=until, bucket=bucket, timezone=query.timezone, limit=MAX_REPORT_ROWS + 1
             )
-            if len(buckets) > MAX_REPORT_ROWS:
-                raise InvalidInput(
-                    "bucket", bucket, f"at most {MAX_REPORT_ROWS:,} buckets: a coarser bucket or window"
-                )
+            if len(buckets) > MAX_REPORT_ROWS:  # a window at the limit whose ends fall inside buckets
+                raise _too_many_buckets(since, until, bucket, len(buckets))
         result = await self._usage(
             principal.tenant_id,
             filters,
@@ -721,19 +781,17 @@ class Ledger:
         self, principal: Principal | None = None, *, days: int = 30, timezone: str = "UTC", top: int = 10
     ) -> dashboards.Dashboard:
         """What the web dashboard shows a principal over the last `days` days: a viewer or admin its
-        tenant, a member its own user (the budgets that apply to it: global and its user's)."""
+        tenant, a member its own user's usage and decisions and the budgets it may read."""
         principal = principal or Principal()
         if not 1 <= days <= 366:
             raise InvalidInput("days", days, "a whole number of days, 1 to 366")
         if not 1 <= top <= 100:
             raise InvalidInput("top", top, "1 to 100")
-        _validate_timezone(timezone, "timezone")
+        await self._check_timezone(timezone)
         until = datetime.now(UTC)
         since = dashboards.window_start(until, days, timezone)
         member = principal.role == "member"
         budgets = [b.state for b in await self.list_budgets(principal)]
-        if member:
-            budgets = [b for b in budgets if b.scope in ("global", f"user:{principal.user}")]
         window = UsageQuery(since=since, until=until, timezone=timezone)
         by_day = window.model_copy(update={"bucket": "day", "limit": days + 1})
         daily = await self.usage(by_day, principal)
@@ -742,7 +800,6 @@ class Ledger:
         for key in keys:
             grouped = window.model_copy(update={"group_by": [key], "limit": top})
             tops[key] = (await self.usage(grouped, principal)).rows
-        alert_budgets = [b.name for b in budgets] if member else None
         return dashboards.Dashboard(
             tenant=principal.tenant_id,
             role=principal.role,
@@ -757,7 +814,7 @@ class Ledger:
             top_projects=tops["project"],
             top_models=tops["model"],
             decisions=await self.recent_decisions(principal),
-            alerts=await self.open_alerts(principal, budgets=alert_budgets),
+            alerts=await self.open_alerts(principal),
         )
 
     async def recent_decisions(
@@ -786,8 +843,12 @@ class Ledger:
     async def open_alerts(
         self, principal: Principal | None = None, *, budgets: Sequence[str] | None = None, limit: int = 20
     ) -> list[dashboards.OpenAlert]:
-        """Alerts of the budgets' current periods, newest first (of the named budgets only, if given)."""
+        """Alerts of the budgets' current periods, newest first: of the budgets the principal may read
+        (and of the named ones only, if given)."""
         principal = principal or Principal()
+        if principal.role == "member":
+            readable = [budget.spec.name for budget in await self.list_budgets(principal)]
+            budgets = [name for name in readable if budgets is None or name in budgets]
         rows = await self.store.open_alerts(tenant=principal.tenant_id, budgets=budgets, limit=limit)
         return [
             dashboards.OpenAlert(
@@ -808,6 +869,10 @@ class Ledger:
 
     # --- access -----------------------------------------------------------------------------------
 
+    async def _check_timezone(self, name: str, field: str = "timezone") -> None:
+        """Refuse a time zone that PostgreSQL (buckets, periods) or Python (the dashboard) does not know."""
+        _validate_timezone(name, field, await self.store.timezone_names())
+
     @staticmethod
     def _require(principal: Principal, roles: Sequence[str], action: str) -> None:
         if principal.role not in roles:
@@ -827,17 +892,68 @@ class Ledger:
         return attribution
 
 
-def _validate_timezone(name: str, field: str) -> None:
+def may_read_budget(principal: Principal, scope: str) -> bool:
+    """The one rule of who reads which budget. Admins and viewers read every budget of their tenant. A
+    member reads its own user's budgets in full and the shared ones (global, team, project, session,
+    feature, endpoint) as the aggregate state that explains its own decisions; never another user's."""
+    if principal.role != "member":
+        return True
+    kind, _, value = scope.partition(":")
+    return kind != "user" or (principal.user is not None and value == principal.user)
+
+
+def _visible_budgets(principal: Principal, budgets: Sequence[Budget]) -> list[Budget]:
+    return [budget for budget in budgets if may_read_budget(principal, budget.spec.scope)]
+
+
+def _visible_states(principal: Principal, states: Sequence[BudgetState]) -> list[BudgetState]:
+    """The budget states of a check or track answer that the principal may read."""
+    return [state for state in states if may_read_budget(principal, state.scope)]
+
+
+def _given_budget_fields(spec: BudgetSpec | BudgetChange) -> dict[str, Any]:
+    """The budget fields a caller gave, as JSON values: a null clears only a clearable field."""
+    given = spec.model_dump(mode="json", include=spec.model_fields_set)
+    return {k: v for k, v in given.items() if v is not None or k in CLEARABLE_BUDGET_FIELDS}
+
+
+def _validate_timezone(name: str, field: str, known: Collection[str]) -> None:
+    """Refuse a zone not in `known` (the names PostgreSQL accepts: Store.timezone_names) or that zoneinfo
+    cannot load. Python alone is not enough: it loads files such as posixrules, localtime or
+    posix/Europe/Paris that PostgreSQL refuses."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    allowed = "an IANA time zone such as UTC or Europe/Paris (see pg_timezone_names)"
+    if name not in known:
+        raise InvalidInput(field, name, allowed)
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as error:
-        raise InvalidInput(field, name, "an IANA time zone such as UTC or Europe/Paris") from error
+        raise InvalidInput(field, name, allowed) from error
 
 
-def _validate_budget(spec: BudgetSpec) -> None:
-    """Rules a single field cannot express; each error names its field."""
+def _check_bucket_count(since: datetime, until: datetime, bucket: str) -> None:
+    """Refuse a timeseries window of more than MAX_REPORT_ROWS buckets by arithmetic alone, so that the
+    bucket series PostgreSQL makes for a window it accepts holds about that many rows at most."""
+    count = math.ceil((until - since) / BUCKET_LENGTHS[bucket])
+    if count > MAX_REPORT_ROWS:
+        raise _too_many_buckets(since, until, bucket, count)
+
+
+def _too_many_buckets(since: datetime, until: datetime, bucket: str, count: int) -> InvalidInput:
+    longest = BUCKET_LENGTHS[bucket] * MAX_REPORT_ROWS
+    return InvalidInput(
+        "bucket",
+        bucket,
+        f"at most {MAX_REPORT_ROWS:,} buckets; since {since.isoformat()} to {until.isoformat()} spans "
+        f"{count:,} {bucket}s: with bucket {bucket!r} the window (since, until) may span at most "
+        f"{longest.days:,} days, or use a coarser bucket",
+    )
+
+
+def _validate_budget(spec: BudgetSpec, timezones: Collection[str]) -> None:
+    """Rules a single field cannot express; each error names its field. `timezones`: the zone names
+    PostgreSQL accepts."""
     if spec.scope != "global":
         kind, sep, value = spec.scope.partition(":")
         if not sep or kind not in SCOPE_KINDS or not value:
@@ -845,7 +961,7 @@ def _validate_budget(spec: BudgetSpec) -> None:
                 "scope", spec.scope, f"'global' or KIND:VALUE with KIND one of {', '.join(SCOPE_KINDS)}"
             )
         Attribution(**{kind: value})  # the value must be a valid identifier, as attributions are
-    _validate_timezone(spec.timezone, "timezone")
+    _validate_timezone(spec.timezone, "timezone", timezones)
     if spec.hard_limit is not None and spec.hard_limit < spec.limit:
         raise InvalidInput("hard_limit", str(spec.hard_limit), f"at least the limit ({spec.limit})")
     if spec.rollover == "carry" and spec.period in ("total", "24h", "7d", "30d"):

@@ -127,7 +127,8 @@ class _Families:
 class Metrics:
     """The metrics of one server process: per tenant, and for the whole process.
 
-    `models` and `providers` are the label values allowed (the catalog's); others count as `other`.
+    `models` (lower-cased) and `providers` are the label values allowed (the catalog's); others count
+    as `other`.
     Past `max_tenants` distinct tenants, newcomers count in the process's metrics only (logged once).
     """
 
@@ -146,7 +147,7 @@ class Metrics:
         self._process = _Families(self.registry)
         self._tenants: dict[str, _Families] = {}
         self._no_tenant = _Families(CollectorRegistry())  # what a tenant with no observations reads
-        self._models = frozenset(models)
+        self._models = frozenset(name.lower() for name in models)
         self._providers = frozenset(providers)
         self.max_tenants = max_tenants
         self._warned = False
@@ -178,7 +179,7 @@ class Metrics:
             return
         labels = (
             provider if provider in self._providers else OTHER,
-            model if model in self._models else OTHER,
+            model if model.lower() in self._models else OTHER,
         )
         counts = _token_counts(result)
         for families in self._targets(tenant):

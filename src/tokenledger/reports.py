@@ -14,8 +14,9 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -286,6 +287,8 @@ def forecast_report(
         elif rate > 0:
             hours_left = state.remaining / rate
             horizon = (ends_at - until).total_seconds() / 3600 if ends_at is not None else _HORIZON_HOURS
+            # The calendar's end bounds it too: a window may end as late as 9999 (types.LATEST_MOMENT).
+            horizon = min(horizon, (_CALENDAR_END - until).total_seconds() / 3600)
             # None: the period resets first (or, without a period end, not within a century).
             runs_out_at = until + timedelta(hours=float(hours_left)) if hours_left < horizon else None
         rows.append(
@@ -320,6 +323,7 @@ def _rate(value: Decimal) -> str:
 
 
 _HORIZON_HOURS = 100 * 365 * 24
+_CALENDAR_END = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 _ROLLING_HOURS = {"24h": Decimal(24), "7d": Decimal(168), "30d": Decimal(720)}
 
 
@@ -565,17 +569,34 @@ def columns_of(rows: Sequence[Mapping[str, Cell]]) -> list[str]:
 
 
 def csv_lines(rows: Sequence[Mapping[str, Cell]]) -> Iterator[str]:
-    """CSV text line by line (header first), for writing long exports as they are made."""
+    """CSV text line by line (header first), for writing long exports as they are made. Every cell is
+    quoted, and one a spreadsheet would run as a formula is neutralised (`csv_cell`)."""
     columns = columns_of(rows)
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    writer.writerow([csv_cell(column) for column in columns])
     yield out.getvalue()
     for row in rows:
         out.seek(0)
         out.truncate()
-        writer.writerow([_text(row.get(column)) for column in columns])
+        writer.writerow([csv_cell(row.get(column)) for column in columns])
         yield out.getvalue()
+
+
+# What makes a spreadsheet read a cell as a formula (OWASP, CSV injection): =, +, -, @, tab and carriage
+# return first; and the full-width forms of the four that some spreadsheets fold into them.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+# A negative amount or count: a spreadsheet reads it as a number, and it cannot hold a formula.
+_PLAIN_NUMBER = re.compile(r"-\d+(\.\d+)?")
+
+
+def csv_cell(value: Cell) -> str:
+    """A cell's CSV text; one that would start a formula gets a leading ' so that it is shown as text
+    (plain negative numbers stay numbers)."""
+    text = _text(value)
+    if text.startswith(_FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def render(rows: Sequence[Mapping[str, Cell]], fmt: Format, notes: Sequence[str] = ()) -> str | None:
@@ -602,5 +623,12 @@ def _text(value: Cell) -> str:
     return str(value)
 
 
+# Markdown that stored text could start: links and images ([ ]), raw HTML and autolinks (< >), code spans,
+# emphasis, strikethrough, entities, table cells (|); and the backslash itself, so none is unescaped.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_~\[\]<>&|])")
+_LINE_BREAKS = re.compile(r"\r\n|[\r\n]")
+
+
 def _markdown(value: Cell) -> str:
-    return _text(value).replace("|", "\\|").replace("\n", " ")
+    """A cell's text in a markdown table: shown as written, never as markup, on one line."""
+    return _LINE_BREAKS.sub(" ", _MARKDOWN_SPECIAL.sub(r"\\\1", _text(value)))

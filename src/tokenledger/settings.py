@@ -6,9 +6,47 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tokenledger.errors import InvalidInput
 from tokenledger.secrets import VaultConfig
 
 DEFAULT_HOME = Path("~/.local/share/tokenledger")
+
+
+@dataclass(frozen=True)
+class ReportLimits:
+    """How reports share PostgreSQL with checks and settles: they run on their own `concurrency`
+    connections (never the ledger pool's), each query is stopped after `timeout_seconds`, and a report
+    that finds every report connection taken for `wait_seconds` is refused as busy."""
+
+    concurrency: int = 2
+    timeout_seconds: float = 30.0
+    wait_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> ReportLimits:
+        return cls(
+            concurrency=int(
+                _number(env, "TOKENLEDGER_REPORT_CONCURRENCY", cls.concurrency, 1, 64, whole=True)
+            ),
+            timeout_seconds=_number(env, "TOKENLEDGER_REPORT_TIMEOUT", cls.timeout_seconds, 0.1, 3600),
+            wait_seconds=_number(env, "TOKENLEDGER_REPORT_WAIT", cls.wait_seconds, 0, 600),
+        )
+
+
+def _number(
+    env: dict[str, str], name: str, default: float, low: float, high: float, *, whole: bool = False
+) -> float:
+    """A number from the environment within [low, high] (whole if `whole`); the default when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high or (whole and not value.is_integer()):  # NaN fails too
+        raise InvalidInput(name, raw, f"a {'whole ' if whole else ''}number from {low:g} to {high:g}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -22,6 +60,7 @@ class Settings:
     stdio_user: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
     vault: VaultConfig = field(default_factory=VaultConfig)  # how `vault:` references are read
+    reports: ReportLimits = field(default_factory=ReportLimits)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -36,4 +75,5 @@ class Settings:
             stdio_role=env.get("TOKENLEDGER_ROLE", "admin"),
             stdio_user=env.get("TOKENLEDGER_USER") or None,
             vault=VaultConfig.from_env(env),
+            reports=ReportLimits.from_env(env),
         )

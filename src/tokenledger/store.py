@@ -24,13 +24,22 @@ from typing import Any, TypeVar
 import anyio
 import psycopg
 from psycopg import sql
+from psycopg.pq.abc import PGcancel
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
-from tokenledger.errors import Conflict, InvalidInput, NotFound, StoreUnavailable, TokenLedgerError
+from tokenledger.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ReportBusy,
+    ReportTimeout,
+    StoreUnavailable,
+    TokenLedgerError,
+)
 from tokenledger.secrets import resolve_secret
-from tokenledger.settings import Settings
+from tokenledger.settings import ReportLimits, Settings
 
 log = logging.getLogger("tokenledger.store")
 
@@ -110,6 +119,23 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
 
 
+async def _configure_reports(conn: psycopg.AsyncConnection[Any]) -> None:
+    await _configure(conn)
+    # A report only reads: its connections cannot write, whatever a query says.
+    await conn.execute("set default_transaction_read_only = on")
+
+
+async def _cancel_on_server(cancel: PGcancel) -> None:
+    """Ask PostgreSQL to stop the query of a connection whose caller was cancelled. psycopg tries this
+    itself, but a cancel scope keeps cancelling the task and can cut its attempt short, leaving the query
+    running after the caller left; this one is shielded, on a thread, bounded to 5 s."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        try:
+            await anyio.to_thread.run_sync(cancel.cancel, abandon_on_cancel=True)
+        except psycopg.Error as error:
+            log.warning("could not cancel an abandoned report query: %s", error)
+
+
 def start_embedded(home: Path, *, keep_running: bool = True) -> str:
     """Start (or reuse) the embedded PostgreSQL under `home` and return its DSN.
 
@@ -143,14 +169,35 @@ def resolve_dsn(settings: Settings) -> str:
 
 
 class Store:
-    """The pool and every query. One instance per process."""
+    """The pools and every query. One instance per process.
 
-    def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]) -> None:
+    Checks, settles and everything else use `pool`; reports use `report_pool`, their own few connections,
+    so that no number of reports can take a connection a check or a settle is waiting for (see
+    `ReportLimits`)."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        report_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        report_limits: ReportLimits,
+    ) -> None:
         self.pool = pool
+        self.report_pool = report_pool
+        self.report_limits = report_limits
+        self._timezones: frozenset[str] | None = None
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10, migrate: bool = True) -> Store:
-        """A store over a new pool; migrates the schema first unless told not to."""
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        migrate: bool = True,
+        reports: ReportLimits | None = None,
+    ) -> Store:
+        """A store over new pools; migrates the schema first unless told not to."""
+        reports = reports or ReportLimits()
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             dsn,
             min_size=min_size,
@@ -168,12 +215,26 @@ class Store:
         except Exception as error:  # the pool reports a refused connection as its own timeout
             await pool.close()
             raise StoreUnavailable(f"PostgreSQL is unavailable: {error}") from error
-        store = cls(pool)
+        # Connected on first use: a process that never reports never opens one.
+        report_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            dsn,
+            min_size=0,
+            max_size=reports.concurrency,
+            configure=_configure_reports,
+            check=AsyncConnectionPool.check_connection,  # a server restart costs no report
+            open=False,
+            timeout=reports.wait_seconds,  # the longest a report waits for a free report connection
+            max_waiting=8 * reports.concurrency,  # past this queue a report is refused at once
+            kwargs={"application_name": "tokenledger-reports"},
+        )
+        await report_pool.open(wait=False)
+        store = cls(pool, report_pool, reports)
         if migrate:
             await store.migrate()
         return store
 
     async def close(self) -> None:
+        await self.report_pool.close()
         await self.pool.close()
 
     # --- plumbing ---------------------------------------------------------------------------------
@@ -236,6 +297,14 @@ class Store:
     async def ping(self) -> None:
         await self._fetch_json("select 1", ())
 
+    async def timezone_names(self) -> frozenset[str]:
+        """The time zone names this PostgreSQL server accepts (read once per store: they change only
+        with the server's time zone data)."""
+        if self._timezones is None:
+            rows = await self._fetch_rows("select name from pg_timezone_names", ())
+            self._timezones = frozenset(row["name"] for row in rows)
+        return self._timezones
+
     # --- schema -----------------------------------------------------------------------------------
 
     async def migrate(self) -> list[str]:
@@ -264,7 +333,7 @@ class Store:
         allow_partial: bool,
         reserve: bool,
         ttl_seconds: float,
-        catalog_price: dict[str, str | None],
+        catalog_price: dict[str, Any],
         method: str,
         prompt_hash: str | None = None,
         counted_input_tokens: int | None = None,
@@ -309,7 +378,7 @@ class Store:
         cache_creation_input_tokens: int,
         reasoning_output_tokens: int,
         reported_cost: Decimal | None,
-        catalog_price: dict[str, str | None],
+        catalog_price: dict[str, Any],
         method: str,
         status: str,
         latency_ms: int | None,
@@ -371,10 +440,22 @@ class Store:
 
     # --- budgets ----------------------------------------------------------------------------------
 
-    async def set_budget(self, *, tenant: str, actor: str, spec: dict[str, Any]) -> dict[str, Any]:
+    async def set_budget(
+        self,
+        *,
+        tenant: str,
+        actor: str,
+        spec: dict[str, Any],
+        expected_updated_at: datetime | None,
+        reset_counters: bool,
+    ) -> dict[str, Any]:
+        """Write a whole budget spec over the row last updated at `expected_updated_at` (None: a new
+        budget); a row changed since, by another call, is refused (Conflict) and nothing is written."""
         return dict(
             await self._fetch_json(
-                "select tl_set_budget(%s, %s, %s)", (tenant, actor, Jsonb(spec)), retry_safe=True
+                "select tl_set_budget(%s, %s, %s, %s, %s)",
+                (tenant, actor, Jsonb(spec), expected_updated_at, reset_counters),
+                retry_safe=False,  # not idempotent: a replay after a commit would meet its own change
             )
         )
 
@@ -438,18 +519,54 @@ class Store:
     # Report queries: every filter is an allow-listed column (USAGE_COLUMNS), every value a parameter.
 
     async def _fetch_report_rows(
-        self, query: str | sql.Composed, params: dict[str, Any]
+        self, query: str | sql.Composed, params: dict[str, Any], *, aggregates: bool = True
     ) -> list[dict[str, Any]]:
-        """Rows of a read-only report query, with room to aggregate a month of usage in memory
-        (REPORT_WORK_MEM) rather than spill it to disk."""
+        """Rows of a read-only report query, run on a report connection under the report time limit;
+        one that `aggregates` gets room (REPORT_WORK_MEM) to aggregate a month of usage in memory rather
+        than spill it to disk. A caller cancelled while it runs (a client that went away) cancels it in
+        PostgreSQL too."""
+        limits = self.report_limits
+        settings = {"statement_timeout": f"{max(int(limits.timeout_seconds * 1000), 1)}ms"}
+        if aggregates:
+            settings["work_mem"] = REPORT_WORK_MEM
+        try:
+            async with self.report_pool.connection() as conn:
+                cancel = conn.pgconn.get_cancel()
+                try:
+                    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+                        for name, value in settings.items():  # local: they end with the transaction
+                            await cursor.execute("select set_config(%s, %s, true)", (name, value))
+                        await cursor.execute(query, params)
+                        return await cursor.fetchall()
+                except anyio.get_cancelled_exc_class():
+                    await _cancel_on_server(cancel)
+                    raise
+        except (PoolTimeout, TooManyRequests) as error:
+            raise self._reports_busy() from error
+        except psycopg.errors.QueryCanceled as error:
+            raise ReportTimeout(
+                f"report: stopped after {limits.timeout_seconds:g} s, the report time limit "
+                "(TOKENLEDGER_REPORT_TIMEOUT); narrow the window (since, until), filter it (user, "
+                "project, model, ...) or use a coarser bucket"
+            ) from error
+        except psycopg.Error as error:
+            raise _translate(error) from error
 
-        async def run(conn: psycopg.AsyncConnection[Any]) -> list[dict[str, Any]]:
-            async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-                await cursor.execute(f"set local work_mem = '{REPORT_WORK_MEM}'")
-                await cursor.execute(query, params)
-                return await cursor.fetchall()
-
-        return await self._call(run, retry_safe=True)
+    def _reports_busy(self) -> TokenLedgerError:
+        """Why no report connection came: all of them were running reports (busy), or none could be
+        opened (PostgreSQL is away)."""
+        limits = self.report_limits
+        stats = self.report_pool.get_stats()
+        if stats.get("pool_size", 0) < limits.concurrency:
+            return StoreUnavailable(
+                f"PostgreSQL is unavailable: no report connection within {limits.wait_seconds:g} s"
+            )
+        return ReportBusy(
+            f"reports are busy: {limits.concurrency} already running (TOKENLEDGER_REPORT_CONCURRENCY) and "
+            f"none finished within {limits.wait_seconds:g} s; retry shortly. Checks and settles are not "
+            "affected",
+            retry_after_seconds=max(int(limits.wait_seconds), 1),
+        )
 
     async def usage_report(
         self,
@@ -502,9 +619,10 @@ class Store:
     ) -> list[datetime]:
         """The starts of the time buckets that cover [since, until) in `timezone`, computed as the usage
         report computes a row's bucket (so the two always match, across DST changes too)."""
-        rows = await self._fetch_rows(
+        rows = await self._fetch_report_rows(
             _USAGE_BUCKETS,
             {"since": since, "until": until, "bucket": bucket, "tz": timezone, "limit": limit},
+            aggregates=False,
         )
         return [row["bucket"] for row in rows]
 
@@ -513,7 +631,9 @@ class Store:
     ) -> list[dict[str, Any]]:
         """The most expensive usage events of the window (unpriced last)."""
         query = sql.SQL(_TOP_USAGE).format(filters=_usage_filters(filters))
-        return await self._fetch_rows(query, _usage_params(tenant, since, until, filters, limit=limit))
+        return await self._fetch_report_rows(
+            query, _usage_params(tenant, since, until, filters, limit=limit), aggregates=False
+        )
 
     async def model_usage_stats(
         self,
@@ -529,14 +649,15 @@ class Store:
         query = sql.SQL(_MODEL_USAGE_STATS).format(filters=_usage_filters(filters))
         params = _usage_params(tenant, since, until, filters, windows=Jsonb(context_windows))
         # Default work_mem: the planner then walks tl_usage_prompt in order instead of hashing every prompt.
-        return await self._fetch_rows(query, params)
+        return await self._fetch_report_rows(query, params, aggregates=False)
 
     async def estimate_accuracy(
         self, *, tenant: str, since: datetime, until: datetime, filters: dict[str, str]
     ) -> list[dict[str, Any]]:
         """Per model: pre-flight input estimates against the input the provider reported."""
         query = sql.SQL(_ESTIMATE_ACCURACY).format(filters=_usage_filters(filters))
-        return await self._fetch_rows(query, _usage_params(tenant, since, until, filters))
+        params = _usage_params(tenant, since, until, filters)
+        return await self._fetch_report_rows(query, params, aggregates=False)
 
     async def budget_window_use(
         self, *, tenant: str, since: datetime, until: datetime, scope_kinds: Sequence[str]
@@ -672,13 +793,14 @@ class Store:
 
     async def recent_decisions(self, *, tenant: str, user: str | None, limit: int) -> list[dict[str, Any]]:
         """The newest denials and would-be denials of a tenant (of one user when `user` is given)."""
-        return await self._fetch_rows(
+        return await self._fetch_report_rows(
             """select decided_at, budget_name, decision, reason, enforcement, user_id, model
                  from tl_decision
                 where tenant_id = %(tenant)s and (%(user)s::text is null or user_id = %(user)s)
                 order by decision_id desc
                 limit %(limit)s""",
             {"tenant": tenant, "user": user, "limit": limit},
+            aggregates=False,
         )
 
     async def open_alerts(
@@ -686,7 +808,7 @@ class Store:
     ) -> list[dict[str, Any]]:
         """Alerts of each budget's current period (or rolling window), newest first; `budgets` limits
         them to those names."""
-        return await self._fetch_rows(
+        return await self._fetch_report_rows(
             """select a.alert_id, a.budget_name, a.kind, a.threshold, a.percent_used, a.used,
                       a.limit_amount, a.unit, a.period_start, a.created_at, a.delivered_at
                  from tl_alert a
@@ -699,6 +821,7 @@ class Store:
                 order by a.created_at desc, a.alert_id desc
                 limit %(limit)s""",
             {"tenant": tenant, "names": None if budgets is None else list(budgets), "limit": limit},
+            aggregates=False,
         )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -21,6 +21,8 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
+    field_validator,
 )
 
 # --- shared vocabulary -------------------------------------------------------------------------
@@ -63,13 +65,23 @@ Money = Annotated[Decimal, _plain, Field(ge=0, max_digits=38, decimal_places=18)
 
 _DURATION = re.compile(r"^(\d{1,6})(s|m|h|d|w)$")
 _DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# Every moment a caller sends lies in this range, so no date arithmetic on it (a window's default start, a
+# bucket's boundary, a forecast's horizon) can leave what Python and PostgreSQL can represent.
+MAX_DURATION = timedelta(days=36_525)  # 100 years back
+EARLIEST_MOMENT = datetime(1900, 1, 1, tzinfo=UTC)  # before any duration can reach
+LATEST_MOMENT = datetime(9999, 1, 1, tzinfo=UTC)  # a year short of datetime's end: room for a bucket
+MOMENT_RANGE = "between 1900-01-01 and 9999-01-01 (UTC)"
 
 
 def _moment(value: object) -> object:
-    """A duration back from now (`90m`, `24h`, `7d`) becomes that moment; other values pass on."""
+    """A duration back from now (`90m`, `24h`, `7d`, at most 100 years) becomes that moment; other values
+    pass on."""
     if isinstance(value, str) and (match := _DURATION.match(value.strip())):
         amount, unit = match.groups()
-        return datetime.now(UTC) - timedelta(**{_DURATION_UNITS[unit]: int(amount)})
+        duration = timedelta(**{_DURATION_UNITS[unit]: int(amount)})
+        if duration > MAX_DURATION:
+            raise ValueError(f"a duration back from now of at most {MAX_DURATION.days}d (100 years)")
+        return datetime.now(UTC) - duration
     return value
 
 
@@ -78,6 +90,12 @@ def _aware(value: datetime) -> datetime:
         raise ValueError(
             "a timestamp needs its UTC offset, e.g. 2026-11-23T10:00:00+00:00, or a duration like 24h"
         )
+    try:
+        inside = EARLIEST_MOMENT <= value <= LATEST_MOMENT
+    except OverflowError:  # an offset that moves year 1 or 9999 past what datetime holds
+        inside = False
+    if not inside:
+        raise ValueError(f"a timestamp {MOMENT_RANGE}")
     return value
 
 
@@ -170,6 +188,7 @@ class CountResult(Model):
     percent_used: float | None = None
     estimated_cost_usd: Amount | None = None  # None: the model is unpriced or unknown
     priced: bool = False
+    warnings: list[str] = Field(default_factory=list)
 
 
 class FitRequest(Model):
@@ -194,14 +213,60 @@ class FitResult(Model):
 # --- catalog -----------------------------------------------------------------------------------
 
 
-class Price(Model):
-    """Per-token USD prices; None where the provider publishes none."""
+ServiceTier = Literal["standard", "flex", "priority"]
+CacheTTL = Literal["5m", "1h"]
+PriceMode = Literal["standard", "batch", "flex", "priority"]
+
+
+class PriceRates(Model):
+    """Per-token USD rates of one way of calling a model; None where the provider publishes none.
+
+    Immutable, so copies of a price may share them (Price itself stays mutable)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     input: Amount | None = None
     output: Amount | None = None
     cache_read: Amount | None = None
-    cache_write: Amount | None = None
+    cache_write: Amount | None = None  # a cache write kept 5 minutes (the default lifetime)
     reasoning: Amount | None = None
+    cache_write_1h: Amount | None = None  # a cache write kept 1 hour
+
+
+class PriceTier(PriceRates):
+    """The rates of a request whose input (uncached + cache read + cache write) exceeds
+    `above_input_tokens`: the whole request is billed at them, as the providers bill long contexts."""
+
+    above_input_tokens: Annotated[int, Field(gt=0)]
+    batch: PriceRates | None = None
+    flex: PriceRates | None = None
+    priority: PriceRates | None = None
+
+
+class Price(PriceRates):
+    """Per-token USD prices; None where the provider publishes none.
+
+    The top-level rates are the standard ones (synchronous call, 5-minute cache write, below every
+    context tier). `batch`, `flex` and `priority` hold the rates of those modes, `tiers` the rates above
+    a context threshold (ascending); a rate a mode or tier does not publish is the standard one.
+    `local`: a model run on the caller's own machine, priced $0 as a stated price, not unpriced.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+    batch: PriceRates | None = None
+    flex: PriceRates | None = None
+    priority: PriceRates | None = None
+    tiers: list[PriceTier] = Field(default_factory=list)
+    local: bool = False
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_ascend(cls, tiers: list[PriceTier]) -> list[PriceTier]:
+        thresholds = [tier.above_input_tokens for tier in tiers]
+        if thresholds != sorted(set(thresholds)):
+            raise ValueError(f"tiers must ascend by above_input_tokens without repeats; got {thresholds}")
+        return tiers
 
     @property
     def priced(self) -> bool:
@@ -222,6 +287,23 @@ class ModelInfo(Model):
     aliases: list[str] = Field(default_factory=list)
     source: str = "catalog"  # "catalog" or "tenant override"
     effective_from: datetime | None = None
+    # Whose tokenizer counts it: the maker (anthropic for Claude on Bedrock), not the host.
+    family: str | None = None
+    # The first-party model a hosted name serves (azure/gpt-4o -> gpt-4o), where the catalog knows it.
+    base_model: str | None = None
+    retired: bool = False  # no longer listed by the price source: priced at its last listed price
+    last_listed: date | None = None  # for a retired model, the date of the last release listing it
+    warnings: list[str] = Field(default_factory=list)  # said with every answer about this model
+
+
+class DatedPrice(Model):
+    """A catalog price and the time it was in force. The first price of a model also prices usage from
+    before its date: it is the earliest price known."""
+
+    effective_from: datetime
+    effective_until: datetime | None = None  # None: in force now
+    price: Price
+    source: str  # the price-list release that first listed this price
 
 
 class CostBreakdown(Model):
@@ -232,6 +314,10 @@ class CostBreakdown(Model):
     cache_read_usd: Amount | None = None
     cache_write_usd: Amount | None = None
     reasoning_usd: Amount | None = None
+    # Which published rates applied: the mode asked for, or "standard" where the model publishes none
+    # for it; and the context tier reached (its threshold in input tokens), if any.
+    price_mode: PriceMode | None = None
+    tier_above_input_tokens: int | None = None
 
 
 # --- budgets -----------------------------------------------------------------------------------
@@ -268,6 +354,31 @@ class BudgetSpec(Model):
     tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
     requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
     unpriced_policy: Literal["deny", "allow"] = "deny"
+
+
+class BudgetChange(Model):
+    """A `set` that names only what changes. A field left out (or `null` where a value is required) keeps
+    the budget's value, or takes BudgetSpec's default for a new budget; `null` clears an optional field
+    (`priority_shares: null`: no shares). The merged budget is validated as a BudgetSpec."""
+
+    name: BudgetName
+    scope: Annotated[str, StringConstraints(min_length=1, max_length=140)] | None = None
+    unit: Unit | None = None
+    limit: Money | None = None
+    period: Period | None = None
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    enforcement: Enforcement | None = None
+    hard_limit: Money | None = None
+    alert_thresholds: list[Annotated[float, Field(gt=0, le=1000)]] | None = None
+    priority_shares: Annotated[
+        dict[Priority, Annotated[float, Field(gt=0, le=1)]] | None,
+        WithJsonSchema({"type": ["object", "null"]}),
+    ] = None
+    rollover: Literal["none", "carry"] | None = None
+    rollover_cap: Money | None = None
+    tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
+    requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
+    unpriced_policy: Literal["deny", "allow"] | None = None
 
 
 class BudgetState(Model):
@@ -472,7 +583,8 @@ def explain_validation_error(error: ValidationError, fields: Sequence[str] = (),
         elif kind.startswith(("datetime", "date_")):
             parts.append(f"{field}: got {_shown(item.get('input'))}; allowed: {MOMENT_HELP}")
         else:
-            parts.append(f"{field}: got {_shown(item.get('input'))}; allowed: {item['msg']}")
+            allowed = item["msg"].removeprefix("Value error, ")  # our validators' words, without pydantic's
+            parts.append(f"{field}: got {_shown(item.get('input'))}; allowed: {allowed}")
     rest = list(dict.fromkeys(_field_path(item["loc"]) for item in items[limit:]))
     return "; ".join(parts) + (f"; also invalid: {', '.join(rest[:20])}" if rest else "")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 
 from tokenledger import catalog
 from tokenledger.errors import InvalidInput
-from tokenledger.types import ModelInfo
+from tokenledger.types import CacheTTL, ModelInfo, Price, PriceRates, ServiceTier
 
 _MILLION = Decimal(1_000_000)
 _PRICE_LABELS = {
@@ -36,11 +37,15 @@ def register(subparsers: Any) -> None:
     models.add_argument("query", nargs="?", default="", help="words the model name must contain")
     models.add_argument("--provider", help="only this provider (openai, anthropic, google, ...)")
     models.add_argument("--limit", default="50", help="at most this many rows (default 50)")
+    models.add_argument(
+        "--retired", action="store_true", help="list retired models (kept at their last price)"
+    )
     models.add_argument("--json", action="store_true", help="print JSON")
     models.set_defaults(handler=models_command)
 
     prices = subparsers.add_parser("prices", help="show a model's prices, context window and counting")
     prices.add_argument("model")
+    prices.add_argument("--history", action="store_true", help="show every dated price, oldest first")
     prices.add_argument("--json", action="store_true", help="print JSON")
     prices.set_defaults(handler=prices_command)
 
@@ -51,23 +56,31 @@ def register(subparsers: Any) -> None:
     cost.add_argument("--cache-read", default="0", metavar="N", help="input tokens read from cache")
     cost.add_argument("--cache-write", default="0", metavar="N", help="input tokens written to cache")
     cost.add_argument("--reasoning", default="0", metavar="N", help="reasoning tokens (part of --output)")
+    cost.add_argument("--batch", action="store_true", help="a Batch API call, at batch prices")
+    cost.add_argument("--service-tier", default="standard", help="standard (default), flex or priority")
+    cost.add_argument("--cache-ttl", default="5m", help="lifetime of the cache writes: 5m (default) or 1h")
+    cost.add_argument(
+        "--at", metavar="WHEN", help="price in force then: YYYY-MM-DD (UTC) or ISO 8601 with offset"
+    )
     cost.add_argument("--json", action="store_true", help="print JSON")
     cost.set_defaults(handler=cost_command)
 
 
 def models_command(args: argparse.Namespace) -> int:
     limit = _whole_number("--limit", args.limit, minimum=1)
-    found = catalog.search(args.query, provider=args.provider, limit=10**6)
-    shown = found[:limit]
+    shown = catalog.search(args.query, provider=args.provider, limit=limit, retired=args.retired)
+    matched = catalog.default_catalog().count(args.query, provider=args.provider, retired=args.retired)
     snapshot = catalog.default_catalog().snapshot
     if args.json:
         models = [_model_json(model) for model in shown]
-        _print_json({"snapshot": _snapshot_json(), "matched": len(found), "models": models})
+        _print_json({"snapshot": _snapshot_json(), "matched": matched, "models": models})
         return 0
-    if not found:
-        print(f"tokenledger: no models match {args.query!r}; try a shorter query", file=sys.stderr)
+    if not shown:
+        kind = "retired models" if args.retired else "models"
+        print(f"tokenledger: no {kind} match {args.query!r}; try a shorter query", file=sys.stderr)
         return 1
-    rows = [["MODEL", "PROVIDER", "CONTEXT", "IN $/MTOK", "OUT $/MTOK", "METHOD"]]
+    last = "LAST LISTED" if args.retired else "METHOD"
+    rows = [["MODEL", "PROVIDER", "CONTEXT", "IN $/MTOK", "OUT $/MTOK", last]]
     for model in shown:
         rows.append(
             [
@@ -76,13 +89,13 @@ def models_command(args: argparse.Namespace) -> int:
                 _tokens(model.context_window),
                 _per_million(model.price.input) if model.price.priced else "unpriced",
                 _per_million(model.price.output) if model.price.priced else "unpriced",
-                _method(model),
+                str(model.last_listed) if args.retired else _method(model),
             ]
         )
     _print_table(rows, right_aligned={2, 3, 4})
-    if len(found) > limit:
+    if matched > limit:
         print(
-            f"showing {limit} of {len(found)} models (snapshot {snapshot.date}); use --limit or a query",
+            f"showing {limit} of {matched} models (snapshot {snapshot.date}); use --limit or a query",
             file=sys.stderr,
         )
     return 0
@@ -91,8 +104,16 @@ def models_command(args: argparse.Namespace) -> int:
 def prices_command(args: argparse.Namespace) -> int:
     model = catalog.resolve(args.model)
     snapshot = catalog.default_catalog().snapshot
+    history = catalog.default_catalog().price_history(args.model) if args.history else []
+    _warn(model.warnings)
     if args.json:
-        _print_json({**_model_json(model), "snapshot": _snapshot_json()})
+        document = {**_model_json(model), "snapshot": _snapshot_json()}
+        if args.history:
+            document["history"] = [dated.model_dump(mode="json") for dated in history]
+        _print_json(document)
+        return 0
+    if args.history:
+        _print_history(model, history)
         return 0
     lines = [
         ("model", model.name),
@@ -102,9 +123,15 @@ def prices_command(args: argparse.Namespace) -> int:
         ("max output", _tokens(model.max_output_tokens)),
         ("counting", _method(model) + f" ({model.encoding})"),
     ]
+    if model.base_model:
+        lines.append(("serves", model.base_model))
     if model.estimate_rule:
         lines.append(("estimate rule", model.estimate_rule))
-    if model.price.priced:
+    if model.price.local:
+        lines.append(
+            ("prices (USD)", "$0: a local runtime, no per-token bill (a stated price, not unpriced)")
+        )
+    elif model.price.priced:
         lines.append(("prices (USD)", "per token / per million tokens"))
         for field, label in _PRICE_LABELS.items():
             rate: Decimal | None = getattr(model.price, field)
@@ -112,8 +139,16 @@ def prices_command(args: argparse.Namespace) -> int:
                 f"{_plain(rate)} / {_per_million(rate)}" if rate is not None else f"- ({_FALLBACK[field]})"
             )
             lines.append((f"  {label}", shown))
+        if model.price.cache_write_1h is not None:
+            rate = model.price.cache_write_1h
+            lines.append(("  cache write 1h", f"{_plain(rate)} / {_per_million(rate)}"))
+        lines += _mode_lines(model.price)
     else:
         lines.append(("prices (USD)", "unpriced: no published input/output price (cost unknown, not $0)"))
+    if model.effective_from is not None:
+        lines.append(("in force since", f"{model.effective_from.date()} (--history shows earlier prices)"))
+    if model.retired:
+        lines.append(("retired", f"last listed {model.last_listed}; priced at its last listed price"))
     lines.append(("snapshot", f"{snapshot.date}, litellm {snapshot.version}"))
     width = max(len(label) for label, _ in lines)
     for label, value in lines:
@@ -123,21 +158,33 @@ def prices_command(args: argparse.Namespace) -> int:
 
 def cost_command(args: argparse.Namespace) -> int:
     counts = {field: _whole_number(flag, getattr(args, field)) for field, flag in _COUNT_FLAGS.items()}
+    service_tier: ServiceTier = _choice("--service-tier", args.service_tier, get_args(ServiceTier))
+    cache_ttl: CacheTTL = _choice("--cache-ttl", args.cache_ttl, get_args(CacheTTL))
+    if args.batch and service_tier != "standard":
+        raise InvalidInput("--service-tier", service_tier, "standard with --batch: a batch has its own price")
     model = catalog.resolve(args.model)
+    price = (
+        model.price if args.at is None else catalog.default_catalog().price_at(args.model, _moment(args.at))
+    )
     breakdown = catalog.cost(
-        model.price,
+        price,
         input_tokens=counts["input"],
         output_tokens=counts["output"],
         cache_read_input_tokens=counts["cache_read"],
         cache_creation_input_tokens=counts["cache_write"],
         reasoning_output_tokens=counts["reasoning"],
+        batch=args.batch,
+        service_tier=service_tier,
+        cache_ttl=cache_ttl,
     )
+    _warn(model.warnings)
     if args.json:
         fields = breakdown.model_dump()
-        _print_json({"model": model.name, "provider": model.provider, **_plain_all(fields)})
+        document = {"model": model.name, "provider": model.provider, **_plain_all(fields)}
+        _print_json({**document, "local": price.local, "warnings": model.warnings})
         return 0
     if breakdown.cost_usd is None:
-        print(f"{model.name}: unpriced: the snapshot has no input/output price for it (cost unknown, not $0)")
+        print(f"{model.name}: unpriced: the catalog has no input/output price for it (cost unknown, not $0)")
         return 0
     parts = [
         ("input", counts["input"], breakdown.input_usd),
@@ -153,9 +200,90 @@ def cost_command(args: argparse.Namespace) -> int:
     rows = [["", "TOKENS", "USD"]]
     rows += [[label, f"{tokens:,}", _plain(usd)] for label, tokens, usd in parts if tokens]
     rows.append(["total", f"{sum(counts.values()) - counts['reasoning']:,}", _plain(breakdown.cost_usd)])
-    print(f"{model.name} ({model.provider})")
+    rates = [f"{breakdown.price_mode} rates"]
+    if breakdown.tier_above_input_tokens is not None:
+        rates.append(f"above {breakdown.tier_above_input_tokens:,} input tokens")
+    if price.local:
+        rates = ["$0: a local runtime"]
+    print(f"{model.name} ({model.provider}; {', '.join(rates)})")
     _print_table(rows, right_aligned={1, 2})
+    asked = "batch" if args.batch else service_tier
+    if breakdown.price_mode != asked and not price.local:
+        print(
+            f"tokenledger: warning: {model.name} publishes no {asked} price; standard rates applied",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _mode_lines(price: Price) -> list[tuple[str, str]]:
+    """Return the lines of a price's batch, flex and priority rates and context tiers, per million."""
+    lines = []
+    for mode in ("batch", "flex", "priority"):
+        rates: PriceRates | None = getattr(price, mode)
+        if rates is not None:
+            lines.append((f"  {mode}", _rates_per_million(rates)))
+    for tier in price.tiers:
+        lines.append((f"  above {tier.above_input_tokens:,} input", _rates_per_million(tier)))
+        for mode in ("batch", "flex", "priority"):
+            rates = getattr(tier, mode)
+            if rates is not None:
+                lines.append((f"    {mode}", _rates_per_million(rates)))
+    return lines
+
+
+def _rates_per_million(rates: PriceRates) -> str:
+    shown = [
+        f"{label} {_per_million(getattr(rates, field))}"
+        for field, label in (*_PRICE_LABELS.items(), ("cache_write_1h", "cache write 1h"))
+        if getattr(rates, field) is not None
+    ]
+    return " / ".join(shown) + " per million"
+
+
+def _print_history(model: ModelInfo, history: list[Any]) -> None:
+    rows = [["FROM", "UNTIL", "IN $/MTOK", "OUT $/MTOK", "CACHE READ", "CACHE WRITE", "SOURCE"]]
+    for dated in history:
+        price = dated.price
+        rows.append(
+            [
+                str(dated.effective_from.date()),
+                "now" if dated.effective_until is None else str(dated.effective_until.date()),
+                _per_million(price.input) if price.priced else "unpriced",
+                _per_million(price.output) if price.priced else "unpriced",
+                _per_million(price.cache_read),
+                _per_million(price.cache_write),
+                dated.source,
+            ]
+        )
+    if model.retired and len(rows) > 1:
+        rows[-1][1] = f"retired {model.last_listed}"
+    print(f"{model.name} ({model.provider}): catalog prices in USD; the first also prices earlier usage")
+    _print_table(rows, right_aligned={2, 3, 4, 5})
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"tokenledger: warning: {warning}", file=sys.stderr)
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> Any:
+    if value not in allowed:
+        raise InvalidInput(flag, value, f"one of: {', '.join(allowed)}")
+    return value
+
+
+def _moment(text: str) -> datetime:
+    """Return `--at` as an aware datetime: a date is its midnight UTC; a timestamp needs its offset."""
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(), tzinfo=UTC)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidInput("--at", text, "YYYY-MM-DD (midnight UTC) or an ISO 8601 timestamp with its offset")
+    return moment
 
 
 def _whole_number(flag: str, text: str, minimum: int = 0) -> int:
@@ -197,19 +325,24 @@ def _plain_all(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _model_json(model: ModelInfo) -> dict[str, Any]:
-    data = model.model_dump(mode="json", exclude={"price", "source", "effective_from"})
-    rates = model.price.model_dump()
+    data = model.model_dump(mode="json", exclude={"price", "source"})
     data["priced"] = model.price.priced
-    data["price"] = _plain_all(rates)
+    data["price"] = model.price.model_dump(mode="json", exclude_defaults=True)
     data["price_per_million"] = {
-        field: None if rate is None else _per_million(rate) for field, rate in rates.items()
+        field: _per_million(getattr(model.price, field)) if getattr(model.price, field) is not None else None
+        for field in (*_PRICE_LABELS, "cache_write_1h")
     }
     return data
 
 
 def _snapshot_json() -> dict[str, Any]:
     snapshot = catalog.default_catalog().snapshot
-    return {"date": snapshot.date.isoformat(), "source": snapshot.source, "litellm_version": snapshot.version}
+    return {
+        "date": snapshot.date.isoformat(),
+        "source": snapshot.source,
+        "litellm_version": snapshot.version,
+        "releases": [{"litellm": version, "date": day.isoformat()} for version, day in snapshot.releases],
+    }
 
 
 def _print_json(document: dict[str, Any]) -> None:

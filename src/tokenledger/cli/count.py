@@ -64,8 +64,14 @@ def run(args: argparse.Namespace) -> int:
     fit = tokens.context_fit(count.tokens, model, output_tokens)
     price = _cost(model, count.tokens, output_tokens)
     result = CountResult(
-        **count.model_dump(), **fit.model_dump(), estimated_cost_usd=price, priced=price is not None
+        **count.model_dump(),
+        **fit.model_dump(),
+        estimated_cost_usd=price,
+        priced=price is not None,
+        warnings=model.warnings,
     )
+    for warning in model.warnings:  # a retired model, or a host's price the catalog lacks
+        print(f"tokenledger: warning: {warning}", file=sys.stderr)
     print(result.model_dump_json() if args.json else _describe(result, output_tokens))
     return 0
 

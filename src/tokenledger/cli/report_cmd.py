@@ -16,6 +16,7 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from tokenledger import reports
 from tokenledger.ledger import Ledger
@@ -114,7 +115,8 @@ def table(report: reports.Report) -> Table:
         numeric = any(_numeric(row.get(column)) for row in rows)
         grid.add_column(column, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
-        grid.add_row(*(_shown(row.get(column)) for column in columns))
+        # Text, not str: rich would read "[link=...]" in a stored name as its own markup.
+        grid.add_row(*(Text(_shown(row.get(column))) for column in columns))
     if report.view in SUMMED_VIEWS and report.totals and rows:
         grid.add_section()
         totals = report.totals

@@ -14,7 +14,8 @@ The key is looked up in the database on every request, so a revoked key is refus
 While the database cannot be reached, only a call that needs none (`count_tokens`, `fit_messages` and the
 MCP handshake) goes on, for a key this server authenticated in the last minutes; every other call gets 503
 (`tokenledger.mcp.outage`). `/healthz` needs none of this: it says whether the server and its database
-answer, and during an outage what still works.
+answer, and during an outage what still works. A request whose client goes away before its response
+starts is cancelled, with its database queries (CancelOnDisconnect).
 
 `/metrics` passes the same checks. An admin or viewer key reads its own tenant's series only; the whole
 process's (every tenant summed, with the process's CPU and memory) needs the operator's scrape token
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -56,7 +58,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenledger import dashboard
-from tokenledger.errors import InvalidInput, StoreUnavailable, TokenLedgerError
+from tokenledger.errors import InvalidInput, ReportBusy, ReportTimeout, StoreUnavailable, TokenLedgerError
 from tokenledger.ledger import Ledger
 from tokenledger.mcp.outage import OFFLINE_TOOLS, RECENT_KEY_SECONDS, RecentKeys, needs_no_database
 from tokenledger.mcp.redaction import AccessLogRedaction
@@ -72,6 +74,7 @@ __all__ = [
     "METRICS_PATH",
     "SSE_PATH",
     "AccessPolicy",
+    "CancelOnDisconnect",
     "Transport",
     "build_app",
 ]
@@ -202,6 +205,55 @@ class _BodyTooLarge(Exception):
 
 class _ClientLeft(Exception):
     """The client disconnected (or was disconnected: a read timeout) before its body was complete."""
+
+
+class CancelOnDisconnect:
+    """ASGI middleware: a request whose client goes away before its response starts is cancelled, and
+    with it the tool call or dashboard it serves and their database queries (Store cancels a report's
+    query in PostgreSQL).
+
+    Uvicorn never cancels an app whose client left, and the SDK answering in JSON (streamable HTTP here)
+    never reads `receive` again once it has the body, so nothing else would notice. This middleware is
+    the only reader of the real `receive`: it hands the body on, and on `http.disconnect` cancels the
+    app if no response has started. A started response is left to end its own way: work after a 202
+    (an SSE message) goes on, and the SSE stream, which watches `receive` for the disconnect itself,
+    closes its session, which cancels that session's tool calls. It buffers what it reads: it sits
+    inside RequestGuard, which bounds the body.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming, to_app = anyio.create_memory_object_stream[Message](math.inf)
+        started = False
+
+        async def app_receive() -> Message:
+            try:
+                return await to_app.receive()
+            except anyio.EndOfStream:
+                return {"type": "http.disconnect"}
+
+        async def app_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        async with anyio.create_task_group() as tasks, to_app:
+
+            async def pump() -> None:
+                async with incoming:
+                    while (message := await receive())["type"] != "http.disconnect":
+                        await incoming.send(message)
+                if not started:
+                    tasks.cancel_scope.cancel()
+
+            tasks.start_soon(pump)
+            await self.app(scope, app_receive, app_send)
+            tasks.cancel_scope.cancel()
 
 
 class RequestGuard:
@@ -570,6 +622,12 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
             data = await ledger.dashboard(principal, days=days, timezone=query.get("tz", "UTC"))
         except InvalidInput as error:
             return _page(dashboard.render_message("Bad request", str(error)), 400)
+        except ReportBusy as error:
+            retry = {"Retry-After": str(error.retry_after_seconds)}
+            return _page(dashboard.render_message("Busy", str(error)), 503, retry)
+        except ReportTimeout:
+            message = "The dashboard's queries ran past the report time limit; show fewer days (?days=7)."
+            return _page(dashboard.render_message("Too slow", message), 503)
         except TokenLedgerError as error:
             log.error("dashboard: %s", error)
             return _page(
@@ -680,7 +738,7 @@ def build_app(
         browser_paths=DASHBOARD_PATHS,
         metrics_token=metrics_token,
     )
-    return Starlette(routes=routes, middleware=[guard], lifespan=lifespan)
+    return Starlette(routes=routes, middleware=[guard, Middleware(CancelOnDisconnect)], lifespan=lifespan)
 
 
 def describe(bind_host: str, port: int, transports: Sequence[Transport]) -> dict[str, str]:
