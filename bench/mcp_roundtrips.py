@@ -71,9 +71,12 @@ async def _serve(transport: str, port: int) -> None:
         import uvicorn
 
         from tokenledger.mcp.http import build_app
+        from tokenledger.mcp.timeouts import http_protocol
 
         app = build_app(ledger, server)
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, http=http_protocol(), log_level="warning", lifespan="on"
+        )
         await uvicorn.Server(config).serve()
 
 

@@ -14,6 +14,7 @@ import uvicorn
 from tokenledger.ledger import Ledger
 from tokenledger.mcp import build_server
 from tokenledger.mcp.http import AccessPolicy, build_app
+from tokenledger.mcp.timeouts import DEFAULT_READ_TIMEOUTS, ReadTimeouts, http_protocol
 from tokenledger.settings import Settings
 from tokenledger.types import Principal
 
@@ -36,17 +37,29 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving(dsn: str, settings: Settings | None = None, **app_options: Any) -> AsyncIterator[Served]:
-    """The real app (MCP, SSE, /metrics, /dashboard) under uvicorn on 127.0.0.1, in this event loop,
-    stopped on exit; its ledger opened with `settings` (default: none from the environment). `app_options`
-    go to `build_app` (transports, max_request_bytes, metrics_token...)."""
+async def serving(
+    dsn: str,
+    settings: Settings | None = None,
+    *,
+    read_timeouts: ReadTimeouts = DEFAULT_READ_TIMEOUTS,
+    **app_options: Any,
+) -> AsyncIterator[Served]:
+    """The real app (MCP, SSE, /metrics, /dashboard) under uvicorn on 127.0.0.1 with the server's read
+    timeouts, in this event loop, stopped on exit; its ledger opened with `settings` (default: none from
+    the environment). `app_options` go to `build_app` (transports, max_request_bytes, metrics_token...)."""
     ledger = await Ledger.open(settings or Settings.from_env({}), dsn=dsn, migrate=False)
     try:
         server = build_server(ledger, default_principal=Principal(role="viewer"))
         app = build_app(ledger, server, policy=AccessPolicy.for_bind("127.0.0.1"), **app_options)
         port = free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=2
+            app,
+            host="127.0.0.1",
+            port=port,
+            http=http_protocol(read_timeouts),
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
         )
         http_server = uvicorn.Server(config)
         async with anyio.create_task_group() as tasks:

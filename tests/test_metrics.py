@@ -180,7 +180,7 @@ def _state(name: str) -> BudgetState:
 
 
 def test_observations_count_once_and_carry_no_user_or_budget() -> None:
-    metrics = Metrics(process=False, max_models=2)
+    metrics = Metrics(process=False, models={"m1", "m2"}, providers={"openai"})
     check = CheckResult(
         allowed=True,
         decision="allow",
@@ -190,8 +190,8 @@ def test_observations_count_once_and_carry_no_user_or_budget() -> None:
         method="provider",
         budgets=[_state(SECRET_BUDGET)],
     )
-    metrics.observe_check(check, 0.002)
-    metrics.observe_check(check.model_copy(update={"duplicate": True}), 0.002)
+    metrics.observe_check(check, 0.002, tenant="acme")
+    metrics.observe_check(check.model_copy(update={"duplicate": True}), 0.002, tenant="acme")
     tracked = TrackResult(
         usage_id="u1",
         input_tokens=10,
@@ -204,24 +204,29 @@ def test_observations_count_once_and_carry_no_user_or_budget() -> None:
         occurred_at="2026-01-01T00:00:00+00:00",
     )
     for model in ("m1", "m2", "m3", "m4"):
-        metrics.observe_usage(tracked, provider="openai", model=model, status="success", latency_ms=None)
+        metrics.observe_usage(
+            tracked, tenant="acme", provider="openai", model=model, status="success", latency_ms=None
+        )
     metrics.observe_usage(
         tracked.model_copy(update={"duplicate": True}),
+        tenant="acme",
         provider="x",
         model="m1",
         status="success",
         latency_ms=5,
     )
     metrics.known_tools(["check_budget"])
-    metrics.observe_tool("check_budget", 0.01, ok=True)
-    metrics.observe_tool("no-such-tool-" + "x" * 50, 0.01, ok=False)
-    metrics.observe_alert_delivery("webhook:abc", error=None, retry_seconds=None)
-    metrics.observe_alert_delivery("custom:thing", error="boom", retry_seconds=None)
-    scrape = parse(metrics.exposition().decode())
+    metrics.observe_tool("check_budget", 0.01, ok=True, tenant="acme")
+    metrics.observe_tool("no-such-tool-" + "x" * 50, 0.01, ok=False, tenant="acme")
+    metrics.observe_alert_delivery("webhook:abc", tenant="acme", error=None, retry_seconds=None)
+    metrics.observe_alert_delivery("custom:thing", tenant="acme", error="boom", retry_seconds=None)
+    scrape = parse(metrics.tenant_exposition("acme").decode())
+    # One tenant: its scrape is the process's total (but for the series' creation times).
+    assert _without_created(scrape.text) == _without_created(metrics.process_exposition().decode())
 
     assert scrape.value("tokenledger_budget_decisions_total", decision="allow", reason="none") == 1
     assert scrape.value("tokenledger_reservation_seconds_count") == 1
-    # Two models by name, then `other`: a bounded label, whatever callers send.
+    # The catalog's models by name, anything else `other`: a bounded label, whatever callers send.
     models = {labels["gen_ai_request_model"] for labels, _ in scrape.samples["tokenledger_cost_usd_total"]}
     assert models == {"m1", "m2", "other"}
     assert scrape.value("tokenledger_cost_usd_total") == pytest.approx(1.0)
@@ -232,6 +237,34 @@ def test_observations_count_once_and_carry_no_user_or_budget() -> None:
     assert scrape.value("tokenledger_alert_deliveries_total", sink="webhook", result="delivered") == 1
     assert scrape.value("tokenledger_alert_deliveries_total", sink="other", result="failed") == 1
     assert SECRET_USER not in scrape.text and SECRET_BUDGET not in scrape.text
+    assert "tenant" not in scrape.label_names and "acme" not in scrape.text
+
+
+def _without_created(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "_created" not in line]
+
+
+def test_tenants_past_the_bound_count_in_the_process_total_only(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics(process=False, max_tenants=2)
+    check = CheckResult(
+        allowed=True,
+        decision="allow",
+        input_tokens=1,
+        requested_output_tokens=1,
+        granted_output_tokens=1,
+        method="provider",
+    )
+    for tenant in ("a", "b", "c", "d"):
+        metrics.observe_check(check, 0.001, tenant=tenant)
+
+    def decisions(text: bytes) -> float:
+        return parse(text.decode()).value("tokenledger_budget_decisions_total")
+
+    assert [decisions(metrics.tenant_exposition(t)) for t in "abcd"] == [1, 1, 0, 0]
+    assert decisions(metrics.process_exposition()) == 4
+    assert sum("over 2 tenants" in r.getMessage() for r in caplog.records) == 1
+    metrics.observe_check(check, 0.001, tenant="")  # no tenant (no principal): the process's only
+    assert decisions(metrics.tenant_exposition("")) == 0 and decisions(metrics.process_exposition()) == 5
 
 
 # --- /metrics on a real server ------------------------------------------------------------------
@@ -261,7 +294,8 @@ async def test_metrics_after_traffic(dsn: str) -> None:
     assert scrape.value("tokenledger_tool_seconds_count", tool="track_usage", outcome="ok") == 2
     assert scrape.value("tokenledger_alert_deliveries_total", sink="log", result="delivered") == 1
     assert scrape.value("tokenledger_alert_deliveries_total", sink="webhook", result="retry") == 1
-    assert scrape.value("process_cpu_seconds_total") > 0
+    # A tenant's scrape leaves out the process's own figures (CPU, memory): every tenant's load.
+    assert "process_cpu_seconds_total" not in scrape.samples
     # Privacy and cardinality: no user, budget or tenant appears anywhere in a scrape.
     assert SECRET_USER not in scrape.text and SECRET_BUDGET not in scrape.text
     assert not {"user", "user_id", "budget", "tenant", "tenant_id"} & scrape.label_names
@@ -289,14 +323,16 @@ async def test_metrics_need_an_admin_or_viewer_key(dsn: str) -> None:
             assert wrong_host.status_code == 421
 
 
-async def test_a_scrape_token_is_the_only_credential_when_set(dsn: str) -> None:
+async def test_the_scrape_token_reads_the_whole_process(dsn: str) -> None:
     token = "scrape-" + "s3cret" * 4
     with anyio.fail_after(TEST_TIMEOUT):
         async with serving(dsn, metrics_token=token) as served, httpx2.AsyncClient(timeout=10) as http:
             url = f"{served.base}/metrics"
             admin, _ = await served.ledger.create_key(role="admin")
-            assert (await http.get(url, headers={"Authorization": f"Bearer {token}"})).status_code == 200
-            assert (await http.get(url, headers={"Authorization": f"Bearer {admin}"})).status_code == 401
+            process = await http.get(url, headers={"Authorization": f"Bearer {token}"})
+            assert process.status_code == 200 and parse(process.text).value("process_cpu_seconds_total") > 0
+            tenant = await http.get(url, headers={"Authorization": f"Bearer {admin}"})
+            assert tenant.status_code == 200 and "process_cpu_seconds_total" not in tenant.text
             assert (await http.get(url, headers={"Authorization": f"Bearer {token}x"})).status_code == 401
             assert (await http.get(url)).status_code == 401
             # The token opens /metrics only: it is no API key.

@@ -27,20 +27,27 @@ STOP_TIMEOUT = 15
 
 
 @contextmanager
-def serve(dsn: str, home: Path, *extra: str) -> Iterator[tuple[str, Path]]:
+def serve(
+    dsn: str, home: Path, *extra: str, env: dict[str, str] | None = None, stdout: int | None = None
+) -> Iterator[tuple[str, Path]]:
     """Run `serve --transport http --first-run` until /healthz answers; SIGTERM it on exit, which must
-    stop it cleanly (exit code 0) in time. Yields the base URL and the file its stderr goes to."""
+    stop it cleanly (exit code 0) in time. Yields the base URL and the file its stderr (the log) goes to;
+    its stdout goes to `stdout` (a file descriptor, e.g. a terminal's) or to that path with `.out`."""
     port = free_port()
     log_path = home.parent / f"serve-{port}.log"
-    env = {
+    environment = {
         **os.environ,
         "TOKENLEDGER_DATABASE_URL": dsn,
         "TOKENLEDGER_HOME": str(home),
+        **(env or {}),
     }
     command = [sys.executable, "-m", "tokenledger", "serve", "--transport", "http", "--first-run"]
-    with log_path.open("w") as log:
+    with log_path.open("w") as log, log_path.with_suffix(".out").open("w") as out:
         process = subprocess.Popen(
-            [*command, "--port", str(port), *extra], env=env, stdout=subprocess.PIPE, stderr=log
+            [*command, "--port", str(port), *extra],
+            env=environment,
+            stdout=out if stdout is None else stdout,
+            stderr=log,
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -64,11 +71,7 @@ def serve(dsn: str, home: Path, *extra: str) -> Iterator[tuple[str, Path]]:
             process.kill()
             process.wait()
             raise
-        stdout = process.stdout.read() if process.stdout else b""
-        if process.stdout:
-            process.stdout.close()
     assert process.returncode == 0, f"exit code {process.returncode}:\n{log_path.read_text()}"
-    assert stdout == b"", "an HTTP server writes nothing to stdout"
 
 
 def key_rows(dsn: str) -> list[tuple[str, str, str | None]]:
@@ -115,8 +118,8 @@ def test_first_run_creates_a_private_admin_key_and_later_runs_reuse_it(dsn: str,
         assert key.startswith("tl_")
         assert tools_call_status(base, key) == 200
         assert tools_call_status(base, key + "x") == 401
-    first = log.read_text()
-    assert key in first, "the first start shows the new key once"
+    first = log.with_suffix(".out").read_text()
+    assert key not in first and key not in log.read_text(), "stdout is no terminal here: a log"
     assert f"{base}/mcp" in first and f"{base}/sse" in first and str(key_file) in first
     assert f"claude mcp add --transport http tokenledger {base}/mcp" in first
     assert key_rows(dsn) == [("default", "admin", None)]
@@ -124,8 +127,8 @@ def test_first_run_creates_a_private_admin_key_and_later_runs_reuse_it(dsn: str,
     with serve(dsn, home) as (base, log):
         assert key_file.read_text().strip() == key
         assert tools_call_status(base, key) == 200
-    second = log.read_text()
-    assert key not in second, "a later start names the key file, never the key"
+    second = log.with_suffix(".out").read_text()
+    assert key not in second and key not in log.read_text(), "a later start names the key file, never the key"
     assert str(key_file) in second
     assert key_rows(dsn) == [("default", "admin", None)]
 

@@ -297,6 +297,10 @@ class Catalog:
         entries = [index.entry(key) for key in index.entries]
         return {entry["name"]: entry["context_window"] for entry in entries if entry.get("context_window")}
 
+    def model_names(self) -> frozenset[str]:
+        """Return the name of every model in the catalog, lower-cased (aliases excluded; nothing parsed)."""
+        return frozenset(self._index.entries)
+
     def resolve(self, name: str) -> ModelInfo:
         """Return the entry for a model name, alias, dated, prefixed, hosted or local-runtime name.
 

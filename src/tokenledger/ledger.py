@@ -331,7 +331,7 @@ class Ledger:
         if factor is not None:
             result.calibration_factor = factor
         if self.metrics is not None:
-            self.metrics.observe_check(result, time.perf_counter() - started)
+            self.metrics.observe_check(result, time.perf_counter() - started, tenant=principal.tenant_id)
         extra_warnings = [
             *model.warnings,
             *self._context_warnings(model, input_tokens, request.max_output_tokens),
@@ -463,6 +463,7 @@ class Ledger:
         if self.metrics is not None:
             self.metrics.observe_usage(
                 result,
+                tenant=principal.tenant_id,
                 provider=request.provider or model.provider,
                 model=model.name,
                 status=request.status,
@@ -803,7 +804,9 @@ class Ledger:
             retry_seconds=retry_seconds,
         )
         if self.metrics is not None:
-            self.metrics.observe_alert_delivery(delivery["sink"], error=error, retry_seconds=retry_seconds)
+            self.metrics.observe_alert_delivery(
+                delivery["sink"], tenant=delivery["tenant_id"], error=error, retry_seconds=retry_seconds
+            )
 
     async def ensure_usage_partitions(self, months_ahead: int = 3) -> int:
         """Create the monthly usage partitions of the next months; returns how many were new."""

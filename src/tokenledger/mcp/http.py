@@ -11,17 +11,23 @@ Every MCP request passes four checks, in this order, before the SDK sees it:
 The key is looked up in the database on every request, so a revoked key is refused at once. The caller's
 `Principal` is put in the request scope's state: a tool finds it at
 `ctx.request_context.request.state.principal` (on streamable HTTP, and on SSE's `POST /messages/`).
-`/healthz` needs none of this: it says only whether the server and its database answer. A request whose
-client goes away before its response starts is cancelled, with its database queries (CancelOnDisconnect).
+While the database cannot be reached, only a call that needs none (`count_tokens`, `fit_messages` and the
+MCP handshake) goes on, for a key this server authenticated in the last minutes; every other call gets 503
+(`tokenledger.mcp.outage`). `/healthz` needs none of this: it says whether the server and its database
+answer, and during an outage what still works. A request whose client goes away before its response
+starts is cancelled, with its database queries (CancelOnDisconnect).
 
-`/metrics` passes the same checks; it takes an admin or viewer key, or, when the server has a scrape
-token (`TOKENLEDGER_METRICS_TOKEN`), that token alone (the metrics cover every tenant of the process).
+`/metrics` passes the same checks. An admin or viewer key reads its own tenant's series only; the whole
+process's (every tenant summed, with the process's CPU and memory) needs the operator's scrape token
+(`TOKENLEDGER_METRICS_TOKEN`); without one configured, no credential reads it.
 
 `/dashboard` passes checks 1-3 and authenticates itself, as a browser cannot easily send a bearer header:
 `/dashboard?key=<key>` once (answered with a redirect that drops the key from the address) or the
 sign-in form (`POST /dashboard/login`) puts the key in an HttpOnly, SameSite=Strict cookie scoped to
 `/dashboard`, checked against the database on every request like a bearer key. `/dashboard/chargeback`
-(a printable chargeback statement) signs in the same way.
+(a printable chargeback statement) signs in the same way. That is the only place a key in a query string
+counts (`/mcp?access_token=` does not authenticate), and the access log shows no query string at all
+(`tokenledger.mcp.redaction`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ import contextlib
 import hmac
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -62,10 +67,13 @@ from tokenledger.errors import (
     PermissionDenied,
     ReportBusy,
     ReportTimeout,
+    StoreUnavailable,
     TokenLedgerError,
     internal_error,
 )
 from tokenledger.ledger import Ledger
+from tokenledger.mcp.outage import OFFLINE_TOOLS, RECENT_KEY_SECONDS, RecentKeys, needs_no_database
+from tokenledger.mcp.redaction import AccessLogRedaction
 from tokenledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenledger.metrics import Metrics
 from tokenledger.reports import ReportQuery
@@ -80,7 +88,6 @@ __all__ = [
     "SSE_PATH",
     "AccessPolicy",
     "CancelOnDisconnect",
-    "RedactQueryKeys",
     "Transport",
     "build_app",
 ]
@@ -104,6 +111,8 @@ DASHBOARD_PATHS: Final = frozenset(
 DASHBOARD_COOKIE: Final = "tokenledger_key"
 DASHBOARD_COOKIE_SECONDS: Final = 12 * 3600
 METRICS_ROLES: Final = ("admin", "viewer")
+# Set in the scope's state by the guard when the operator's scrape token was presented.
+PROCESS_SCRAPE: Final = "tokenledger_process_scrape"
 # No script, no external anything: the page is self-contained HTML with inline CSS and SVG.
 DASHBOARD_CSP: Final = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -210,6 +219,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _ClientLeft(Exception):
+    """The client disconnected (or was disconnected: a read timeout) before its body was complete."""
+
+
 class CancelOnDisconnect:
     """ASGI middleware: a request whose client goes away before its response starts is cancelled, and
     with it the tool call or dashboard it serves and their database queries (Store cancels a report's
@@ -283,6 +296,8 @@ class RequestGuard:
         # Pages that authenticate themselves (a cookie or a form): Host, Origin and size checks only.
         self.browser_paths = frozenset(browser_paths)
         self.metrics_token = metrics_token or None
+        # Keys seen lately, for counting through a database outage (see tokenledger.mcp.outage).
+        self.recent_keys = RecentKeys()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
@@ -290,26 +305,28 @@ class RequestGuard:
             return
         headers = Headers(scope=scope)
         refusal = self._check_headers(headers)
+        body = b""
         if refusal is None:
             try:
-                receive = await self._buffered_body(receive)
+                body, receive = await self._buffered_body(receive)
             except _BodyTooLarge:
                 refusal = self._too_large()
+            except _ClientLeft:
+                return  # nobody to answer: no key lookup, no application call
         if refusal is None and scope["path"] in self.browser_paths:
             await self.app(scope, receive, send)
             return
-        if refusal is None and scope["path"] == METRICS_PATH and self.metrics_token is not None:
-            if _scrape_token_matches(headers, self.metrics_token):
-                await self.app(scope, receive, send)
-                return
-            refusal = _refusal(
-                401,
-                "invalid_token",
-                "/metrics needs 'Authorization: Bearer <the scrape token>' (TOKENLEDGER_METRICS_TOKEN)",
-                headers={"WWW-Authenticate": 'Bearer realm="tokenledger-metrics"'},
-            )
+        if (
+            refusal is None
+            and scope["path"] == METRICS_PATH
+            and self.metrics_token is not None
+            and _scrape_token_matches(headers, self.metrics_token)
+        ):
+            scope["state"] = {**scope.get("state", {}), PROCESS_SCRAPE: True}
+            await self.app(scope, receive, send)
+            return
         if refusal is None:
-            refusal = await self._authenticate(scope, headers)
+            refusal = await self._authenticate(scope, headers, body)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -340,35 +357,38 @@ class RequestGuard:
             413, "request_too_large", f"the request body is over {limit} bytes; see --max-request-bytes"
         )
 
-    async def _buffered_body(self, receive: Receive) -> Receive:
-        """Read the whole body (refusing it past the limit) and give back a `receive` that replays it.
+    async def _buffered_body(self, receive: Receive) -> tuple[bytes, Receive]:
+        """Read the whole body (refusing it past the limit); give it back with a `receive` that replays it.
 
         A GET (the SSE stream) has an empty body and returns at once; the replay then hands on to the
         real `receive`, which later reports the client's disconnect.
         """
         body = bytearray()
-        first: list[Message] = []
+        pending: list[Message] = []
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientLeft
             if message["type"] != "http.request":
-                first.append(message)
+                pending.append(message)
                 break
             body.extend(message.get("body", b""))
             if len(body) > self.max_request_bytes:
                 raise _BodyTooLarge
             if not message.get("more_body", False):
-                first.insert(0, {"type": "http.request", "body": bytes(body), "more_body": False})
                 break
-        pending = list(first)
+        whole = bytes(body)
+        if not pending:
+            pending.append({"type": "http.request", "body": whole, "more_body": False})
 
         async def replay() -> Message:
             if pending:
                 return pending.pop(0)
             return await receive()
 
-        return replay
+        return whole, replay
 
-    async def _authenticate(self, scope: Scope, headers: Headers) -> Response | None:
+    async def _authenticate(self, scope: Scope, headers: Headers, body: bytes) -> Response | None:
         scheme, _, key = headers.get("authorization", "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -378,11 +398,16 @@ class RequestGuard:
                 "an API key is required: send 'Authorization: Bearer <key>' (see `tokenledger keys create`)",
                 headers={"WWW-Authenticate": 'Bearer realm="tokenledger"'},
             )
+        offline = self._needs_no_database(scope, body)
         try:
-            principal = await self.ledger.authenticate(key)
+            principal = await self._look_up(key, bounded=offline)
         except TokenLedgerError as error:
-            log.error("could not check an API key: %s", error)
-            return _refusal(503, "temporarily_unavailable", "the key store is unavailable; retry shortly")
+            unreachable = offline and isinstance(error, StoreUnavailable)
+            principal = self.recent_keys.recall(key) if unreachable else None
+            if principal is None:
+                log.error("could not check an API key: %s", error)
+                return _refusal(503, "temporarily_unavailable", "the key store is unavailable; retry shortly")
+            log.warning("the key store is unavailable: a call that needs no database goes on: %s", error)
         if principal is None:
             log.info("refused an unknown or revoked API key from %s", _client(scope))
             return _refusal(
@@ -401,6 +426,33 @@ class RequestGuard:
         # The SDK binds an SSE or streamable-HTTP session to the credential that opened it.
         scope["user"] = AuthenticatedUser(_access_token(principal))
         return None
+
+    async def _look_up(self, key: str, *, bounded: bool) -> Principal | None:
+        """The key's principal, from the database; remembered (or forgotten) for an outage.
+
+        `bounded`: a call that could go on without the database waits for it no longer than /healthz does
+        before calling it unavailable, rather than the pool's whole wait.
+        """
+        if bounded:
+            try:
+                with anyio.fail_after(HEALTH_TIMEOUT_SECONDS):
+                    principal = await self.ledger.authenticate(key)
+            except TimeoutError as error:
+                raise StoreUnavailable(f"no answer within {HEALTH_TIMEOUT_SECONDS:g} s") from error
+        else:
+            principal = await self.ledger.authenticate(key)
+        if principal is None:
+            self.recent_keys.forget(key)
+        else:
+            self.recent_keys.remember(key, principal)
+        return principal
+
+    @staticmethod
+    def _needs_no_database(scope: Scope, body: bytes) -> bool:
+        """Counting (and what leads to it: the handshake, opening an SSE stream) needs no database."""
+        if scope["method"] == "GET":
+            return bool(scope["path"] == SSE_PATH)
+        return scope["path"] in (MCP_PATH, MESSAGES_PATH) and needs_no_database(body)
 
 
 def _scrape_token_matches(headers: Headers, token: str) -> bool:
@@ -427,16 +479,24 @@ def _client(scope: Scope) -> str:
 
 def _health_endpoint(ledger: Ledger) -> Callable[[Request], Awaitable[Response]]:
     async def healthz(request: Request) -> Response:
-        """200 whenever the server answers; `database` says if PostgreSQL does (counting works without)."""
-        database = "ok"
+        """200 whenever the server answers; `database` says if PostgreSQL does, and when it does not,
+        what still works (the request guard uses the same timeout to call the database unavailable)."""
+        health: dict[str, Any] = {"status": "ok", "database": "ok"}
         try:
             with anyio.fail_after(HEALTH_TIMEOUT_SECONDS):
                 await ledger.ping()
         except (TokenLedgerError, TimeoutError, OSError) as error:
             log.warning("health check: the database is unavailable: %s", error)
-            database = "unavailable"
-        status = "ok" if database == "ok" else "degraded"
-        return JSONResponse({"status": status, "database": database}, headers={"Cache-Control": "no-store"})
+            health = {
+                "status": "degraded",
+                "database": "unavailable",
+                "available_tools": list(OFFLINE_TOOLS),
+                "detail": (
+                    f"{' and '.join(OFFLINE_TOOLS)} answer for keys this server authenticated in the last "
+                    f"{RECENT_KEY_SECONDS:g} s; every other call answers 503 until the database returns"
+                ),
+            }
+        return JSONResponse(health, headers={"Cache-Control": "no-store"})
 
     return healthz
 
@@ -446,17 +506,23 @@ def _health_endpoint(ledger: Ledger) -> Callable[[Request], Awaitable[Response]]
 
 def _metrics_endpoint(metrics: Metrics) -> Callable[[Request], Awaitable[Response]]:
     async def scrape(request: Request) -> Response:
-        """The Prometheus text format; an API key needs role admin or viewer (a scrape token passes)."""
-        principal = request.scope.get("state", {}).get("principal")
-        if isinstance(principal, Principal) and principal.role not in METRICS_ROLES:
+        """The Prometheus text format: the key's tenant (role admin or viewer), or the whole process for
+        the scrape token."""
+        state = request.scope.get("state", {})
+        principal = state.get("principal")
+        if state.get(PROCESS_SCRAPE) is True:
+            exposition = metrics.process_exposition()
+        elif not isinstance(principal, Principal):  # the guard lets nothing else through; fail closed
+            return _refusal(401, "invalid_request", "an API key or the scrape token is required")
+        elif principal.role not in METRICS_ROLES:
             return _refusal(
                 403,
                 "insufficient_scope",
                 f"role {principal.role!r} cannot read metrics; allowed: admin, viewer",
             )
-        return Response(
-            metrics.exposition(), media_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"}
-        )
+        else:
+            exposition = metrics.tenant_exposition(principal.tenant_id)
+        return Response(exposition, media_type=METRICS_CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
     return scrape
 
@@ -478,35 +544,20 @@ class _ToolTimer:
             ok = not _is_error(result)
             return result
         finally:
-            self.metrics.observe_tool(name, time.perf_counter() - started, ok=ok)
+            self.metrics.observe_tool(name, time.perf_counter() - started, ok=ok, tenant=_tenant_of(ctx))
+
+
+def _tenant_of(ctx: ServerRequestContext[Any, Any]) -> str:
+    """The tenant of the request's principal ("" without one: counted in the process total only)."""
+    scope = getattr(ctx.request, "scope", None)
+    principal = scope.get("state", {}).get("principal") if isinstance(scope, dict) else None
+    return principal.tenant_id if isinstance(principal, Principal) else ""
 
 
 def _is_error(result: HandlerResult) -> bool:
     if isinstance(result, dict):
         return bool(result.get("isError") or result.get("is_error"))
     return bool(getattr(result, "is_error", False))
-
-
-class RedactQueryKeys(logging.Filter):
-    """Blanks `key=` query values in log records (uvicorn's access log shows the dashboard's `?key=`)."""
-
-    PATTERN: Final = re.compile(r"([?&]key=)[^&\s\"]*")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = self.redact(record.msg)
-        return True
-
-    def redact(self, text: str) -> str:
-        return self.PATTERN.sub(r"\1[redacted]", text)
-
-
-def _redact_access_log() -> None:
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactQueryKeys) for f in access.filters):
-        access.addFilter(RedactQueryKeys())
 
 
 # --- /dashboard --------------------------------------------------------------------------------
@@ -700,16 +751,20 @@ def build_app(
     with lifespan on.
 
     The ledger reports to `metrics` (a new registry of this app's own when None): `ledger.metrics` is
-    set to it, and the server's tool calls are timed. `metrics_token`, when given, is the only
-    credential `/metrics` accepts.
+    set to it, and the server's tool calls are timed. `metrics_token`, when given, is the operator's
+    credential for the whole process's metrics; API keys read their own tenant's.
     """
     if not transports:
         raise ValueError("give at least one of the transports 'http' and 'sse'")
-    metrics = metrics or ledger.metrics or Metrics()
+    metrics = (
+        metrics
+        or ledger.metrics
+        or Metrics(models=ledger.catalog.model_names(), providers=ledger.catalog.providers())
+    )
     ledger.metrics = metrics
     if not any(isinstance(m, _ToolTimer) for m in server.middleware):
         server.middleware.append(_ToolTimer(metrics))
-    _redact_access_log()
+    AccessLogRedaction.install()
     routes: list[BaseRoute] = [
         Route(HEALTH_PATH, _health_endpoint(ledger), methods=["GET"]),
         Route(METRICS_PATH, _metrics_endpoint(metrics), methods=["GET"]),
