@@ -7,10 +7,12 @@ a suggested model when a request is denied).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import secrets
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,12 +22,19 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from pydantic import ValidationError
 
 from tokenledger import dashboard as dashboards
 from tokenledger import reports, tokens
 from tokenledger.catalog import Catalog, cost
-from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, UnknownModel
-from tokenledger.settings import Settings
+from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, TokenLedgerError, UnknownModel
+from tokenledger.provider_count import (
+    ENCODING_NAMES,
+    PROVIDER_ERROR_BAND,
+    ProviderCounter,
+    ProviderCountFailed,
+)
+from tokenledger.settings import ProviderCounting, Settings
 from tokenledger.store import Store, resolve_dsn
 from tokenledger.types import (
     MAX_METADATA_BYTES,
@@ -46,6 +55,7 @@ from tokenledger.types import (
     PriceSpec,
     Principal,
     ReleaseResult,
+    TenantSettings,
     TokenCount,
     TrackRequest,
     TrackResult,
@@ -69,6 +79,12 @@ CALIBRATION_BOUNDS = (0.5, 3.0)
 # Texts above this are counted in a worker thread; below it the hand-off costs more than the count.
 THREAD_COUNT_THRESHOLD = 64 * 1024
 MAX_REPORT_ROWS = 10_000  # time buckets of a timeseries report
+# A tenant's settings are read at most this often per process; a change made here applies at once.
+TENANT_SETTINGS_TTL_SECONDS = 30.0
+# An estimate's error band: the 90th percentile of |actual / presented - 1| over the calls calibration
+# reads, once it has CALIBRATION_MIN_CALLS of them; never above this.
+ERROR_BAND_QUANTILE = 0.9
+MAX_ERROR_BAND = 1.0
 
 
 def _request_hash(request: Any) -> str:
@@ -89,12 +105,20 @@ class Ledger:
     """Counts, checks, reserves, settles and reports. One instance per process, over a connection pool."""
 
     def __init__(
-        self, store: Store, *, catalog: Catalog | None = None, counter: tokens.TokenCounter | None = None
+        self,
+        store: Store,
+        *,
+        catalog: Catalog | None = None,
+        counter: tokens.TokenCounter | None = None,
+        provider_counter: ProviderCounter | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog or Catalog()
         self.counter = counter or tokens.TokenCounter()
+        self.provider_counter = provider_counter or ProviderCounter(ProviderCounting())
         self._calibration: dict[tuple[str, str], tuple[float | None, float]] = {}
+        self._estimate_ratios: dict[tuple[str, str], tuple[list[float], float]] = {}
+        self._settings: dict[str, tuple[TenantSettings, float]] = {}
         self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
 
     @classmethod
@@ -108,9 +132,10 @@ class Ledger:
         store = await Store.open(
             dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size, migrate=migrate
         )
-        return cls(store)
+        return cls(store, provider_counter=ProviderCounter(settings.provider_counting))
 
     async def close(self) -> None:
+        await self.provider_counter.aclose()
         await self.store.close()
 
     async def __aenter__(self) -> Ledger:
@@ -176,8 +201,9 @@ class Ledger:
 
     # --- counting ---------------------------------------------------------------------------------
 
-    async def count_tokens(self, request: CountRequest) -> CountResult:
-        """Count a text, texts or chat messages (with tools) for a model or encoding. Needs no database."""
+    async def count_tokens(self, request: CountRequest, principal: Principal | None = None) -> CountResult:
+        """Count a text, texts or chat messages (with tools) for a model or encoding. Needs no database
+        (a tenant's provider-counting setting and measured error band are used when it answers)."""
         given = [name for name in ("text", "texts", "messages") if getattr(request, name) is not None]
         if len(given) != 1:
             raise InvalidInput("text", given or None, "give exactly one of text, texts or messages")
@@ -188,6 +214,8 @@ class Ledger:
         count = await self._count(
             request.text, request.texts, request.messages, request.tools, model, encoding
         )
+        if model is not None and count.method == "estimate":
+            count = await self._beyond_estimate(count, request, model, principal or Principal())
         result = CountResult(**count.model_dump())
         if model is not None:
             fit = tokens.context_fit(count.tokens, model, request.max_output_tokens or 0)
@@ -264,11 +292,15 @@ class Ledger:
             input_tokens, method = request.input_tokens, "provider"
         else:
             count = await self._count(request.text, None, request.messages, None, model, None)
+            if count.method == "estimate":
+                provided, count_warnings = await self._provider_count(request, model, principal)
+                count = provided or count.model_copy(update={"warnings": [*count.warnings, *count_warnings]})
             input_tokens, method = count.tokens, count.method
             if method == "estimate":
                 counted = input_tokens  # kept raw, so later calibration compares like with like
                 if factor := await self.estimate_factor(model.name, principal):
                     input_tokens = math.ceil(input_tokens * factor)
+                count.error_band = await self._error_band(model, principal, factor)
         started = time.perf_counter()
         answer = await self.store.check(
             tenant=principal.tenant_id,
@@ -290,6 +322,9 @@ class Ledger:
         result = CheckResult.model_validate(answer)
         if factor is not None:
             result.calibration_factor = factor
+        if request.input_tokens is None:
+            result.error_band = count.error_band
+            result.warnings = [*result.warnings, *count.warnings]
         if self.metrics is not None:
             self.metrics.observe_check(result, time.perf_counter() - started)
         extra_warnings = self._context_warnings(model, input_tokens, request.max_output_tokens)
@@ -315,6 +350,106 @@ class Ledger:
             factor = round(min(max(seen["actual"] / seen["estimated"], low), high), 4)
         self._calibration[key] = (factor, time.monotonic() + CALIBRATION_TTL_SECONDS)
         return factor
+
+    # --- counting beyond tiktoken: the provider's count, error bands, tenant settings ---------------
+
+    async def _beyond_estimate(
+        self, count: TokenCount, request: CountRequest, model: ModelInfo, principal: Principal
+    ) -> TokenCount:
+        """An estimate replaced by the provider's count where wanted and possible, else given the error
+        band this tenant's calls measured (the documented default while the database is away)."""
+        if request.text is not None or request.messages is not None:
+            provided, warnings = await self._provider_count(request, model, principal)
+            if provided is not None:
+                return provided
+            count = count.model_copy(update={"warnings": [*count.warnings, *warnings]})
+        with contextlib.suppress(TokenLedgerError):  # counting needs no database
+            count.error_band = await self._error_band(model, principal, None)
+        return count
+
+    async def _provider_count(
+        self, request: CountRequest | CheckRequest, model: ModelInfo, principal: Principal
+    ) -> tuple[TokenCount | None, list[str]]:
+        """The provider's count of the request's text or messages when the call (`provider_count`) or
+        the tenant's setting asks for it, or None and why not (a warning when it was asked for)."""
+        wanted = request.provider_count
+        if wanted is None:
+            try:
+                wanted = (await self._tenant_settings(principal.tenant_id)).provider_counting
+            except TokenLedgerError:
+                return None, []
+        if not wanted:
+            return None, []
+        if self.provider_counter.provider_for(model) is None:
+            reason = f"no {model.provider} count_tokens API key is configured for {model.name}"
+            return None, [f"provider_count: {reason}; estimated"]
+        try:
+            tokens_ = await self.provider_counter.count(
+                tenant=principal.tenant_id, model=model, text=request.text, messages=request.messages
+            )
+        except ProviderCountFailed as failure:
+            return None, [f"provider_count: {failure}; estimated"]
+        provider = self.provider_counter.provider_for(model) or ""
+        return TokenCount(
+            tokens=tokens_,
+            method="provider",
+            encoding=ENCODING_NAMES.get(provider, provider),
+            model=model.name,
+            error_band=PROVIDER_ERROR_BAND,
+        ), []
+
+    async def _error_band(self, model: ModelInfo, principal: Principal, factor: float | None) -> float:
+        """How far the provider's count may be from an estimate presented with `factor` applied (None:
+        uncalibrated): the 90th percentile of |actual / presented - 1| over this tenant's settled calls of
+        the model, or the model's documented default until there are enough of them."""
+        key = (principal.tenant_id, model.name)
+        cached = self._estimate_ratios.get(key)
+        if cached is None or cached[1] <= time.monotonic():
+            ratios = await self.store.estimate_ratios(tenant=principal.tenant_id, model=model.name)
+            cached = self._estimate_ratios[key] = (ratios, time.monotonic() + CALIBRATION_TTL_SECONDS)
+        ratios = cached[0]
+        if len(ratios) < CALIBRATION_MIN_CALLS:
+            return tokens.default_error_band(model)
+        deviations = [abs(ratio / (factor or 1.0) - 1) for ratio in ratios]
+        band = statistics.quantiles(deviations, n=10, method="inclusive")[int(ERROR_BAND_QUANTILE * 10) - 1]
+        return round(min(band, MAX_ERROR_BAND), 3)
+
+    async def tenant_settings(self, principal: Principal | None = None) -> TenantSettings:
+        """The tenant's settings (defaults where none is stored); admin only."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "read tenant settings")
+        self._settings.pop(principal.tenant_id, None)  # an admin reads what is stored now
+        return await self._tenant_settings(principal.tenant_id)
+
+    async def _tenant_settings(self, tenant: str) -> TenantSettings:
+        cached = self._settings.get(tenant)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        stored = await self.store.tenant_settings(tenant=tenant)
+        known = {key: value for key, value in stored.items() if key in TenantSettings.model_fields}
+        current = TenantSettings.model_validate(known)
+        self._settings[tenant] = (current, time.monotonic() + TENANT_SETTINGS_TTL_SECONDS)
+        return current
+
+    async def set_tenant_setting(
+        self, key: str, value: Any, principal: Principal | None = None
+    ) -> TenantSettings:
+        """Change one of the tenant's settings (admin only; audited with its previous value)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "change tenant settings")
+        fields = TenantSettings.model_fields
+        if key not in fields:
+            raise InvalidInput("key", key, f"one of: {', '.join(sorted(fields))}")
+        try:
+            checked = TenantSettings.model_validate({key: value}, strict=True)
+        except ValidationError as error:
+            allowed = error.errors(include_url=False)[0]["msg"]
+            raise InvalidInput("value", value, f"{key}: {allowed}") from error
+        await self.store.set_tenant_setting(
+            tenant=principal.tenant_id, key=key, value=getattr(checked, key), actor=principal.actor
+        )
+        self._settings.pop(principal.tenant_id, None)
+        return await self.tenant_settings(principal)
 
     def _context_warnings(self, model: ModelInfo, input_tokens: int, max_output: int) -> list[str]:
         if model.context_window and input_tokens + max_output > model.context_window:

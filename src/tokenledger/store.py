@@ -424,6 +424,29 @@ class Store:
         rows = await self._fetch_rows(_CALIBRATION, {"tenant": tenant, "model": model, "calls": calls})
         return {key: int(value) for key, value in rows[0].items()}
 
+    async def estimate_ratios(self, *, tenant: str, model: str, calls: int = 200) -> list[float]:
+        """Provider-reported input over our raw (uncalibrated) count, one ratio per settled call of the
+        model, newest first: the spread behind an estimate's error band."""
+        rows = await self._fetch_rows(_ESTIMATE_RATIOS, {"tenant": tenant, "model": model, "calls": calls})
+        return [float(row["ratio"]) for row in rows]
+
+    # --- tenant settings --------------------------------------------------------------------------
+
+    async def tenant_settings(self, *, tenant: str) -> dict[str, Any]:
+        """A tenant's stored settings: key -> JSON value."""
+        rows = await self._fetch_rows(
+            "select key, value from tl_tenant_setting where tenant_id = %(tenant)s order by key",
+            {"tenant": tenant},
+        )
+        return {row["key"]: row["value"] for row in rows}
+
+    async def set_tenant_setting(self, *, tenant: str, key: str, value: Any, actor: str) -> dict[str, Any]:
+        """Store a tenant's setting and audit the change (before and after) in one statement."""
+        rows = await self._fetch_rows(
+            _SET_TENANT_SETTING, {"tenant": tenant, "key": key, "value": Jsonb(value), "actor": actor}
+        )
+        return rows[0]
+
     async def prune_usage(self, *, before: datetime) -> dict[str, Any]:
         """Roll up and drop every monthly usage partition that ends before `before`."""
         return dict(await self._fetch_json("select tl_prune_usage(%s)", (before,)))
@@ -534,7 +557,7 @@ class Store:
     async def estimate_accuracy(
         self, *, tenant: str, since: datetime, until: datetime, filters: dict[str, str]
     ) -> list[dict[str, Any]]:
-        """Per model: pre-flight input estimates against the input the provider reported."""
+        """Per model and counting method: pre-flight input counts against the input the provider reported."""
         query = sql.SQL(_ESTIMATE_ACCURACY).format(filters=_usage_filters(filters))
         return await self._fetch_rows(query, _usage_params(tenant, since, until, filters))
 
@@ -865,9 +888,11 @@ select m.*, coalesce(r.repeated_prompts, 0) as repeated_prompts,
  order by m.cost_usd desc, m.model
 """
 
-# Error = estimate - actual input (uncached + cache read + cache write), in tokens and % of the actual.
+# Error = estimate - actual input (uncached + cache read + cache write), in tokens and % of the actual; per
+# model and the method that counted the reservation (calls reserved before migration 0011 recorded it,
+# and calls without a reservation, show as "unrecorded").
 _ESTIMATE_ACCURACY = """
-select model, count(*) as samples,
+select model, method, count(*) as samples,
        round(avg(error), 2) as mean_error_tokens,
        round(100 * avg(abs(error) / nullif(actual, 0)), 2) as mean_abs_error_percent,
        max(error) as max_error, min(error) as min_error,
@@ -875,14 +900,16 @@ select model, count(*) as samples,
        round(100 * min(error / nullif(actual, 0)), 2) as min_error_percent,
        count(*) filter (where error > 0) as over_estimates,
        count(*) filter (where error < 0) as under_estimates
-  from (select model, (estimated_input_tokens - actual)::numeric as error, actual::numeric as actual
-          from (select model, estimated_input_tokens,
+  from (select u.model, coalesce(r.count_method, 'unrecorded') as method,
+               (u.estimated_input_tokens - u.actual)::numeric as error, u.actual::numeric as actual
+          from (select model, reservation_id, estimated_input_tokens,
                        input_tokens + cache_read_input_tokens + cache_creation_input_tokens as actual
                   from tl_usage
                  where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s
-                   and estimated_input_tokens is not null {filters}) u) e
- group by model
- order by samples desc, model
+                   and estimated_input_tokens is not null {filters}) u
+          left join tl_reservation r on r.tenant_id = %(tenant)s and r.reservation_id = u.reservation_id) e
+ group by model, method
+ order by samples desc, model, method
 """
 
 # Per budget, what its scope used in the window: one scan, one grouping set per scope kind that has
@@ -914,6 +941,37 @@ select coalesce(sum(u.input_tokens + u.cache_read_input_tokens + u.cache_creatio
          limit %(calls)s) u
   join tl_reservation r on r.tenant_id = %(tenant)s and r.reservation_id = u.reservation_id
  where r.counted_input_tokens > 0
+"""
+
+# The same calls as _CALIBRATION, one ratio (actual / raw count) each.
+_ESTIMATE_RATIOS = """
+select (u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens)::float8
+       / r.counted_input_tokens as ratio
+  from (select reservation_id, input_tokens, cache_read_input_tokens, cache_creation_input_tokens, occurred_at
+          from tl_usage
+         where tenant_id = %(tenant)s and model = %(model)s and reservation_id is not null
+           and status = 'success'
+         order by occurred_at desc
+         limit %(calls)s) u
+  join tl_reservation r on r.tenant_id = %(tenant)s and r.reservation_id = u.reservation_id
+ where r.counted_input_tokens > 0
+ order by u.occurred_at desc
+"""
+
+_SET_TENANT_SETTING = """
+with before as (
+    select value from tl_tenant_setting where tenant_id = %(tenant)s and key = %(key)s
+), saved as (
+    insert into tl_tenant_setting (tenant_id, key, value, updated_by)
+    values (%(tenant)s, %(key)s, %(value)s, %(actor)s)
+    on conflict (tenant_id, key) do update
+       set value = excluded.value, updated_at = now(), updated_by = excluded.updated_by
+    returning tenant_id, key, value, updated_at, updated_by
+), audited as (
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    select tenant_id, %(actor)s, 'set', 'tenant_setting', key, (select value from before), value from saved
+)
+select key, value, updated_at, updated_by from saved
 """
 
 _SCHEMA_SIGNATURE = """

@@ -179,6 +179,14 @@ class CountResult(Model):
     warnings: list[str] = Field(default_factory=list)
 
 
+class TenantSettings(Model):
+    """A tenant's settings, stored in tl_tenant_setting: admins change them, each change audited.
+    Other features add their keys here."""
+
+    # Count Claude and Gemini requests with the provider's token-counting API when its key is configured.
+    provider_counting: bool = False
+
+
 class FitRequest(Model):
     messages: list[ChatMessage]
     model: ModelName
