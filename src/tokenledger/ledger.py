@@ -25,7 +25,7 @@ import anyio
 from pydantic import ValidationError
 
 from tokenledger import dashboard as dashboards
-from tokenledger import reports, tokens
+from tokenledger import plpython_counting, reports, tokens
 from tokenledger.catalog import Catalog, cost
 from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, TokenLedgerError, UnknownModel
 from tokenledger.provider_count import (
@@ -35,7 +35,7 @@ from tokenledger.provider_count import (
     ProviderCountFailed,
 )
 from tokenledger.settings import ProviderCounting, Settings
-from tokenledger.store import Store, resolve_dsn
+from tokenledger.store import COUNTING_RANK_TABLE, Store, resolve_dsn
 from tokenledger.types import (
     MAX_METADATA_BYTES,
     Attribution,
@@ -450,6 +450,69 @@ class Ledger:
         )
         self._settings.pop(principal.tenant_id, None)
         return await self.tenant_settings(principal)
+
+    # --- counting in SQL --------------------------------------------------------------------------
+
+    async def counting_support(self) -> dict[str, Any]:
+        """What the database offers for counting in SQL (see `Store.counting_support`), with `backend`:
+        "pg_tiktoken", "plpython" (tokenledger's functions), or None."""
+        support = dict(await self.store.counting_support())
+        language = support["counting_language"]
+        support["backend"] = (
+            None if language is None else ("plpython" if language == "plpython3u" else "pg_tiktoken")
+        )
+        support["plpython_package"] = f"postgresql-plpython3-{support['major_version']}"
+        return support
+
+    async def install_counting(self, principal: Principal | None = None) -> dict[str, Any]:
+        """Create `tiktoken_count` and `tiktoken_encode` in PL/Python where pg_tiktoken is not installed
+        (admin; a superuser connection). Refuses, saying what is missing and how to get it, where it
+        cannot work; installs nothing unless the new functions count like this process does."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "install counting functions")
+        support = await self.counting_support()
+        if support["pg_tiktoken"]:
+            raise TokenLedgerError("pg_tiktoken is installed: tiktoken_count is already there; nothing to do")
+        if not support["plpython"] and not support["plpython_available"]:
+            raise TokenLedgerError(
+                f"neither pg_tiktoken nor PL/Python (plpython3u) is available on this PostgreSQL "
+                f"{support['major_version']} server: install Debian's package {support['plpython_package']} "
+                f"(apt-get install {support['plpython_package']}) on the server and run this again, or "
+                "install the pg_tiktoken extension"
+            )
+        if not support["superuser"]:
+            raise TokenLedgerError(
+                "creating PL/Python (plpython3u) functions needs a superuser connection: run this with a "
+                "superuser's TOKENLEDGER_DATABASE_URL"
+            )
+        encoding, text = "o200k_base", plpython_counting.SELF_TEST
+        expected = self.counter.count_text(text, encoding=encoding).tokens
+        count_body, encode_body, rank_files = await anyio.to_thread.run_sync(
+            lambda: (
+                plpython_counting.function_body("tiktoken_count", COUNTING_RANK_TABLE),
+                plpython_counting.function_body("tiktoken_encode", COUNTING_RANK_TABLE),
+                plpython_counting.rank_files(),
+            )
+        )
+        counted = await self.store.install_counting(
+            count_body=count_body,
+            encode_body=encode_body,
+            rank_files=rank_files,
+            self_test=(encoding, text, expected),
+        )
+        return {**await self.counting_support(), "self_test_tokens": counted}
+
+    async def count_in_database(
+        self, texts: Sequence[str], encoding: str = tokens.DEFAULT_ENCODING
+    ) -> TokenCount:
+        """Count texts with the database's `tiktoken_count` (pg_tiktoken, or tokenledger's PL/Python
+        functions): `method: "pg_tiktoken"`, and a `pg_tiktoken` entry in the counter's stats."""
+        if encoding not in tokens.ENCODINGS:
+            raise InvalidInput("encoding", encoding, f"one of {', '.join(tokens.ENCODINGS)}")
+        started = time.perf_counter()
+        counts = await self.store.count_in_database(encoding=encoding, texts=list(texts))
+        self.counter.record("pg_tiktoken", time.perf_counter() - started)
+        return TokenCount(tokens=sum(counts), method="pg_tiktoken", encoding=encoding, per_text=counts)
 
     def _context_warnings(self, model: ModelInfo, input_tokens: int, max_output: int) -> list[str]:
         if model.context_window and input_tokens + max_output > model.context_window:

@@ -430,6 +430,77 @@ class Store:
         rows = await self._fetch_rows(_ESTIMATE_RATIOS, {"tenant": tenant, "model": model, "calls": calls})
         return [float(row["ratio"]) for row in rows]
 
+    # --- counting in SQL ---------------------------------------------------------------------------
+
+    async def counting_support(self) -> dict[str, Any]:
+        """What this server offers for counting in SQL: pg_tiktoken and PL/Python (installed or only
+        available), whether `tiktoken_count` exists and in which language, superuser, major version."""
+        rows = await self._fetch_rows(_COUNTING_SUPPORT, {})
+        return rows[0]
+
+    async def install_counting(
+        self,
+        *,
+        count_body: str,
+        encode_body: str,
+        rank_files: dict[str, bytes],
+        self_test: tuple[str, str, int],
+    ) -> int:
+        """Create PL/Python `tiktoken_count` and `tiktoken_encode` (pg_tiktoken's signatures) and the
+        table of rank files they read, in one transaction that only commits if the functions count
+        `self_test` (encoding, text, expected tokens) as expected; returns that count."""
+        async with self._connection() as conn, conn.transaction():
+            try:
+                await conn.execute("create extension if not exists plpython3u")
+                await conn.execute(
+                    f"""create table if not exists {COUNTING_RANK_TABLE} (
+                            rank_file text primary key, sha256 text not null, contents bytea not null)"""
+                )
+                for name, contents in rank_files.items():
+                    await conn.execute(
+                        f"""insert into {COUNTING_RANK_TABLE} (rank_file, sha256, contents)
+                            values (%s, %s, %s) on conflict (rank_file) do update
+                               set sha256 = excluded.sha256, contents = excluded.contents""",
+                        (name, hashlib.sha256(contents).hexdigest(), contents),
+                    )
+                for name, returns, body in (
+                    ("tiktoken_count", "bigint", count_body),
+                    ("tiktoken_encode", "bigint[]", encode_body),
+                ):
+                    await conn.execute(
+                        sql.SQL(_COUNTING_FUNCTION).format(
+                            name=sql.Identifier(name), returns=sql.SQL(returns), body=sql.Literal(body)
+                        )
+                    )
+                encoding, text, expected = self_test
+                cursor = await conn.execute("select tiktoken_count(%s, %s)", (encoding, text))
+                row = await cursor.fetchone()
+            except psycopg.Error as error:
+                raise _translate(error) from error
+            counted = int(row[0]) if row else -1
+            if counted != expected:  # leaves the transaction: nothing is installed
+                raise Conflict(f"tiktoken_count({encoding!r}, ...) gave {counted} tokens, not {expected}")
+            return counted
+
+    async def count_in_database(self, *, encoding: str, texts: Sequence[str]) -> list[int]:
+        """`tiktoken_count(encoding, text)` of each text, in order, by the server."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+            try:
+                cursor = await conn.execute(
+                    """select tiktoken_count(%s, t.text) from unnest(%s::text[]) with ordinality as t(text, n)
+                        order by t.n""",
+                    (encoding, list(texts)),
+                )
+            except psycopg.errors.UndefinedFunction:
+                raise NotFound(
+                    "tiktoken_count is not in this database: install pg_tiktoken, or run "
+                    "`tokenledger sql install-counting`"
+                ) from None
+            return [int(row[0]) for row in await cursor.fetchall()]
+
+        return await self._call(run, retry_safe=True)
+
     # --- tenant settings --------------------------------------------------------------------------
 
     async def tenant_settings(self, *, tenant: str) -> dict[str, Any]:
@@ -956,6 +1027,24 @@ select (u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_toke
   join tl_reservation r on r.tenant_id = %(tenant)s and r.reservation_id = u.reservation_id
  where r.counted_input_tokens > 0
  order by u.occurred_at desc
+"""
+
+# Counting in SQL (`tokenledger sql install-counting`): what the server has, and the functions we create.
+COUNTING_RANK_TABLE = "tiktoken_rank_file"
+_COUNTING_SUPPORT = """
+select exists (select 1 from pg_extension where extname = 'pg_tiktoken') as pg_tiktoken,
+       exists (select 1 from pg_available_extensions where name = 'pg_tiktoken') as pg_tiktoken_available,
+       exists (select 1 from pg_extension where extname = 'plpython3u') as plpython,
+       exists (select 1 from pg_available_extensions where name = 'plpython3u') as plpython_available,
+       (select l.lanname from pg_proc p join pg_language l on l.oid = p.prolang
+         where p.proname = 'tiktoken_count' and pg_function_is_visible(p.oid) limit 1) as counting_language,
+       (select rolsuper from pg_roles where rolname = current_user) as superuser,
+       current_setting('server_version_num')::int / 10000 as major_version
+"""
+# Strict (null in, null out) like pg_tiktoken's; immutable since the rank files are pinned by SHA-256.
+_COUNTING_FUNCTION = """
+create or replace function {name}(encoding_selector text, input text) returns {returns}
+    language plpython3u strict immutable parallel safe set search_path from current as {body}
 """
 
 _SET_TENANT_SETTING = """

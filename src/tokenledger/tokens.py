@@ -154,16 +154,35 @@ def _read_ranks(rank_file: str) -> dict[bytes, int]:
     ourselves: given a path, tiktoken copies the file into its download cache directory (and fails
     if that directory is read-only), and we promise never to touch that cache.
     """
-    resource = importlib.resources.files("tokenledger") / "data" / "tiktoken" / f"{rank_file}.tiktoken"
-    contents = resource.read_bytes()
-    if hashlib.sha256(contents).hexdigest() != _RANK_FILES[rank_file]:
-        raise RuntimeError(f"bundled {rank_file}.tiktoken does not match its pinned SHA-256; reinstall")
+    contents = rank_file_bytes(rank_file)
     ranks: dict[bytes, int] = {}
     for line in contents.splitlines():
         if line:
             token, rank = line.split()
             ranks[b64decode(token)] = int(rank)
     return ranks
+
+
+def rank_file_bytes(rank_file: str) -> bytes:
+    """The contents of a bundled `.tiktoken` rank file, after checking its pinned SHA-256."""
+    resource = importlib.resources.files("tokenledger") / "data" / "tiktoken" / f"{rank_file}.tiktoken"
+    contents = resource.read_bytes()
+    if hashlib.sha256(contents).hexdigest() != _RANK_FILES[rank_file]:
+        raise RuntimeError(f"bundled {rank_file}.tiktoken does not match its pinned SHA-256; reinstall")
+    return contents
+
+
+def pinned_rank_files() -> dict[str, str]:
+    """Each bundled rank file's pinned SHA-256, by name."""
+    return dict(_RANK_FILES)
+
+
+def encoding_source(name: str) -> tuple[str, str]:
+    """The rank file and the tiktoken (Rust regex) pattern of an encoding."""
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise UnknownEncoding(name, ENCODINGS)
+    return spec.rank_file, spec.pat_str
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:
@@ -480,6 +499,12 @@ class TokenCounter:
                     for method, entry in sorted(self._methods.items())
                 },
             }
+
+    def record(self, method: str, seconds: float) -> None:
+        """Count a call made elsewhere (counting in the database: "pg_tiktoken") in `stats()`."""
+        entry = self._methods.get(method) or self._methods.setdefault(method, _MethodStats())
+        entry.calls += 1
+        entry.seconds += seconds
 
     def clear_cache(self) -> None:
         """Empty the cache (counters are kept)."""
