@@ -58,3 +58,27 @@ async def test_count_tokens_answers_with_the_default_band_while_the_database_is_
     await ledger.store.close()
     counted = await ledger.count_tokens(CountRequest(text=TEXT, model=CLAUDE))
     assert (counted.method, counted.error_band) == ("estimate", tokens.DEFAULT_ERROR_BANDS["anthropic"])
+
+
+# The README's counting table: the documented band of each family's estimates.
+@pytest.mark.parametrize(
+    ("provider", "band"),
+    [
+        ("anthropic", 0.25),
+        ("google", 0.15),
+        ("mistral", 0.15),
+        ("deepseek", 0.15),
+        ("cohere", 0.15),
+        ("xai", 0.15),
+        ("meta", 0.10),
+        ("openai", 0.10),
+    ],
+)
+def test_documented_default_bands(provider: str, band: float) -> None:
+    from tokenledger.catalog import search
+
+    estimated = [m for m in search(provider=provider, limit=1000) if m.count_method == "estimate"]
+    assert estimated, provider
+    for model in estimated:
+        counted = tokens.count_text("hello world", model=model)
+        assert counted.error_band == (0.0 if counted.method == "exact" else band), model.name

@@ -12,11 +12,12 @@ import pytest
 
 from tests.openbao import OpenBao, openbao_fixture  # noqa: F401  (the `openbao` fixture)
 from tests.provider_standin import ProviderStandin, api_key
+from tokenledger.cli import main
 from tokenledger.errors import InvalidInput, PermissionDenied
 from tokenledger.ledger import Ledger
 from tokenledger.provider_count import ProviderCounter
 from tokenledger.secrets import Secret, VaultConfig
-from tokenledger.settings import ProviderCounting
+from tokenledger.settings import ProviderCounting, Settings
 from tokenledger.types import CheckRequest, CountRequest, Principal, TrackRequest
 
 pytestmark = pytest.mark.anyio
@@ -220,3 +221,37 @@ async def test_tenant_settings_are_admin_only_validated_and_audited(ledger: Ledg
     ]
     assert await ledger.store.tenant_settings(tenant="other") == {}
     assert json.dumps(audit[0]["actor"]) == '"local:admin"'
+
+
+async def test_the_cache_is_bounded(ledger: Ledger, standin: ProviderStandin, counting: Counting) -> None:
+    counter = counting()
+    counter.max_entries = 2
+    for text in ("one", "two", "three", "three", "one"):
+        await ledger.count_tokens(CountRequest(text=text, model=CLAUDE, provider_count=True))
+    # "one" was evicted by "three": asked again; the repeated "three" was a hit.
+    assert len(standin.requests) == 4 and counter.stats.cache_hits == 1
+
+
+@pytest.mark.parametrize("value", ["0.01", "31", "soon"])
+def test_the_timeout_setting_is_bounded(value: str) -> None:
+    with pytest.raises(
+        ValueError, match=f"TOKENLEDGER_PROVIDER_COUNT_TIMEOUT='{value}': seconds, 0.05 to 30"
+    ):
+        Settings.from_env({"TOKENLEDGER_PROVIDER_COUNT_TIMEOUT": value})
+    configured = Settings.from_env(
+        {"TOKENLEDGER_PROVIDER_COUNT_TIMEOUT": "0.5", "GOOGLE_API_KEY": GEMINI_KEY}
+    )
+    assert configured.provider_counting.timeout_seconds == 0.5
+    assert configured.provider_counting.gemini_api_key == GEMINI_KEY
+    never_shows_key(repr(configured))
+
+
+def test_settings_from_the_command_line(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TOKENLEDGER_DATABASE_URL", dsn)
+    assert main(["settings", "set", "provider_counting", "true"]) == 0
+    assert main(["settings", "list"]) == 0
+    assert capsys.readouterr().out == "provider_counting = true\nprovider_counting = true\n"
+    assert main(["settings", "set", "provider_counting", "maybe"]) == 1
+    assert "value: 'maybe' is not allowed; a JSON value" in capsys.readouterr().err

@@ -14,11 +14,13 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg import conninfo, sql
 
 from tokenledger import plpython_counting, tokens
 from tokenledger.cli import main
 from tokenledger.errors import NotFound, TokenLedgerError
 from tokenledger.ledger import Ledger
+from tokenledger.store import Store
 from tokenledger.tokenizers import pure_bpe
 
 from .test_tokens import CORPUS
@@ -156,3 +158,23 @@ async def _cli(argv: list[str]) -> int:
     import anyio
 
     return await anyio.to_thread.run_sync(main, argv)
+
+
+@pytest.mark.ledger
+async def test_install_counting_needs_a_superuser(ledger: Ledger, dsn: str) -> None:
+    await _plpython_or_fail(ledger, dsn)
+    role = f"tl_not_super_{os.getpid()}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+    try:
+        params = conninfo.conninfo_to_dict(dsn)
+        params["user"] = role
+        store = await Store.open(conninfo.make_conninfo("", **params), migrate=False)  # type: ignore[arg-type]
+        try:
+            with pytest.raises(TokenLedgerError, match="needs a superuser connection"):
+                await Ledger(store).install_counting()
+        finally:
+            await store.close()
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
