@@ -85,6 +85,8 @@ TENANT_SETTINGS_TTL_SECONDS = 30.0
 # reads, once it has CALIBRATION_MIN_CALLS of them; never above this.
 ERROR_BAND_QUANTILE = 0.9
 MAX_ERROR_BAND = 1.0
+# The longest a count waits for those two lookups: counting needs no database.
+COUNT_LOOKUP_SECONDS = 1.0
 
 
 def _request_hash(request: Any) -> str:
@@ -363,8 +365,7 @@ class Ledger:
             if provided is not None:
                 return provided
             count = count.model_copy(update={"warnings": [*count.warnings, *warnings]})
-        with contextlib.suppress(TokenLedgerError):  # counting needs no database
-            count.error_band = await self._error_band(model, principal, None)
+        count.error_band = await self._error_band(model, principal, None)
         return count
 
     async def _provider_count(
@@ -374,10 +375,7 @@ class Ledger:
         the tenant's setting asks for it, or None and why not (a warning when it was asked for)."""
         wanted = request.provider_count
         if wanted is None:
-            try:
-                wanted = (await self._tenant_settings(principal.tenant_id)).provider_counting
-            except TokenLedgerError:
-                return None, []
+            wanted = (await self._tenant_settings(principal.tenant_id)).provider_counting
         if not wanted:
             return None, []
         if self.provider_counter.provider_for(model) is None:
@@ -405,7 +403,9 @@ class Ledger:
         key = (principal.tenant_id, model.name)
         cached = self._estimate_ratios.get(key)
         if cached is None or cached[1] <= time.monotonic():
-            ratios = await self.store.estimate_ratios(tenant=principal.tenant_id, model=model.name)
+            ratios: list[float] = []  # the documented default while the database is away (retried later)
+            with contextlib.suppress(TokenLedgerError), anyio.move_on_after(COUNT_LOOKUP_SECONDS):
+                ratios = await self.store.estimate_ratios(tenant=principal.tenant_id, model=model.name)
             cached = self._estimate_ratios[key] = (ratios, time.monotonic() + CALIBRATION_TTL_SECONDS)
         ratios = cached[0]
         if len(ratios) < CALIBRATION_MIN_CALLS:
@@ -418,14 +418,20 @@ class Ledger:
         """The tenant's settings (defaults where none is stored); admin only."""
         principal = principal or Principal()
         self._require(principal, ("admin",), "read tenant settings")
-        self._settings.pop(principal.tenant_id, None)  # an admin reads what is stored now
-        return await self._tenant_settings(principal.tenant_id)
+        stored = await self.store.tenant_settings(tenant=principal.tenant_id)  # what is stored now
+        return self._remember_settings(principal.tenant_id, stored)
 
     async def _tenant_settings(self, tenant: str) -> TenantSettings:
+        """The tenant's settings for a count: cached, and the defaults while the database is away."""
         cached = self._settings.get(tenant)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        stored = await self.store.tenant_settings(tenant=tenant)
+        stored: dict[str, Any] = {}
+        with contextlib.suppress(TokenLedgerError), anyio.move_on_after(COUNT_LOOKUP_SECONDS):
+            stored = await self.store.tenant_settings(tenant=tenant)
+        return self._remember_settings(tenant, stored)
+
+    def _remember_settings(self, tenant: str, stored: dict[str, Any]) -> TenantSettings:
         known = {key: value for key, value in stored.items() if key in TenantSettings.model_fields}
         current = TenantSettings.model_validate(known)
         self._settings[tenant] = (current, time.monotonic() + TENANT_SETTINGS_TTL_SECONDS)
@@ -448,7 +454,6 @@ class Ledger:
         await self.store.set_tenant_setting(
             tenant=principal.tenant_id, key=key, value=getattr(checked, key), actor=principal.actor
         )
-        self._settings.pop(principal.tenant_id, None)
         return await self.tenant_settings(principal)
 
     # --- counting in SQL --------------------------------------------------------------------------
