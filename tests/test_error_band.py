@@ -82,3 +82,16 @@ def test_documented_default_bands(provider: str, band: float) -> None:
     for model in estimated:
         counted = tokens.count_text("hello world", model=model)
         assert counted.error_band == (0.0 if counted.method == "exact" else band), model.name
+
+
+def test_the_count_command_shows_the_band_and_exact_mistral_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tokenledger.cli import main
+
+    assert main(["count", "--model", "claude-sonnet-4-5", "hello world"]) == 0
+    assert "expected error: ±25% (the provider's count may differ by this much)" in capsys.readouterr().out
+    assert main(["count", "--model", "open-mistral-nemo", "hello world"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "2 tokens (exact, tekken_240718, open-mistral-nemo)"
+    assert not any(line.startswith(("expected error", "warning")) for line in lines)
