@@ -180,6 +180,8 @@ async def test_what_cannot_be_counted_by_the_provider_is_estimated_with_the_reas
     )
     assert counted.method == "estimate" and "text turns only" in counted.warnings[0]
     assert standin.requests == []
+    several = await ledger.count_tokens(CountRequest(texts=["a", "b"], model=CLAUDE, provider_count=True))
+    assert several.method == "estimate" and "not texts" in several.warnings[0]
     # Exact models are never sent to a provider.
     exact = await ledger.count_tokens(CountRequest(text=TEXT, model="gpt-4o", provider_count=True))
     assert exact.method == "exact" and standin.requests == []

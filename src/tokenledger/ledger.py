@@ -365,6 +365,11 @@ class Ledger:
             if provided is not None:
                 return provided
             count = count.model_copy(update={"warnings": [*count.warnings, *warnings]})
+        elif request.provider_count:
+            warning = (
+                "provider_count: the provider counts one request (text or messages), not texts; estimated"
+            )
+            count = count.model_copy(update={"warnings": [*count.warnings, warning]})
         count.error_band = await self._error_band(model, principal, None)
         return count
 
