@@ -370,7 +370,11 @@ class Ledger:
                 "provider_count: the provider counts one request (text or messages), not texts; estimated"
             )
             count = count.model_copy(update={"warnings": [*count.warnings, warning]})
-        count.error_band = await self._error_band(model, principal, None)
+        # count_tokens presents the raw estimate; the factor says whether there are calls to measure.
+        factor = None
+        with contextlib.suppress(TokenLedgerError), anyio.move_on_after(COUNT_LOOKUP_SECONDS):
+            factor = await self.estimate_factor(model.name, principal)
+        count.error_band = await self._error_band(model, principal, factor, calibrated=False)
         return count
 
     async def _provider_count(
@@ -378,14 +382,16 @@ class Ledger:
     ) -> tuple[TokenCount | None, list[str]]:
         """The provider's count of the request's text or messages when the call (`provider_count`) or
         the tenant's setting asks for it, or None and why not (a warning when it was asked for)."""
+        if self.provider_counter.provider_for(model) is None:  # no key: nothing to look up
+            if not request.provider_count:
+                return None, []
+            reason = f"no {model.provider} count_tokens API key is configured for {model.name}"
+            return None, [f"provider_count: {reason}; estimated"]
         wanted = request.provider_count
         if wanted is None:
             wanted = (await self._tenant_settings(principal.tenant_id)).provider_counting
         if not wanted:
             return None, []
-        if self.provider_counter.provider_for(model) is None:
-            reason = f"no {model.provider} count_tokens API key is configured for {model.name}"
-            return None, [f"provider_count: {reason}; estimated"]
         try:
             tokens_ = await self.provider_counter.count(
                 tenant=principal.tenant_id, model=model, text=request.text, messages=request.messages
@@ -401,10 +407,15 @@ class Ledger:
             error_band=PROVIDER_ERROR_BAND,
         ), []
 
-    async def _error_band(self, model: ModelInfo, principal: Principal, factor: float | None) -> float:
-        """How far the provider's count may be from an estimate presented with `factor` applied (None:
-        uncalibrated): the 90th percentile of |actual / presented - 1| over this tenant's settled calls of
-        the model, or the model's documented default until there are enough of them."""
+    async def _error_band(
+        self, model: ModelInfo, principal: Principal, factor: float | None, *, calibrated: bool = True
+    ) -> float:
+        """How far the provider's count may be from an estimate, presented scaled by the calibration
+        `factor` (or raw, `calibrated=False`): the 90th percentile of |actual / presented - 1| over this
+        tenant's settled calls of the model; the model's documented default while calibration has no
+        factor (too few calls: nothing is looked up)."""
+        if factor is None:
+            return tokens.default_error_band(model)
         key = (principal.tenant_id, model.name)
         cached = self._estimate_ratios.get(key)
         if cached is None or cached[1] <= time.monotonic():
@@ -415,7 +426,7 @@ class Ledger:
         ratios = cached[0]
         if len(ratios) < CALIBRATION_MIN_CALLS:
             return tokens.default_error_band(model)
-        deviations = [abs(ratio / (factor or 1.0) - 1) for ratio in ratios]
+        deviations = [abs(ratio / (factor if calibrated else 1.0) - 1) for ratio in ratios]
         band = statistics.quantiles(deviations, n=10, method="inclusive")[int(ERROR_BAND_QUANTILE * 10) - 1]
         return round(min(band, MAX_ERROR_BAND), 3)
 
