@@ -480,10 +480,10 @@ begin
         expires := now_at + make_interval(secs => p_ttl_seconds);
         insert into tl_reservation (tenant_id, reservation_id, request_id, expires_at, model, priority,
                                     input_tokens, granted_output_tokens, estimated_cost_usd, attribution,
-                                    prompt_hash, counted_input_tokens)
+                                    prompt_hash, counted_input_tokens, count_method)
         values (p_tenant, reservation, p_request_id, expires, p_model, p_priority, p_input_tokens, granted,
                 case when priced then p_input_tokens * rate_in + granted * rate_out end, p_attr,
-                p_prompt_hash, p_counted_input);
+                p_prompt_hash, p_counted_input, p_method);
         for i in 1 .. coalesce(array_length(budgets, 1), 0) loop
             b := budgets[i];
             amount := case when b.unit = 'tokens' then p_input_tokens + granted

@@ -302,6 +302,21 @@ create index tl_usage_prompt on tl_usage (tenant_id, prompt_hash, model) include
 -- For an estimated model, the count before calibration (input_tokens holds what was reserved).
 alter table tl_reservation add column counted_input_tokens bigint;
 
+-- A tenant's settings, one JSON value per key (provider counting; other features add their keys).
+-- Changed by admins only, each change audited in tl_audit.
+create table tl_tenant_setting (
+    tenant_id  text        not null,
+    key        text        not null,
+    value      jsonb       not null,
+    updated_at timestamptz not null default now(),
+    updated_by text        not null,
+    primary key (tenant_id, key)
+);
+
+-- How the reserved input was counted (exact, estimate, provider, pg_tiktoken): the accuracy report
+-- compares each method's counts with what the provider then reported.
+alter table tl_reservation add column count_method text;
+
 -- Scheduled reports (0012): schedules, their occurrences (runs) and per-sink delivery state.
 -- A report delivered every day, week (Mondays) or month (the 1st) at a local time. next_run_at is the
 -- next occurrence, computed by Python (zoneinfo) and advanced by one compare-and-set per occurrence.

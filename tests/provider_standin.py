@@ -3,6 +3,10 @@
 It answers `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic) in each provider's
 wire format, as JSON or as a server-sent event stream, with the usage numbers it is configured with,
 and records every request it receives (so a test can assert that no provider call was made).
+The token-counting APIs too: Anthropic's `POST /v1/messages/count_tokens` (`{"input_tokens": N}`) and
+Gemini's `POST /{version}/models/{model}:countTokens` (`{"totalTokens": N}`), each with a configurable
+delay and status; their error bodies echo the API key, as a careless server might, so tests can show
+that a key never travels back into answers or logs.
 `drop_after=N` makes a stream stop after N content events without finishing its chunked body, as a
 dropped connection does; `delay` paces a stream's events (a long stream). Run as a script, it serves
 until interrupted and prints its base URL.
@@ -59,6 +63,9 @@ class Behaviour:
     drop_after: int | None = None  # streams: stop after this many content events, body unfinished
     delay: float = 0.0  # streams: seconds before each event
     status: int = 200  # a non-200 status answers with the provider's error body
+    count_tokens: int | None = None  # token-counting answers; None: 7 + characters // 4 of the request
+    count_delay: float = 0.0  # seconds before a token-counting answer
+    count_status: int = 200
 
     @property
     def text(self) -> str:
@@ -236,6 +243,8 @@ def _handler(standin: ProviderStandin) -> type[BaseHTTPRequestHandler]:
             standin.record(Recorded(self.path, body, {k.lower(): v for k, v in self.headers.items()}))
             behaviour = standin.behaviour
             model = str(body.get("model", "unknown"))
+            if self.path == "/v1/messages/count_tokens" or self.path.endswith(":countTokens"):
+                return self._count(body, behaviour)
             if self.path == "/v1/chat/completions":
                 if behaviour.status != 200:
                     return self._json(
@@ -256,6 +265,23 @@ def _handler(standin: ProviderStandin) -> type[BaseHTTPRequestHandler]:
                     return self._sse(list(anthropic_events(model, behaviour)), behaviour.drop_after)
                 return self._json(200, anthropic_message(model, behaviour))
             return self._json(404, {"error": {"message": f"no route {self.path}"}})
+
+        def _count(self, body: dict[str, Any], behaviour: Behaviour) -> None:
+            time.sleep(behaviour.count_delay)
+            gemini = self.path.endswith(":countTokens")
+            key = api_key(self.headers)
+            if behaviour.count_status != 200:
+                message = f"stand-in refused key={key}"
+                error = {"code": behaviour.count_status, "message": message, "status": "INTERNAL"}
+                anthropic_error = {"type": "error", "error": {"type": "api_error", "message": message}}
+                return self._json(behaviour.count_status, {"error": error} if gemini else anthropic_error)
+            tokens = behaviour.count_tokens
+            if tokens is None:
+                tokens = (
+                    7
+                    + len(json.dumps(body.get("contents") or [body.get("system"), body.get("messages")])) // 4
+                )
+            return self._json(200, {"totalTokens": tokens} if gemini else {"input_tokens": tokens})
 
         def _json(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
@@ -296,6 +322,13 @@ def _handler(standin: ProviderStandin) -> type[BaseHTTPRequestHandler]:
             self.wfile.flush()
 
     return Handler
+
+
+def api_key(headers: Any) -> str:
+    """The key a request carried: Anthropic's `x-api-key` (or, in newer SDKs, a bearer token), Gemini's
+    `x-goog-api-key`."""
+    bearer = headers.get("authorization", "").removeprefix("Bearer ")
+    return headers.get("x-api-key") or headers.get("x-goog-api-key") or bearer
 
 
 def _is_content(data: dict[str, Any]) -> bool:

@@ -133,7 +133,7 @@ async def test_top_is_most_expensive_first_and_members_see_their_own(ledger: Led
     assert len(viewer.rows) == 4
 
 
-async def test_accuracy_compares_estimates_with_actual_input(ledger: Ledger) -> None:
+async def test_accuracy_compares_counts_with_actual_input_per_model_and_method(ledger: Ledger) -> None:
     for estimate, actual in ((100, 80), (100, 125)):
         check = await ledger.check_budget(
             CheckRequest(model="gpt-4o", input_tokens=estimate, max_output_tokens=10, user="ana")
@@ -141,11 +141,27 @@ async def test_accuracy_compares_estimates_with_actual_input(ledger: Ledger) -> 
         await track(ledger, model="gpt-4o", reservation_id=check.reservation_id, input_tokens=actual,
                     output_tokens=10, user="ana")  # fmt: skip
     await track(ledger, model="gpt-4o", input_tokens=50, output_tokens=5)  # no estimate: not counted
+    # The same model counted exactly from its text: a row of its own, the counts it would report.
+    exact = await ledger.check_budget(CheckRequest(model="gpt-4o", text="hello world", max_output_tokens=1))
+    await track(ledger, model="gpt-4o", reservation_id=exact.reservation_id, input_tokens=2, output_tokens=1)
     accuracy = await ledger.report(ReportQuery(view="accuracy", since="1h"))
-    # Errors: +20 tokens (+25 % of 80) and -25 tokens (-20 % of 125).
-    assert accuracy.rows == [
+    assert accuracy.rows[1] == {
+        "model": "gpt-4o",
+        "method": "exact",
+        "samples": 1,
+        "mean_error_tokens": "0.00",
+        "mean_abs_error_percent": 0.0,
+        "worst_error_tokens": 0,
+        "worst_error_percent": 0.0,
+        "over_estimates": 0,
+        "under_estimates": 0,
+    }
+    assert accuracy.totals == {"models": 1, "samples": 3}
+    # Given counts ("provider": the caller's): +20 tokens (+25 % of 80) and -25 tokens (-20 % of 125).
+    assert accuracy.rows[:1] == [
         {
             "model": "gpt-4o",
+            "method": "provider",
             "samples": 2,
             "mean_error_tokens": "-2.50",
             "mean_abs_error_percent": 22.5,

@@ -7,6 +7,7 @@ a suggested model when a request is denied).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -21,13 +22,20 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
+from pydantic import ValidationError
 
 from tokenledger import dashboard as dashboards
-from tokenledger import reports, schedules, tokens
+from tokenledger import plpython_counting, reports, schedules, tokens
 from tokenledger.catalog import Catalog, cost
-from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, UnknownModel
-from tokenledger.settings import Settings
-from tokenledger.store import Store, resolve_dsn
+from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, TokenLedgerError, UnknownModel
+from tokenledger.provider_count import (
+    ENCODING_NAMES,
+    PROVIDER_ERROR_BAND,
+    ProviderCounter,
+    ProviderCountFailed,
+)
+from tokenledger.settings import ProviderCounting, Settings
+from tokenledger.store import COUNTING_RANK_TABLE, Store, resolve_dsn
 from tokenledger.types import (
     CLOCK_SKEW,
     MAX_BACKDATE,
@@ -54,6 +62,7 @@ from tokenledger.types import (
     PriceSpec,
     Principal,
     ReleaseResult,
+    TenantSettings,
     TokenCount,
     TrackRequest,
     TrackResult,
@@ -92,6 +101,14 @@ BUCKET_LENGTHS = {
     "week": timedelta(weeks=1),
     "month": timedelta(days=365.2425 / 12),
 }
+# A tenant's settings are read at most this often per process; a change made here applies at once.
+TENANT_SETTINGS_TTL_SECONDS = 30.0
+# An estimate's error band: the 90th percentile of |actual / presented - 1| over the calls calibration
+# reads, once it has CALIBRATION_MIN_CALLS of them; never above this.
+ERROR_BAND_QUANTILE = 0.9
+MAX_ERROR_BAND = 1.0
+# The longest a count waits for those two lookups: counting needs no database.
+COUNT_LOOKUP_SECONDS = 1.0
 
 
 def _request_hash(request: Any) -> str:
@@ -119,13 +136,20 @@ class Ledger:
     """Counts, checks, reserves, settles and reports. One instance per process, over a connection pool."""
 
     def __init__(
-        self, store: Store, *, catalog: Catalog | None = None, counter: tokens.TokenCounter | None = None
+        self,
+        store: Store,
+        *,
+        catalog: Catalog | None = None,
+        counter: tokens.TokenCounter | None = None,
+        provider_counter: ProviderCounter | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog or Catalog()
         self.counter = counter or tokens.TokenCounter()
+        self.provider_counter = provider_counter or ProviderCounter(ProviderCounting())
         # (tenant, model) -> (per-user ratios, when they go stale): each user's factor derives from them.
         self._calibration: dict[tuple[str, str], tuple[dict[str, list[Decimal]], float]] = {}
+        self._settings: dict[str, tuple[TenantSettings, float]] = {}
         self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
 
     @classmethod
@@ -143,9 +167,10 @@ class Ledger:
             migrate=migrate,
             reports=settings.reports,
         )
-        return cls(store)
+        return cls(store, provider_counter=ProviderCounter(settings.provider_counting))
 
     async def close(self) -> None:
+        await self.provider_counter.aclose()
         await self.store.close()
 
     async def __aenter__(self) -> Ledger:
@@ -214,8 +239,9 @@ class Ledger:
 
     # --- counting ---------------------------------------------------------------------------------
 
-    async def count_tokens(self, request: CountRequest) -> CountResult:
-        """Count a text, texts or chat messages (with tools) for a model or encoding. Needs no database."""
+    async def count_tokens(self, request: CountRequest, principal: Principal | None = None) -> CountResult:
+        """Count a text, texts or chat messages (with tools) for a model or encoding. Needs no database
+        (a tenant's provider-counting setting and measured error band are used when it answers)."""
         given = [name for name in ("text", "texts", "messages") if getattr(request, name) is not None]
         if len(given) != 1:
             raise InvalidInput("text", given or None, "give exactly one of text, texts or messages")
@@ -226,6 +252,8 @@ class Ledger:
         count = await self._count(
             request.text, request.texts, request.messages, request.tools, model, encoding
         )
+        if model is not None and count.method == "estimate":
+            count = await self._beyond_estimate(count, request, model, principal or Principal())
         result = CountResult(**count.model_dump())
         if model is not None:
             fit = tokens.context_fit(count.tokens, model, request.max_output_tokens or 0)
@@ -303,11 +331,17 @@ class Ledger:
             input_tokens, method = request.input_tokens, "provider"
         else:
             count = await self._count(request.text, None, request.messages, None, model, None)
+            if count.method == "estimate":
+                provided, count_warnings = await self._provider_count(request, model, principal)
+                count = provided or count.model_copy(update={"warnings": [*count.warnings, *count_warnings]})
             input_tokens, method = count.tokens, count.method
             if method == "estimate":
                 counted = input_tokens  # kept raw, so later calibration compares like with like
                 if factor := await self.estimate_factor(model.name, principal, user=attribution.get("user")):
                     input_tokens = math.ceil(input_tokens * factor)
+                count.error_band = await self._error_band(
+                    model, principal, factor, user=attribution.get("user")
+                )
         started = time.perf_counter()
         answer = await self.store.check(
             tenant=principal.tenant_id,
@@ -330,6 +364,9 @@ class Ledger:
         result.budgets = _visible_states(principal, result.budgets)
         if factor is not None:
             result.calibration_factor = factor
+        if request.input_tokens is None:
+            result.error_band = count.error_band
+            result.warnings = [*result.warnings, *count.warnings]
         if self.metrics is not None:
             self.metrics.observe_check(result, time.perf_counter() - started, tenant=principal.tenant_id)
         extra_warnings = [
@@ -359,6 +396,190 @@ class Ledger:
             cached = (ratios, time.monotonic() + CALIBRATION_TTL_SECONDS)
             self._calibration[key] = cached
         return calibration_factor(cached[0], user or "")
+
+    # --- counting beyond tiktoken: the provider's count, error bands, tenant settings ---------------
+
+    async def _beyond_estimate(
+        self, count: TokenCount, request: CountRequest, model: ModelInfo, principal: Principal
+    ) -> TokenCount:
+        """An estimate replaced by the provider's count where wanted and possible, else given the error
+        band this tenant's calls measured (the documented default while the database is away)."""
+        if request.text is not None or request.messages is not None:
+            provided, warnings = await self._provider_count(request, model, principal)
+            if provided is not None:
+                return provided
+            count = count.model_copy(update={"warnings": [*count.warnings, *warnings]})
+        elif request.provider_count:
+            warning = (
+                "provider_count: the provider counts one request (text or messages), not texts; estimated"
+            )
+            count = count.model_copy(update={"warnings": [*count.warnings, warning]})
+        # count_tokens presents the raw estimate; the factor says whether there are calls to measure.
+        factor = None
+        with contextlib.suppress(TokenLedgerError), anyio.move_on_after(COUNT_LOOKUP_SECONDS):
+            factor = await self.estimate_factor(model.name, principal)
+        count.error_band = await self._error_band(model, principal, factor, calibrated=False)
+        return count
+
+    async def _provider_count(
+        self, request: CountRequest | CheckRequest, model: ModelInfo, principal: Principal
+    ) -> tuple[TokenCount | None, list[str]]:
+        """The provider's count of the request's text or messages when the call (`provider_count`) or
+        the tenant's setting asks for it, or None and why not (a warning when it was asked for)."""
+        if self.provider_counter.provider_for(model) is None:  # no key: nothing to look up
+            if not request.provider_count:
+                return None, []
+            reason = f"no {model.provider} count_tokens API key is configured for {model.name}"
+            return None, [f"provider_count: {reason}; estimated"]
+        wanted = request.provider_count
+        if wanted is None:
+            wanted = (await self._tenant_settings(principal.tenant_id)).provider_counting
+        if not wanted:
+            return None, []
+        try:
+            tokens_ = await self.provider_counter.count(
+                tenant=principal.tenant_id, model=model, text=request.text, messages=request.messages
+            )
+        except ProviderCountFailed as failure:
+            return None, [f"provider_count: {failure}; estimated"]
+        provider = self.provider_counter.provider_for(model) or ""
+        return TokenCount(
+            tokens=tokens_,
+            method="provider",
+            encoding=ENCODING_NAMES.get(provider, provider),
+            model=model.name,
+            error_band=PROVIDER_ERROR_BAND,
+        ), []
+
+    async def _error_band(
+        self,
+        model: ModelInfo,
+        principal: Principal,
+        factor: float | None,
+        *,
+        user: str | None = None,
+        calibrated: bool = True,
+    ) -> float:
+        """How far the provider's count may be from an estimate, presented scaled by the calibration
+        `factor` (or raw, `calibrated=False`): the 90th percentile of |actual / presented - 1| over the
+        calls that calibration read for it (the caller's own once it has enough, else every voter's); the
+        model's documented default while calibration has no factor (nothing is looked up)."""
+        if factor is None:
+            return tokens.default_error_band(model)
+        cached = self._calibration.get((principal.tenant_id, model.name))
+        by_user = cached[0] if cached is not None else {}  # estimate_factor filled it to give `factor`
+        own = by_user.get(user or principal.user or "", [])
+        ratios = own if len(own) >= CALIBRATION_MIN_CALLS else [r for rs in by_user.values() for r in rs]
+        if len(ratios) < CALIBRATION_MIN_CALLS:
+            return tokens.default_error_band(model)
+        deviations = [abs(float(ratio) / (factor if calibrated else 1.0) - 1) for ratio in ratios]
+        band = statistics.quantiles(deviations, n=10, method="inclusive")[int(ERROR_BAND_QUANTILE * 10) - 1]
+        return round(min(band, MAX_ERROR_BAND), 3)
+
+    async def tenant_settings(self, principal: Principal | None = None) -> TenantSettings:
+        """The tenant's settings (defaults where none is stored); admin only."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "read tenant settings")
+        stored = await self.store.tenant_settings(tenant=principal.tenant_id)  # what is stored now
+        return self._remember_settings(principal.tenant_id, stored)
+
+    async def _tenant_settings(self, tenant: str) -> TenantSettings:
+        """The tenant's settings for a count: cached, and the defaults while the database is away."""
+        cached = self._settings.get(tenant)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        stored: dict[str, Any] = {}
+        with contextlib.suppress(TokenLedgerError), anyio.move_on_after(COUNT_LOOKUP_SECONDS):
+            stored = await self.store.tenant_settings(tenant=tenant)
+        return self._remember_settings(tenant, stored)
+
+    def _remember_settings(self, tenant: str, stored: dict[str, Any]) -> TenantSettings:
+        known = {key: value for key, value in stored.items() if key in TenantSettings.model_fields}
+        current = TenantSettings.model_validate(known)
+        self._settings[tenant] = (current, time.monotonic() + TENANT_SETTINGS_TTL_SECONDS)
+        return current
+
+    async def set_tenant_setting(
+        self, key: str, value: Any, principal: Principal | None = None
+    ) -> TenantSettings:
+        """Change one of the tenant's settings (admin only; audited with its previous value)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "change tenant settings")
+        fields = TenantSettings.model_fields
+        if key not in fields:
+            raise InvalidInput("key", key, f"one of: {', '.join(sorted(fields))}")
+        try:
+            checked = TenantSettings.model_validate({key: value}, strict=True)
+        except ValidationError as error:
+            allowed = error.errors(include_url=False)[0]["msg"]
+            raise InvalidInput("value", value, f"{key}: {allowed}") from error
+        await self.store.set_tenant_setting(
+            tenant=principal.tenant_id, key=key, value=getattr(checked, key), actor=principal.actor
+        )
+        return await self.tenant_settings(principal)
+
+    # --- counting in SQL --------------------------------------------------------------------------
+
+    async def counting_support(self) -> dict[str, Any]:
+        """What the database offers for counting in SQL (see `Store.counting_support`), with `backend`:
+        "pg_tiktoken", "plpython" (tokenledger's functions), or None."""
+        support = dict(await self.store.counting_support())
+        language = support["counting_language"]
+        support["backend"] = (
+            None if language is None else ("plpython" if language == "plpython3u" else "pg_tiktoken")
+        )
+        support["plpython_package"] = f"postgresql-plpython3-{support['major_version']}"
+        return support
+
+    async def install_counting(self, principal: Principal | None = None) -> dict[str, Any]:
+        """Create `tiktoken_count` and `tiktoken_encode` in PL/Python where pg_tiktoken is not installed
+        (admin; a superuser connection). Refuses, saying what is missing and how to get it, where it
+        cannot work; installs nothing unless the new functions count like this process does."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "install counting functions")
+        support = await self.counting_support()
+        if support["pg_tiktoken"]:
+            raise TokenLedgerError("pg_tiktoken is installed: tiktoken_count is already there; nothing to do")
+        if not support["plpython"] and not support["plpython_available"]:
+            raise TokenLedgerError(
+                f"neither pg_tiktoken nor PL/Python (plpython3u) is available on this PostgreSQL "
+                f"{support['major_version']} server: install Debian's package {support['plpython_package']} "
+                f"(apt-get install {support['plpython_package']}) on the server and run this again, or "
+                "install the pg_tiktoken extension"
+            )
+        if not support["superuser"]:
+            raise TokenLedgerError(
+                "creating PL/Python (plpython3u) functions needs a superuser connection: run this with a "
+                "superuser's TOKENLEDGER_DATABASE_URL"
+            )
+        encoding, text = "o200k_base", plpython_counting.SELF_TEST
+        expected = self.counter.count_text(text, encoding=encoding).tokens
+        count_body, encode_body, rank_files = await anyio.to_thread.run_sync(
+            lambda: (
+                plpython_counting.function_body("tiktoken_count", COUNTING_RANK_TABLE),
+                plpython_counting.function_body("tiktoken_encode", COUNTING_RANK_TABLE),
+                plpython_counting.rank_files(),
+            )
+        )
+        counted = await self.store.install_counting(
+            count_body=count_body,
+            encode_body=encode_body,
+            rank_files=rank_files,
+            self_test=(encoding, text, expected),
+        )
+        return {**await self.counting_support(), "self_test_tokens": counted}
+
+    async def count_in_database(
+        self, texts: Sequence[str], encoding: str = tokens.DEFAULT_ENCODING
+    ) -> TokenCount:
+        """Count texts with the database's `tiktoken_count` (pg_tiktoken, or tokenledger's PL/Python
+        functions): `method: "pg_tiktoken"`, and a `pg_tiktoken` entry in the counter's stats."""
+        if encoding not in tokens.ENCODINGS:
+            raise InvalidInput("encoding", encoding, f"one of {', '.join(tokens.ENCODINGS)}")
+        started = time.perf_counter()
+        counts = await self.store.count_in_database(encoding=encoding, texts=list(texts))
+        self.counter.record("pg_tiktoken", time.perf_counter() - started)
+        return TokenCount(tokens=sum(counts), method="pg_tiktoken", encoding=encoding, per_text=counts)
 
     def _context_warnings(self, model: ModelInfo, input_tokens: int, max_output: int) -> list[str]:
         if model.context_window and input_tokens + max_output > model.context_window:

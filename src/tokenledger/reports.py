@@ -368,9 +368,10 @@ def top_report(
 def accuracy_report(
     rows: Sequence[Mapping[str, Any]], since: datetime, until: datetime, fmt: Format = "json"
 ) -> Report:
-    """Pre-flight input estimates (the reservation's input tokens) against the input the provider
-    reported (uncached + cache read + cache write), per model. Error = estimate - actual: positive
-    over-estimates, negative under-estimates; percent of the actual."""
+    """Pre-flight input counts (the reservation's input tokens) against the input the provider
+    reported (uncached + cache read + cache write), per model and the method that counted them (exact,
+    estimate, provider, pg_tiktoken). Error = count - actual: positive over-estimates, negative
+    under-estimates; percent of the actual."""
     cells: list[dict[str, Cell]] = []
     for row in rows:
         worst_tokens = (
@@ -381,6 +382,7 @@ def accuracy_report(
         cells.append(
             {
                 "model": row["model"],
+                "method": row["method"],
                 "samples": row["samples"],
                 "mean_error_tokens": _cell(row["mean_error_tokens"]),
                 "mean_abs_error_percent": None
@@ -392,7 +394,10 @@ def accuracy_report(
                 "under_estimates": row["under_estimates"],
             }
         )
-    totals: dict[str, Cell] = {"models": len(cells), "samples": sum(row["samples"] for row in rows)}
+    totals: dict[str, Cell] = {
+        "models": len({row["model"] for row in rows}),
+        "samples": sum(row["samples"] for row in rows),
+    }
     notes = ["error = estimated input - actual input (uncached + cache read + cache write); % of actual"]
     report = Report(view="accuracy", since=since, until=until, rows=cells, totals=totals, notes=notes)
     return formatted(report, fmt)

@@ -10,6 +10,41 @@ from tokenledger.errors import InvalidInput
 from tokenledger.secrets import VaultConfig
 
 DEFAULT_HOME = Path("~/.local/share/tokenledger")
+# The longest a count waits for a provider's token-counting API (TOKENLEDGER_PROVIDER_COUNT_TIMEOUT).
+PROVIDER_COUNT_TIMEOUT = (0.05, 30.0)
+
+
+@dataclass(frozen=True)
+class ProviderCounting:
+    """Keys (plain, or `vault:` references) for the providers' token-counting APIs, from the variables
+    their SDKs read: ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL, GEMINI_API_KEY (or GOOGLE_API_KEY) /
+    GOOGLE_GEMINI_BASE_URL. Keys never appear in a repr."""
+
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_base_url: str | None = None
+    gemini_api_key: str | None = field(default=None, repr=False)
+    gemini_base_url: str | None = None
+    timeout_seconds: float = 2.0
+    vault: VaultConfig = field(default_factory=VaultConfig)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str], vault: VaultConfig) -> ProviderCounting:
+        text = env.get("TOKENLEDGER_PROVIDER_COUNT_TIMEOUT", "2")
+        low, high = PROVIDER_COUNT_TIMEOUT
+        try:
+            timeout = float(text)
+        except ValueError:
+            timeout = -1.0
+        if not low <= timeout <= high:
+            raise ValueError(f"TOKENLEDGER_PROVIDER_COUNT_TIMEOUT={text!r}: seconds, {low:g} to {high:g}")
+        return cls(
+            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+            anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
+            gemini_api_key=env.get("GEMINI_API_KEY") or env.get("GOOGLE_API_KEY") or None,
+            gemini_base_url=env.get("GOOGLE_GEMINI_BASE_URL") or None,
+            timeout_seconds=timeout,
+            vault=vault,
+        )
 
 
 @dataclass(frozen=True)
@@ -61,11 +96,13 @@ class Settings:
     extra: dict[str, str] = field(default_factory=dict)
     vault: VaultConfig = field(default_factory=VaultConfig)  # how `vault:` references are read
     reports: ReportLimits = field(default_factory=ReportLimits)
+    provider_counting: ProviderCounting = field(default_factory=ProviderCounting)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         home = Path(env.get("TOKENLEDGER_HOME") or DEFAULT_HOME).expanduser()
+        vault = VaultConfig.from_env(env)
         return cls(
             home=home,
             database_url=env.get("TOKENLEDGER_DATABASE_URL") or None,
@@ -74,6 +111,7 @@ class Settings:
             stdio_tenant=env.get("TOKENLEDGER_TENANT", "default"),
             stdio_role=env.get("TOKENLEDGER_ROLE", "admin"),
             stdio_user=env.get("TOKENLEDGER_USER") or None,
-            vault=VaultConfig.from_env(env),
+            vault=vault,
             reports=ReportLimits.from_env(env),
+            provider_counting=ProviderCounting.from_env(env, vault),
         )

@@ -531,6 +531,94 @@ class Store:
         )
         return {row["user_id"]: list(row["ratios"]) for row in rows}
 
+    # --- counting in SQL ---------------------------------------------------------------------------
+
+    async def counting_support(self) -> dict[str, Any]:
+        """What this server offers for counting in SQL: pg_tiktoken and PL/Python (installed or only
+        available), whether `tiktoken_count` exists and in which language, superuser, major version."""
+        rows = await self._fetch_rows(_COUNTING_SUPPORT, {})
+        return rows[0]
+
+    async def install_counting(
+        self,
+        *,
+        count_body: str,
+        encode_body: str,
+        rank_files: dict[str, bytes],
+        self_test: tuple[str, str, int],
+    ) -> int:
+        """Create PL/Python `tiktoken_count` and `tiktoken_encode` (pg_tiktoken's signatures) and the
+        table of rank files they read, in one transaction that only commits if the functions count
+        `self_test` (encoding, text, expected tokens) as expected; returns that count."""
+        async with self._connection() as conn, conn.transaction():
+            try:
+                await conn.execute("create extension if not exists plpython3u")
+                await conn.execute(
+                    f"""create table if not exists {COUNTING_RANK_TABLE} (
+                            rank_file text primary key, sha256 text not null, contents bytea not null)"""
+                )
+                for name, contents in rank_files.items():
+                    await conn.execute(
+                        f"""insert into {COUNTING_RANK_TABLE} (rank_file, sha256, contents)
+                            values (%s, %s, %s) on conflict (rank_file) do update
+                               set sha256 = excluded.sha256, contents = excluded.contents""",
+                        (name, hashlib.sha256(contents).hexdigest(), contents),
+                    )
+                for name, returns, body in (
+                    ("tiktoken_count", "bigint", count_body),
+                    ("tiktoken_encode", "bigint[]", encode_body),
+                ):
+                    await conn.execute(
+                        sql.SQL(_COUNTING_FUNCTION).format(
+                            name=sql.Identifier(name), returns=sql.SQL(returns), body=sql.Literal(body)
+                        )
+                    )
+                encoding, text, expected = self_test
+                cursor = await conn.execute("select tiktoken_count(%s, %s)", (encoding, text))
+                row = await cursor.fetchone()
+            except psycopg.Error as error:
+                raise _translate(error) from error
+            counted = int(row[0]) if row else -1
+            if counted != expected:  # leaves the transaction: nothing is installed
+                raise Conflict(f"tiktoken_count({encoding!r}, ...) gave {counted} tokens, not {expected}")
+            return counted
+
+    async def count_in_database(self, *, encoding: str, texts: Sequence[str]) -> list[int]:
+        """`tiktoken_count(encoding, text)` of each text, in order, by the server."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+            try:
+                cursor = await conn.execute(
+                    """select tiktoken_count(%s, t.text) from unnest(%s::text[]) with ordinality as t(text, n)
+                        order by t.n""",
+                    (encoding, list(texts)),
+                )
+            except psycopg.errors.UndefinedFunction:
+                raise NotFound(
+                    "tiktoken_count is not in this database: install pg_tiktoken, or run "
+                    "`tokenledger sql install-counting`"
+                ) from None
+            return [int(row[0]) for row in await cursor.fetchall()]
+
+        return await self._call(run, retry_safe=True)
+
+    # --- tenant settings --------------------------------------------------------------------------
+
+    async def tenant_settings(self, *, tenant: str) -> dict[str, Any]:
+        """A tenant's stored settings: key -> JSON value."""
+        rows = await self._fetch_rows(
+            "select key, value from tl_tenant_setting where tenant_id = %(tenant)s order by key",
+            {"tenant": tenant},
+        )
+        return {row["key"]: row["value"] for row in rows}
+
+    async def set_tenant_setting(self, *, tenant: str, key: str, value: Any, actor: str) -> dict[str, Any]:
+        """Store a tenant's setting and audit the change (before and after) in one statement."""
+        rows = await self._fetch_rows(
+            _SET_TENANT_SETTING, {"tenant": tenant, "key": key, "value": Jsonb(value), "actor": actor}
+        )
+        return rows[0]
+
     async def prune_usage(self, *, before: datetime) -> dict[str, Any]:
         """Roll up and drop every monthly usage partition that ends before `before`."""
         return dict(await self._fetch_json("select tl_prune_usage(%s)", (before,)))
@@ -680,7 +768,7 @@ class Store:
     async def estimate_accuracy(
         self, *, tenant: str, since: datetime, until: datetime, filters: dict[str, str]
     ) -> list[dict[str, Any]]:
-        """Per model: pre-flight input estimates against the input the provider reported."""
+        """Per model and counting method: pre-flight input counts against the input the provider reported."""
         query = sql.SQL(_ESTIMATE_ACCURACY).format(filters=_usage_filters(filters))
         params = _usage_params(tenant, since, until, filters)
         return await self._fetch_report_rows(query, params, aggregates=False)
@@ -1117,9 +1205,11 @@ select m.*, coalesce(r.repeated_prompts, 0) as repeated_prompts,
  order by m.cost_usd desc, m.model
 """
 
-# Error = estimate - actual input (uncached + cache read + cache write), in tokens and % of the actual.
+# Error = estimate - actual input (uncached + cache read + cache write), in tokens and % of the actual; per
+# model and the method that counted the reservation (calls reserved before migration 0011 recorded it,
+# and calls without a reservation, show as "unrecorded").
 _ESTIMATE_ACCURACY = """
-select model, count(*) as samples,
+select model, method, count(*) as samples,
        round(avg(error), 2) as mean_error_tokens,
        round(100 * avg(abs(error) / nullif(actual, 0)), 2) as mean_abs_error_percent,
        max(error) as max_error, min(error) as min_error,
@@ -1127,14 +1217,16 @@ select model, count(*) as samples,
        round(100 * min(error / nullif(actual, 0)), 2) as min_error_percent,
        count(*) filter (where error > 0) as over_estimates,
        count(*) filter (where error < 0) as under_estimates
-  from (select model, (estimated_input_tokens - actual)::numeric as error, actual::numeric as actual
-          from (select model, estimated_input_tokens,
+  from (select u.model, coalesce(r.count_method, 'unrecorded') as method,
+               (u.estimated_input_tokens - u.actual)::numeric as error, u.actual::numeric as actual
+          from (select model, reservation_id, estimated_input_tokens,
                        input_tokens + cache_read_input_tokens + cache_creation_input_tokens as actual
                   from tl_usage
                  where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s
-                   and estimated_input_tokens is not null {filters}) u) e
- group by model
- order by samples desc, model
+                   and estimated_input_tokens is not null {filters}) u
+          left join tl_reservation r on r.tenant_id = %(tenant)s and r.reservation_id = u.reservation_id) e
+ group by model, method
+ order by samples desc, model, method
 """
 
 # Per budget, what its scope used in the window: one scan, one grouping set per scope kind that has
@@ -1173,6 +1265,40 @@ select user_id, array_agg(ratio order by occurred_at desc) as ratios
          where r.counted_input_tokens > 0) c
  where nth <= %(calls)s
  group by user_id
+"""
+
+# Counting in SQL (`tokenledger sql install-counting`): what the server has, and the functions we create.
+COUNTING_RANK_TABLE = "tiktoken_rank_file"
+_COUNTING_SUPPORT = """
+select exists (select 1 from pg_extension where extname = 'pg_tiktoken') as pg_tiktoken,
+       exists (select 1 from pg_available_extensions where name = 'pg_tiktoken') as pg_tiktoken_available,
+       exists (select 1 from pg_extension where extname = 'plpython3u') as plpython,
+       exists (select 1 from pg_available_extensions where name = 'plpython3u') as plpython_available,
+       (select l.lanname from pg_proc p join pg_language l on l.oid = p.prolang
+         where p.proname = 'tiktoken_count' and pg_function_is_visible(p.oid) limit 1) as counting_language,
+       (select rolsuper from pg_roles where rolname = current_user) as superuser,
+       current_setting('server_version_num')::int / 10000 as major_version
+"""
+# Strict (null in, null out) like pg_tiktoken's; immutable since the rank files are pinned by SHA-256.
+_COUNTING_FUNCTION = """
+create or replace function {name}(encoding_selector text, input text) returns {returns}
+    language plpython3u strict immutable parallel safe set search_path from current as {body}
+"""
+
+_SET_TENANT_SETTING = """
+with before as (
+    select value from tl_tenant_setting where tenant_id = %(tenant)s and key = %(key)s
+), saved as (
+    insert into tl_tenant_setting (tenant_id, key, value, updated_by)
+    values (%(tenant)s, %(key)s, %(value)s, %(actor)s)
+    on conflict (tenant_id, key) do update
+       set value = excluded.value, updated_at = now(), updated_by = excluded.updated_by
+    returning tenant_id, key, value, updated_at, updated_by
+), audited as (
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    select tenant_id, %(actor)s, 'set', 'tenant_setting', key, (select value from before), value from saved
+)
+select key, value, updated_at, updated_by from saved
 """
 
 _SCHEMA_SIGNATURE = """

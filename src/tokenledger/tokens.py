@@ -1,9 +1,11 @@
 """Token counting: texts, chat messages and tool definitions, offline, with the BPE files we ship.
 
 OpenAI models are counted exactly with their tiktoken encoding plus OpenAI's published chat and tool
-overheads (the cookbook "How to count tokens with tiktoken"). Other providers' models are counted with
-the encoding their `ModelInfo` names, the gpt-4o overhead rules, and then `estimate_factor`: such counts
-say `method="estimate"` and are never presented as exact.
+overheads (the cookbook "How to count tokens with tiktoken"). A model whose own tokenizer ships in an
+installed package (`tokenledger.tokenizers`: Mistral's, with the `mistral` extra) is counted exactly with
+it. Other models are counted with the encoding their `ModelInfo` names, the gpt-4o overhead rules, and
+then `estimate_factor`: such counts say `method="estimate"`, carry an `error_band`, and are never
+presented as exact.
 
 Nothing here touches a network, a database, or tiktoken's download cache, and nothing loads at import.
 """
@@ -22,14 +24,39 @@ from base64 import b64decode
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import tiktoken
 
+from tokenledger import tokenizers
 from tokenledger.errors import InvalidInput, UnknownEncoding
 from tokenledger.types import ChatMessage, ContextFit, FitResult, Method, ModelInfo, TokenCount
 
 DEFAULT_ENCODING = "o200k_base"
+
+# The expected error of an estimate (0.15: the provider's count within ±15 % of ours) until a tenant's
+# own settled calls measure it: the spread each catalog rule allows (see its `estimate_rule`), widened
+# for code and non-English text. The README's counting table shows them.
+DEFAULT_ERROR_BANDS = {
+    "anthropic": 0.25,  # o200k x1.25 (Opus 4.7+: x1.70); Claude is 1.10-1.25x o200k (4.7+: 1.0-1.35x that)
+    "google": 0.15,
+    "mistral": 0.15,
+    "cohere": 0.15,
+    "deepseek": 0.15,
+    "xai": 0.15,
+    "meta": 0.10,  # Llama 3/4's vocabulary is close to cl100k/o200k
+    "openai": 0.10,  # an OpenAI model tiktoken has no encoding for: o200k_base
+}
+UNKNOWN_ERROR_BAND = 0.25
+
+
+def default_error_band(model: ModelInfo | None) -> float:
+    """The documented error band of an estimate for this model's family (whose tokenizer counts it, so a
+    host's copy of a model has its maker's band); 0 for exact counts."""
+    if model is None or model.count_method != "estimate":
+        return 0.0
+    return DEFAULT_ERROR_BANDS.get(model.family or model.provider, UNKNOWN_ERROR_BAND)
+
 
 # --- encodings, copied from tiktoken_ext/openai_public.py (tiktoken 0.14) ------------------------
 
@@ -128,16 +155,35 @@ def _read_ranks(rank_file: str) -> dict[bytes, int]:
     ourselves: given a path, tiktoken copies the file into its download cache directory (and fails
     if that directory is read-only), and we promise never to touch that cache.
     """
-    resource = importlib.resources.files("tokenledger") / "data" / "tiktoken" / f"{rank_file}.tiktoken"
-    contents = resource.read_bytes()
-    if hashlib.sha256(contents).hexdigest() != _RANK_FILES[rank_file]:
-        raise RuntimeError(f"bundled {rank_file}.tiktoken does not match its pinned SHA-256; reinstall")
+    contents = rank_file_bytes(rank_file)
     ranks: dict[bytes, int] = {}
     for line in contents.splitlines():
         if line:
             token, rank = line.split()
             ranks[b64decode(token)] = int(rank)
     return ranks
+
+
+def rank_file_bytes(rank_file: str) -> bytes:
+    """The contents of a bundled `.tiktoken` rank file, after checking its pinned SHA-256."""
+    resource = importlib.resources.files("tokenledger") / "data" / "tiktoken" / f"{rank_file}.tiktoken"
+    contents = resource.read_bytes()
+    if hashlib.sha256(contents).hexdigest() != _RANK_FILES[rank_file]:
+        raise RuntimeError(f"bundled {rank_file}.tiktoken does not match its pinned SHA-256; reinstall")
+    return contents
+
+
+def pinned_rank_files() -> dict[str, str]:
+    """Each bundled rank file's pinned SHA-256, by name."""
+    return dict(_RANK_FILES)
+
+
+def encoding_source(name: str) -> tuple[str, str]:
+    """The rank file and the tiktoken (Rust regex) pattern of an encoding."""
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise UnknownEncoding(name, ENCODINGS)
+    return spec.rank_file, spec.pat_str
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:
@@ -204,6 +250,12 @@ def _overheads(model: ModelInfo | None) -> _Overheads:
 # --- the counter ---------------------------------------------------------------------------------
 
 
+class _Encoder(Protocol):
+    """A tiktoken encoding, or a model's own tokenizer (`tokenizers.ExactTokenizer`)."""
+
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+
 @dataclass
 class _MethodStats:
     calls: int = 0
@@ -247,8 +299,13 @@ class TokenCounter:
         """Return the tokens in `text`; special-token strings such as `<|endoftext|>` count as plain text."""
         started = time.perf_counter()
         _require_str(text, "text")
-        name, enc = _pick_encoding(model, encoding)
-        result = _result(self._count(name, enc, text), model, name)
+        exact = _exact(model, encoding)
+        if exact is not None:
+            tokens = self._count(exact.name, exact, text)
+            result = TokenCount(tokens=tokens, method="exact", encoding=exact.name, model=_name(model))
+        else:
+            name, enc = _pick_encoding(model, encoding)
+            result = _result(self._count(name, enc, text), model, name)
         self._record("count_text", started)
         return result
 
@@ -264,6 +321,14 @@ class TokenCounter:
             raise InvalidInput("texts", texts, "give a list of strings")
         for index, text in enumerate(texts):
             _require_str(text, f"texts[{index}]")
+        exact = _exact(model, encoding)
+        if exact is not None:
+            per_text = [self._count(exact.name, exact, text) for text in texts]
+            self._record("count_texts", started)
+            name = exact.name
+            return TokenCount(
+                tokens=sum(per_text), method="exact", encoding=name, model=_name(model), per_text=per_text
+            )
         name, enc = _pick_encoding(model, encoding)
         counts: list[int | None] = [self._cached(name, text) for text in texts]
         missing = [index for index, count in enumerate(counts) if count is None]
@@ -278,7 +343,13 @@ class TokenCounter:
         per_text = [_scale(count or 0, model) for count in counts]
         method = _method(model)
         result = TokenCount(
-            tokens=sum(per_text), method=method, encoding=name, model=_name(model), per_text=per_text
+            tokens=sum(per_text),
+            method=method,
+            encoding=name,
+            model=_name(model),
+            per_text=per_text,
+            error_band=default_error_band(model),
+            warnings=_estimate_warnings(model),
         )
         self._record("count_texts", started)
         return result
@@ -309,8 +380,34 @@ class TokenCounter:
         if tools:
             total += self._tools_tokens(name, enc, rules, tools, not_counted)
         result = _result(total, model, name, not_counted)
+        exact = _exact(model, encoding)
+        if exact is not None:  # validated above, and estimated in case the tokenizer refuses the shape
+            result = self._exact_chat(exact, messages, tools, result)
         self._record("count_messages", started)
         return result
+
+    def _exact_chat(
+        self,
+        exact: tokenizers.ExactTokenizer,
+        messages: Sequence[ChatMessage | Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None,
+        estimate: TokenCount,
+    ) -> TokenCount:
+        """The chat request's tokens as the model's own tokenizer renders it, cached by its JSON; the
+        estimate, with a warning, when the tokenizer's rules refuse the conversation."""
+        converted, not_counted = tokenizers.text_only_messages([_as_dict(m) for m in messages])
+        tool_list = [dict(tool) for tool in tools] if tools else None
+        key = (f"{exact.name}/chat", json.dumps([converted, tool_list], sort_keys=True, default=str))
+        tokens = self._cached(*key)
+        if tokens is None:
+            tokens = exact.count_chat(converted, tool_list)
+            if tokens is None:
+                warning = f"{exact.name} cannot render this conversation (e.g. it must end with a user turn)"
+                return estimate.model_copy(update={"warnings": [*estimate.warnings, warning + "; estimated"]})
+            self._store(key, tokens)
+        return TokenCount(
+            tokens=tokens, method="exact", encoding=exact.name, model=estimate.model, not_counted=not_counted
+        )
 
     def count_tools(
         self,
@@ -404,6 +501,12 @@ class TokenCounter:
                 },
             }
 
+    def record(self, method: str, seconds: float) -> None:
+        """Count a call made elsewhere (counting in the database: "pg_tiktoken") in `stats()`."""
+        entry = self._methods.get(method) or self._methods.setdefault(method, _MethodStats())
+        entry.calls += 1
+        entry.seconds += seconds
+
     def clear_cache(self) -> None:
         """Empty the cache (counters are kept)."""
         with self._lock:
@@ -412,7 +515,7 @@ class TokenCounter:
 
     # -- internals --
 
-    def _count(self, name: str, enc: tiktoken.Encoding, text: str) -> int:
+    def _count(self, name: str, enc: _Encoder, text: str) -> int:
         """Return the raw token count of one text, from the cache when possible."""
         # `_cached` and `_store` inlined: this runs for every text and every message field.
         if len(text) > self.max_cached_chars:
@@ -598,6 +701,21 @@ def _pick_encoding(model: ModelInfo | None, encoding: str | None) -> tuple[str, 
     return name, get_encoding(name)
 
 
+def _exact(model: ModelInfo | None, encoding: str | None) -> tokenizers.ExactTokenizer | None:
+    """The model's own tokenizer, for a model the catalog estimates, unless an encoding was asked for."""
+    if model is None or encoding is not None or model.count_method != "estimate":
+        return None
+    return tokenizers.exact_tokenizer(model)
+
+
+def _estimate_warnings(model: ModelInfo | None) -> list[str]:
+    """Why a model that has an exact tokenizer was estimated here (its package is not installed)."""
+    if model is None or model.count_method != "estimate":
+        return []
+    reason = tokenizers.unavailable_reason(model)
+    return [f"{model.name}: estimated, not exact: {reason}"] if reason else []
+
+
 def _method(model: ModelInfo | None) -> Method:
     return "estimate" if model is not None and model.count_method == "estimate" else "exact"
 
@@ -624,6 +742,8 @@ def _result(
         encoding=name,
         model=_name(model),
         not_counted=not_counted or [],
+        error_band=default_error_band(model),
+        warnings=_estimate_warnings(model),
     )
 
 

@@ -175,6 +175,9 @@ class TokenCount(Model):
     per_text: list[int] | None = None
     # Parts of multi-part content that were not text (images, audio): listed, never counted as 0.
     not_counted: list[str] = Field(default_factory=list)
+    # How far the provider's count may be from this one, as a fraction (0.08: within ±8 %); 0 when exact.
+    error_band: float = 0.0
+    warnings: list[str] = Field(default_factory=list)
 
 
 class ContextFit(Model):
@@ -192,6 +195,8 @@ class CountRequest(Model):
     model: ModelName | None = None
     encoding: str | None = None
     max_output_tokens: NonNegativeInt | None = None
+    # Ask the provider's count_tokens API (True), never ask it (False), or follow the tenant's setting.
+    provider_count: bool | None = None
 
 
 class CountResult(Model):
@@ -207,7 +212,16 @@ class CountResult(Model):
     percent_used: float | None = None
     estimated_cost_usd: Amount | None = None  # None: the model is unpriced or unknown
     priced: bool = False
+    error_band: float = 0.0  # see TokenCount
     warnings: list[str] = Field(default_factory=list)
+
+
+class TenantSettings(Model):
+    """A tenant's settings, stored in tl_tenant_setting: admins change them, each change audited.
+    Other features add their keys here."""
+
+    # Count Claude and Gemini requests with the provider's token-counting API when its key is configured.
+    provider_counting: bool = False
 
 
 class FitRequest(Model):
@@ -458,6 +472,7 @@ class CheckRequest(Attribution):
     ttl_seconds: TtlSeconds = 600
     request_id: RequestId | None = None
     prompt_hash: PromptHash | None = None  # default: hashed from text or messages
+    provider_count: bool | None = None  # see CountRequest
 
 
 class CheckResult(Model):
@@ -478,6 +493,7 @@ class CheckResult(Model):
     duplicate: bool = False
     # An estimated count scaled by what the provider reported for this model's recent calls.
     calibration_factor: float | None = None
+    error_band: float = 0.0  # how far input_tokens may be from the provider's count (0.08: ±8 %)
 
 
 class TrackRequest(Attribution):

@@ -14,7 +14,15 @@ from tokenledger.types import explain_validation_error
 
 # Each module exposes `register(subparsers)`, which adds its commands and sets `handler`
 # (a function taking the parsed args and returning an exit code).
-_COMMAND_MODULES = ("count", "catalog_cmds", "ledger_cmds", "serve", "report_cmd", "schedule_cmds")
+_COMMAND_MODULES = (
+    "count",
+    "catalog_cmds",
+    "ledger_cmds",
+    "counting_cmds",
+    "serve",
+    "report_cmd",
+    "schedule_cmds",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -155,6 +155,11 @@ def _describe(count: TokenCount | CountResult, output_tokens: int = 0) -> str:
     """Return the plain-text report: the count, then context window use, cost and what was not counted."""
     label = ", ".join(part for part in (count.method, count.encoding, count.model) if part)
     lines = [f"{count.tokens:,} token{'' if count.tokens == 1 else 's'} ({label})"]
+    if count.error_band:
+        lines.append(
+            f"expected error: ±{count.error_band:.0%} (the provider's count may differ by this much)"
+        )
+    lines.extend(f"warning: {warning}" for warning in count.warnings)
     if isinstance(count, CountResult):
         if count.context_window is None:
             lines.append("context window: unknown for this model")

@@ -146,6 +146,9 @@ async def doctor_command(ledger: Ledger, principal: Principal, args: argparse.Na
     print("database: ok")
     print(f"encodings: ok (o200k_base counted {count.tokens} tokens offline)")
     print(f"catalog: {snapshot.models} models, snapshot {snapshot.date} ({snapshot.source})")
+    from tokenledger.cli.counting_cmds import describe_counting
+
+    print(f"counting in SQL: {describe_counting(await ledger.counting_support())}")
     return 0
 
 

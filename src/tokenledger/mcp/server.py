@@ -94,7 +94,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
 
     async def count_tokens(request: CountInput, ctx: Context[Any, Any]) -> CountResult:
         """Count tokens of text, texts or chat messages for a model or encoding, with context fit and cost."""
-        return await ledger.count_tokens(request)
+        return await ledger.count_tokens(request, who(ctx))
 
     async def check_budget(request: CheckInput, ctx: Context[Any, Any]) -> CheckResult:
         """Check a planned LLM call against every matching budget; reserve it if allowed."""
