@@ -208,6 +208,16 @@ def shutdown_embedded(home: Path) -> EmbeddedServer | None:
     return status
 
 
+def dsn_has_password(dsn: str) -> bool:
+    """Whether a DSN (URL or key=value form) carries a password; a `vault:` reference carries none."""
+    if dsn.startswith("vault:"):
+        return False
+    try:
+        return bool(psycopg.conninfo.conninfo_to_dict(dsn).get("password"))
+    except psycopg.ProgrammingError as error:
+        raise InvalidInput("TOKENLEDGER_DATABASE_URL", "<hidden>", f"a PostgreSQL DSN ({error})") from None
+
+
 def resolve_dsn(settings: Settings) -> str:
     """The DSN to use: the configured one (a `vault:` reference is read from Vault), or the embedded
     server's (started if needed)."""
