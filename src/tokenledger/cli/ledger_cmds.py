@@ -20,7 +20,7 @@ import anyio
 from pydantic import BaseModel
 
 from tokenledger.cli import tables
-from tokenledger.errors import InvalidInput
+from tokenledger.errors import InvalidInput, TokenLedgerError
 from tokenledger.ledger import Ledger, money
 from tokenledger.settings import Settings
 from tokenledger.types import Budget, BudgetSpec, Principal, UsageQuery, UsageResult, UsageRow
@@ -309,6 +309,8 @@ def parse_duration(value: str, field: str) -> timedelta:
 
 
 async def keys_create_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    if args.role == "member" and not args.user:
+        raise TokenLedgerError("--user: missing; a member key acts for one user: give --user NAME")
     key, record = await ledger.create_key(
         role=args.role, user=args.user, tenant=args.tenant, name=args.name, principal=principal
     )
@@ -330,6 +332,9 @@ async def keys_list_command(ledger: Ledger, principal: Principal, args: argparse
     keys = await ledger.list_keys(principal)
     if args.json:
         print_json(keys)
+        return 0
+    if not keys:
+        print(f"keys of tenant {principal.tenant_id!r}: none")
         return 0
     tables.show(tables.console(), keys_grid(keys, principal.tenant_id))
     return 0
@@ -355,8 +360,7 @@ def keys_grid(keys: Sequence[dict[str, Any]], tenant: str) -> tables.Grid:
         ]
         for key in keys
     ]
-    title = f"keys of tenant {tenant!r}" + ("" if keys else ": none")
-    return tables.Grid(columns=columns, rows=rows, title=title)
+    return tables.Grid(columns=columns, rows=rows, title=f"keys of tenant {tenant!r}")
 
 
 async def keys_revoke_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
