@@ -107,7 +107,7 @@ def show(out: Console, grid: Grid) -> None:
             _show_records(out, grid)
             return
         shown.remove(max(optional, key=lambda index: grid.columns[index].drop))
-    out.print(_table(grid, shown))
+    out.print(_table(grid, shown, out.width))
     hidden = [grid.columns[index].header for index in range(len(grid.columns)) if index not in shown]
     if hidden:
         out.print(Text(f"not shown at this width: {', '.join(hidden)} (--json shows every field)", "dim"))
@@ -116,24 +116,48 @@ def show(out: Console, grid: Grid) -> None:
 
 
 def _min_width(grid: Grid, shown: Sequence[int]) -> int:
-    """The narrowest the table can be without splitting a value: whole cells for every kind but prose,
-    whose longest word is its least; headers may wrap between their words."""
-    total = 0
-    for index in shown:
-        column = grid.columns[index]
-        cells = [row[index] for row in grid.rows] + ([grid.totals[index]] if grid.totals else [])
-        least = max((_longest_word(cell) for cell in [column.header, *cells]), default=1)
-        if column.kind != "prose":
-            least = max([least, *(cell_len(cell) for cell in cells)])
-        total += least
-    return total + _GAP * (len(shown) - 1)
+    """The narrowest the table can be without splitting a value."""
+    return sum(_widths(grid, index)[0] for index in shown) + _GAP * (len(shown) - 1)
+
+
+def _widths(grid: Grid, index: int) -> tuple[int, int]:
+    """A column's least and natural width: whole cells for every kind but prose (whose longest word is
+    its least); a header may wrap between its words."""
+    column = grid.columns[index]
+    cells = [row[index] for row in grid.rows] + ([grid.totals[index]] if grid.totals else [])
+    least = max((_longest_word(cell) for cell in [column.header, *cells]), default=1)
+    natural = max((cell_len(cell) for cell in [column.header, *cells]), default=1)
+    if column.kind != "prose":
+        least = max([least, *(cell_len(cell) for cell in cells)])
+    return least, natural
 
 
 def _longest_word(text: str) -> int:
     return max((cell_len(word) for word in text.split()), default=0)
 
 
-def _table(grid: Grid, shown: Sequence[int]) -> Table:
+def _fitted(grid: Grid, shown: Sequence[int], width: int) -> dict[int, int | None]:
+    """Column widths for a table that fits `width`: none fixed when every column fits its natural
+    width; else each column at its least, the room left given to the first ones up to their natural
+    width (headers then wrap less), prose taking what remains."""
+    ranges = {index: _widths(grid, index) for index in shown}
+    gaps = _GAP * (len(shown) - 1)
+    if sum(natural for _, natural in ranges.values()) + gaps <= width:
+        return dict.fromkeys(shown)
+    spare = width - gaps - sum(least for least, _ in ranges.values())
+    fixed: dict[int, int | None] = {}
+    for index in shown:
+        least, natural = ranges[index]
+        if grid.columns[index].kind == "prose":
+            fixed[index] = None
+            continue
+        extra = min(spare, natural - least)
+        fixed[index] = least + extra
+        spare -= extra
+    return fixed
+
+
+def _table(grid: Grid, shown: Sequence[int], width: int) -> Table:
     table = Table(
         title=grid.title,
         title_justify="left",
@@ -145,13 +169,15 @@ def _table(grid: Grid, shown: Sequence[int]) -> Table:
         padding=(0, 1),
         collapse_padding=True,
     )
+    widths = _fitted(grid, shown, width)
     for index in shown:
         column = grid.columns[index]
         table.add_column(
-            column.header,
+            Text(column.header, no_wrap=False),  # a header may wrap between words; its values never do
             justify="right" if column.kind == "number" else "left",
             no_wrap=column.kind != "prose",
             overflow="fold",
+            width=widths[index],
         )
     for row in grid.rows:
         table.add_row(*(Text(row[index]) for index in shown))
