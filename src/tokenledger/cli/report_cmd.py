@@ -77,21 +77,20 @@ def report_command(args: argparse.Namespace) -> int:
 
     report = anyio.run(run)
     if args.output is None:
-        write(report, args.format, sys.stdout, interactive=sys.stdout.isatty(), timezone=args.timezone)
+        write(report, args.format, sys.stdout, timezone=args.timezone)
         return 0
     with args.output.open("w", encoding="utf-8", newline="") as out:
-        rows = write(report, args.format, out, interactive=False, timezone=args.timezone)
+        rows = write(report, args.format, out, timezone=args.timezone)
     print(f"wrote {rows} row(s) of {report.view} to {args.output}", file=sys.stderr)
     return 0
 
 
-def write(
-    report: reports.Report, fmt: str, out: TextIO, *, interactive: bool, timezone: str | None = None
-) -> int:
-    """Write the report to `out` in `fmt`; returns the number of rows written."""
+def write(report: reports.Report, fmt: str, out: TextIO, *, timezone: str | None = None) -> int:
+    """Write the report to `out` in `fmt` (a table fits a terminal's width; elsewhere COLUMNS, else
+    any width); returns the number of rows written."""
     rows = reports.shown_rows(report)
     if fmt == "table":
-        console = Console(file=out, width=None if interactive else tables.UNLIMITED_WIDTH, highlight=False)
+        console = tables.console(out)
         grid = table(report, timezone)
         if rows:
             tables.show(console, grid)
