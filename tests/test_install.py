@@ -331,3 +331,40 @@ def test_the_kilocode_mode_is_merged_beside_other_modes(
     assert refused.returncode == 1 and "--force" in refused.stderr
     assert run_install(tmp_path, *args, "--force").returncode == 0
     assert yaml.safe_load(modes.read_text())["customModes"][1]["name"] == "Token Checker"
+
+
+def test_user_scope_agents_and_more_servers(tmp_path: Path, run_install: Callable[..., Done]) -> None:
+    """--agent in user scope writes the subagent under ~/.claude and the mode into KiloCode's global
+    custom modes; an edited subagent is replaced only with --force; --env and --name add to the entry."""
+    assert run_install(tmp_path, "claude-code", "--agent", "--env", "TOKENLEDGER_ROLE=member").returncode == 0
+    subagent = tmp_path / ".claude" / "agents" / "token-checker.md"
+    assert front_matter(subagent.read_text())[0]["name"] == "token-checker"
+    [(_, entry)] = written(tmp_path, "claude-code")
+    assert entry["env"]["TOKENLEDGER_ROLE"] == "member"
+    subagent.write_text(subagent.read_text() + "\nAlso answer in French.\n")
+    refused = run_install(tmp_path, "claude-code", "--agent")
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert "French" in subagent.read_text()
+    assert run_install(tmp_path, "claude-code", "--agent", "--force").returncode == 0
+    assert "French" not in subagent.read_text()
+
+    assert run_install(tmp_path, "kilocode", "--agent").returncode == 0
+    settings = tmp_path / ".config" / "Code" / "User" / "globalStorage" / "kilocode.kilo-code" / "settings"
+    assert (
+        yaml.safe_load((settings / "custom_modes.yaml").read_text())["customModes"][0]["slug"]
+        == "token-checker"
+    )
+
+    assert run_install(tmp_path, "cursor", "--name", "tokenledger-work").returncode == 0
+    assert run_install(tmp_path, "cursor").returncode == 0
+    servers = json5.loads((tmp_path / ".cursor" / "mcp.json").read_text())["mcpServers"]
+    assert set(servers) == {"tokenledger", "tokenledger-work"}
+
+
+def test_make_run_passes_host_and_port() -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        ["make", "-n", "run", "HOST=0.0.0.0", "PORT=9000"],
+        cwd=root, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "tokenledger serve --transport http --first-run --host 0.0.0.0 --port 9000" in done.stdout
