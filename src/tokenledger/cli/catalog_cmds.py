@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from tokenledger import catalog
+from tokenledger.cli import tables
 from tokenledger.errors import InvalidInput
 from tokenledger.types import ModelInfo
 
@@ -67,25 +68,37 @@ def models_command(args: argparse.Namespace) -> int:
     if not found:
         print(f"tokenledger: no models match {args.query!r}; try a shorter query", file=sys.stderr)
         return 1
-    rows = [["MODEL", "PROVIDER", "CONTEXT", "IN $/MTOK", "OUT $/MTOK", "METHOD"]]
-    for model in shown:
-        rows.append(
-            [
-                model.name,
-                model.provider,
-                _tokens(model.context_window),
-                _per_million(model.price.input) if model.price.priced else "unpriced",
-                _per_million(model.price.output) if model.price.priced else "unpriced",
-                _method(model),
-            ]
-        )
-    _print_table(rows, right_aligned={2, 3, 4})
+    tables.show(tables.console(), models_grid(shown))
     if len(found) > limit:
         print(
             f"showing {limit} of {len(found)} models (snapshot {snapshot.date}); use --limit or a query",
             file=sys.stderr,
         )
     return 0
+
+
+def models_grid(models: list[ModelInfo]) -> tables.Grid:
+    """Catalog models with their context window, prices per million tokens and counting method."""
+    columns = [
+        tables.Column("Model"),
+        tables.Column("Provider", drop=2),
+        tables.Column("Context", "number"),
+        tables.Column("In $/Mtok", "number"),
+        tables.Column("Out $/Mtok", "number"),
+        tables.Column("Counting", drop=1),
+    ]
+    rows = [
+        [
+            model.name,
+            model.provider,
+            _tokens(model.context_window),
+            _per_million(model.price.input) if model.price.priced else "unpriced",
+            _per_million(model.price.output) if model.price.priced else "unpriced",
+            _method(model),
+        ]
+        for model in models
+    ]
+    return tables.Grid(columns=columns, rows=rows)
 
 
 def prices_command(args: argparse.Namespace) -> int:
