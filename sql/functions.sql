@@ -821,14 +821,22 @@ language sql stable as $$
         'unpriced_policy', b.unpriced_policy)
 $$;
 
--- Create or replace a budget by name, keep the current period's counters consistent with the new
--- limit, and write the change to the audit log. Returns the budget with its live state.
-create or replace function tl_set_budget(p_tenant text, p_actor text, p_spec jsonb) returns jsonb
+-- Create a budget, or update the one by that name to p_spec: the whole spec, which the caller merged from
+-- the fields it was given over the row it read (p_expected: that row's updated_at; null for a new
+-- budget). A row changed since, by another call, is refused, so no concurrent change is lost. A change
+-- of scope, unit, period or timezone (where the period depends on it) discards the counters, so it is
+-- refused while the current period has usage or reservations unless p_reset_counters confirms it. Keeps
+-- the current period's counters consistent with a new limit, and writes the change to the audit log.
+-- Returns the budget with its live state.
+create or replace function tl_set_budget(p_tenant text, p_actor text, p_spec jsonb, p_expected timestamptz,
+                                         p_reset_counters boolean) returns jsonb
 language plpgsql as $$
 declare
     now_at timestamptz := clock_timestamp();
     old tl_budget;
     b tl_budget;
+    current_use tl_usage_figures;
+    remeasured text[] := '{}';
     scope text := p_spec ->> 'scope';
     kind text := case when scope = 'global' then 'global' else split_part(scope, ':', 1) end;
     value text := case when scope = 'global' then '' else substr(scope, length(split_part(scope, ':', 1)) + 2) end;
@@ -838,6 +846,38 @@ begin
             p_spec ->> 'timezone' using errcode = 'TL400';
     end if;
     select * into old from tl_budget where tenant_id = p_tenant and name = p_spec ->> 'name' for update;
+    if old.updated_at is distinct from p_expected then
+        raise exception 'name %: the budget was % by another call while this one was prepared; nothing was '
+            'changed: repeat the call', p_spec ->> 'name',
+            case when old.budget_id is null then 'deleted' when p_expected is null then 'created'
+                 else 'changed' end using errcode = 'TL409';
+    end if;
+    if old.budget_id is not null then
+        if old.scope_kind <> kind or old.scope_value <> value then
+            remeasured := remeasured || format('scope %s -> %s',
+                case when old.scope_kind = 'global' then 'global' else old.scope_kind || ':' || old.scope_value end,
+                scope);
+        end if;
+        if old.unit <> p_spec ->> 'unit' then
+            remeasured := remeasured || format('unit %s -> %s', old.unit, p_spec ->> 'unit');
+        end if;
+        if old.period <> p_spec ->> 'period' then
+            remeasured := remeasured || format('period %s -> %s', old.period, p_spec ->> 'period');
+        end if;
+        -- `total` and rolling windows are the same whatever the zone: their counters stay.
+        if old.timezone <> p_spec ->> 'timezone' and old.period not in ('total', '24h', '7d', '30d') then
+            remeasured := remeasured || format('timezone %s -> %s', old.timezone, p_spec ->> 'timezone');
+        end if;
+        if cardinality(remeasured) > 0 and not p_reset_counters then
+            current_use := tl_usage_now(old, now_at);
+            if current_use.used > 0 or current_use.reserved > 0 then
+                raise exception '%: budget % has used % and reserved % % in its current period, which this '
+                    'change would discard; nothing was changed. Confirm with reset_counters: true (CLI '
+                    '--reset-counters), or leave these fields out', array_to_string(remeasured, ', '), old.name,
+                    current_use.used, current_use.reserved, old.unit using errcode = 'TL409';
+            end if;
+        end if;
+    end if;
     insert into tl_budget as t (tenant_id, name, scope_kind, scope_value, unit, limit_amount, hard_limit, period,
                                 timezone, enforcement, alert_thresholds, priority_shares, rollover, rollover_cap,
                                 tokens_per_minute, requests_per_minute, unpriced_policy)
@@ -855,11 +895,15 @@ begin
         alert_thresholds = excluded.alert_thresholds, priority_shares = excluded.priority_shares,
         rollover = excluded.rollover, rollover_cap = excluded.rollover_cap,
         tokens_per_minute = excluded.tokens_per_minute, requests_per_minute = excluded.requests_per_minute,
-        unpriced_policy = excluded.unpriced_policy, updated_at = now()
+        unpriced_policy = excluded.unpriced_policy, updated_at = now_at
+        where t.updated_at is not distinct from p_expected  -- a budget created meanwhile is not overwritten
     returning * into b;
+    if not found then
+        raise exception 'name %: the budget was created by another call while this one was prepared; nothing '
+            'was changed: repeat the call', p_spec ->> 'name' using errcode = 'TL409';
+    end if;
     if old.budget_id is not null then
-        if old.unit <> b.unit or old.period <> b.period or old.timezone <> b.timezone
-           or old.scope_kind <> b.scope_kind or old.scope_value <> b.scope_value then
+        if cardinality(remeasured) > 0 then
             -- A different measure: the old counters mean nothing for it. Open holds go with them.
             delete from tl_budget_period where tenant_id = p_tenant and budget_id = b.budget_id;
         else
@@ -883,8 +927,10 @@ begin
         end if;
     end if;
     insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
-    values (p_tenant, p_actor, case when old.budget_id is null then 'create' else 'update' end, 'budget', b.name,
-            case when old.budget_id is not null then tl_budget_json(old) end, tl_budget_json(b));
+    values (p_tenant, p_actor,
+            case when old.budget_id is null then 'create'
+                 when cardinality(remeasured) > 0 then 'update, counters reset' else 'update' end,
+            'budget', b.name, case when old.budget_id is not null then tl_budget_json(old) end, tl_budget_json(b));
     return jsonb_build_object('spec', tl_budget_json(b), 'state', tl_budget_state(b, now_at),
                               'created_at', b.created_at, 'updated_at', b.updated_at);
 end $$;

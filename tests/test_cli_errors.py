@@ -118,6 +118,8 @@ def test_budget_set_states_its_default_period(env: Path, capsys: pytest.CaptureF
     )
     assert main(["budget", "set", "daily", "--limit", "10", "--period", "day"]) == 0
     assert "default" not in capsys.readouterr().out
+    assert main(["budget", "set", "monthly", "--limit", "900"]) == 0  # a change keeps its period, silently
+    assert "default" not in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["budget", "set", "--help"])
-    assert "(default: month)" in " ".join(capsys.readouterr().out.split())
+    assert "(default for a new budget: month)" in " ".join(capsys.readouterr().out.split())

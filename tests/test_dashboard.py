@@ -363,7 +363,8 @@ async def test_a_member_sees_only_its_own_user(dsn: str) -> None:
             page = read(answer.text)
             ana = Principal(role="member", user="ana")
             board = await served.ledger.dashboard(ana)
-            assert {e.attrs["data-budget"] for e in page.having("budget")} == {"monthly-usd", "ana-weekly"}
+            shared = {"monthly-usd", "team-search", "expensive-feature"}  # as aggregate state
+            assert {e.attrs["data-budget"] for e in page.having("budget")} == shared | {"ana-weekly"}
             assert not page.find(group="user")
             projects = {e.attrs["data-key"] for e in page.find(group="project")}
             assert projects == {"search", "billing"}  # ana's projects only
@@ -371,6 +372,15 @@ async def test_a_member_sees_only_its_own_user(dsn: str) -> None:
             assert Decimal(total) == board.totals.cost_usd
             assert board.totals.requests == 4  # ana's calls, none of bo's or cy's
             assert not page.having("decision")  # the denial was bo's
+            bo, _ = await served.ledger.create_key(role="member", user="bo")
+            answer = await http.get(
+                f"{served.base}/dashboard", headers={"Cookie": f"{DASHBOARD_COOKIE}={bo}"}
+            )
+            page = read(answer.text)
+            assert {e.attrs["data-budget"] for e in page.having("budget")} == shared
+            assert "ana-weekly" not in answer.text and "user:ana" not in answer.text
+            assert {e.attrs["data-alert-budget"] for e in page.having("alert")} <= shared
+            assert {e.attrs["data-blocked-by"] for e in page.having("decision")} <= shared
 
 
 # --- in a real browser ---------------------------------------------------------------------------

@@ -264,7 +264,9 @@ async def test_rate_limits_say_how_long_to_wait(ledger: Ledger) -> None:
     blocked = results[-1]
     assert blocked.blocked_by is not None and blocked.blocked_by.reason == "rate_limit_requests"
     assert blocked.retry_after_seconds is not None and 1 <= blocked.retry_after_seconds <= 60
-    await ledger.set_budget(budget("rpm", limit=Decimal(10**9), tokens_per_minute=100))
+    await ledger.set_budget(
+        budget("rpm", limit=Decimal(10**9), tokens_per_minute=100, requests_per_minute=None)
+    )
     tokens = await ledger.check_budget(CheckRequest(model=MODEL, input_tokens=101))
     assert tokens.blocked_by is not None and tokens.blocked_by.reason == "rate_limit_tokens"
 

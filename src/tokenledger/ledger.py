@@ -31,7 +31,9 @@ from tokenledger.types import (
     MAX_METADATA_BYTES,
     Attribution,
     Budget,
+    BudgetChange,
     BudgetSpec,
+    BudgetState,
     ChatMessage,
     CheckRequest,
     CheckResult,
@@ -61,6 +63,10 @@ __all__ = ["Ledger"]
 
 ATTRIBUTION_FIELDS = ("user", "session", "project", "team", "feature", "endpoint")
 SCOPE_KINDS = ("team", "project", "user", "session", "feature", "endpoint")
+# Budget fields a `set` may clear with null; null on any other field keeps its value.
+CLEARABLE_BUDGET_FIELDS = frozenset(
+    {"hard_limit", "priority_shares", "rollover_cap", "tokens_per_minute", "requests_per_minute"}
+)
 # Estimates are calibrated from the provider's reported usage once a model has this many settled calls;
 # the factor is kept this long per process, and held within these bounds.
 CALIBRATION_MIN_CALLS = 5
@@ -288,6 +294,7 @@ class Ledger:
             counted_input_tokens=counted,
         )
         result = CheckResult.model_validate(answer)
+        result.budgets = _visible_states(principal, result.budgets)
         if factor is not None:
             result.calibration_factor = factor
         if self.metrics is not None:
@@ -386,6 +393,9 @@ class Ledger:
             prompt_hash=request.prompt_hash or reports.prompt_hash(request.input_text),
         )
         result = TrackResult.model_validate(answer)
+        result.budgets = _visible_states(principal, result.budgets)
+        shown = {state.name for state in result.budgets}
+        result.alerts = [alert for alert in result.alerts if alert.budget in shown]
         if self.metrics is not None:
             self.metrics.observe_usage(
                 result,
@@ -432,26 +442,49 @@ class Ledger:
 
     # --- budgets ----------------------------------------------------------------------------------
 
-    async def set_budget(self, spec: BudgetSpec, principal: Principal | None = None) -> Budget:
-        """Create or replace a budget by name."""
+    async def set_budget(
+        self,
+        spec: BudgetSpec | BudgetChange,
+        principal: Principal | None = None,
+        *,
+        reset_counters: bool = False,
+    ) -> Budget:
+        """Create a budget, or change only the fields `spec` gives of the one by that name (the others
+        keep their values). A change of scope, unit, period or timezone would discard the current period's
+        usage and reservations: it is refused while there are any, unless `reset_counters` confirms it."""
         principal = principal or Principal()
         self._require(principal, ("admin",), "change budgets")
-        _validate_budget(spec)
+        changes = _given_budget_fields(spec)
+        found = await self.store.budgets(tenant=principal.tenant_id, name=spec.name)
+        current = Budget.model_validate(found[0]) if found else None
+        if current is None and changes.get("limit") is None:
+            raise InvalidInput("limit", None, f"a positive amount, required to create budget {spec.name!r}")
+        base = current.spec.model_dump(mode="json") if current is not None else {}
+        merged = BudgetSpec.model_validate({**base, **changes})
+        _validate_budget(merged)
         answer = await self.store.set_budget(
-            tenant=principal.tenant_id, actor=principal.actor, spec=spec.model_dump(mode="json")
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            spec=merged.model_dump(mode="json"),
+            expected_updated_at=None if current is None else current.updated_at,
+            reset_counters=reset_counters,
         )
         return Budget.model_validate(answer)
 
     async def get_budget(self, name: str, principal: Principal | None = None) -> Budget:
+        """One budget the principal may read; another user's looks absent to a member."""
         principal = principal or Principal()
         found = await self.store.budgets(tenant=principal.tenant_id, name=name)
-        if not found:
+        visible = _visible_budgets(principal, [Budget.model_validate(b) for b in found])
+        if not visible:
             raise NotFound(f"name {name!r}: no such budget in this tenant")
-        return Budget.model_validate(found[0])
+        return visible[0]
 
     async def list_budgets(self, principal: Principal | None = None) -> list[Budget]:
+        """The budgets the principal may read (see `may_read_budget`), by name."""
         principal = principal or Principal()
-        return [Budget.model_validate(b) for b in await self.store.budgets(tenant=principal.tenant_id)]
+        found = await self.store.budgets(tenant=principal.tenant_id)
+        return _visible_budgets(principal, [Budget.model_validate(b) for b in found])
 
     async def delete_budget(self, name: str, principal: Principal | None = None) -> BudgetSpec:
         principal = principal or Principal()
@@ -536,7 +569,7 @@ class Ledger:
 
     async def report(self, query: reports.ReportQuery, principal: Principal | None = None) -> reports.Report:
         """One report view (rows, totals, notes; json): usage views cover a member's own user only,
-        budgets and forecasts the tenant's budgets. Render it with `reports.formatted`."""
+        budgets and forecasts the budgets the principal may read. Render it with `reports.formatted`."""
         principal = principal or Principal()
         view = query.view
         if view == "budgets":
@@ -718,7 +751,7 @@ class Ledger:
         self, principal: Principal | None = None, *, days: int = 30, timezone: str = "UTC", top: int = 10
     ) -> dashboards.Dashboard:
         """What the web dashboard shows a principal over the last `days` days: a viewer or admin its
-        tenant, a member its own user (the budgets that apply to it: global and its user's)."""
+        tenant, a member its own user's usage and decisions and the budgets it may read."""
         principal = principal or Principal()
         if not 1 <= days <= 366:
             raise InvalidInput("days", days, "a whole number of days, 1 to 366")
@@ -729,8 +762,6 @@ class Ledger:
         since = dashboards.window_start(until, days, timezone)
         member = principal.role == "member"
         budgets = [b.state for b in await self.list_budgets(principal)]
-        if member:
-            budgets = [b for b in budgets if b.scope in ("global", f"user:{principal.user}")]
         window = UsageQuery(since=since, until=until, timezone=timezone)
         by_day = window.model_copy(update={"bucket": "day", "limit": days + 1})
         daily = await self.usage(by_day, principal)
@@ -739,7 +770,6 @@ class Ledger:
         for key in keys:
             grouped = window.model_copy(update={"group_by": [key], "limit": top})
             tops[key] = (await self.usage(grouped, principal)).rows
-        alert_budgets = [b.name for b in budgets] if member else None
         return dashboards.Dashboard(
             tenant=principal.tenant_id,
             role=principal.role,
@@ -754,7 +784,7 @@ class Ledger:
             top_projects=tops["project"],
             top_models=tops["model"],
             decisions=await self.recent_decisions(principal),
-            alerts=await self.open_alerts(principal, budgets=alert_budgets),
+            alerts=await self.open_alerts(principal),
         )
 
     async def recent_decisions(
@@ -783,8 +813,12 @@ class Ledger:
     async def open_alerts(
         self, principal: Principal | None = None, *, budgets: Sequence[str] | None = None, limit: int = 20
     ) -> list[dashboards.OpenAlert]:
-        """Alerts of the budgets' current periods, newest first (of the named budgets only, if given)."""
+        """Alerts of the budgets' current periods, newest first: of the budgets the principal may read
+        (and of the named ones only, if given)."""
         principal = principal or Principal()
+        if principal.role == "member":
+            readable = [budget.spec.name for budget in await self.list_budgets(principal)]
+            budgets = [name for name in readable if budgets is None or name in budgets]
         rows = await self.store.open_alerts(tenant=principal.tenant_id, budgets=budgets, limit=limit)
         return [
             dashboards.OpenAlert(
@@ -822,6 +856,31 @@ class Ledger:
             if principal.user:
                 attribution["user"] = principal.user
         return attribution
+
+
+def may_read_budget(principal: Principal, scope: str) -> bool:
+    """The one rule of who reads which budget. Admins and viewers read every budget of their tenant. A
+    member reads its own user's budgets in full and the shared ones (global, team, project, session,
+    feature, endpoint) as the aggregate state that explains its own decisions; never another user's."""
+    if principal.role != "member":
+        return True
+    kind, _, value = scope.partition(":")
+    return kind != "user" or (principal.user is not None and value == principal.user)
+
+
+def _visible_budgets(principal: Principal, budgets: Sequence[Budget]) -> list[Budget]:
+    return [budget for budget in budgets if may_read_budget(principal, budget.spec.scope)]
+
+
+def _visible_states(principal: Principal, states: Sequence[BudgetState]) -> list[BudgetState]:
+    """The budget states of a check or track answer that the principal may read."""
+    return [state for state in states if may_read_budget(principal, state.scope)]
+
+
+def _given_budget_fields(spec: BudgetSpec | BudgetChange) -> dict[str, Any]:
+    """The budget fields a caller gave, as JSON values: a null clears only a clearable field."""
+    given = spec.model_dump(mode="json", include=spec.model_fields_set)
+    return {k: v for k, v in given.items() if v is not None or k in CLEARABLE_BUDGET_FIELDS}
 
 
 def _validate_timezone(name: str, field: str) -> None:

@@ -455,10 +455,22 @@ class Store:
 
     # --- budgets ----------------------------------------------------------------------------------
 
-    async def set_budget(self, *, tenant: str, actor: str, spec: dict[str, Any]) -> dict[str, Any]:
+    async def set_budget(
+        self,
+        *,
+        tenant: str,
+        actor: str,
+        spec: dict[str, Any],
+        expected_updated_at: datetime | None,
+        reset_counters: bool,
+    ) -> dict[str, Any]:
+        """Write a whole budget spec over the row last updated at `expected_updated_at` (None: a new
+        budget); a row changed since, by another call, is refused (Conflict) and nothing is written."""
         return dict(
             await self._fetch_json(
-                "select tl_set_budget(%s, %s, %s)", (tenant, actor, Jsonb(spec)), retry_safe=True
+                "select tl_set_budget(%s, %s, %s, %s, %s)",
+                (tenant, actor, Jsonb(spec), expected_updated_at, reset_counters),
+                retry_safe=False,  # not idempotent: a replay after a commit would meet its own change
             )
         )
 

@@ -21,6 +21,7 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
 )
 
 # --- shared vocabulary -------------------------------------------------------------------------
@@ -268,6 +269,31 @@ class BudgetSpec(Model):
     tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
     requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
     unpriced_policy: Literal["deny", "allow"] = "deny"
+
+
+class BudgetChange(Model):
+    """A `set` that names only what changes. A field left out (or `null` where a value is required) keeps
+    the budget's value, or takes BudgetSpec's default for a new budget; `null` clears an optional field
+    (`priority_shares: null`: no shares). The merged budget is validated as a BudgetSpec."""
+
+    name: BudgetName
+    scope: Annotated[str, StringConstraints(min_length=1, max_length=140)] | None = None
+    unit: Unit | None = None
+    limit: Money | None = None
+    period: Period | None = None
+    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    enforcement: Enforcement | None = None
+    hard_limit: Money | None = None
+    alert_thresholds: list[Annotated[float, Field(gt=0, le=1000)]] | None = None
+    priority_shares: Annotated[
+        dict[Priority, Annotated[float, Field(gt=0, le=1)]] | None,
+        WithJsonSchema({"type": ["object", "null"]}),
+    ] = None
+    rollover: Literal["none", "carry"] | None = None
+    rollover_cap: Money | None = None
+    tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
+    requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
+    unpriced_policy: Literal["deny", "allow"] | None = None
 
 
 class BudgetState(Model):

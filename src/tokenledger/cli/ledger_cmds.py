@@ -21,11 +21,11 @@ from pydantic import BaseModel
 
 from tokenledger.cli import tables
 from tokenledger.errors import InvalidInput, TokenLedgerError
-from tokenledger.ledger import Ledger, money
+from tokenledger.ledger import CLEARABLE_BUDGET_FIELDS, Ledger, money
 from tokenledger.settings import Settings
-from tokenledger.types import Budget, BudgetSpec, Principal, UsageQuery, UsageResult, UsageRow
+from tokenledger.types import Budget, BudgetChange, Principal, UsageQuery, UsageResult, UsageRow
 
-DEFAULT_PERIOD = "month"
+DEFAULT_PERIOD = "month"  # of a new budget set without --period
 
 
 def register(subparsers: Any) -> None:
@@ -37,32 +37,32 @@ def register(subparsers: Any) -> None:
 
     budget = subparsers.add_parser("budget", help="set, list, show or delete budgets")
     actions = budget.add_subparsers(dest="action", metavar="ACTION", required=True)
-    setter = actions.add_parser("set", help="create or replace a budget by name")
+    setter = actions.add_parser("set", help="create a budget, or change the options given of one")
     setter.add_argument("name")
-    setter.add_argument("--limit", required=True, help="tokens, or USD for --unit usd")
-    setter.add_argument(
-        "--scope", default="global", help="global, or KIND:VALUE (user:ana, team:search, ...)"
-    )
-    setter.add_argument("--unit", default="tokens", help="tokens or usd")
+    setter.add_argument("--limit", help="tokens, or USD for --unit usd (required to create)")
+    setter.add_argument("--scope", help="global (default), or KIND:VALUE (user:ana, team:search, ...)")
+    setter.add_argument("--unit", help="tokens (default) or usd")
     setter.add_argument(
         "--period",
-        help=f"minute hour day week month year total 24h 7d 30d (default: {DEFAULT_PERIOD})",
+        help=f"minute hour day week month year total 24h 7d 30d (default for a new budget: {DEFAULT_PERIOD})",
     )
-    setter.add_argument("--timezone", default="UTC", help="IANA zone for calendar periods")
-    setter.add_argument("--enforcement", default="hard", help="hard (deny), soft (warn) or shadow (record)")
-    setter.add_argument("--hard-limit", help="allow overage up to this (above --limit)")
-    setter.add_argument("--alert-thresholds", default="50,75,90,100", help="percentages, comma-separated")
+    setter.add_argument("--timezone", help="IANA zone for calendar periods (default UTC)")
+    setter.add_argument("--enforcement", help="hard (deny, default), soft (warn) or shadow (record)")
+    setter.add_argument("--hard-limit", help="allow overage up to this (above --limit), or 'none'")
+    setter.add_argument("--alert-thresholds", help="percentages, comma-separated (default 50,75,90,100)")
     setter.add_argument(
         "--priority-shares",
-        default="high=0.5,medium=0.3,low=0.2",
-        help="share of what remains one request may take, or 'none'",
+        help="share of what remains one request may take (default high=0.5,medium=0.3,low=0.2), or 'none'",
     )
-    setter.add_argument("--rollover", default="none", help="none, or carry unused allowance")
-    setter.add_argument("--rollover-cap", help="carry at most this much")
-    setter.add_argument("--tpm", help="tokens per minute")
-    setter.add_argument("--rpm", help="requests per minute")
+    setter.add_argument("--rollover", help="none (default), or carry unused allowance")
+    setter.add_argument("--rollover-cap", help="carry at most this much, or 'none'")
+    setter.add_argument("--tpm", help="tokens per minute, or 'none'")
+    setter.add_argument("--rpm", help="requests per minute, or 'none'")
+    setter.add_argument("--unpriced-policy", help="deny (default) or allow unpriced models (usd budgets)")
     setter.add_argument(
-        "--unpriced-policy", default="deny", help="deny or allow unpriced models (usd budgets)"
+        "--reset-counters",
+        action="store_true",
+        help="confirm a change of scope, unit, period or timezone that discards this period's counters",
     )
     setter.add_argument("--json", action="store_true")
     setter.set_defaults(handler=_run(budget_set_command))
@@ -158,30 +158,33 @@ async def doctor_command(ledger: Ledger, principal: Principal, args: argparse.Na
 
 
 async def budget_set_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
-    spec = BudgetSpec.model_validate(
-        {
-            "name": args.name,
-            "scope": args.scope,
-            "unit": args.unit,
-            "limit": args.limit,
-            "period": args.period or DEFAULT_PERIOD,
-            "timezone": args.timezone,
-            "enforcement": args.enforcement,
-            "hard_limit": args.hard_limit,
-            "alert_thresholds": _split(args.alert_thresholds),
-            "priority_shares": _shares(args.priority_shares),
-            "rollover": args.rollover,
-            "rollover_cap": args.rollover_cap,
-            "tokens_per_minute": args.tpm,
-            "requests_per_minute": args.rpm,
-            "unpriced_policy": args.unpriced_policy,
-        }
-    )
-    budget = await ledger.set_budget(spec, principal)
+    changes: dict[str, Any] = {"name": args.name}
+    for field, option in _BUDGET_OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue  # not given: an existing budget keeps its value
+        if field in CLEARABLE_BUDGET_FIELDS and value.strip().lower() == "none":
+            changes[field] = None  # cleared: no hard limit, no cap, no rate limit, no shares
+        elif field == "alert_thresholds":
+            changes[field] = _split(value)
+        elif field == "priority_shares":
+            changes[field] = _shares(value)
+        else:
+            changes[field] = value
+    change = BudgetChange.model_validate(changes)
+    budget = await ledger.set_budget(change, principal, reset_counters=args.reset_counters)
     _print_budgets([budget], args.json)
-    if args.period is None and not args.json:
-        print(f"period: {DEFAULT_PERIOD} (the default; --period sets another)")
+    created = budget.created_at == budget.updated_at
+    if created and args.period is None and not args.json:
+        print(f"period: {budget.spec.period} (the default for a new budget; --period sets another)")
     return 0
+
+
+# BudgetChange fields -> `budget set` options (argparse names); the clearable fields accept 'none'.
+_BUDGET_OPTIONS = {field: field for field in BudgetChange.model_fields if field != "name"} | {
+    "tokens_per_minute": "tpm",
+    "requests_per_minute": "rpm",
+}
 
 
 async def budget_list_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
@@ -376,9 +379,7 @@ def _split(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def _shares(value: str) -> dict[str, str] | None:
-    if value.strip().lower() == "none":
-        return None
+def _shares(value: str) -> dict[str, str]:
     shares = {}
     for part in _split(value):
         priority, sep, share = part.partition("=")

@@ -31,6 +31,7 @@ from tokenledger.ledger import Ledger
 from tokenledger.settings import Settings
 from tokenledger.types import (
     Budget,
+    BudgetChange,
     BudgetSpec,
     ChatMessage,
     CheckRequest,
@@ -642,8 +643,16 @@ class SyncLedger:
     def release(self, reservation_id: str, principal: Principal | None = None) -> ReleaseResult:
         return self.portal.call(self.ledger.release, reservation_id, principal)
 
-    def set_budget(self, spec: BudgetSpec, principal: Principal | None = None) -> Budget:
-        return self.portal.call(self.ledger.set_budget, spec, principal)
+    def set_budget(
+        self,
+        spec: BudgetSpec | BudgetChange,
+        principal: Principal | None = None,
+        *,
+        reset_counters: bool = False,
+    ) -> Budget:
+        return self.portal.call(
+            partial(self.ledger.set_budget, spec, principal, reset_counters=reset_counters)
+        )
 
     def get_budget(self, name: str, principal: Principal | None = None) -> Budget:
         return self.portal.call(self.ledger.get_budget, name, principal)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tokenledger.reports import ReportQuery
 from tokenledger.types import (
@@ -19,21 +19,18 @@ from tokenledger.types import (
     PROMPT_HASH_PATTERN,
     UUID_PATTERN,
     Budget,
+    BudgetChange,
     BudgetName,
     CheckRequest,
     CountRequest,
-    Enforcement,
     FitRequest,
     Model,
     ModelInfo,
     ModelName,
     Moment,
     Money,
-    Period,
-    Priority,
     ReservationId,
     TrackRequest,
-    Unit,
 )
 
 __all__ = [
@@ -121,38 +118,26 @@ class ReportInput(ReportQuery):
     )
 
 
-class ManageBudgetInput(Model):
-    """An action on budgets; `set` takes the BudgetSpec fields (defaults as in BudgetSpec)."""
+class ManageBudgetInput(BudgetChange):
+    """An action on budgets. `set` creates a budget, or changes only the fields given of an existing one
+    (see BudgetChange); `reset_counters` confirms a change of scope, unit, period or timezone that
+    discards the current period's usage and reservations."""
 
     action: Literal["set", "get", "list", "delete"] = "list"
-    name: BudgetName | None = None
-    scope: Annotated[str, StringConstraints(min_length=1, max_length=140)] | None = None
-    unit: Unit | None = None
-    limit: Money | None = None
-    period: Period | None = None
-    timezone: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
-    enforcement: Enforcement | None = None
-    hard_limit: Money | None = None
-    alert_thresholds: list[Annotated[float, Field(gt=0, le=1000)]] | None = None
-    priority_shares: Annotated[
-        dict[Priority, Annotated[float, Field(gt=0, le=1)]] | None, WithJsonSchema({"type": "object"})
-    ] = None
-    rollover: Literal["none", "carry"] | None = None
-    rollover_cap: Money | None = None
-    tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
-    requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
-    unpriced_policy: Literal["deny", "allow"] | None = None
+    name: BudgetName | None = None  # type: ignore[assignment]  # optional here: `list` needs none
+    reset_counters: bool = False
 
     model_config = _config(
         scope="global or kind:value (team, project, user, session, feature, endpoint)",
-        limit="Required for set",
+        limit="Required to create",
         alert_thresholds="Percents",
-        priority_shares="{high, medium, low}: share of the rest",
+        priority_shares="{high, medium, low}: share of the rest; null: none",
     )
 
-    def spec_fields(self) -> dict[str, Any]:
-        """The BudgetSpec fields that were given."""
-        return self.model_dump(exclude={"action"}, exclude_none=True)
+    def change(self) -> BudgetChange:
+        """The budget fields this call gave (a `set`, with its name)."""
+        given = self.model_fields_set & set(BudgetChange.model_fields)
+        return BudgetChange.model_validate(self.model_dump(include=given))
 
 
 class PricesInput(Model):

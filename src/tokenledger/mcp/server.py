@@ -44,7 +44,6 @@ from tokenledger.mcp.schemas import (
 from tokenledger.types import (
     MAX_MESSAGES,
     MAX_TEXT_BYTES,
-    BudgetSpec,
     CheckResult,
     CountResult,
     FitResult,
@@ -106,7 +105,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         return reports.formatted(await ledger.report(request, who(ctx)), request.format)
 
     async def manage_budget(request: ManageBudgetInput, ctx: Context[Any, Any]) -> BudgetsResult:
-        """Set, get, list or delete budgets (set and delete need admin)."""
+        """Set (only the fields given), get, list or delete budgets; set and delete need admin."""
         return await _manage_budget(ledger, request, who(ctx))
 
     async def prices(request: PricesInput, ctx: Context[Any, Any]) -> PricesResult:
@@ -131,7 +130,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         "tokenledger", instructions=INSTRUCTIONS, tools=tools, middleware=[PrincipalMiddleware()]
     )
     _add_resources(server, ledger, default_principal)
-    _add_prompts(server)
+    _add_prompts(server, default_principal)
     return server
 
 
@@ -146,8 +145,8 @@ async def _manage_budget(ledger: Ledger, request: ManageBudgetInput, principal: 
     if action == "delete":
         deleted = await ledger.delete_budget(request.name, principal)
         return BudgetsResult(action=action, deleted=deleted.name)
-    spec = BudgetSpec.model_validate(request.spec_fields())
-    return BudgetsResult(action=action, budgets=[await ledger.set_budget(spec, principal)])
+    changed = await ledger.set_budget(request.change(), principal, reset_counters=request.reset_counters)
+    return BudgetsResult(action=action, budgets=[changed])
 
 
 async def _prices(ledger: Ledger, request: PricesInput, principal: Principal) -> PricesResult:
@@ -177,7 +176,7 @@ def _add_resources(server: MCPServer, ledger: Ledger, default: Principal) -> Non
     @server.resource(
         "tokenledger://budgets",
         name="budgets",
-        description="The tenant's budgets with live state",
+        description="The budgets you may read, with live state",
         mime_type="application/json",
     )
     async def budgets() -> str:
@@ -186,7 +185,7 @@ def _add_resources(server: MCPServer, ledger: Ledger, default: Principal) -> Non
     @server.resource(
         "tokenledger://budgets/{name}",
         name="budget",
-        description="One budget with live state",
+        description="One budget you may read, with live state",
         mime_type="application/json",
     )
     async def budget(name: str, ctx: Context[Any, Any]) -> str:
@@ -233,14 +232,27 @@ async def _read(read: Callable[[], Awaitable[BaseModel]]) -> str:
         raise ResourceError(_public_message(error)) from error
 
 
-def _add_prompts(server: MCPServer) -> None:
+def _add_prompts(server: MCPServer, default: Principal) -> None:
     # The Token Checker's three jobs (the agent files in tokenledger/data/agents use them too).
     for job in (prompts.usage_analysis, prompts.cost_tracking_setup, prompts.budget_enforcement):
         prompt = Prompt.from_function(job)
         server.add_prompt(prompt.model_copy(update={"fn": _refusing_bad_arguments(prompt.fn)}))
 
     @server.prompt(name="cost_review", description="Review token spend and budgets for a period")
-    def cost_review(since: str = "7d") -> list[UserMessage]:
+    def cost_review(ctx: Context[Any, Any], since: str = "7d") -> list[UserMessage]:
+        if principal_of(ctx, default).role == "member":
+            # A member's reports hold its own user's usage only: no per-user breakdown to ask for.
+            return [
+                UserMessage(
+                    f"Review my LLM token spend since {since}. Call the `report` tool three times: "
+                    f'view="summary" since="{since}" for totals; view="usage" since="{since}" '
+                    'group_by=["model"] for the models I spend most on; view="budgets" for the budgets that '
+                    "apply to me, near or over their limit. Then summarise: total cost and tokens, the top "
+                    "models by cost, budgets at warning or exceeded and when they reset, the error rate, and "
+                    "two or three concrete savings (cheaper models via `prices`, trimming context with "
+                    "`fit_messages`)."
+                )
+            ]
         return [
             UserMessage(
                 f"Review our LLM token spend since {since}. Call the `report` tool three times: "
