@@ -25,7 +25,7 @@ CASES = [
     (["report", "--output", "{tmp}"], ["--output", "not a directory"]),
     (["keys", "create", "--role", "member"], ["--user", "member"]),
     (["keys", "create"], ["--role"]),
-    (["budget", "set", "b"], ["--limit"]),
+    (["budget", "set", "b"], ["limit: missing", "required to create"]),
     (["budget", "nonsense"], ["invalid choice"]),
     (["count", "--file", "nosuchfile.txt"], ["--file", "nosuchfile.txt", "no such file"]),
     (["install", "cursor", "--transport", "http", "--url", "ftp://example"], ["--url"]),
@@ -113,9 +113,8 @@ def test_keys_list_and_create_take_a_tenant(env: Path, capsys: pytest.CaptureFix
 def test_budget_set_states_its_default_period(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["budget", "set", "monthly", "--limit", "1000"]) == 0
     out = capsys.readouterr().out
-    assert (
-        "month, hard" in out and out.splitlines()[-1] == "period: month (the default; --period sets another)"
-    )
+    assert "month, hard" in out
+    assert out.splitlines()[-1] == "period: month (the default for a new budget; --period sets another)"
     assert main(["budget", "set", "daily", "--limit", "10", "--period", "day"]) == 0
     assert "default" not in capsys.readouterr().out
     assert main(["budget", "set", "monthly", "--limit", "900"]) == 0  # a change keeps its period, silently

