@@ -109,7 +109,8 @@ def _read_file(path: str, option: str) -> str:
         with open(path, encoding="utf-8", newline="") as file:
             return file.read()
     except OSError as error:
-        raise InvalidInput(option, path, f"cannot read it: {error.strerror or error}") from error
+        reason = (error.strerror or str(error)).lower()
+        raise TokenLedgerError(f"{option}: cannot read {path!r}: {reason}") from error
     except UnicodeDecodeError as error:
         raise InvalidInput(
             option, path, f"it is not UTF-8 text ({error.reason} at byte {error.start})"
