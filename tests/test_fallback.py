@@ -166,8 +166,9 @@ async def spend(ledger: Ledger, usd: str) -> None:
     )
 
 
-async def test_fallback_at_prefers_the_cheaper_model_past_the_share(ledger: Ledger) -> None:
-    await ledger.set_budget(usd_budget(Decimal(1)))
+@pytest.mark.parametrize("enforcement", ["hard", "soft"])
+async def test_fallback_at_prefers_the_cheaper_model_past_the_share(ledger: Ledger, enforcement: str) -> None:
+    await ledger.set_budget(usd_budget(Decimal(1), enforcement=enforcement))
     await spend(ledger, "0.89")
     options: dict[str, Any] = {"model": "gpt-4o", "text": "hi", "max_output_tokens": 1000}
     # $0.89 + gpt-4o's $0.01 reaches 0.9 of the $1 limit: the call runs on gpt-4o-mini.
@@ -199,6 +200,23 @@ async def test_fallbacks_are_tried_in_order_and_only_the_allowed_one_reserves(le
     assert sorted(d.model or "" for d in decisions) == ["gpt-4.1", "gpt-4o"]  # the denials, as before
 
 
+async def test_a_priority_share_denial_falls_back_and_a_partial_grant_does_not(ledger: Ledger) -> None:
+    # A medium call may take 5 % of the $0.1 left: $0.005, which gpt-4o's 500 output tokens exceed.
+    await ledger.set_budget(
+        BudgetSpec(
+            name="main", unit="usd", limit=Decimal("0.1"), period="day", priority_shares={"medium": "0.05"}
+        )
+    )
+    options: dict[str, Any] = {"model": "gpt-4o", "text": "hi", "max_output_tokens": 500}
+    async with guard(ledger, **options, fallback=["gpt-4o-mini"]) as grant:
+        assert grant.model == "gpt-4o-mini" and grant.downgrade is not None
+        assert grant.downgrade.reason == "priority_share"
+        await grant.release()
+    async with guard(ledger, **options, fallback=["gpt-4o-mini"], allow_partial=True) as grant:
+        assert grant.model == "gpt-4o" and grant.downgrade is None and grant.max_output_tokens < 500
+        await grant.release()
+
+
 async def test_a_replayed_guarded_call_counts_once(ledger: Ledger) -> None:
     """A retry with the same request_id replays the requested model's denial and the fallback's grant."""
     await ledger.set_budget(usd_budget())
@@ -211,6 +229,24 @@ async def test_a_replayed_guarded_call_counts_once(ledger: Ledger) -> None:
     assert grants[1].model == "gpt-4o-mini" and grants[1].check.duplicate
     assert grants[0].reservation_id == grants[1].reservation_id
     assert len(await usage_rows(ledger)) == 1 and await reservations(ledger) == 1
+
+
+def test_the_report_command_groups_by_requested_model(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tokenledger.cli import main
+
+    monkeypatch.setenv("TOKENLEDGER_DATABASE_URL", dsn)
+    with SyncLedger.open(dsn=dsn, migrate=False) as ledger:
+        ledger.track_usage(
+            TrackRequest(model="gpt-4o-mini", requested_model="gpt-4o", input_tokens=9, output_tokens=1)
+        )
+    args = ["report", "--view", "usage", "--group-by", "requested_model,model", "--since", "7d"]
+    assert main([*args, "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith('"requested_model","model","requests"') and '"downgrades"' in lines[0]
+    assert lines[1].startswith('"gpt-4o","gpt-4o-mini","1"') and lines[1].endswith('"1"')
+    assert main(args) == 0 and "downgrades: 1 call(s)" in capsys.readouterr().out
 
 
 def test_fallback_request_ids_stay_within_bounds() -> None:

@@ -4,6 +4,7 @@ scheduled reports, chargeback by user) when the tenant's setting is on; prompt h
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,7 +17,7 @@ from tokenledger import dashboard, digest, notices, privacy, reports
 from tokenledger.cli import main
 from tokenledger.errors import InvalidInput, PermissionDenied
 from tokenledger.integrations import SyncLedger
-from tokenledger.ledger import Ledger
+from tokenledger.ledger import TENANT_SECRET_TTL_SECONDS, Ledger
 from tokenledger.reports import ReportQuery
 from tokenledger.schedules import Delivery
 from tokenledger.types import BudgetSpec, CheckRequest, Principal, TrackRequest
@@ -91,7 +92,10 @@ async def test_a_viewer_reads_pseudonyms_in_every_view_and_format_when_the_setti
     await seed(ledger)
     before = await every_view(ledger, VIEWER)
     assert ALICE in before and BOB in before  # off (the default): real ids, as before
+    elsewhere = Ledger(ledger.store)  # another server process: its settings cache has "off"
+    assert ALICE in await every_view(elsewhere, VIEWER)
     await pseudonymize(ledger)
+    assert ALICE not in await every_view(elsewhere, VIEWER)  # at once, not when its cache expires
     after = await every_view(ledger, VIEWER)
     assert ALICE not in after and BOB not in after and "alice" not in after
     alice = await ledger.shown_user(VIEWER, ALICE)
@@ -171,7 +175,7 @@ async def scheduled_email(ledger: Ledger, view: str, by: str | None) -> str:
     run = delivery(view, by)
     notice = digest.report_notice(await ledger.scheduled_report(run), run)
     message = notices.email_message(notice, sender="ledger@example.test", recipients=["ops@example.test"])
-    return message.as_string() + str(notice.webhook())
+    return message.as_string() + json.dumps(notice.slack()) + json.dumps(notice.webhook())
 
 
 async def test_scheduled_reports_run_as_a_viewer_and_show_pseudonyms(ledger: Ledger) -> None:
@@ -288,6 +292,7 @@ async def test_rotating_the_secret_changes_pseudonyms_and_new_prompt_hashes(
     assert audit["before"] is None and set(audit["after"]) == {"rotated_at"}
     [secret_after] = await ledger.store._fetch_rows("select secret from tl_tenant_secret", ())
     assert len(secret_after["secret"]) == privacy.SECRET_BYTES and secret_after != secret_before
+    assert TENANT_SECRET_TTL_SECONDS == 30  # other processes take the new secret within this, as documented
 
 
 def test_the_command_line_rotates_the_secret(
