@@ -578,12 +578,15 @@ class Ledger:
         self, query: UsageQuery, principal: Principal, default_window: timedelta
     ) -> tuple[dict[str, str], datetime, datetime, privacy.UserMask | None]:
         """`_report_scope`, and the mask of the principal's user ids: a viewer's user filter must then be
-        a pseudonym, which stands for the user it names."""
+        a pseudonym, which stands for the user of the window's usage that has it (found by hashing the
+        window's user ids: one scan, as the report's own)."""
         mask = await self.user_mask(principal)
-        if mask is not None and query.user is not None:
-            user_ids = await self.store.usage_user_ids(tenant=principal.tenant_id)
-            query = query.model_copy(update={"user": mask.real_user(query.user, user_ids)})
-        return (*self._report_scope(query, principal, default_window), mask)
+        filters, since, until = self._report_scope(query, principal, default_window)
+        if mask is not None and "user" in filters:
+            user_ids = await self.store.usage_user_ids(tenant=principal.tenant_id, since=since, until=until)
+            # '' names no user (attributions have at least one character): no rows, as for an unknown id.
+            filters["user"] = mask.real_user(filters["user"], user_ids) or ""
+        return filters, since, until, mask
 
     async def _shown_budgets(self, principal: Principal, budgets: list[Budget]) -> list[Budget]:
         """The budgets with their user scopes pseudonymised where `user_mask` says so."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tokenledger.errors import InvalidInput
@@ -60,7 +61,7 @@ class TenantKeys:
 
 def pseudonym(key: bytes, user: str) -> str:
     """The pseudonym of `user` under a tenant's pseudonym key: `user-` and 12 hex digits."""
-    digest = hmac.new(key, user.encode("utf-8"), hashlib.sha256).hexdigest()
+    digest = hmac.digest(key, user.encode("utf-8"), "sha256").hex()
     return PSEUDONYM_PREFIX + digest[:PSEUDONYM_HEX_DIGITS]
 
 
@@ -69,7 +70,7 @@ def keyed_prompt_hash(key: bytes, plain_hash: str | None) -> str | None:
     client sends it) is `plain_hash`: HMAC-SHA256 of its bytes under the tenant's prompt key."""
     if plain_hash is None:
         return None
-    return hmac.new(key, bytes.fromhex(plain_hash), hashlib.sha256).hexdigest()
+    return hmac.digest(key, bytes.fromhex(plain_hash), "sha256").hex()
 
 
 class UserMask:
@@ -90,16 +91,16 @@ class UserMask:
         kind, sep, value = scope.partition(":")
         return f"user:{pseudonym(self._key, value)}" if kind == "user" and sep else scope
 
-    def real_user(self, shown: str, user_ids: list[str]) -> str:
-        """The user id among `user_ids` whose pseudonym is `shown` (a viewer's filter). Anything but a
-        pseudonym is refused: accepting a real id would tell a viewer which pseudonym it has."""
-        allowed = (
-            f"a pseudonym as this tenant's reports show it ({PSEUDONYM_PREFIX} and "
-            f"{PSEUDONYM_HEX_DIGITS} hex digits): this tenant pseudonymises users for viewers"
-        )
+    def real_user(self, shown: str, user_ids: Iterable[str]) -> str | None:
+        """The user id among `user_ids` whose pseudonym is `shown` (a viewer's filter), None when none has
+        it. Anything but a pseudonym is refused: accepting a real id would tell a viewer whose it is."""
         if not PSEUDONYM_PATTERN.fullmatch(shown):
-            raise InvalidInput("user", shown, allowed)
-        for user in user_ids:
-            if hmac.compare_digest(pseudonym(self._key, user), shown):
-                return user
-        raise InvalidInput("user", shown, f"{allowed}; no user of this tenant has this one")
+            raise InvalidInput(
+                "user",
+                shown,
+                f"a pseudonym as this tenant's reports show it ({PSEUDONYM_PREFIX} and "
+                f"{PSEUDONYM_HEX_DIGITS} hex digits): this tenant pseudonymises users for viewers",
+            )
+        return next(
+            (user for user in user_ids if hmac.compare_digest(pseudonym(self._key, user), shown)), None
+        )

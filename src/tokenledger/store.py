@@ -642,10 +642,11 @@ class Store:
         rotated_at: datetime = rows[0]["rotated_at"]
         return rotated_at
 
-    async def usage_user_ids(self, *, tenant: str) -> list[str]:
-        """Every user id the tenant's usage (events and daily totals) names, by one probe per user."""
-        rows = await self._fetch_report_rows(_USAGE_USER_IDS, {"tenant": tenant}, aggregates=False)
-        return [row["user_id"] for row in rows]
+    async def usage_user_ids(self, *, tenant: str, since: datetime, until: datetime) -> list[str]:
+        """The user ids of the tenant's usage in [since, until) (events and daily totals): one scan of the
+        window, as a usage report of it makes."""
+        params = _usage_params(tenant, since, until, {})
+        return [row["user_id"] for row in await self._fetch_report_rows(_USAGE_USER_IDS, params)]
 
     async def prune_usage(self, *, before: datetime) -> dict[str, Any]:
         """Roll up and drop every monthly usage partition that ends before `before`."""
@@ -1361,20 +1362,15 @@ with saved as (
 select rotated_at from saved
 """
 
-# The distinct user ids of a tenant's usage: a loose index scan of tl_usage_user (one probe per user, not a
-# scan of every event), then the daily totals that outlived pruned partitions.
+# The distinct user ids of a tenant's usage in a window, events and the daily totals that outlived pruned
+# partitions (the rows a usage report of the window reads).
 _USAGE_USER_IDS = """
-with recursive users(user_id) as (
-    (select user_id from tl_usage
-      where tenant_id = %(tenant)s and user_id is not null order by user_id limit 1)
-    union all
-    select (select u.user_id from tl_usage u
-             where u.tenant_id = %(tenant)s and u.user_id > users.user_id order by u.user_id limit 1)
-      from users where users.user_id is not null
-)
-select user_id from users where user_id is not null
+select user_id from tl_usage
+ where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s and user_id is not null
 union
-select distinct user_id from tl_usage_daily where tenant_id = %(tenant)s and user_id is not null
+select user_id from tl_usage_daily
+ where tenant_id = %(tenant)s and day >= (%(since)s at time zone 'UTC')::date
+   and day < (%(until)s at time zone 'UTC')::date and user_id is not null
 """
 
 _SCHEMA_SIGNATURE = """
