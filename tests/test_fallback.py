@@ -100,6 +100,17 @@ async def test_openai_call_denied_for_money_runs_on_the_fallback(
     ]
 
 
+async def test_a_wrapped_call_to_a_fallback_model_itself_runs_as_asked(
+    ledger: Ledger, provider: ProviderStandin, clients: dict[str, Any]
+) -> None:
+    await ledger.set_budget(usd_budget())
+    client = wrap_openai(clients["openai"], ledger, fallback=["gpt-4o-mini"], fallback_at=0.5)
+    completion = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=500)
+    assert completion.model == "gpt-4o-mini"
+    [row] = await usage_rows(ledger)
+    assert (row["model"], row["requested_model"]) == ("gpt-4o-mini", None)
+
+
 async def test_anthropic_call_denied_for_money_runs_on_the_fallback(
     ledger: Ledger, provider: ProviderStandin, clients: dict[str, Any]
 ) -> None:

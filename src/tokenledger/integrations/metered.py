@@ -228,7 +228,8 @@ class CallSettings:
     def request(
         self, *, model: str, max_output_tokens: int, provider: str, messages: list[dict[str, Any]]
     ) -> tuple[CheckRequest, GuardSpec]:
-        """The check of one call and its spec."""
+        """The check of one call and its spec (a call to a fallback model falls back to the others only)."""
+        fallback = tuple(name for name in self.fallback if name != model)
         spec = make_spec(
             model=model,
             max_output_tokens=max_output_tokens,
@@ -237,8 +238,8 @@ class CallSettings:
             ttl_seconds=self.ttl_seconds,
             provider=provider,
             attribution=dict(self.attribution),
-            fallback=self.fallback,
-            fallback_at=self.fallback_at,
+            fallback=fallback,
+            fallback_at=self.fallback_at if fallback else None,
         )
         return check_request(spec, messages=messages), spec
 
