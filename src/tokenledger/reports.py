@@ -177,6 +177,7 @@ def usage_row(row: UsageRow) -> dict[str, Cell]:
     cells["cost_usd"] = _cell(row.cost_usd)
     cells["unpriced_requests"] = row.unpriced_requests
     cells["errors"] = row.errors
+    cells["downgrades"] = row.downgrades
     return cells
 
 
@@ -193,8 +194,16 @@ def usage_report(result: UsageResult, view: Literal["summary", "usage"], fmt: Fo
     """The summary (totals only) or usage (grouped rows and totals) view of a usage answer."""
     totals = summary_totals(result.totals)
     rows = [] if view == "summary" else [usage_row(row) for row in result.rows]
-    report = Report(view=view, since=result.since, until=result.until, rows=rows, totals=totals)
+    notes = [downgrades_note(result.totals.downgrades)] if result.totals.downgrades else []
+    report = Report(view=view, since=result.since, until=result.until, rows=rows, totals=totals, notes=notes)
     return formatted(report, fmt)
+
+
+def downgrades_note(downgrades: int) -> str:
+    return (
+        f"downgrades: {downgrades} call(s) ran on a fallback model instead of the model requested; model is "
+        "the model used (group by requested_model to see what was asked for)"
+    )
 
 
 def timeseries_report(
@@ -219,7 +228,10 @@ def timeseries_report(
         until=result.until,
         rows=[usage_row(row) for row in rows],
         totals=summary_totals(result.totals),
-        notes=[f"buckets: {bucket} in {timezone}; a bucket starts at its local {bucket} boundary"],
+        notes=[
+            f"buckets: {bucket} in {timezone}; a bucket starts at its local {bucket} boundary",
+            *([downgrades_note(result.totals.downgrades)] if result.totals.downgrades else []),
+        ],
     )
     return formatted(report, fmt)
 

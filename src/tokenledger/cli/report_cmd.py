@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
     report.add_argument("--view", default="summary", choices=get_args(reports.View))
     report.add_argument("--since", help="ISO timestamp with offset, or a duration back (90m, 24h, 7d)")
     report.add_argument("--until", help="ISO timestamp with offset, or a duration back; default now")
-    report.add_argument("--group-by", default="", help="comma-separated: " + " ".join(FILTERS))
+    report.add_argument(
+        "--group-by", default="", help="comma-separated: " + " ".join(FILTERS) + " requested_model"
+    )
     report.add_argument("--bucket", help="hour, day, week or month (timeseries: default day)")
     report.add_argument("--timezone", default="UTC", help="IANA zone of the buckets and of --period")
     report.add_argument("--period", help="chargeback: the calendar month, YYYY-MM (default: this month)")
