@@ -13,15 +13,17 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import anyio
 from pydantic import BaseModel
 
 from tokenledger.errors import InvalidInput
+from tokenledger.fx import convert, describe, shown
 from tokenledger.ledger import CLEARABLE_BUDGET_FIELDS, Ledger, money
 from tokenledger.settings import Settings
-from tokenledger.types import Budget, BudgetChange, Principal, UsageQuery
+from tokenledger.types import Budget, BudgetChange, FxRate, Principal, UsageQuery
 
 
 def register(subparsers: Any) -> None:
@@ -53,6 +55,11 @@ def register(subparsers: Any) -> None:
     setter.add_argument("--rpm", help="requests per minute, or 'none'")
     setter.add_argument("--unpriced-policy", help="deny (default) or allow unpriced models (usd budgets)")
     setter.add_argument(
+        "--currency",
+        help="a usd budget's --limit and --hard-limit are in this ISO 4217 currency (converted at the "
+        "tenant's rate at each period's start; tokenledger fx), or 'none'",
+    )
+    setter.add_argument(
         "--reset-counters",
         action="store_true",
         help="confirm a change of scope, unit, period or timezone that discards this period's counters",
@@ -66,9 +73,12 @@ def register(subparsers: Any) -> None:
         parser = actions.add_parser(name, help=help_text)
         parser.add_argument("name")
         parser.add_argument("--json", action="store_true")
+        if name == "show":
+            parser.add_argument("--currency", help=_CURRENCY_HELP)
         parser.set_defaults(handler=_run(handler))
     lister = actions.add_parser("list", help="every budget with its live state")
     lister.add_argument("--json", action="store_true")
+    lister.add_argument("--currency", help=_CURRENCY_HELP)
     lister.set_defaults(handler=_run(budget_list_command))
 
     usage = subparsers.add_parser("usage", help="usage aggregated by attribution, model and time")
@@ -82,6 +92,10 @@ def register(subparsers: Any) -> None:
     for key in ("user", "session", "project", "team", "feature", "endpoint", "model", "provider"):
         usage.add_argument(f"--{key}")
     usage.add_argument("--limit", default="50")
+    usage.add_argument(
+        "--currency",
+        help="also show costs in this ISO 4217 currency, each at the rate of its date (tokenledger fx)",
+    )
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(handler=_run(usage_command))
 
@@ -107,6 +121,11 @@ def register(subparsers: Any) -> None:
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=_run(keys_revoke_command))
 
+
+_CURRENCY_HELP = (
+    "show usd budgets' amounts in this ISO 4217 currency, at the rate of their period's start "
+    "(tokenledger fx)"
+)
 
 Command = Callable[[Ledger, Principal, argparse.Namespace], Awaitable[int]]
 
@@ -180,12 +199,16 @@ _BUDGET_OPTIONS = {field: field for field in BudgetChange.model_fields if field 
 
 
 async def budget_list_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
-    _print_budgets(await ledger.list_budgets(principal), args.json)
+    budgets = await ledger.list_budgets(principal)
+    rates = await ledger.budget_rates(budgets, args.currency, principal) if args.currency else {}
+    _print_budgets(budgets, args.json, args.currency, rates)
     return 0
 
 
 async def budget_show_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
-    _print_budgets([await ledger.get_budget(args.name, principal)], args.json)
+    budgets = [await ledger.get_budget(args.name, principal)]
+    rates = await ledger.budget_rates(budgets, args.currency, principal) if args.currency else {}
+    _print_budgets(budgets, args.json, args.currency, rates)
     return 0
 
 
@@ -211,6 +234,7 @@ async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Nam
             "bucket": args.bucket,
             "timezone": args.timezone,
             "limit": args.limit,
+            "currency": args.currency,
         }
     )
     result = await ledger.usage(query, principal)
@@ -225,6 +249,7 @@ async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Nam
         "output",
         "total",
         "cost",
+        *([f"cost {result.currency}"] if result.currency else []),
     ]
     rows = [
         [
@@ -232,6 +257,7 @@ async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Nam
             *([row.bucket.isoformat() if row.bucket else "-"] if query.bucket else []),
             *(str(v) for v in (row.requests, row.input_tokens, row.output_tokens, row.total_tokens)),
             money(row.cost_usd),
+            *([shown(row.cost_converted or Decimal(0), result.currency)] if result.currency else []),
         ]
         for row in [*result.rows, result.totals]
     ]
@@ -239,6 +265,10 @@ async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Nam
         rows[-1][0] = "TOTAL"
     print(f"usage from {result.since.isoformat()} to {result.until.isoformat()}")
     print_table([header, *rows])
+    if result.currency:
+        print(
+            f"{describe(result.fx_rates, result.currency)}; each cost at the rate in force when it occurred"
+        )
     return 0
 
 
@@ -325,16 +355,36 @@ def _shares(value: str) -> dict[str, str]:
     return shares
 
 
-def _print_budgets(budgets: Sequence[Budget], as_json: bool) -> None:
+def _print_budgets(
+    budgets: Sequence[Budget],
+    as_json: bool,
+    currency: str | None = None,
+    rates: dict[str, FxRate] | None = None,
+) -> None:
+    """Budgets as JSON or a table; usd amounts in `currency` where a rate is given for the budget (at its
+    period start), and a budget declared in a currency says so under the table."""
+    rates = rates or {}
     if as_json:
-        print_json(budgets)
+        print_json(
+            [
+                {**budget.model_dump(mode="json"), "shown_in": _shown_in(budget, rates.get(budget.spec.name))}
+                if budget.spec.name in rates
+                else budget
+                for budget in budgets
+            ]
+        )
         return
     rows = [
         ["NAME", "SCOPE", "PERIOD", "LIMIT", "USED", "RESERVED", "REMAINING", "USED %", "RESETS", "STATUS"]
     ]
     for budget in budgets:
         state = budget.state
-        amount = money if state.unit == "usd" else (lambda value: f"{value.normalize():f}")
+        rate = rates.get(state.name)
+        amount: Callable[[Decimal], str]
+        if rate is not None:
+            amount = partial(_converted, rate=rate)
+        else:
+            amount = money if state.unit == "usd" else (lambda value: f"{value.normalize():f}")
         rows.append(
             [
                 state.name,
@@ -350,6 +400,47 @@ def _print_budgets(budgets: Sequence[Budget], as_json: bool) -> None:
             ]
         )
     print_table(rows)
+    for budget in budgets:
+        state = budget.state
+        if state.currency and state.currency_limit is not None:
+            declared_rate = (
+                f"{state.fx_rate.normalize():f} per USD from {state.fx_rate_from.isoformat()}"
+                if (state.fx_rate is not None and state.fx_rate_from is not None)
+                else "no rate found now"
+            )
+            print(
+                f"{state.name}: declared as {shown(state.currency_limit, state.currency)}; this period's "
+                f"limit {money(state.limit)} at {state.currency} {declared_rate}"
+            )
+    if rates and currency:
+        used = sorted(
+            {rate.effective_from: rate for rate in rates.values()}.values(), key=lambda r: r.effective_from
+        )
+        print(
+            f"usd amounts in {currency.upper()} at the rate of each period's start; "
+            f"{describe(used, currency.upper())}"
+        )
+
+
+def _converted(value: Decimal, rate: FxRate) -> str:
+    return shown(convert(value, rate.rate), rate.currency)
+
+
+def _shown_in(budget: Budget, rate: FxRate | None) -> dict[str, Any] | None:
+    """A usd budget's amounts in a currency, for JSON: exact, with the rate and its date."""
+    if rate is None:
+        return None
+    state = budget.state
+    amounts = {
+        k: format(convert(getattr(state, k), rate.rate), "f")
+        for k in ("limit", "used", "reserved", "remaining")
+    }
+    return {
+        "currency": rate.currency,
+        "rate": format(rate.rate, "f"),
+        "rate_from": rate.effective_from.isoformat(),
+        **amounts,
+    }
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, TextIO, get_args
 
@@ -49,6 +50,9 @@ def register(subparsers: Any) -> None:
     for key in FILTERS:
         report.add_argument(f"--{key}", help=f"only this {key}")
     report.add_argument("--limit", default="50", help="rows of usage and top (1 .. 10000)")
+    report.add_argument(
+        "--currency", help="also show money in this ISO 4217 currency, at the tenant's rates (tokenledger fx)"
+    )
     report.add_argument("--format", default="table", choices=FORMATS)
     report.add_argument("--output", type=Path, help="write to this file instead of stdout")
     report.set_defaults(handler=report_command)
@@ -65,7 +69,11 @@ def report_command(args: argparse.Namespace) -> int:
             "bucket": args.bucket,
             "timezone": args.timezone,
             "limit": args.limit,
-            **{key: value for key in ("period", "by") if (value := getattr(args, key)) is not None},
+            **{
+                key: value
+                for key in ("period", "by", "currency")
+                if (value := getattr(args, key)) is not None
+            },
         }
     )
 
@@ -119,13 +127,16 @@ def table(report: reports.Report) -> Table:
     for column in columns:
         numeric = any(_numeric(row.get(column)) for row in rows)
         grid.add_column(column, justify="right" if numeric else "left", overflow="fold")
+    converted = _converted_columns(report, columns)
     for row in rows:
         # Text, not str: rich would read "[link=...]" in a stored name as its own markup.
-        grid.add_row(*(Text(_shown(row.get(column))) for column in columns))
+        grid.add_row(*(Text(_shown(row.get(column), column in converted)) for column in columns))
     if report.view in SUMMED_VIEWS and report.totals and rows:
         grid.add_section()
         totals = report.totals
-        cells = [_shown(totals.get(column)) if column in totals else "" for column in columns]
+        cells = [
+            _shown(totals.get(column), column in converted) if column in totals else "" for column in columns
+        ]
         cells[0] = "TOTAL"
         grid.add_row(*cells, style="bold")
     return grid
@@ -143,11 +154,21 @@ def _numeric(value: reports.Cell) -> bool:
     return True
 
 
-def _shown(value: reports.Cell) -> str:
+def _converted_columns(report: reports.Report, columns: list[str]) -> set[str]:
+    """The columns holding money converted to the report's currency: a table rounds them to 2 decimals."""
+    if report.currency is None:
+        return set()
+    suffix = "_" + report.currency.lower()
+    return {column for column in columns if column.endswith(suffix) or column.endswith(suffix + "_exact")}
+
+
+def _shown(value: reports.Cell, money: bool = False) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if money and isinstance(value, str):
+        return f"{Decimal(value).quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):f}"
     return str(value)
 
 
