@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from tokenledger.errors import InvalidInput
 from tokenledger.types import FxRate, Model, Moment
@@ -87,12 +87,22 @@ def moment_of(value: str | datetime, field: str = "effective_from") -> datetime:
     return moment
 
 
+def _day_or_moment(value: object) -> object:
+    """YYYY-MM-DD is that day's midnight UTC; other values pass on to the Moment rules."""
+    if isinstance(value, str) and len(value.strip()) == 10:
+        try:
+            return datetime.combine(date.fromisoformat(value.strip()), time(), tzinfo=UTC)
+        except ValueError:
+            return value
+    return value
+
+
 class FxRateSpec(Model):
     """A dated rate a tenant admin sets: `rate` units of `currency` per 1 USD from `effective_from`."""
 
     currency: Annotated[str, Field(min_length=3, max_length=3)]
     rate: Rate
-    effective_from: Moment | None = None  # default: now
+    effective_from: Annotated[Moment, BeforeValidator(_day_or_moment)] | None = None  # default: now
 
 
 class Rates:
