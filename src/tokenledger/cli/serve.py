@@ -233,7 +233,7 @@ async def poll_catalog(ledger: Ledger, interval: float = CATALOG_POLL_SECONDS) -
 async def _background(ledger: Ledger) -> AsyncIterator[None]:
     """What a server does besides answering calls: release expired reservations, deliver alerts from the
     outbox and scheduled reports to the configured sinks (any number of servers share the work), keep
-    partitions ahead."""
+    partitions ahead, take catalog updates."""
     from tokenledger.alerts import Dispatcher, sinks_from_env
     from tokenledger.scheduled import ScheduleDispatcher
 
