@@ -294,3 +294,21 @@ def test_a_url_is_fetched_once_and_said_so(
     assert "added: 1" in captured.out
     assert main(["catalog", "diff", "--from", f"{price_server}/gone.json"]) == 1
     assert "answered 404" in capsys.readouterr().err
+
+
+def test_a_retired_model_listed_again_is_said_so_and_priced_from_the_update() -> None:
+    relisted = {
+        "claude-3-5-haiku-20241022": {  # retired in the bundled catalog (last listed 2026-03-01)
+            "litellm_provider": "anthropic",
+            "mode": "chat",
+            "input_cost_per_token": 8e-07,
+            "output_cost_per_token": 4e-06,
+        }
+    }
+    listed = read_price_file(json.dumps(relisted).encode(), "anthropic.json")
+    diff = Catalog().diff(listed.entries)
+    assert [model.name for model in diff.relisted] == ["claude-3-5-haiku-20241022"] and not diff.added
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    update = CatalogUpdate(1, at, "anthropic.json", "litellm", listed.sha256, 1, listed.entries)
+    model = Catalog(updates=[update]).resolve("claude-3-5-haiku-20241022")
+    assert not model.retired and not model.warnings

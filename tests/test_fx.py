@@ -8,14 +8,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from decimal import Decimal as D
 
+import anyio
+import httpx2
 import pytest
 from mcp import Client
 
+from tests.servers import serving
 from tokenledger import dashboard, fx, reports
 from tokenledger.cli import main
 from tokenledger.errors import InvalidInput, PermissionDenied
 from tokenledger.ledger import Ledger
 from tokenledger.mcp import build_server
+from tokenledger.mcp.http import DASHBOARD_COOKIE
 from tokenledger.types import BudgetSpec, CheckRequest, Principal, TrackRequest
 
 pytestmark = pytest.mark.anyio
@@ -252,3 +256,56 @@ def test_the_fx_and_currency_commands(
     assert "currency" in capsys.readouterr().err
     assert main(["report", "--currency", "GBP"]) == 0  # no usage: nothing needs a GBP rate
     assert "cost_gbp" in capsys.readouterr().out
+
+
+async def test_the_dashboard_page_takes_a_currency(dsn: str) -> None:
+    with anyio.fail_after(120):
+        async with serving(dsn) as served, httpx2.AsyncClient(timeout=10) as http:
+            await _rates(served.ledger)
+            await served.ledger.track_usage(
+                TrackRequest(model="gpt-4o", input_tokens=MILLION, output_tokens=0)
+            )
+            viewer, _ = await served.ledger.create_key(role="viewer")
+            cookie = {"Cookie": f"{DASHBOARD_COOKIE}={viewer}"}
+            page = await http.get(f"{served.base}/dashboard", params={"currency": "EUR"}, headers=cookie)
+            assert (
+                page.status_code == 200 and ">EUR 2.30<" in page.text and 'data-currency="EUR"' in page.text
+            )
+            plain = await http.get(f"{served.base}/dashboard", headers=cookie)
+            assert ">$2.50<" in plain.text and 'id="fx"' not in plain.text
+            bad = await http.get(f"{served.base}/dashboard", params={"currency": "EURO"}, headers=cookie)
+            assert bad.status_code == 400 and "ISO 4217" in bad.text
+
+
+async def test_rates_per_currency_are_bounded_and_any_role_reads_them(ledger: Ledger) -> None:
+    for day in (1, 2):
+        await ledger.store.set_fx_rate(
+            tenant="default",
+            actor="t",
+            currency="EUR",
+            effective_from=datetime(2026, 11, day, tzinfo=UTC),
+            rate=D(1),
+            most=2,
+        )
+    with pytest.raises(InvalidInput, match="the most allowed"):
+        await ledger.store.set_fx_rate(
+            tenant="default",
+            actor="t",
+            currency="EUR",
+            effective_from=NOVEMBER + timedelta(days=9),
+            rate=D(1),
+            most=2,
+        )
+    viewer = Principal(role="viewer")
+    assert [rate.effective_from.day for rate in await ledger.list_fx_rates(viewer)] == [1, 2]
+
+
+async def test_forecasts_and_recommendations_in_a_currency(ledger: Ledger) -> None:
+    await _rates(ledger)
+    await ledger.set_budget(BudgetSpec(name="monthly", unit="usd", limit=Decimal(100), period="month"))
+    await ledger.track_usage(TrackRequest(model="gpt-4o", input_tokens=MILLION, output_tokens=0))
+    forecast = await ledger.report(reports.ReportQuery(view="forecast", currency="EUR"))
+    assert D(str(forecast.rows[0]["limit_eur"])) == 92 and D(str(forecast.rows[0]["used_eur"])) == D("2.3")
+    advice = await ledger.report(reports.ReportQuery(view="recommendations", currency="EUR"))
+    assert advice.totals is not None and "saving_eur" in advice.totals
+    assert advice.fx_rates[0].rate == D("0.92")  # the rate in force at the window's end
