@@ -154,6 +154,7 @@ class Ledger:
         self._settings: dict[str, tuple[TenantSettings, float]] = {}
         self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
         self._catalog_version = max((update.update_id for update in self.catalog.updates), default=0)
+        self._catalog_refresh = anyio.Lock()  # one refresh at a time: a slower one never swaps in an older
 
     @classmethod
     async def open(
@@ -836,15 +837,17 @@ class Ledger:
         """Take catalog updates stored since this process last looked: one index probe when there are
         none; otherwise the new updates are read, the catalog rebuilt off the event loop and swapped in
         whole. Returns whether the catalog changed. Servers call it every few seconds."""
-        version = await self.store.catalog_version()
-        if version == self._catalog_version:
-            return False
-        rows = await self.store.catalog_updates(after=self._catalog_version)
-        updates = [*self.catalog.updates, *(_catalog_update(row) for row in rows)]
-        rebuilt = Catalog(self.catalog.path, updates)
-        await anyio.to_thread.run_sync(rebuilt.load)
-        self.catalog, self._catalog_version = rebuilt, max(version, self._catalog_version)
-        return True
+        async with self._catalog_refresh:
+            version = await self.store.catalog_version()
+            if version == self._catalog_version:
+                return False
+            rows = await self.store.catalog_updates(after=self._catalog_version)
+            updates = [*self.catalog.updates, *(_catalog_update(row) for row in rows)]
+            rebuilt = Catalog(self.catalog.path, updates)
+            await anyio.to_thread.run_sync(rebuilt.load)
+            self.catalog = rebuilt
+            self._catalog_version = max((update.update_id for update in updates), default=0)
+            return True
 
     async def catalog_diff(self, price_file: PriceFile) -> CatalogDiff:
         """What `price_file` would change in the catalog in force (bundled and stored updates)."""
