@@ -243,19 +243,19 @@ def test_the_fx_and_currency_commands(
     assert main(["fx", "set", "EUR", "0.92", "--from", "2026-11-01"]) == 0
     assert "EUR 0.92 per USD from 2026-11-01T00:00:00+00:00" in capsys.readouterr().out
     assert main(["fx", "list"]) == 0
-    listing = capsys.readouterr().out.splitlines()
-    assert listing[1].split()[:4] == ["EUR", "0.92", "2026-11-01T00:00:00+00:00", "now"]
+    listing = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["EUR", "0.92", "2026-11-01T00:00:00+00:00", "now", "local:admin"] in listing
     assert main(["budget", "set", "eu", "--unit", "usd", "--currency", "EUR", "--limit", "1000"]) == 0
     out = capsys.readouterr().out
     assert "$1086.956521" in out and "declared as EUR 1,000.00" in out
     assert main(["usage", "--currency", "EUR"]) == 0
-    assert "cost EUR" in capsys.readouterr().out
+    assert "Cost (EUR)" in capsys.readouterr().out
     assert main(["budget", "list", "--currency", "EUR"]) == 0
     assert "EUR 1,000.00" in capsys.readouterr().out  # the limit shown at its period start's rate
     assert main(["fx", "set", "ZZZ", "1"]) == 1
     assert "currency" in capsys.readouterr().err
     assert main(["report", "--currency", "GBP"]) == 0  # no usage: nothing needs a GBP rate
-    assert "cost_gbp" in capsys.readouterr().out
+    assert "Cost (GBP)" in capsys.readouterr().out
 
 
 async def test_the_dashboard_page_takes_a_currency(dsn: str) -> None:

@@ -708,8 +708,8 @@ def allocate_cents(amounts: Sequence[Decimal], total_cents: int) -> list[int]:
     cents = [int(value.to_integral_value(rounding=ROUND_FLOOR)) for value in scaled]
     by_remainder = sorted(range(len(cents)), key=lambda i: (-(scaled[i] - cents[i]), i))
     short = total_cents - sum(cents)
-    for index in by_remainder[: max(short, 0)]:
-        cents[index] += 1
+    for nth in range(max(short, 0)):  # more cents short than amounts only when the total was nudged
+        cents[by_remainder[nth % len(cents)]] += 1
     for index in reversed(by_remainder):  # only from rounding noise in the amounts: give back the smallest
         if short >= 0:
             break

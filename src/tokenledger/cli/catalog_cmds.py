@@ -22,6 +22,7 @@ import anyio
 
 from tokenledger import catalog
 from tokenledger.catalog import CatalogDiff, ModelChange
+from tokenledger.cli import tables
 from tokenledger.errors import InvalidInput
 from tokenledger.ledger import Ledger
 from tokenledger.pricefile import MAX_FILE_BYTES, PriceFile, read_price_file
@@ -116,26 +117,38 @@ def models_command(args: argparse.Namespace) -> int:
         kind = "retired models" if args.retired else "models"
         print(f"tokenledger: no {kind} match {args.query!r}; try a shorter query", file=sys.stderr)
         return 1
-    last = "LAST LISTED" if args.retired else "METHOD"
-    rows = [["MODEL", "PROVIDER", "CONTEXT", "IN $/MTOK", "OUT $/MTOK", last]]
-    for model in shown:
-        rows.append(
-            [
-                model.name,
-                model.provider,
-                _tokens(model.context_window),
-                _per_million(model.price.input) if model.price.priced else "unpriced",
-                _per_million(model.price.output) if model.price.priced else "unpriced",
-                str(model.last_listed) if args.retired else _method(model),
-            ]
-        )
-    _print_table(rows, right_aligned={2, 3, 4})
+    tables.show(tables.console(), models_grid(shown, retired=args.retired))
     if matched > limit:
         print(
             f"showing {limit} of {matched} models (snapshot {snapshot.date}); use --limit or a query",
             file=sys.stderr,
         )
     return 0
+
+
+def models_grid(models: list[ModelInfo], *, retired: bool = False) -> tables.Grid:
+    """Catalog models with their context window, prices per million tokens and counting method (retired
+    models: the date the price list last listed them)."""
+    columns = [
+        tables.Column("Model"),
+        tables.Column("Provider", drop=2),
+        tables.Column("Context", "number"),
+        tables.Column("In $/Mtok", "number"),
+        tables.Column("Out $/Mtok", "number"),
+        tables.Column("Last listed", "date") if retired else tables.Column("Counting", drop=1),
+    ]
+    rows = [
+        [
+            model.name,
+            model.provider,
+            _tokens(model.context_window),
+            _per_million(model.price.input) if model.price.priced else "unpriced",
+            _per_million(model.price.output) if model.price.priced else "unpriced",
+            str(model.last_listed) if retired else _method(model),
+        ]
+        for model in models
+    ]
+    return tables.Grid(columns=columns, rows=rows)
 
 
 def prices_command(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from tokenledger import fx
-from tokenledger.cli.ledger_cmds import _run, print_json, print_table
+from tokenledger.cli import tables
+from tokenledger.cli.ledger_cmds import _run, print_json
 from tokenledger.errors import InvalidInput
 from tokenledger.ledger import Ledger
 from tokenledger.types import FxRate, Principal
@@ -84,18 +85,22 @@ async def fx_delete_command(ledger: Ledger, principal: Principal, args: argparse
 
 
 def _print_rates(rates: list[FxRate]) -> None:
-    rows = [["CURRENCY", "PER USD", "FROM", "UNTIL", "SET BY"]]
+    columns = [
+        tables.Column("Currency"),
+        tables.Column("Per USD", "number"),
+        tables.Column("From", "date"),
+        tables.Column("Until", "date"),
+        tables.Column("Set by", drop=1),
+    ]
+    rows = []
     for index, rate in enumerate(rates):
         following = rates[index + 1] if index + 1 < len(rates) else None
-        until = (
-            following.effective_from.isoformat()
-            if following and following.currency == rate.currency
-            else "now"
-        )
+        same = following is not None and following.currency == rate.currency
+        until = following.effective_from.isoformat() if following is not None and same else "now"
         rows.append(
             [rate.currency, _plain(rate.rate), rate.effective_from.isoformat(), until, rate.created_by or "-"]
         )
-    print_table(rows)
+    tables.show(tables.console(), tables.Grid(columns=columns, rows=rows))
 
 
 def _plain(value: Decimal) -> str:
