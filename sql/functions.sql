@@ -94,9 +94,10 @@ begin
         end if;
     end if;
     insert into tl_budget_period as p (tenant_id, budget_id, period_start, period_end, allowance, cap, carried)
-    values (b.tenant_id, b.budget_id, bounds.period_start, bounds.period_end, b.limit_amount + carried,
+    values (b.tenant_id, b.budget_id, bounds.period_start, bounds.period_end,
+            tl_period_limit(b, bounds.period_start, false) + carried,
             case when b.enforcement = 'hard' and not rolling
-                 then coalesce(b.hard_limit, b.limit_amount) + carried end,
+                 then tl_period_limit(b, bounds.period_start, true) + carried end,
             carried)
     on conflict (tenant_id, budget_id, period_start) do update set requests = p.requests
     returning * into row_out;
@@ -130,8 +131,8 @@ begin
           from tl_budget_period p
          where p.tenant_id = b.tenant_id and p.budget_id = b.budget_id and p.period_start = bounds.period_start;
         if not found then
-            f := row(0, 0, 0, b.limit_amount,
-                     case when b.enforcement = 'hard' then coalesce(b.hard_limit, b.limit_amount) end,
+            f := row(0, 0, 0, tl_period_limit(b, bounds.period_start, false),
+                     case when b.enforcement = 'hard' then tl_period_limit(b, bounds.period_start, true) end,
                      0, 0, bounds.period_start);
         end if;
     else
@@ -902,6 +903,10 @@ language sql stable as $$
         'priority_shares', b.priority_shares, 'rollover', b.rollover, 'rollover_cap', b.rollover_cap,
         'tokens_per_minute', b.tokens_per_minute, 'requests_per_minute', b.requests_per_minute,
         'unpriced_policy', b.unpriced_policy)
+        -- A budget declared in another currency shows its limits as declared.
+        || case when b.currency is null then '{}'::jsonb
+                else jsonb_build_object('currency', b.currency, 'limit', b.currency_limit,
+                                        'hard_limit', b.currency_hard_limit) end
 $$;
 
 -- Create a budget, or update the one by that name to p_spec: the whole spec, which the caller merged from
@@ -923,10 +928,16 @@ declare
     scope text := p_spec ->> 'scope';
     kind text := case when scope = 'global' then 'global' else split_part(scope, ':', 1) end;
     value text := case when scope = 'global' then '' else substr(scope, length(split_part(scope, ':', 1)) + 2) end;
+    currency text := nullif(p_spec ->> 'currency', '');
+    usd_limit numeric := (p_spec ->> 'limit')::numeric;
+    usd_hard numeric := (p_spec ->> 'hard_limit')::numeric;
 begin
     if not exists (select 1 from pg_timezone_names where name = p_spec ->> 'timezone') then
         raise exception 'timezone %: unknown to this PostgreSQL server; use an IANA name such as Europe/Paris',
             p_spec ->> 'timezone' using errcode = 'TL400';
+    end if;
+    if currency is not null then  -- limits declared in another currency: in USD at the period start's rate
+        select l.usd_limit, l.usd_hard into usd_limit, usd_hard from tl_declared_limits(p_tenant, p_spec, now_at) l;
     end if;
     select * into old from tl_budget where tenant_id = p_tenant and name = p_spec ->> 'name' for update;
     if old.updated_at is distinct from p_expected then
@@ -963,14 +974,17 @@ begin
     end if;
     insert into tl_budget as t (tenant_id, name, scope_kind, scope_value, unit, limit_amount, hard_limit, period,
                                 timezone, enforcement, alert_thresholds, priority_shares, rollover, rollover_cap,
-                                tokens_per_minute, requests_per_minute, unpriced_policy)
-    values (p_tenant, p_spec ->> 'name', kind, value, p_spec ->> 'unit', (p_spec ->> 'limit')::numeric,
-            (p_spec ->> 'hard_limit')::numeric, p_spec ->> 'period', p_spec ->> 'timezone',
+                                tokens_per_minute, requests_per_minute, unpriced_policy, currency, currency_limit,
+                                currency_hard_limit)
+    values (p_tenant, p_spec ->> 'name', kind, value, p_spec ->> 'unit', usd_limit,
+            usd_hard, p_spec ->> 'period', p_spec ->> 'timezone',
             p_spec ->> 'enforcement',
             array(select jsonb_array_elements_text(p_spec -> 'alert_thresholds')::numeric order by 1),
             nullif(p_spec -> 'priority_shares', 'null'::jsonb), p_spec ->> 'rollover',
             (p_spec ->> 'rollover_cap')::numeric, (p_spec ->> 'tokens_per_minute')::bigint,
-            (p_spec ->> 'requests_per_minute')::bigint, p_spec ->> 'unpriced_policy')
+            (p_spec ->> 'requests_per_minute')::bigint, p_spec ->> 'unpriced_policy', currency,
+            case when currency is not null then (p_spec ->> 'limit')::numeric end,
+            case when currency is not null then (p_spec ->> 'hard_limit')::numeric end)
     on conflict (tenant_id, name) do update set
         scope_kind = excluded.scope_kind, scope_value = excluded.scope_value, unit = excluded.unit,
         limit_amount = excluded.limit_amount, hard_limit = excluded.hard_limit, period = excluded.period,
@@ -978,7 +992,9 @@ begin
         alert_thresholds = excluded.alert_thresholds, priority_shares = excluded.priority_shares,
         rollover = excluded.rollover, rollover_cap = excluded.rollover_cap,
         tokens_per_minute = excluded.tokens_per_minute, requests_per_minute = excluded.requests_per_minute,
-        unpriced_policy = excluded.unpriced_policy, updated_at = now_at
+        unpriced_policy = excluded.unpriced_policy, currency = excluded.currency,
+        currency_limit = excluded.currency_limit, currency_hard_limit = excluded.currency_hard_limit,
+        updated_at = now_at
         where t.updated_at is not distinct from p_expected  -- a budget created meanwhile is not overwritten
     returning * into b;
     if not found then
@@ -1372,4 +1388,135 @@ begin
      where r.tenant_id = p_tenant and r.run_id = p_run_id and r.delivered_at is null
        and not exists (select 1 from tl_schedule_delivery d
                         where d.tenant_id = r.tenant_id and d.run_id = r.run_id and d.delivered_at is null);
+end $$;
+
+-- --- exchange rates and budgets declared in a currency (0014) ------------------------------------
+-- Costs stay in USD. A tenant's dated rates (units of a currency per 1 USD) convert what is shown, and
+-- turn a USD budget's limits declared in another currency into USD at the rate of each period's start.
+
+-- The tenant's rate of `p_currency` in force at `p_at` (the latest from at or before it); null if none.
+create or replace function tl_fx_rate_at(p_tenant text, p_currency text, p_at timestamptz) returns numeric
+language sql stable as $$
+    select rate from tl_fx_rate
+     where tenant_id = p_tenant and currency = p_currency and effective_from <= p_at
+     order by effective_from desc limit 1
+$$;
+
+-- A budget's limit (or, p_hard, its hard ceiling) in USD for the period starting at p_period_start: a
+-- limit declared in another currency at the rate in force at that start, rounded down to a millionth of a
+-- dollar (never above what was declared); `total` and rolling windows, and a period without a rate, keep
+-- the USD limits taken when the budget was set.
+create or replace function tl_period_limit(b tl_budget, p_period_start timestamptz, p_hard boolean)
+returns numeric
+language sql stable as $$
+    select coalesce(
+        case when b.currency is not null and b.period <> 'total' and tl_window_length(b.period) is null then
+            trunc(case when p_hard then coalesce(b.currency_hard_limit, b.currency_limit) else b.currency_limit end
+                  / tl_fx_rate_at(b.tenant_id, b.currency, p_period_start), 6) end,
+        case when p_hard then coalesce(b.hard_limit, b.limit_amount) else b.limit_amount end)
+$$;
+
+-- The USD limits of a budget spec declared in `currency`, at the rate in force at the start of its current
+-- period (now, for `total` and rolling windows); refused (TL400) when no rate is in force then or the
+-- result leaves what a USD budget may hold.
+create or replace function tl_declared_limits(p_tenant text, p_spec jsonb, p_now timestamptz,
+                                              out usd_limit numeric, out usd_hard numeric)
+language plpgsql stable as $$
+declare
+    currency text := p_spec ->> 'currency';
+    starts timestamptz := case when p_spec ->> 'period' in ('total', '24h', '7d', '30d') then p_now
+                               else (tl_period_bounds(p_spec ->> 'period', p_spec ->> 'timezone', p_now)).period_start
+                          end;
+    rate numeric := tl_fx_rate_at(p_tenant, currency, starts);
+begin
+    if p_spec ->> 'unit' <> 'usd' then
+        raise exception 'currency %: only a usd budget is declared in a currency (this one counts %)', currency,
+            p_spec ->> 'unit' using errcode = 'TL400';
+    end if;
+    if rate is null then
+        raise exception 'currency %: no % rate in force at % (the start of the budget''s current period); set one '
+            'with `tokenledger fx set % RATE --from %` (Ledger.set_fx_rate)', currency, currency, starts, currency,
+            to_char(starts at time zone 'UTC', 'YYYY-MM-DD') using errcode = 'TL400';
+    end if;
+    usd_limit := trunc((p_spec ->> 'limit')::numeric / rate, 6);
+    usd_hard := trunc((p_spec ->> 'hard_limit')::numeric / rate, 6);
+    if usd_limit <= 0 or usd_limit > 1e12 or usd_hard > 1e12 then
+        raise exception 'limit %: % % at % % per USD is % USD; allowed: at least 0.000001 and at most 1,000,000,000,000 USD',
+            p_spec ->> 'limit', p_spec ->> 'limit', currency, rate, currency, coalesce(usd_hard, usd_limit)
+            using errcode = 'TL400';
+    end if;
+end $$;
+
+create or replace function tl_fx_rate_json(r tl_fx_rate) returns jsonb
+language sql stable as $$
+    select jsonb_build_object('currency', r.currency, 'rate', r.rate, 'effective_from', r.effective_from,
+                              'created_at', r.created_at, 'created_by', r.created_by)
+$$;
+
+-- Set a dated rate (replacing one of the same currency and moment), at most p_max per currency; audited.
+create or replace function tl_set_fx_rate(p_tenant text, p_actor text, p_currency text, p_from timestamptz,
+                                          p_rate numeric, p_max integer) returns jsonb
+language plpgsql as $$
+declare
+    old tl_fx_rate;
+    saved tl_fx_rate;
+begin
+    perform pg_advisory_xact_lock(hashtextextended('tl_fx_rate:' || p_tenant || ':' || p_currency, 0));
+    select * into old from tl_fx_rate where tenant_id = p_tenant and currency = p_currency and effective_from = p_from;
+    if old.tenant_id is null
+       and (select count(*) from tl_fx_rate where tenant_id = p_tenant and currency = p_currency) >= p_max then
+        raise exception 'currency %: this tenant has % dated % rates, the most allowed; delete old ones first',
+            p_currency, p_max, p_currency using errcode = 'TL400';
+    end if;
+    insert into tl_fx_rate (tenant_id, currency, effective_from, rate, created_by)
+    values (p_tenant, p_currency, p_from, p_rate, p_actor)
+    on conflict (tenant_id, currency, effective_from) do update
+       set rate = excluded.rate, created_at = now(), created_by = excluded.created_by
+    returning * into saved;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, case when old.tenant_id is null then 'create' else 'update' end, 'fx_rate',
+            p_currency || '@' || to_char(p_from at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+            case when old.tenant_id is not null then tl_fx_rate_json(old) end, tl_fx_rate_json(saved));
+    return tl_fx_rate_json(saved);
+end $$;
+
+create or replace function tl_delete_fx_rate(p_tenant text, p_actor text, p_currency text, p_from timestamptz)
+returns jsonb
+language plpgsql as $$
+declare
+    old tl_fx_rate;
+begin
+    delete from tl_fx_rate where tenant_id = p_tenant and currency = p_currency and effective_from = p_from
+    returning * into old;
+    if not found then
+        raise exception 'currency %: no % rate from % in this tenant (see tokenledger fx list)', p_currency,
+            p_currency, p_from using errcode = 'TL404';
+    end if;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'delete', 'fx_rate',
+            p_currency || '@' || to_char(p_from at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+            tl_fx_rate_json(old), null);
+    return tl_fx_rate_json(old);
+end $$;
+
+-- --- catalog updates (0014) -------------------------------------------------------------------------
+-- An operator's action, not a tenant's: the catalog is shared by every tenant. Audited under tenant '*'
+-- (no tenant id can be '*': identifiers are [A-Za-z0-9_.:@/+=-]).
+
+create or replace function tl_add_catalog_update(p_actor text, p_update jsonb) returns jsonb
+language plpgsql as $$
+declare
+    saved tl_catalog_update;
+begin
+    insert into tl_catalog_update (effective_from, source_kind, source_name, sha256, size_bytes, models, entries,
+                                   created_by)
+    values ((p_update ->> 'effective_from')::timestamptz, p_update ->> 'source_kind', p_update ->> 'source_name',
+            p_update ->> 'sha256', (p_update ->> 'size_bytes')::bigint, (p_update ->> 'models')::integer,
+            p_update -> 'entries', p_actor)
+    returning * into saved;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values ('*', p_actor, 'update', 'catalog', saved.update_id::text, null,
+            (p_update - 'entries') || jsonb_build_object('update_id', saved.update_id));
+    return jsonb_build_object('update_id', saved.update_id, 'effective_from', saved.effective_from,
+                              'created_at', saved.created_at, 'created_by', saved.created_by);
 end $$;

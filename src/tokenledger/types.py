@@ -62,6 +62,10 @@ ReservationId = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
 PROMPT_HASH_PATTERN = r"^[0-9a-f]{64}$"
 PromptHash = Annotated[str, StringConstraints(pattern=PROMPT_HASH_PATTERN)]
 BudgetName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
+# An ISO 4217 code (EUR, GBP, JPY); tokenledger.fx checks it against the standard's list.
+CurrencyCode = Annotated[
+    str, StringConstraints(min_length=3, max_length=3, pattern=r"^[A-Za-z]{3}$", to_upper=True)
+]
 # What the ledger can hold. One call's token count per field: 10^12 is 100,000 times the largest context
 # window, and four such fields still sum far inside bigint (per-call counts are bigint columns; every sum
 # across calls is numeric). Budget limits: 10^15 tokens, $10^12.
@@ -390,6 +394,9 @@ class BudgetSpec(Model):
     tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
     requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
     unpriced_policy: Literal["deny", "allow"] = "deny"
+    # A usd budget's limits declared in this currency (ISO 4217): the ledger counts USD, the limits are
+    # converted at the tenant's rate in force at each period's start (see tokenledger.fx).
+    currency: CurrencyCode | None = None
 
     @field_validator("limit", "hard_limit", "rollover_cap")
     @classmethod
@@ -424,6 +431,7 @@ class BudgetChange(Model):
     tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
     requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
     unpriced_policy: Literal["deny", "allow"] | None = None
+    currency: CurrencyCode | None = None
 
 
 class BudgetState(Model):
@@ -447,6 +455,12 @@ class BudgetState(Model):
     percent_used: float
     status: Literal["ok", "warning", "exceeded"]
     requests: int = 0
+    # A budget declared in another currency (budget list and show fill these): its limit as declared,
+    # and the rate that made `limit` of it for this period, with the moment that rate is in force from.
+    currency: str | None = None
+    currency_limit: Amount | None = None
+    fx_rate: Amount | None = None
+    fx_rate_from: datetime | None = None
 
 
 class Budget(Model):
@@ -601,6 +615,7 @@ class UsageQuery(Attribution):
         str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")
     ] = "UTC"
     limit: Annotated[int, Field(ge=1, le=10_000)] = 50
+    currency: CurrencyCode | None = None  # costs also shown in it, at the tenant's rates (USD stays)
 
 
 class UsageRow(Model):
@@ -617,6 +632,17 @@ class UsageRow(Model):
     unpriced_requests: int
     errors: int
     downgrades: int = 0  # calls that ran on a fallback model instead of the one requested
+    cost_converted: Amount | None = None  # cost_usd in the query's currency, each cost at its date's rate
+
+
+class FxRate(Model):
+    """A tenant's rate: `rate` units of `currency` per 1 USD from `effective_from` (see tokenledger.fx)."""
+
+    currency: str
+    rate: Amount
+    effective_from: datetime
+    created_at: datetime | None = None
+    created_by: str | None = None
 
 
 class UsageResult(Model):
@@ -624,6 +650,8 @@ class UsageResult(Model):
     until: datetime
     rows: list[UsageRow]
     totals: UsageRow
+    currency: str | None = None  # of cost_converted
+    fx_rates: list[FxRate] = Field(default_factory=list)  # the rates in force in the window, oldest first
 
 
 MOMENT_HELP = (

@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "schedule_cmds",
     "install",
     "db",
+    "fx_cmds",
 )
 
 

@@ -644,7 +644,9 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
         except ValueError:
             return _page(dashboard.render_message("Bad request", "days: a whole number, 1 to 366"), 400)
         try:
-            data = await ledger.dashboard(principal, days=days, timezone=query.get("tz", "UTC"))
+            data = await ledger.dashboard(
+                principal, days=days, timezone=query.get("tz", "UTC"), currency=query.get("currency") or None
+            )
         except InvalidInput as error:
             return _page(dashboard.render_message("Bad request", str(error)), 400)
         except ReportBusy as error:

@@ -24,6 +24,7 @@ from tokenledger.types import (
     BudgetName,
     CheckRequest,
     CountRequest,
+    CurrencyCode,
     ExtendRequest,
     FitRequest,
     GroupKey,
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 _ID_PATTERN = r"^[A-Za-z0-9_.:@/+=-]+$"
+_STRING = WithJsonSchema({"type": "string"})
 _ID_SCHEMA = {"pattern": _ID_PATTERN, "type": "string"}  # lengths unpublished, as everywhere
 
 
@@ -119,6 +121,8 @@ class ReportInput(ReportQuery):
     """A report query (the view to show) and its format."""
 
     format: Literal["json", "markdown", "csv"] = "json"
+    # Published as a plain string (the ISO 4217 check still applies): every agent pays for the schema.
+    currency: Annotated[CurrencyCode, _STRING] | None = None
 
     model_config = _config(
         view="usage: by group_by/bucket; forecast: per budget; top: dearest calls",
@@ -147,9 +151,6 @@ class ManageBudgetInput(BudgetChange):
         """The budget fields this call gave (a `set`, with its name)."""
         given = self.model_fields_set & set(BudgetChange.model_fields)
         return BudgetChange.model_validate(self.model_dump(include=given))
-
-
-_STRING = WithJsonSchema({"type": "string"})
 
 
 class ManageScheduleInput(Model):
