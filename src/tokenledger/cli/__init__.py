@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "serve",
     "report_cmd",
     "schedule_cmds",
+    "override_cmds",
 )
 
 
