@@ -653,7 +653,8 @@ begin
                     where h.tenant_id = p_tenant and h.budget_id = b.budget_id
                       and h.period_start = per.period_start and not h.released and h.expires_at <= now_at)
         then
-            perform tl_release_expired_holds(p_tenant, b.budget_id, per.period_start, now_at);
+            per.reserved := per.reserved
+                            - tl_release_expired_holds(p_tenant, b.budget_id, per.period_start, now_at);
         end if;
         -- Fitted while this settle's own holds still count: what they free stays room for its usage.
         perform tl_fit_cap(b, per, now_at);
@@ -1404,9 +1405,10 @@ language sql stable as $$
        and o.until > p_at and o.decided_at <= p_at and o.unit = b.unit
 $$;
 
--- Fit the cap of budget b's period row `per` (locked by the caller) to the overrides in force at p_now, and
--- record their sum in override_amount (allowance and cap include it); returns the row as it is now. A row
--- whose period does not contain p_now (a settle into a past period) gets no override.
+-- Fit the cap of budget b's period row `per` (locked by the caller, and as it is now: reserved net of the
+-- holds the caller freed) to the overrides in force at p_now, and record their sum in override_amount
+-- (allowance and cap include it); returns the row. A row whose period does not contain p_now (a settle
+-- into a past period) gets no override. Costs one index probe when nothing changes.
 --
 -- An override that expires (or a limit an admin lowers) while reservations granted under the higher cap
 -- are still open: the cap comes down only as far as what is committed and reserved, never below. So the
@@ -1416,30 +1418,30 @@ $$;
 -- lower cap; and each later fit lowers the cap again, down to the limit itself. Every grant was within
 -- the cap in force when it was made: zero overspend holds.
 create or replace function tl_fit_cap(b tl_budget, per tl_budget_period, p_now timestamptz)
-returns tl_budget_period language plpgsql as $$
+returns tl_budget_period language plpgsql
+set plan_cache_mode = force_generic_plan as $$
 declare
     raised numeric := 0;
-    fitted tl_budget_period;
     fitted_cap numeric;
 begin
     if tl_window_length(b.period) is not null then
         return per;  -- rolling windows keep no cap in their rows: tl_usage_now adds the override
     end if;
     if per.period_start <= p_now and (per.period_end is null or p_now < per.period_end) then
-        raised := tl_override_amount(b, p_now);
+        select coalesce(sum(o.amount), 0) into raised from tl_override o  -- as tl_override_amount
+         where o.tenant_id = b.tenant_id and o.budget_id = b.budget_id and o.status = 'approved'
+           and o.until > p_now and o.decided_at <= p_now and o.unit = b.unit;
     end if;
-    select * into fitted from tl_budget_period
-     where tenant_id = per.tenant_id and budget_id = per.budget_id and period_start = per.period_start;
-    fitted_cap := case when fitted.cap is not null and b.enforcement = 'hard'
-                       then greatest(coalesce(b.hard_limit, b.limit_amount) + fitted.carried + raised,
-                                     fitted.committed + fitted.reserved)
-                       else fitted.cap end;
-    if fitted_cap is distinct from fitted.cap or raised <> fitted.override_amount then
+    fitted_cap := case when per.cap is not null and b.enforcement = 'hard'
+                       then greatest(coalesce(b.hard_limit, b.limit_amount) + per.carried + raised,
+                                     per.committed + per.reserved)
+                       else per.cap end;
+    if fitted_cap is distinct from per.cap or raised <> per.override_amount then
         update tl_budget_period set cap = fitted_cap, override_amount = raised
          where tenant_id = per.tenant_id and budget_id = per.budget_id and period_start = per.period_start
-        returning * into fitted;
+        returning * into per;
     end if;
-    return fitted;
+    return per;
 end $$;
 
 -- An override request as the Override model reads it; 'expired' once `until` has passed.

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from tests.servers import free_port, serving
 from tests.test_alerts import Receiver
-from tests.test_concurrency import PER_PROCESS, PROCESSES, Sampler, assert_overlapped, run_workers
+from tests.test_concurrency import PROCESSES, Sampler, assert_overlapped, run_workers
 from tests.test_dashboard import read
 from tests.test_mcp_tools import Session
 from tokenledger.alerts import EmailSink, LogSink, SlackSink, WebhookSink
@@ -538,8 +538,8 @@ async def test_an_admin_decides_on_the_dashboard_with_the_form_token(dsn: str) -
 # --- zero overspend with the raised cap, across processes and through expiry -----------------------
 
 
-# The override's window in the race: long enough for 400 checks from 4 processes on a busy 2-core machine
-# (they take about a second), short enough to wait out.
+# The override's window in the race: long enough for 240 checks from 4 processes on a busy 2-core machine
+# (they took 1 to 4 s), short enough to wait out.
 RACE_WINDOW_SECONDS = 8
 
 
@@ -548,7 +548,8 @@ async def test_racing_processes_get_exactly_limit_plus_override_and_nothing_afte
     ledger: Ledger, dsn: str, tmp_path: Path
 ) -> None:
     await ledger.set_budget(BudgetSpec(name="hot", limit=Decimal(1000), period="total", priority_shares=None))
-    plan = [{"model": "gpt-4o-mini", "input_tokens": 10, "max_output_tokens": 0, "user": "ana"}] * PER_PROCESS
+    # 4 x 60 checks of 10 tokens race for 150 grants: enough to oversubscribe, few enough to race quickly.
+    plan = [{"model": "gpt-4o-mini", "input_tokens": 10, "max_output_tokens": 0, "user": "ana"}] * 60
     window: list[datetime] = []
 
     async def ask_and_approve() -> None:  # once every worker is ready to race
