@@ -196,6 +196,66 @@ async def test_an_expired_request_can_no_longer_be_approved(ledger: Ledger) -> N
     assert await ledger.list_overrides(status="pending") == []
 
 
+async def test_every_period_in_the_window_is_raised_and_none_carries_it_over(ledger: Ledger) -> None:
+    now = datetime.now(UTC)
+    if now.minute == 59 and now.second >= 45:  # keep the usage and the check in one hour
+        await anyio.sleep(20)
+    await ledger.set_budget(
+        BudgetSpec(name="hourly", limit=Decimal(1000), period="hour", rollover="carry", priority_shares=None)
+    )
+    asked = await ledger.request_override(ask("hourly", 500, until="2h"), ANA)
+    await ledger.approve_override(asked.override_id)
+    await ledger.track_usage(TrackRequest(model="gpt-4o-mini", input_tokens=400, output_tokens=0, user="ana"))
+    assert (await ledger.check_budget(check(1100), ANA)).allowed  # this hour: 1,000 + 500
+    # The rules asked about later hours (no clock is faked): the next hour is raised too, the one after
+    # the window is not; and the next hour carries over what this hour left of its own limit only.
+    async with ledger.store.pool.connection() as conn:
+        cursor = await conn.execute(
+            """select (tl_budget_state(b, now() + interval '1 hour') ->> 'override')::numeric,
+                      (tl_budget_state(b, now() + interval '3 hours') ->> 'override')::numeric
+                 from tl_budget b"""
+        )
+        assert await cursor.fetchone() == (500, 0)
+        async with conn.transaction(force_rollback=True):
+            cursor = await conn.execute(
+                "select (tl_lock_period(b, now() + interval '1 hour')).carried from tl_budget b"
+            )
+            assert await cursor.fetchone() == (600,)  # 1,000 - 400 used; nothing of the 500
+
+
+async def test_an_override_needs_its_budget_and_its_unit(ledger: Ledger) -> None:
+    await ledger.set_budget(BudgetSpec(name="team", limit=Decimal(1000)))
+    asked = await ledger.request_override(ask("team", 500), ANA)
+    await ledger.approve_override(asked.override_id)
+    assert (await ledger.get_budget("team")).state.override == 500
+    await ledger.set_budget(BudgetChange(name="team", unit="usd", limit=Decimal(10)), reset_counters=True)
+    assert (await ledger.get_budget("team")).state.limit == 10  # 500 tokens mean nothing in USD
+    await ledger.delete_budget("team")
+    assert await ledger.list_overrides() == []
+
+
+async def test_a_running_server_tells_the_admins(
+    dsn: str, ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_serve import serve
+    from tests.test_serve_background import wait_for_a_body
+
+    hook = Receiver()
+    monkeypatch.setenv("TOKENLEDGER_ALERT_WEBHOOK", hook.url)
+    monkeypatch.setenv("TOKENLEDGER_ALERT_POLL_SECONDS", "0.5")
+    monkeypatch.setenv("TOKENLEDGER_PUBLIC_URL", "https://ledger.example.test")
+    try:
+        with serve(dsn, tmp_path / "home"):
+            await ledger.set_budget(BudgetSpec(name="team", limit=Decimal(1000)))
+            await ledger.request_override(ask("team", 500), ANA)
+            await anyio.to_thread.run_sync(wait_for_a_body, hook, 60.0)
+        [body] = hook.bodies
+        assert (body["kind"], body["override_id"], body["user"]) == ("override_request", 1, "ana")
+        assert body["dashboard"] == "https://ledger.example.test/dashboard#overrides"
+    finally:
+        hook.close()
+
+
 # --- what may be asked, and by whom --------------------------------------------------------------
 
 
@@ -374,6 +434,8 @@ async def test_admins_hear_of_each_request_once_through_every_sink(
     assert (body["budget"], body["amount"], body["unit"], body["user"]) == ("team", "500", "tokens", "ana")
     assert body["reason"] == reason and body["until"] == asked.until.isoformat()
     assert body["approve"] == "tokenledger override approve 1"
+    assert body["deny"] == "tokenledger override deny 1 --reason '...'"
+    assert body["dashboard"] == "https://ledger.example.test/dashboard#overrides"
     [posted] = slack.bodies
     assert "&lt;!channel&gt;" in json.dumps(posted) and "<!channel>" not in json.dumps(posted)
     [message] = mailbox.messages()

@@ -92,7 +92,7 @@ def override_notice(request: OverrideNotice, *, dashboard_url: str | None = None
         {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(f"`{approve}`\n`{deny}`")}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(sent_by)}]},
     ]
-    payload = {
+    payload: dict[str, Any] = {
         "kind": "override_request",
         "tenant_id": request.tenant_id,
         "override_id": number,
@@ -108,6 +108,8 @@ def override_notice(request: OverrideNotice, *, dashboard_url: str | None = None
         "approve": approve,
         "deny": deny,
     }
+    if dashboard_url:
+        payload["dashboard"] = f"{dashboard_url.rstrip('/')}/dashboard#overrides"
     return Notice(
         id=f"{request.tenant_id}:override:{number}",
         subject=subject,
