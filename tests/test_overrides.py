@@ -185,6 +185,17 @@ async def test_a_budget_changed_meanwhile_keeps_the_override_and_its_spend(ledge
     assert (await ledger.check_budget(check(1), ANA)).decision == "deny"
 
 
+async def test_a_limit_lowered_below_open_reservations_binds_once_they_end(ledger: Ledger) -> None:
+    """The same fit that brings an expired override's cap down: before it, a cap raised to cover open
+    reservations when the limit was lowered stayed there after they ended, and let checks past the limit."""
+    await ledger.set_budget(BudgetSpec(name="team", limit=Decimal(1000), period="day", priority_shares=None))
+    held = await ledger.check_budget(check(800), ANA)
+    await ledger.set_budget(BudgetChange(name="team", limit=Decimal(100)))
+    await ledger.release(str(held.reservation_id))
+    assert (await ledger.check_budget(check(101), ANA)).decision == "deny"
+    assert (await ledger.check_budget(check(100), ANA)).decision == "allow"
+
+
 async def test_an_expired_request_can_no_longer_be_approved(ledger: Ledger) -> None:
     await ledger.set_budget(BudgetSpec(name="team", limit=Decimal(1000)))
     asked = await ledger.request_override(ask("team", 10, until=soon(1)), ANA)
