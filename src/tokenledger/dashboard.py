@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field
 
-from tokenledger.types import BudgetState, FxRate, Model, Role, UsageRow
+from tokenledger.types import BudgetState, FxRate, Model, Override, Role, UsageRow
 
 __all__ = [
     "Chargeback",
@@ -94,6 +94,7 @@ class Dashboard(Model):
     # day's and group's cost at its date's rate, a usd budget's at its period start's).
     currency: str = "USD"
     fx_rates: list[FxRate] = Field(default_factory=list)
+    overrides: list[Override] = Field(default_factory=list)  # an admin's tenant's, a member's own
 
 
 Cells = dict[str, str | int | float | bool | None]
@@ -266,8 +267,9 @@ def _page(title: str, body: str, css: str = "") -> str:
     )
 
 
-def render(data: Dashboard, *, now: datetime | None = None) -> str:
-    """The dashboard page for `data`."""
+def render(data: Dashboard, *, now: datetime | None = None, csrf: str | None = None) -> str:
+    """The dashboard page for `data`; an admin's page (with `csrf`, its form token) approves and denies
+    override requests."""
     now = now or datetime.now(UTC)
     zone = ZoneInfo(data.timezone)
     who = f"tenant {data.tenant} · {data.role}" + (f" · user {data.user}" if data.user else "")
@@ -290,11 +292,12 @@ def render(data: Dashboard, *, now: datetime | None = None) -> str:
         _decisions(data.decisions, zone),
         _alerts(data.alerts, zone, currency),
         "</div>",
+        _overrides(data, zone, csrf) if data.role != "viewer" else "",
         _fx_note(data),
         f"<footer>Generated {escape(_moment(now, zone))} {escape(data.timezone)} · "
         f"window {escape(_moment(data.since, zone))} – {escape(_moment(data.until, zone))}</footer>",
     ]
-    return _page(f"{TITLE} — {data.tenant}", header + "<main>" + "".join(parts) + "</main>")
+    return _page(f"{TITLE} — {data.tenant}", header + "<main>" + "".join(parts) + "</main>", _OVERRIDE_CSS)
 
 
 def _fx_note(data: Dashboard) -> str:
@@ -346,6 +349,8 @@ def _budgets(budgets: Sequence[BudgetState], zone: ZoneInfo, now: datetime, curr
         limit_note = f"limit {amount(b.limit, b.unit, currency)}"
         if b.hard_limit is not None:
             limit_note += f", hard {amount(b.hard_limit, b.unit, currency)}"
+        if b.override:
+            limit_note += f", {amount(b.override, b.unit, currency)} of it by override"
         attrs = _attrs(
             budget=b.name,
             unit=b.unit,
@@ -521,6 +526,61 @@ def _alerts(alerts: Sequence[OpenAlert], zone: ZoneInfo, currency: str = "USD") 
         head = "<tr><th>When</th><th>Budget</th><th>Alert</th><th>Delivery</th></tr>"
         body = f"<table>{head}{''.join(lines)}</table>"
     return f'<section id="alerts"><h2>Open alerts<small>current periods</small></h2>{body}</section>'
+
+
+_OVERRIDE_CSS: Final = """
+form.decide { display:flex; gap:6px; flex-wrap:wrap; }
+form.decide input { font:inherit; padding:3px 6px; border:1px solid var(--line); border-radius:6px;
+    min-width:180px; }
+form.decide button { font:inherit; padding:3px 10px; border:1px solid var(--line); border-radius:6px;
+    background:#fff; cursor:pointer; }
+.pill.approved { background:#e3f4ea; color:#1f6e40; } .pill.denied { background:#fbe4e4; color:#a32626; }
+.pill.expired, .pill.cancelled { background:#eef0f5; color:#4a5568; }
+"""
+
+
+def _overrides(data: Dashboard, zone: ZoneInfo, csrf: str | None) -> str:
+    """Override requests: a member's own; an admin's tenant's, each pending one with approve and deny
+    (a POST to /dashboard/overrides carrying the page's form token)."""
+    deciding = data.role == "admin" and csrf is not None
+    if not data.overrides:
+        body = '<p class="empty">No override requests.</p>'
+    else:
+        lines = []
+        for o in data.overrides:
+            attrs = _attrs(override=o.override_id, override_budget=o.budget, override_status=o.status)
+            decided = ""
+            if o.decided_by:
+                decided = f"{o.status} by {o.decided_by}" + (
+                    f": {o.decision_reason}" if o.decision_reason else ""
+                )
+            action = ""
+            if deciding and o.status == "pending":
+                action = (
+                    '<form class="decide" method="post" action="/dashboard/overrides">'
+                    f'<input type="hidden" name="csrf" value="{escape(csrf or "", quote=True)}">'
+                    f'<input type="hidden" name="id" value="{o.override_id}">'
+                    '<input name="reason" maxlength="500" placeholder="reason (required to deny)">'
+                    '<button type="submit" name="action" value="approve">Approve</button>'
+                    '<button type="submit" name="action" value="deny">Deny</button></form>'
+                )
+            lines.append(
+                f"<tr{attrs}>"
+                f'<td class="when">{escape(_moment(o.requested_at, zone))}</td>'
+                f'<td class="name">{escape(o.budget)}<div class="sub">{escape(o.scope)}</div></td>'
+                f'<td class="num">+{escape(amount(o.amount, o.unit))}</td>'
+                f'<td class="when">{escape(_moment(o.until, zone))}</td>'
+                f'<td>{escape(o.user or o.requested_by)}<div class="sub">{escape(o.reason)}</div></td>'
+                f'<td><span class="pill {escape(o.status)}">{escape(o.status)}</span>'
+                f'<div class="sub">{escape(decided)}</div>{action}</td></tr>'
+            )
+        head = (
+            '<tr><th>Asked</th><th>Budget</th><th class="num">More</th><th>Until</th><th>Who / why</th>'
+            "<th>State</th></tr>"
+        )
+        body = f"<table>{head}{''.join(lines)}</table>"
+    whose = "this tenant's" if data.role == "admin" else "yours"
+    return f'<section id="overrides"><h2>Override requests<small>{whose}</small></h2>{body}</section>'
 
 
 # --- the chargeback statement ------------------------------------------------------------------

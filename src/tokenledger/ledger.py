@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from tokenledger import dashboard as dashboards
 from tokenledger import fx, plpython_counting, privacy, reports, schedules, tokens
@@ -42,6 +42,10 @@ from tokenledger.types import (
     MAX_BACKDATE,
     MAX_IMPORT_AGE,
     MAX_METADATA_BYTES,
+    MAX_OVERRIDE_DAYS,
+    MAX_OVERRIDE_FACTOR,
+    MAX_OVERRIDE_REASON,
+    MAX_PENDING_OVERRIDES,
     Attribution,
     Budget,
     BudgetChange,
@@ -60,6 +64,11 @@ from tokenledger.types import (
     GroupKey,
     Method,
     ModelInfo,
+    Override,
+    OverrideNotice,
+    OverrideReason,
+    OverrideRequest,
+    OverrideStatus,
     Price,
     PriceSpec,
     Principal,
@@ -375,6 +384,7 @@ class Ledger:
         )
         result = CheckResult.model_validate(answer)
         result.budgets = _visible_states(principal, result.budgets)
+        _hint_override(result, principal)
         if factor is not None:
             result.calibration_factor = factor
         if request.input_tokens is None:
@@ -1583,6 +1593,7 @@ class Ledger:
             top_models=tops["model"],
             decisions=await self.recent_decisions(principal),
             alerts=await self.open_alerts(principal),
+            overrides=[] if principal.role == "viewer" else await self.list_overrides(principal, limit=20),
         )
         if daily.currency is None:
             return data
@@ -1686,6 +1697,137 @@ class Ledger:
             )
             for r in rows
         ]
+
+    # --- override requests ------------------------------------------------------------------------
+
+    async def request_override(
+        self, request: OverrideRequest, principal: Principal | None = None
+    ) -> Override:
+        """Ask for a temporary increase of a budget the principal may read (admin or member; audited). It
+        stays pending until an admin approves or denies it; the admins are told through the alert sinks.
+        Approved, it raises the budget's limit and hard cap by `amount` from approval until `until`."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "request overrides")
+        budget = await self.get_budget(request.budget, principal)
+        _check_override(request, budget.spec)
+        answer = await self.store.request_override(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            member_user=_member_user(principal),
+            budget=request.budget,
+            amount=request.amount,
+            reason=request.reason,
+            until=request.until,
+            max_factor=MAX_OVERRIDE_FACTOR,
+            max_ahead=timedelta(days=MAX_OVERRIDE_DAYS),
+            max_pending=MAX_PENDING_OVERRIDES,
+        )
+        return Override.model_validate(answer)
+
+    async def override_status(self, override_id: int, principal: Principal | None = None) -> Override:
+        """One override request: a member's own (another's looks absent), or any of the tenant's (admin)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "read override requests")
+        found = await self.store.overrides(
+            tenant=principal.tenant_id,
+            member_user=_member_user(principal),
+            override_id=_override_id(override_id),
+            limit=1,
+        )
+        if not found:
+            raise NotFound(f"override_id {override_id}: no such override request in this tenant")
+        return Override.model_validate(found[0])
+
+    async def list_overrides(
+        self,
+        principal: Principal | None = None,
+        *,
+        status: OverrideStatus | None = None,
+        budget: str | None = None,
+        limit: int = 100,
+    ) -> list[Override]:
+        """Override requests, newest first: a member's own, or the tenant's (admin); of one status (as
+        shown, `expired` included) or budget when given."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "read override requests")
+        if status is not None and status not in get_args(OverrideStatus):
+            raise InvalidInput("status", status, f"one of {', '.join(get_args(OverrideStatus))}")
+        if not 1 <= limit <= 500:
+            raise InvalidInput("limit", limit, "1 to 500")
+        found = await self.store.overrides(
+            tenant=principal.tenant_id,
+            member_user=_member_user(principal),
+            status=status,
+            budget=budget,
+            limit=limit,
+        )
+        return [Override.model_validate(o) for o in found]
+
+    async def cancel_override(self, override_id: int, principal: Principal | None = None) -> Override:
+        """Withdraw a pending request (audited): a member its own, an admin any."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "cancel override requests")
+        answer = await self.store.cancel_override(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            member_user=_member_user(principal),
+            override_id=_override_id(override_id),
+        )
+        return Override.model_validate(answer)
+
+    async def approve_override(
+        self, override_id: int, principal: Principal | None = None, *, reason: str | None = None
+    ) -> Override:
+        """Approve a pending request (admin only; audited with `reason`): the override is in force from now
+        until its `until`, and then reverts by itself."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "approve override requests")
+        return await self._decide_override(override_id, principal, approve=True, reason=reason)
+
+    async def deny_override(
+        self, override_id: int, reason: str, principal: Principal | None = None
+    ) -> Override:
+        """Deny a pending request (admin only; audited with `reason`, which the requester reads)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "deny override requests")
+        return await self._decide_override(override_id, principal, approve=False, reason=reason)
+
+    async def _decide_override(
+        self, override_id: int, principal: Principal, *, approve: bool, reason: str | None
+    ) -> Override:
+        if reason is not None or not approve:
+            reason = _override_reason(reason)
+        answer = await self.store.decide_override(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            override_id=_override_id(override_id),
+            approve=approve,
+            reason=reason,
+        )
+        return Override.model_validate(answer)
+
+    async def claim_override_notices(
+        self, sinks: Sequence[str], *, limit: int = 50, lease_seconds: float = 60
+    ) -> list[OverrideNotice]:
+        """Pending requests to tell the admins of (all tenants), each claimed for one sink by this caller
+        alone for `lease_seconds`."""
+        claimed = await self.store.claim_override_notices(
+            sinks=sinks, limit=limit, lease_seconds=lease_seconds
+        )
+        return [OverrideNotice.model_validate(n) for n in claimed]
+
+    async def finish_override_notice(
+        self, notice: OverrideNotice, *, error: str | None = None, retry_seconds: float | None = None
+    ) -> None:
+        """Record a notice's delivery: done when `error` is None, else retried after `retry_seconds`
+        (None: stop)."""
+        await self.store.finish_override_notice(
+            tenant=notice.tenant_id,
+            override_id=notice.override_id,
+            sink=notice.sink,
+            error=error,
+            retry_seconds=retry_seconds,
+        )
 
     # --- access -----------------------------------------------------------------------------------
 
@@ -1824,6 +1966,66 @@ def _validate_budget(spec: BudgetSpec, timezones: Collection[str]) -> None:
         raise InvalidInput("rollover_cap", str(spec.rollover_cap), "only with rollover 'carry'")
     if len(spec.alert_thresholds) > 20:
         raise InvalidInput("alert_thresholds", len(spec.alert_thresholds), "at most 20 thresholds")
+
+
+# --- override requests -----------------------------------------------------------------------------
+
+# A check denied by one of these reasons has a budget an override could raise.
+OVERRIDABLE_REASONS = frozenset({"limit", "priority_share"})
+_OVERRIDE_REASON: TypeAdapter[str] = TypeAdapter(OverrideReason)
+
+
+def _hint_override(result: CheckResult, principal: Principal) -> None:
+    """On a denial by a budget's limit that the principal may ask to raise, say how to ask."""
+    blocked = result.blocked_by
+    if (
+        result.decision != "deny"
+        or blocked is None
+        or blocked.reason not in OVERRIDABLE_REASONS
+        or principal.role not in ("admin", "member")
+        or not any(state.name == blocked.budget for state in result.budgets)
+    ):
+        return
+    result.override_hint = f"budget_override action=request budget={blocked.budget}"
+    result.warnings.append(f"budget {blocked.budget}: an override may be requested (override_hint)")
+
+
+def _check_override(request: OverrideRequest, spec: BudgetSpec) -> None:
+    """The bounds of an override request against its budget and the clock; each error names its field."""
+    bound = spec.limit * MAX_OVERRIDE_FACTOR
+    if request.amount > bound or (spec.unit == "tokens" and request.amount != request.amount.to_integral()):
+        what = "whole tokens" if spec.unit == "tokens" else "USD"
+        raise InvalidInput(
+            "amount",
+            format(request.amount, "f"),
+            f"{what} above 0, at most {format(bound.normalize(), 'f')} ({MAX_OVERRIDE_FACTOR} times the "
+            f"limit of budget {spec.name})",
+        )
+    now = datetime.now(UTC)
+    latest = now + timedelta(days=MAX_OVERRIDE_DAYS)
+    if not now < request.until <= latest:
+        raise InvalidInput(
+            "until",
+            request.until.isoformat(),
+            f"a moment after now ({now.isoformat(timespec='seconds')}) and at most {MAX_OVERRIDE_DAYS} days "
+            "ahead: an ISO 8601 timestamp with its offset, or a duration such as 2h or 3d",
+        )
+
+
+def _override_reason(reason: str | None) -> str:
+    """A decision's reason, bounded as a request's is."""
+    try:
+        return _OVERRIDE_REASON.validate_python(reason)
+    except ValidationError as error:
+        raise InvalidInput(
+            "reason", reason, f"text of 1 to {MAX_OVERRIDE_REASON} characters without control characters"
+        ) from error
+
+
+def _override_id(override_id: int) -> int:
+    if isinstance(override_id, bool) or not isinstance(override_id, int) or not 1 <= override_id < 2**63:
+        raise InvalidInput("override_id", override_id, "a request's id: a whole number from 1")
+    return override_id
 
 
 def _usage_row(row: dict[str, Any], group_by: Sequence[str]) -> UsageRow:

@@ -1189,6 +1189,104 @@ class Store:
             {"tenant": tenant},
         )
 
+    # --- override requests ------------------------------------------------------------------------
+
+    async def request_override(
+        self,
+        *,
+        tenant: str,
+        actor: str,
+        member_user: str | None,
+        budget: str,
+        amount: Decimal,
+        reason: str,
+        until: datetime,
+        max_factor: int,
+        max_ahead: timedelta,
+        max_pending: int,
+    ) -> dict[str, Any]:
+        """Record a pending override request (audited); `member_user`: a member's user, who asks only for
+        budgets it may read. The bounds are checked again here, against the database's clock."""
+        return dict(
+            await self._fetch_json(
+                "select tl_request_override(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    tenant,
+                    actor,
+                    member_user,
+                    budget,
+                    amount,
+                    reason,
+                    until,
+                    max_factor,
+                    max_ahead,
+                    max_pending,
+                ),
+            )
+        )
+
+    async def decide_override(
+        self, *, tenant: str, actor: str, override_id: int, approve: bool, reason: str | None
+    ) -> dict[str, Any]:
+        """Approve or deny a pending request (audited); Conflict once it is decided or expired."""
+        return dict(
+            await self._fetch_json(
+                "select tl_decide_override(%s, %s, %s, %s, %s)", (tenant, actor, override_id, approve, reason)
+            )
+        )
+
+    async def cancel_override(
+        self, *, tenant: str, actor: str, member_user: str | None, override_id: int
+    ) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_cancel_override(%s, %s, %s, %s)", (tenant, actor, member_user, override_id)
+            )
+        )
+
+    async def overrides(
+        self,
+        *,
+        tenant: str,
+        member_user: str | None,
+        override_id: int | None = None,
+        status: str | None = None,
+        budget: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Override requests, newest first: a member's own (`member_user`), else the tenant's."""
+        rows = await self._fetch_rows(
+            "select tl_overrides(%(tenant)s, %(member)s, %(id)s, %(status)s, %(budget)s, %(limit)s) as o",
+            {
+                "tenant": tenant,
+                "member": member_user,
+                "id": override_id,
+                "status": status,
+                "budget": budget,
+                "limit": limit,
+            },
+        )
+        return [row["o"] for row in rows]
+
+    async def claim_override_notices(
+        self, *, sinks: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[dict[str, Any]]:
+        """Pending requests to tell the admins of (all tenants), each claimed for one sink by this caller."""
+        rows = await self._fetch_rows(
+            "select tl_claim_override_notices(%(sinks)s, %(limit)s, %(lease)s) as n",
+            {"sinks": list(sinks), "limit": limit, "lease": lease_seconds},
+        )
+        return [row["n"] for row in rows]
+
+    async def finish_override_notice(
+        self, *, tenant: str, override_id: int, sink: str, error: str | None, retry_seconds: float | None
+    ) -> None:
+        await self._fetch_json(
+            "select tl_finish_override_notice(%s, %s, %s, %s, %s)",
+            (tenant, override_id, sink, error, retry_seconds),
+            retry_safe=True,
+        )
+
     # --- dashboard --------------------------------------------------------------------------------
 
     async def recent_decisions(self, *, tenant: str, user: str | None, limit: int) -> list[dict[str, Any]]:

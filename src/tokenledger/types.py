@@ -452,6 +452,7 @@ class BudgetState(Model):
     remaining: Amount
     overage: Amount = Decimal(0)
     carried_over: Amount = Decimal(0)
+    override: Amount = Decimal(0)  # approved overrides in force, included in limit (and the hard cap)
     percent_used: float
     status: Literal["ok", "warning", "exceeded"]
     requests: int = 0
@@ -511,6 +512,8 @@ class CheckResult(Model):
     # An estimated count scaled by what the provider reported for this model's recent calls.
     calibration_factor: float | None = None
     error_band: float = 0.0  # how far input_tokens may be from the provider's count (0.08: ±8 %)
+    # On a denial by a budget's limit that the caller may ask to raise: how to ask (see OverrideRequest).
+    override_hint: str | None = None
 
 
 class TrackRequest(Attribution):
@@ -579,6 +582,78 @@ class ExtendRequest(Model):
 class ExtendResult(Model):
     reservation_id: str
     expires_at: datetime
+
+
+# --- override requests -------------------------------------------------------------------------
+
+OverrideStatus = Literal["pending", "approved", "denied", "expired", "cancelled"]
+# What one request may ask: at most MAX_OVERRIDE_FACTOR times the budget's limit (a slip of a few zeros
+# is refused, a real need of a few times the limit is not), for at most MAX_OVERRIDE_DAYS; and at most
+# MAX_PENDING_OVERRIDES of one requester (a member's user, else the API key) pending at once.
+MAX_OVERRIDE_FACTOR = 10
+MAX_OVERRIDE_DAYS = 31
+MAX_PENDING_OVERRIDES = 20
+MAX_OVERRIDE_REASON = 500
+OverrideReason = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=MAX_OVERRIDE_REASON, strip_whitespace=True, pattern=PRINTABLE_PATTERN
+    ),
+]
+OverrideId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+def _ahead(value: object) -> object:
+    """A duration ahead of now (`90m`, `24h`, `7d`, at most 100 years) becomes that moment; other values
+    pass on."""
+    if isinstance(value, str) and (match := _DURATION.match(value.strip())):
+        amount, unit = match.groups()
+        duration = timedelta(**{_DURATION_UNITS[unit]: int(amount)})
+        if duration > MAX_DURATION:
+            raise ValueError(f"a duration ahead of now of at most {MAX_DURATION.days}d (100 years)")
+        return datetime.now(UTC) + duration
+    return value
+
+
+# An ISO 8601 timestamp with its offset, or a duration ahead of now (`until: 2h`).
+Until = Annotated[datetime, BeforeValidator(_ahead), AfterValidator(_aware)]
+
+
+class OverrideRequest(Model):
+    """A temporary increase of a budget: `amount` more (in the budget's unit) from approval until `until`."""
+
+    budget: BudgetName
+    amount: Annotated[Decimal, _plain, Field(gt=0, max_digits=38, decimal_places=18)]
+    reason: OverrideReason
+    until: Until
+
+
+class Override(Model):
+    """An override request and its state: pending, approved (in force), denied, cancelled, or expired (its
+    `until` passed, approved or not)."""
+
+    override_id: int
+    budget: str
+    scope: str
+    unit: Unit
+    amount: Amount
+    reason: str
+    until: datetime
+    status: OverrideStatus
+    requested_by: str  # the API key id (or local:ROLE) that asked
+    user: str | None = None  # the member's user that asked; None for an admin
+    requested_at: datetime
+    decided_at: datetime | None = None  # approved (the override's start), denied or cancelled
+    decided_by: str | None = None
+    decision_reason: str | None = None
+
+
+class OverrideNotice(Override):
+    """A pending request claimed for one sink, to tell the tenant's admins."""
+
+    tenant_id: str
+    sink: str
+    attempt: int
 
 
 # --- prices ------------------------------------------------------------------------------------

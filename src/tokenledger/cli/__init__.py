@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "install",
     "db",
     "fx_cmds",
+    "override_cmds",
 )
 
 

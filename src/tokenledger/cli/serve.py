@@ -257,9 +257,10 @@ async def poll_catalog(ledger: Ledger, interval: float = CATALOG_POLL_SECONDS) -
 @asynccontextmanager
 async def _background(ledger: Ledger) -> AsyncIterator[None]:
     """What a server does besides answering calls: release expired reservations, deliver alerts from the
-    outbox and scheduled reports to the configured sinks (any number of servers share the work), keep
-    partitions ahead, take catalog updates."""
+    outbox, scheduled reports and override requests to the configured sinks (any number of servers share
+    the work), keep partitions ahead, take catalog updates."""
     from tokenledger.alerts import Dispatcher, sinks_from_env
+    from tokenledger.override_notices import OverrideNoticeDispatcher
     from tokenledger.scheduled import ScheduleDispatcher
 
     sinks = await anyio.to_thread.run_sync(sinks_from_env)  # a bad sink setting refuses to start
@@ -267,6 +268,9 @@ async def _background(ledger: Ledger) -> AsyncIterator[None]:
         tasks.start_soon(_sweep_expired, ledger)
         tasks.start_soon(partial(Dispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
         tasks.start_soon(partial(ScheduleDispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
+        public_url = os.environ.get("TOKENLEDGER_PUBLIC_URL")
+        overrides = OverrideNoticeDispatcher(ledger, sinks, dashboard_url=public_url)
+        tasks.start_soon(partial(overrides.run_forever, interval=ALERT_POLL_SECONDS))
         tasks.start_soon(_housekeeping, ledger)
         tasks.start_soon(poll_catalog, ledger)
         yield

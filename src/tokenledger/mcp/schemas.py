@@ -9,6 +9,7 @@ docstrings, the Identifier pattern repeated per field) without changing what is 
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
@@ -33,11 +34,16 @@ from tokenledger.types import (
     ModelName,
     Moment,
     Money,
+    Override,
+    OverrideId,
+    OverrideReason,
+    OverrideStatus,
     ReservationId,
     TrackRequest,
 )
 
 __all__ = [
+    "BudgetOverrideInput",
     "BudgetsResult",
     "CheckInput",
     "CountInput",
@@ -45,6 +51,7 @@ __all__ = [
     "FitInput",
     "ManageBudgetInput",
     "ManageScheduleInput",
+    "OverridesResult",
     "PricesInput",
     "PricesResult",
     "ReleaseInput",
@@ -173,6 +180,25 @@ class ManageScheduleInput(Model):
         return self.model_dump(exclude={"action"}, exclude_none=True)
 
 
+class BudgetOverrideInput(Model):
+    """An action on override requests: `request` takes budget, amount, reason and until (OverrideRequest);
+    status, cancel, approve and deny take id; deny takes a reason, approve may."""
+
+    action: Literal["request", "status", "cancel", "list", "approve", "deny"] = "list"
+    id: OverrideId | None = None
+    budget: Annotated[BudgetName, _STRING] | None = None
+    amount: Annotated[Decimal, Field(max_digits=38, decimal_places=18)] | None = None  # > 0: OverrideRequest
+    reason: Annotated[OverrideReason, _STRING] | None = None
+    until: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    status: OverrideStatus | None = None  # list: only these
+
+    model_config = _config(amount="More, in the budget's unit", until="ISO 8601, or 2h/3d ahead")
+
+    def request_fields(self) -> dict[str, Any]:
+        """The OverrideRequest fields that were given."""
+        return self.model_dump(include={"budget", "amount", "reason", "until"}, exclude_none=True)
+
+
 class PricesInput(Model):
     """An action on prices: the entry of a model, a catalog search, or a tenant override (USD per token)."""
 
@@ -207,6 +233,11 @@ class SchedulesResult(Model):
     action: str
     schedules: list[Schedule] = Field(default_factory=list)
     run: ScheduleRun | None = None  # run_now: the run queued
+
+
+class OverridesResult(Model):
+    action: str
+    overrides: list[Override] = Field(default_factory=list)
 
 
 class PricesResult(Model):
