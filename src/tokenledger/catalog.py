@@ -21,6 +21,7 @@ import difflib
 import functools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -33,7 +34,7 @@ from tokenledger.families import FIRST_PARTY, bare_name, counting, family_of
 from tokenledger.pricing import cost
 from tokenledger.types import DatedPrice, ModelInfo, Price
 
-__all__ = ["Catalog", "Snapshot", "cheapest", "cost", "default_catalog", "resolve", "search"]
+__all__ = ["Catalog", "Snapshot", "cheapest", "cost", "default_catalog", "resolve", "search", "unknown_model"]
 
 # Prefixes callers put before a maker's model name (litellm, OpenRouter, Hugging Face style) -> maker.
 PROVIDER_PREFIXES = {
@@ -576,4 +577,37 @@ def cheapest(
     """Return the bundled catalog's cheapest model for the request; see `Catalog.cheapest`."""
     return default_catalog().cheapest(
         input_tokens, output_tokens, max_cost_usd=max_cost_usd, provider=provider, exclude=exclude
+    )
+
+
+def unknown_model(name: str, closest: Sequence[str] = ()) -> ModelInfo:
+    """Return the entry of a model the catalog does not know: counted by the best rule its name allows
+    (`families.counting`: exact where tiktoken lists the name, else the o200k_base estimate of the family
+    the name shows, `other` x1.30 where it shows none), unpriced, and a warning that names it.
+
+    Its provider is the one its prefix names (`anthropic/...`, `azure/...`), else `unknown`. `source` is
+    "unknown": the ledger still applies a tenant's own price for it.
+    """
+    typed = name.strip()
+    prefix, slash, _ = typed.lower().partition("/")
+    provider = (PROVIDER_PREFIXES.get(prefix) or HOSTS.get(prefix)) if slash else None
+    family = family_of(typed, provider or "other")
+    rules = counting(typed, family)
+    how = (
+        f"counted exactly with {rules['encoding']}"
+        if rules["count_method"] == "exact"
+        else f"estimated as {rules['encoding']} x{rules['estimate_factor']:g}"
+    )
+    hint = f" (closest known: {', '.join(closest)})" if closest else ""
+    warning = (
+        f"{typed} is not in the catalog{hint}: {how}, unpriced unless this tenant prices it; "
+        "an alias (tokenledger models alias NAME TARGET) counts and prices it as a catalog model"
+    )
+    return ModelInfo(
+        name=typed,
+        provider=provider or "unknown",
+        **rules,
+        family=family,
+        source="unknown",
+        warnings=[warning],
     )

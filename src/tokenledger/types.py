@@ -123,6 +123,7 @@ Moment = Annotated[datetime, BeforeValidator(_moment), AfterValidator(_aware)]
 
 MAX_TEXT_BYTES = 8 * 1024 * 1024
 MAX_MESSAGES = 10_000
+MAX_CONTEXT_WINDOW = 100_000_000  # ten times the largest window any model publishes
 MAX_METADATA_BYTES = 16 * 1024
 
 
@@ -230,6 +231,9 @@ class FitRequest(Model):
     max_tokens: NonNegativeInt = 0  # output tokens to leave room for
     keep_system: bool = True
     keep_last: NonNegativeInt = 1
+    # The window to fit into: default the model's; required for a model whose window is not known (one
+    # the catalog does not know, or lists without a window), since a guessed window could not be trusted.
+    context_window: Annotated[int, Field(ge=1, le=MAX_CONTEXT_WINDOW)] | None = None
 
 
 class FitResult(Model):
@@ -241,6 +245,7 @@ class FitResult(Model):
     fits: bool
     method: Method
     encoding: str
+    warnings: list[str] = Field(default_factory=list)
 
 
 # --- catalog -----------------------------------------------------------------------------------
@@ -324,9 +329,20 @@ class ModelInfo(Model):
     family: str | None = None
     # The first-party model a hosted name serves (azure/gpt-4o -> gpt-4o), where the catalog knows it.
     base_model: str | None = None
+    # The catalog model a tenant alias (`name`) counts and prices as.
+    alias_of: str | None = None
     retired: bool = False  # no longer listed by the price source: priced at its last listed price
     last_listed: date | None = None  # for a retired model, the date of the last release listing it
     warnings: list[str] = Field(default_factory=list)  # said with every answer about this model
+
+
+class ModelAlias(Model):
+    """A tenant's own name for a catalog model (an Azure deployment, a fine-tune, a gateway's name)."""
+
+    alias: ModelName
+    target: ModelName  # a catalog model, never another alias
+    created_at: datetime | None = None
+    created_by: str | None = None
 
 
 class DatedPrice(Model):
@@ -473,6 +489,9 @@ class CheckRequest(Attribution):
     request_id: RequestId | None = None
     prompt_hash: PromptHash | None = None  # default: hashed from text or messages
     provider_count: bool | None = None  # see CountRequest
+    # The rates the estimate reserves at (see TrackRequest): a priority call costs more than standard.
+    batch: bool = False
+    service_tier: ServiceTier = "standard"
 
 
 class CheckResult(Model):
@@ -517,6 +536,11 @@ class TrackRequest(Attribution):
     metadata: dict[str, Any] = Field(default_factory=dict)
     occurred_at: Moment | None = None  # usage reported after the fact lands in its own period
     prompt_hash: PromptHash | None = None  # default: hashed from input_text, else the reservation's
+    # How the call was billed (tokenledger.pricing): a Batch API call, a service tier (batch takes only
+    # standard), the lifetime of its cache writes. Stored on the usage row.
+    batch: bool = False
+    service_tier: ServiceTier = "standard"
+    cache_ttl: CacheTTL = "5m"
 
 
 class AlertInfo(Model):
