@@ -911,6 +911,7 @@ class Ledger:
         principal = principal or Principal()
         self._require(principal, ("admin",), "change model aliases")
         spec = ModelAlias(alias=alias, target=target)  # names as stored text: printable, bounded
+        self._aliases.pop(principal.tenant_id, None)  # judged on what is stored now
         aliases = await self._tenant_aliases(principal.tenant_id)
         try:
             resolved = self.catalog.resolve(spec.target)

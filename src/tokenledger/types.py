@@ -123,7 +123,6 @@ Moment = Annotated[datetime, BeforeValidator(_moment), AfterValidator(_aware)]
 
 MAX_TEXT_BYTES = 8 * 1024 * 1024
 MAX_MESSAGES = 10_000
-MAX_CONTEXT_WINDOW = 100_000_000  # ten times the largest window any model publishes
 MAX_METADATA_BYTES = 16 * 1024
 
 
@@ -233,7 +232,7 @@ class FitRequest(Model):
     keep_last: NonNegativeInt = 1
     # The window to fit into: default the model's; required for a model whose window is not known (one
     # the catalog does not know, or lists without a window), since a guessed window could not be trusted.
-    context_window: Annotated[int, Field(ge=1, le=MAX_CONTEXT_WINDOW)] | None = None
+    context_window: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
 
 
 class FitResult(Model):

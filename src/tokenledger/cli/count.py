@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from tokenledger import tokens
-from tokenledger.errors import InvalidInput, TokenLedgerError
+from tokenledger.errors import InvalidInput, TokenLedgerError, UnknownModel
 from tokenledger.types import CountResult, ModelInfo, TokenCount
 
 
@@ -64,23 +64,28 @@ def run(args: argparse.Namespace) -> int:
     fit = tokens.context_fit(count.tokens, model, output_tokens)
     price = _cost(model, count.tokens, output_tokens)
     result = CountResult(
-        **count.model_dump(),
+        **count.model_dump(exclude={"warnings"}),
         **fit.model_dump(),
         estimated_cost_usd=price,
         priced=price is not None,
-        warnings=model.warnings,
+        warnings=[*count.warnings, *model.warnings],
     )
-    for warning in model.warnings:  # a retired model, or a host's price the catalog lacks
+    for warning in model.warnings:  # a retired or unknown model, or a host's price the catalog lacks
         print(f"tokenledger: warning: {warning}", file=sys.stderr)
     print(result.model_dump_json() if args.json else _describe(result, output_tokens))
     return 0
 
 
 def _resolve(name: str) -> ModelInfo:
+    """Return the catalog's entry, or for a name it does not know the estimate its name allows (with a
+    warning naming it). Offline: a tenant's aliases live in the ledger, so give their targets here."""
     # Imported here: the catalog loads its price snapshot, which plain encoding counts never need.
-    from tokenledger.catalog import resolve
+    from tokenledger.catalog import resolve, unknown_model
 
-    return resolve(name)
+    try:
+        return resolve(name)
+    except UnknownModel as unknown:
+        return unknown_model(name, unknown.closest)
 
 
 def _cost(model: ModelInfo, input_tokens: int, output_tokens: int) -> Decimal | None:
