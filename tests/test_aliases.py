@@ -255,6 +255,7 @@ async def test_an_alias_belongs_to_its_tenant(ledger: Ledger) -> None:
 async def test_a_tenant_holds_a_bounded_number_of_aliases(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    assert ledger_module.MAX_ALIASES == 1_000  # the README's bound; two here, to reach it quickly
     monkeypatch.setattr(ledger_module, "MAX_ALIASES", 2)
     await ledger.set_alias("a-1", "gpt-4o")
     await ledger.set_alias("a-2", "gpt-4o")
@@ -288,6 +289,19 @@ async def test_aliases_are_read_once_per_tenant_not_once_per_call(ledger: Ledger
         TrackRequest(model=DEPLOYMENT, input_tokens=1_000_000, output_tokens=0)
     )
     assert tracked.cost_usd == Decimal("2.5") and reads == 3  # set_alias's own check, then this call
+
+
+@pytest.mark.anyio
+async def test_another_process_sees_an_alias_once_its_cached_aliases_go_stale(ledger: Ledger) -> None:
+    assert ledger_module.ALIAS_TTL_SECONDS == 30  # the README's "within 30 s"
+    other = Ledger(ledger.store)  # another server process over the same database
+    usage = TrackRequest(model=DEPLOYMENT, input_tokens=1_000_000, output_tokens=0)
+    assert (await other.track_usage(usage)).cost_usd is None  # unknown: its aliases are now cached
+    await ledger.set_alias(DEPLOYMENT, "gpt-4o")
+    assert (await other.track_usage(usage)).cost_usd is None  # within the 30 s it keeps what it read
+    aliases, _ = other._aliases["default"]
+    other._aliases["default"] = (aliases, 0.0)  # 30 s later
+    assert (await other.track_usage(usage)).cost_usd == Decimal("2.5")
 
 
 # --- the wrapper, the MCP tool and the CLI -----------------------------------------------------------
@@ -380,6 +394,6 @@ def test_the_cli_aliases_shows_lists_and_unaliases(env: str, capsys: pytest.Capt
     code, out, _ = run(capsys, "models", "unalias", DEPLOYMENT)
     assert (code, out) == (0, f"removed alias {DEPLOYMENT} (was gpt-4o)\n")
     code, _, err = run(capsys, "prices", DEPLOYMENT)
-    assert code == 1 and f"model: '{DEPLOYMENT}' is not allowed; unknown model" in err
+    assert code == 1 and f"model: '{DEPLOYMENT}' is not allowed; unknown model; closest known: gpt-" in err
     code, out, _ = run(capsys, "models", "claude", "opus", "--limit", "1")  # words of a query, as before
     assert code == 0 and "claude" in out and "opus" in out

@@ -13,11 +13,13 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mcp import Client
 from psycopg.types.json import Jsonb
 
 from tokenledger import catalog
 from tokenledger.errors import InvalidInput
 from tokenledger.ledger import Ledger, _catalog_price
+from tokenledger.mcp import build_server
 from tokenledger.pricing import cost
 from tokenledger.types import (
     BudgetSpec,
@@ -27,6 +29,7 @@ from tokenledger.types import (
     PriceRates,
     PriceSpec,
     PriceTier,
+    Principal,
     TrackRequest,
 )
 
@@ -223,6 +226,30 @@ async def test_the_check_reserves_at_the_rates_of_its_mode_and_tier(ledger: Ledg
     assert long_context.estimated_cost_usd == Decimal("1.545")  # the whole request at the > 200K tier
     budget = await ledger.get_budget("usd")
     assert budget.state.reserved == Decimal("21.25") + Decimal("6.25") + Decimal("1.545")
+
+
+@pytest.mark.anyio
+async def test_the_mcp_tools_take_the_bill_modes(ledger: Ledger) -> None:
+    async with Client(build_server(ledger, default_principal=Principal())) as client:
+        check = await client.call_tool(
+            "check_budget",
+            {
+                "model": "gpt-4o",
+                "input_tokens": MILLION,
+                "max_output_tokens": MILLION,
+                "service_tier": "priority",
+            },
+        )
+        assert check.structured_content is not None and Decimal(
+            check.structured_content["estimated_cost_usd"]
+        ) == Decimal("21.25")
+        tracked = await client.call_tool(
+            "track_usage",
+            {"model": "gpt-4o", "input_tokens": MILLION, "output_tokens": MILLION, "batch": True},
+        )
+        assert tracked.structured_content is not None and Decimal(
+            tracked.structured_content["cost_usd"]
+        ) == Decimal("6.25")
 
 
 # --- SQL and Python agree on every price -----------------------------------------------------------

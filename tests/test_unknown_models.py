@@ -164,6 +164,14 @@ async def test_fit_messages_of_an_unknown_model_needs_its_context_window(ledger:
     assert names_the_model(fitted.warnings)
 
 
+async def test_fit_messages_fits_a_known_model_into_a_smaller_window(ledger: Ledger) -> None:
+    long = [{"role": "user", "content": "word " * 400}, *MESSAGES]
+    full = await ledger.fit_messages(FitRequest(model="gpt-4o", messages=long))  # type: ignore[arg-type]
+    assert (full.context_window, full.dropped) == (128_000, 0)
+    small = await ledger.fit_messages(FitRequest(model="gpt-4o", messages=long, context_window=100))  # type: ignore[arg-type]
+    assert (small.context_window, small.dropped, small.fits) == (100, 1, True)
+
+
 @pytest.mark.parametrize("window", [0, MAX_TOKENS + 1])
 def test_the_context_window_to_fit_into_is_bounded(window: int) -> None:
     with pytest.raises(pydantic.ValidationError) as refused:
