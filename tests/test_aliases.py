@@ -171,6 +171,15 @@ async def test_an_alias_fits_into_its_targets_window_and_matches_any_case(ledger
     ]
 
 
+@pytest.mark.anyio
+async def test_a_price_set_under_any_spelling_applies_to_the_calls_that_use_it(ledger: Ledger) -> None:
+    # Stored under the name calls record (the catalog's gpt-4o), not as typed: it applies to them.
+    await ledger.set_price(PriceSpec(model="openai/GPT-4o", input=Decimal("0.000001"), output=Decimal(0)))
+    tracked = await ledger.track_usage(TrackRequest(model="gpt-4o", input_tokens=1_000_000, output_tokens=0))
+    assert tracked.cost_usd == Decimal(1)
+    assert [row["model"] for row in await ledger.list_price_overrides()] == ["gpt-4o"]
+
+
 # --- what an alias may be ----------------------------------------------------------------------------
 
 

@@ -5,6 +5,8 @@ every price and usage hypothesis draws."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -17,8 +19,8 @@ from mcp import Client
 from psycopg.types.json import Jsonb
 
 from tokenledger import catalog
-from tokenledger.errors import InvalidInput
-from tokenledger.ledger import Ledger, _catalog_price
+from tokenledger.errors import Conflict, InvalidInput
+from tokenledger.ledger import Ledger, _catalog_price, _request_hash
 from tokenledger.mcp import build_server
 from tokenledger.pricing import cost
 from tokenledger.types import (
@@ -250,6 +252,31 @@ async def test_the_mcp_tools_take_the_bill_modes(ledger: Ledger) -> None:
         assert tracked.structured_content is not None and Decimal(
             tracked.structured_content["cost_usd"]
         ) == Decimal("6.25")
+
+
+def test_a_standard_request_keeps_the_hash_it_had_before_bill_modes_existed() -> None:
+    # An idempotent retry sent across the upgrade still replays: the fields count only when set.
+    request = TrackRequest(model="gpt-4o", input_tokens=5, output_tokens=3, request_id="r-1")
+    content = request.model_dump(mode="json", exclude={"request_id", "batch", "service_tier", "cache_ttl"})
+    before = {key: value for key, value in content.items() if value is not None}
+    encoded = json.dumps(before, sort_keys=True, separators=(",", ":")).encode()
+    assert _request_hash(request) == hashlib.sha256(encoded).hexdigest()
+    assert _request_hash(request.model_copy(update={"batch": True})) != _request_hash(request)
+
+
+@pytest.mark.anyio
+async def test_a_replay_in_another_mode_is_a_conflict_not_a_second_record(ledger: Ledger) -> None:
+    first = await ledger.track_usage(
+        TrackRequest(model="gpt-4o", input_tokens=5, output_tokens=3, request_id="r-1")
+    )
+    with pytest.raises(Conflict):
+        await ledger.track_usage(
+            TrackRequest(model="gpt-4o", input_tokens=5, output_tokens=3, request_id="r-1", batch=True)
+        )
+    replay = await ledger.track_usage(
+        TrackRequest(model="gpt-4o", input_tokens=5, output_tokens=3, request_id="r-1")
+    )
+    assert replay.duplicate and replay.usage_id == first.usage_id
 
 
 # --- SQL and Python agree on every price -----------------------------------------------------------
