@@ -22,6 +22,7 @@ from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, Unknown
 from tokenledger.ledger import Ledger
 from tokenledger.mcp import build_server
 from tokenledger.pricing import cost
+from tokenledger.store import Store
 from tokenledger.types import (
     BudgetSpec,
     ChatMessage,
@@ -298,6 +299,29 @@ async def test_aliases_are_read_once_per_tenant_not_once_per_call(ledger: Ledger
         TrackRequest(model=DEPLOYMENT, input_tokens=1_000_000, output_tokens=0)
     )
     assert tracked.cost_usd == Decimal("2.5") and reads == 3  # set_alias's own check, then this call
+
+
+@pytest.mark.anyio
+async def test_counting_needs_no_database_for_aliases(dsn: str) -> None:
+    store = await Store.open(dsn, migrate=False, max_size=2)
+    ledger = Ledger(store)
+    await ledger.set_alias(DEPLOYMENT, "gpt-4o")
+    await ledger.count_tokens(CountRequest(text="hello world", model=DEPLOYMENT))  # the aliases, read
+    await store.close()  # the database is away from here on
+    reads = 0
+    read_aliases = store.aliases
+
+    async def counted(*, tenant: str) -> list[dict[str, Any]]:
+        nonlocal reads
+        reads += 1
+        return await read_aliases(tenant=tenant)
+
+    store.aliases = counted  # type: ignore[method-assign]
+    ledger._aliases["default"] = (ledger._aliases["default"][0], 0.0)  # 30 s later: stale
+    for _ in range(3):  # the last aliases read still apply, and one failed read is not retried per count
+        count = await ledger.count_tokens(CountRequest(text="hello world", model=DEPLOYMENT))
+        assert (count.tokens, count.method, count.model) == (2, "exact", DEPLOYMENT)
+    assert reads == 1
 
 
 @pytest.mark.anyio

@@ -177,6 +177,7 @@ class Ledger:
         # tenant -> (its aliases by lower-cased name, when they go stale); lower-cased name -> (the entry
         # of a model the catalog does not know, when it goes stale).
         self._aliases: dict[str, tuple[dict[str, ModelAlias], float]] = {}
+        self._aliases_unreadable: dict[str, float] = {}  # tenant -> until when counts do not try again
         self._unknown: dict[str, tuple[ModelInfo, float]] = {}
         self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
 
@@ -267,21 +268,26 @@ class Ledger:
         return info.model_copy(update={"warnings": list(info.warnings)})
 
     async def _tenant_aliases(self, tenant: str, *, lenient: bool = False) -> dict[str, ModelAlias]:
-        """The tenant's aliases by lower-cased name, read at most every ALIAS_TTL_SECONDS; `lenient`: see
-        `_model` (a failed read is not remembered, so the next call reads again)."""
+        """The tenant's aliases by lower-cased name, read at most every ALIAS_TTL_SECONDS. `lenient` (see
+        `_model`): after a failed read, counts use the last aliases read (or none) for ALIAS_TTL_SECONDS
+        without trying again, while checks and tracks, which need the database anyway, read at once."""
         cached = self._aliases.get(tenant)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
         rows: list[dict[str, Any]] | None = None
         if lenient:
-            with contextlib.suppress(TokenLedgerError), anyio.move_on_after(COUNT_LOOKUP_SECONDS):
-                rows = await self.store.aliases(tenant=tenant)
+            if self._aliases_unreadable.get(tenant, 0.0) <= time.monotonic():
+                with contextlib.suppress(TokenLedgerError), anyio.move_on_after(COUNT_LOOKUP_SECONDS):
+                    rows = await self.store.aliases(tenant=tenant)
+                if rows is None:
+                    self._aliases_unreadable[tenant] = time.monotonic() + ALIAS_TTL_SECONDS
             if rows is None:
                 return cached[0] if cached is not None else {}
         else:
             rows = await self.store.aliases(tenant=tenant)
         aliases = {row["alias"].lower(): ModelAlias.model_validate(row) for row in rows}
         self._aliases[tenant] = (aliases, time.monotonic() + ALIAS_TTL_SECONDS)
+        self._aliases_unreadable.pop(tenant, None)
         return aliases
 
     async def _model_for_call(

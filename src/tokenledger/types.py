@@ -322,7 +322,7 @@ class ModelInfo(Model):
     max_output_tokens: int | None = None
     price: Price = Field(default_factory=Price)
     aliases: list[str] = Field(default_factory=list)
-    source: str = "catalog"  # "catalog" or "tenant override"
+    source: str = "catalog"  # "catalog", "tenant override", or "unknown" (a model the catalog does not know)
     effective_from: datetime | None = None
     # Whose tokenizer counts it: the maker (anthropic for Claude on Bedrock), not the host.
     family: str | None = None
