@@ -326,7 +326,7 @@ async def test_resources_and_the_prompt(ledger: Ledger) -> None:
             await client.read_resource("tokenledger://models/no-such-model-xyz")
 
         prompts = await client.list_prompts()
-        assert [p.name for p in prompts.prompts] == ["cost_review"]
+        assert "cost_review" in [p.name for p in prompts.prompts]  # the Token Checker's: test_token_checker
         prompt = await client.get_prompt("cost_review", {"since": "30d"})
         message = prompt.messages[0].content
         assert isinstance(message, TextContent)

@@ -25,7 +25,7 @@ import anyio
 from pydantic import ValidationError
 
 from tokenledger import dashboard as dashboards
-from tokenledger import plpython_counting, reports, schedules, tokens
+from tokenledger import plpython_counting, privacy, reports, schedules, tokens
 from tokenledger.catalog import Catalog, cost, unknown_model
 from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, TokenLedgerError, UnknownModel
 from tokenledger.pricing import price_mode
@@ -105,6 +105,8 @@ BUCKET_LENGTHS = {
 }
 # A tenant's settings are read at most this often per process; a change made here applies at once.
 TENANT_SETTINGS_TTL_SECONDS = 30.0
+# A tenant's secret (privacy keys) likewise: a rotation reaches the other processes within this time.
+TENANT_SECRET_TTL_SECONDS = 30.0
 # An estimate's error band: the 90th percentile of |actual / presented - 1| over the calls calibration
 # reads, once it has CALIBRATION_MIN_CALLS of them; never above this.
 ERROR_BAND_QUANTILE = 0.9
@@ -174,6 +176,7 @@ class Ledger:
         # (tenant, model) -> (per-user ratios, when they go stale): each user's factor derives from them.
         self._calibration: dict[tuple[str, str], tuple[dict[str, list[Decimal]], float]] = {}
         self._settings: dict[str, tuple[TenantSettings, float]] = {}
+        self._keys: dict[str, tuple[privacy.TenantKeys, float]] = {}  # tenant -> keys, when they go stale
         # tenant -> (its aliases by lower-cased name, when they go stale); lower-cased name -> (the entry
         # of a model the catalog does not know, when it goes stale).
         self._aliases: dict[str, tuple[dict[str, ModelAlias], float]] = {}
@@ -440,7 +443,10 @@ class Ledger:
             ttl_seconds=request.ttl_seconds,
             catalog_price=_catalog_price(catalog_price),
             method=method,
-            prompt_hash=request.prompt_hash or reports.prompt_hash(request.text, request.messages),
+            prompt_hash=await self._stored_prompt_hash(
+                principal.tenant_id,
+                request.prompt_hash or reports.prompt_hash(request.text, request.messages),
+            ),
             counted_input_tokens=counted,
             price_mode=mode,
             alias_of=model.alias_of,
@@ -604,6 +610,85 @@ class Ledger:
         )
         return await self.tenant_settings(principal)
 
+    # --- privacy: pseudonyms for viewers, keyed prompt hashes ----------------------------------------
+
+    async def _tenant_keys(self, tenant: str) -> privacy.TenantKeys:
+        """The keys derived from the tenant's secret (created on first use), cached for a short while."""
+        cached = self._keys.get(tenant)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        secret = await self.store.tenant_secret(
+            tenant=tenant, candidate=secrets.token_bytes(privacy.SECRET_BYTES)
+        )
+        keys = privacy.TenantKeys.from_secret(secret)
+        self._keys[tenant] = (keys, time.monotonic() + TENANT_SECRET_TTL_SECONDS)
+        return keys
+
+    async def _stored_prompt_hash(self, tenant: str, plain_hash: str | None) -> str | None:
+        """The hash stored for a prompt whose SHA-256 is `plain_hash` (computed here or sent by the
+        client): keyed with the tenant's prompt key, so that short prompts cannot be found by guessing."""
+        if plain_hash is None:
+            return None
+        return privacy.keyed_prompt_hash((await self._tenant_keys(tenant)).prompt_key, plain_hash)
+
+    async def user_mask(self, principal: Principal) -> privacy.UserMask | None:
+        """What stands for user ids in what `principal` reads: pseudonyms for a viewer of a tenant whose
+        `pseudonymize_users` setting is on, else None (real ids: an admin; a member reads only its own
+        user). The setting is read now, not from a cache, so a viewer never sees ids it should not."""
+        if principal.role != "viewer":
+            return None
+        stored = await self.store.tenant_settings(tenant=principal.tenant_id)
+        if not self._remember_settings(principal.tenant_id, stored).pseudonymize_users:
+            return None
+        return privacy.UserMask(await self._tenant_keys(principal.tenant_id))
+
+    async def shown_user(self, principal: Principal, user_id: str | None) -> str | None:
+        """The user id as `principal` may read it: its pseudonym where `user_mask` gives one, else as is."""
+        mask = await self.user_mask(principal)
+        return user_id if mask is None else mask.user(user_id)
+
+    async def rotate_tenant_secret(self, principal: Principal | None = None) -> dict[str, Any]:
+        """Replace the tenant's secret (admin; audited, the secret never shown). Every pseudonym changes,
+        and prompt hashes from now on no longer match earlier ones (repeats group among themselves)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "rotate the tenant's secret")
+        rotated_at = await self.store.rotate_tenant_secret(
+            tenant=principal.tenant_id,
+            secret=secrets.token_bytes(privacy.SECRET_BYTES),
+            actor=principal.actor,
+        )
+        self._keys.pop(principal.tenant_id, None)
+        return {"tenant": principal.tenant_id, "rotated_at": rotated_at}
+
+    async def _masked_scope(
+        self, query: UsageQuery, principal: Principal, default_window: timedelta
+    ) -> tuple[dict[str, str], datetime, datetime, privacy.UserMask | None]:
+        """`_report_scope`, and the mask of the principal's user ids: a viewer's user filter must then be
+        a pseudonym, which stands for the user of the window's usage that has it (found by hashing the
+        window's user ids: one scan, as the report's own)."""
+        mask = await self.user_mask(principal)
+        filters, since, until = self._report_scope(query, principal, default_window)
+        if mask is not None and "user" in filters:
+            user_ids = await self.store.usage_user_ids(tenant=principal.tenant_id, since=since, until=until)
+            # '' names no user (attributions have at least one character): no rows, as for an unknown id.
+            filters["user"] = mask.real_user(filters["user"], user_ids) or ""
+        return filters, since, until, mask
+
+    async def _shown_budgets(self, principal: Principal, budgets: list[Budget]) -> list[Budget]:
+        """The budgets with their user scopes pseudonymised where `user_mask` says so."""
+        mask = await self.user_mask(principal)
+        if mask is None:
+            return budgets
+        return [
+            budget.model_copy(
+                update={
+                    "spec": budget.spec.model_copy(update={"scope": mask.scope(budget.spec.scope)}),
+                    "state": budget.state.model_copy(update={"scope": mask.scope(budget.state.scope)}),
+                }
+            )
+            for budget in budgets
+        ]
+
     # --- counting in SQL --------------------------------------------------------------------------
 
     async def counting_support(self) -> dict[str, Any]:
@@ -758,9 +843,12 @@ class Ledger:
             metadata=request.metadata,
             occurred_at=request.occurred_at,
             estimated_input_tokens=None,
-            prompt_hash=request.prompt_hash or reports.prompt_hash(request.input_text),
+            prompt_hash=await self._stored_prompt_hash(
+                principal.tenant_id, request.prompt_hash or reports.prompt_hash(request.input_text)
+            ),
             member_user=_member_user(principal),
             clock_skew=CLOCK_SKEW,
+            requested_model=request.requested_model,
             batch=request.batch,
             service_tier=request.service_tier,
             cache_ttl=request.cache_ttl,
@@ -867,13 +955,15 @@ class Ledger:
         visible = _visible_budgets(principal, [Budget.model_validate(b) for b in found])
         if not visible:
             raise NotFound(f"name {name!r}: no such budget in this tenant")
-        return visible[0]
+        return (await self._shown_budgets(principal, visible))[0]
 
     async def list_budgets(self, principal: Principal | None = None) -> list[Budget]:
         """The budgets the principal may read (see `may_read_budget`), by name."""
         principal = principal or Principal()
         found = await self.store.budgets(tenant=principal.tenant_id)
-        return _visible_budgets(principal, [Budget.model_validate(b) for b in found])
+        return await self._shown_budgets(
+            principal, _visible_budgets(principal, [Budget.model_validate(b) for b in found])
+        )
 
     async def delete_budget(self, name: str, principal: Principal | None = None) -> BudgetSpec:
         principal = principal or Principal()
@@ -970,7 +1060,7 @@ class Ledger:
         """Usage aggregated by any of user, session, project, team, feature, endpoint, provider, model and
         a time bucket. A member sees only its own user's usage."""
         principal = principal or Principal()
-        filters, since, until = self._report_scope(query, principal, timedelta(days=30))
+        filters, since, until, mask = await self._masked_scope(query, principal, timedelta(days=30))
         return await self._usage(
             principal.tenant_id,
             filters,
@@ -980,6 +1070,7 @@ class Ledger:
             group_by=query.group_by,
             bucket=query.bucket,
             limit=query.limit,
+            mask=mask,
         )
 
     async def _usage(
@@ -993,8 +1084,10 @@ class Ledger:
         group_by: Sequence[str],
         bucket: str | None,
         limit: int,
+        mask: privacy.UserMask | None = None,
     ) -> UsageResult:
-        """The window's groups (at most `limit`) and its totals, from one scan."""
+        """The window's groups (at most `limit`) and its totals, from one scan; user keys pseudonymised
+        by `mask`, if given."""
         await self._check_timezone(timezone)
         rows, totals = await self.store.usage_report(
             tenant=tenant,
@@ -1006,6 +1099,8 @@ class Ledger:
             timezone=timezone,
             limit=limit,
         )
+        if mask is not None and "user" in group_by:
+            rows = [{**row, "user": mask.user(row["user"])} for row in rows]
         return UsageResult(
             since=since,
             until=until,
@@ -1030,7 +1125,7 @@ class Ledger:
         if view in ("summary", "usage", "timeseries"):
             return await self._usage_report(query, principal)
         default_window = reports.FORECAST_WINDOW if view == "forecast" else timedelta(days=30)
-        filters, since, until = self._report_scope(query, principal, default_window)
+        filters, since, until, mask = await self._masked_scope(query, principal, default_window)
         tenant = principal.tenant_id
         if view == "forecast":
             budgets = await self.list_budgets(principal)
@@ -1043,6 +1138,8 @@ class Ledger:
             rows = await self.store.top_usage(
                 tenant=tenant, since=since, until=until, filters=filters, limit=query.limit
             )
+            if mask is not None:
+                rows = [{**row, "user_id": mask.user(row["user_id"])} for row in rows]
             return reports.top_report(rows, since, until)
         if view == "accuracy":
             rows = await self.store.estimate_accuracy(
@@ -1057,7 +1154,7 @@ class Ledger:
 
     async def _usage_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
         """Summary, usage or timeseries: the groups and the totals of the window in one scan."""
-        filters, since, until = self._report_scope(query, principal, timedelta(days=30))
+        filters, since, until, mask = await self._masked_scope(query, principal, timedelta(days=30))
         await self._check_timezone(query.timezone)  # before the bucket query uses it
         group_by = [] if query.view == "summary" else query.group_by
         bucket = (query.bucket or "day") if query.view == "timeseries" else query.bucket
@@ -1079,6 +1176,7 @@ class Ledger:
             group_by=group_by,
             bucket=None if query.view == "summary" else bucket,
             limit=MAX_REPORT_ROWS if query.view == "timeseries" else query.limit,
+            mask=mask,
         )
         if query.view == "timeseries":
             assert bucket is not None
@@ -1099,7 +1197,7 @@ class Ledger:
         since, until = reports.month_window(period, query.timezone)
         by = query.by or "team"
         month = query.model_copy(update={"since": since, "until": until})
-        filters, since, until = self._report_scope(month, principal, timedelta(days=31))
+        filters, since, until, mask = await self._masked_scope(month, principal, timedelta(days=31))
         result = await self._usage(
             principal.tenant_id,
             filters,
@@ -1109,6 +1207,7 @@ class Ledger:
             group_by=[by, "model"],
             bucket=None,
             limit=MAX_REPORT_ROWS,
+            mask=mask,
         )
         if len(result.rows) > MAX_REPORT_ROWS:
             raise InvalidInput(
@@ -1434,6 +1533,7 @@ class Ledger:
             user=(principal.user or "") if principal.role == "member" else None,
             limit=limit,
         )
+        mask = await self.user_mask(principal)
         return [
             dashboards.Decision(
                 decided_at=r["decided_at"],
@@ -1441,7 +1541,7 @@ class Ledger:
                 decision=r["decision"],
                 reason=r["reason"],
                 enforcement=r["enforcement"],
-                user=r["user_id"],
+                user=r["user_id"] if mask is None else mask.user(r["user_id"]),
                 model=r["model"],
             )
             for r in rows

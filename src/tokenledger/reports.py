@@ -177,6 +177,7 @@ def usage_row(row: UsageRow) -> dict[str, Cell]:
     cells["cost_usd"] = _cell(row.cost_usd)
     cells["unpriced_requests"] = row.unpriced_requests
     cells["errors"] = row.errors
+    cells["downgrades"] = row.downgrades
     return cells
 
 
@@ -193,8 +194,16 @@ def usage_report(result: UsageResult, view: Literal["summary", "usage"], fmt: Fo
     """The summary (totals only) or usage (grouped rows and totals) view of a usage answer."""
     totals = summary_totals(result.totals)
     rows = [] if view == "summary" else [usage_row(row) for row in result.rows]
-    report = Report(view=view, since=result.since, until=result.until, rows=rows, totals=totals)
+    notes = [downgrades_note(result.totals.downgrades)] if result.totals.downgrades else []
+    report = Report(view=view, since=result.since, until=result.until, rows=rows, totals=totals, notes=notes)
     return formatted(report, fmt)
+
+
+def downgrades_note(downgrades: int) -> str:
+    return (
+        f"downgrades: {downgrades} call(s) ran on a fallback model instead of the model requested; model is "
+        "the model used (group by requested_model to see what was asked for)"
+    )
 
 
 def timeseries_report(
@@ -219,7 +228,10 @@ def timeseries_report(
         until=result.until,
         rows=[usage_row(row) for row in rows],
         totals=summary_totals(result.totals),
-        notes=[f"buckets: {bucket} in {timezone}; a bucket starts at its local {bucket} boundary"],
+        notes=[
+            f"buckets: {bucket} in {timezone}; a bucket starts at its local {bucket} boundary",
+            *([downgrades_note(result.totals.downgrades)] if result.totals.downgrades else []),
+        ],
     )
     return formatted(report, fmt)
 
@@ -600,8 +612,8 @@ def allocate_cents(amounts: Sequence[Decimal], total_cents: int) -> list[int]:
     cents = [int(value.to_integral_value(rounding=ROUND_FLOOR)) for value in scaled]
     by_remainder = sorted(range(len(cents)), key=lambda i: (-(scaled[i] - cents[i]), i))
     short = total_cents - sum(cents)
-    for index in by_remainder[: max(short, 0)]:
-        cents[index] += 1
+    for nth in range(max(short, 0)):  # more cents short than amounts only when the total was nudged
+        cents[by_remainder[nth % len(cents)]] += 1
     for index in reversed(by_remainder):  # only from rounding noise in the amounts: give back the smallest
         if short >= 0:
             break

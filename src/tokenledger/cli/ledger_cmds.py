@@ -13,15 +13,19 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio
 from pydantic import BaseModel
 
-from tokenledger.errors import InvalidInput
+from tokenledger.cli import tables
+from tokenledger.errors import InvalidInput, TokenLedgerError
 from tokenledger.ledger import CLEARABLE_BUDGET_FIELDS, Ledger, money
 from tokenledger.settings import Settings
-from tokenledger.types import Budget, BudgetChange, Principal, UsageQuery
+from tokenledger.types import Budget, BudgetChange, Principal, UsageQuery, UsageResult, UsageRow
+
+DEFAULT_PERIOD = "month"  # of a new budget set without --period
 
 
 def register(subparsers: Any) -> None:
@@ -38,7 +42,10 @@ def register(subparsers: Any) -> None:
     setter.add_argument("--limit", help="tokens, or USD for --unit usd (required to create)")
     setter.add_argument("--scope", help="global (default), or KIND:VALUE (user:ana, team:search, ...)")
     setter.add_argument("--unit", help="tokens (default) or usd")
-    setter.add_argument("--period", help="minute hour day week month (default) year total 24h 7d 30d")
+    setter.add_argument(
+        "--period",
+        help=f"minute hour day week month year total 24h 7d 30d (default for a new budget: {DEFAULT_PERIOD})",
+    )
     setter.add_argument("--timezone", help="IANA zone for calendar periods (default UTC)")
     setter.add_argument("--enforcement", help="hard (deny, default), soft (warn) or shadow (record)")
     setter.add_argument("--hard-limit", help="allow overage up to this (above --limit), or 'none'")
@@ -73,7 +80,7 @@ def register(subparsers: Any) -> None:
 
     usage = subparsers.add_parser("usage", help="usage aggregated by attribution, model and time")
     usage.add_argument("--since", help="ISO timestamp with offset, or a duration back (90m, 24h, 7d)")
-    usage.add_argument("--until")
+    usage.add_argument("--until", help="ISO timestamp with offset, or a duration back; default now")
     usage.add_argument(
         "--group-by", default="", help="comma-separated: user session project team feature ..."
     )
@@ -100,7 +107,8 @@ def register(subparsers: Any) -> None:
     create.add_argument("--name", help="a label")
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=_run(keys_create_command))
-    listing = key_actions.add_parser("list", help="keys of your tenant (never the keys themselves)")
+    listing = key_actions.add_parser("list", help="keys of a tenant (never the keys themselves)")
+    listing.add_argument("--tenant", help="the tenant whose keys to list (default: yours)")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_run(keys_list_command))
     revoke = key_actions.add_parser("revoke", help="revoke a key at once")
@@ -169,6 +177,9 @@ async def budget_set_command(ledger: Ledger, principal: Principal, args: argpars
     change = BudgetChange.model_validate(changes)
     budget = await ledger.set_budget(change, principal, reset_counters=args.reset_counters)
     _print_budgets([budget], args.json)
+    created = budget.created_at == budget.updated_at
+    if created and args.period is None and not args.json:
+        print(f"period: {budget.spec.period} (the default for a new budget; --period sets another)")
     return 0
 
 
@@ -199,6 +210,7 @@ async def budget_delete_command(ledger: Ledger, principal: Principal, args: argp
 
 
 async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    check_window(args)
     filters = {k: getattr(args, k) for k in ("user", "session", "project", "team", "feature", "endpoint")}
     query = UsageQuery.model_validate(
         {
@@ -217,29 +229,45 @@ async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Nam
     if args.json:
         print_json(result)
         return 0
-    header = [
-        *query.group_by,
-        *(["bucket"] if query.bucket else []),
-        "requests",
-        "input",
-        "output",
-        "total",
-        "cost",
-    ]
-    rows = [
-        [
-            *(row.keys.get(k) or "-" for k in query.group_by),
-            *([row.bucket.isoformat() if row.bucket else "-"] if query.bucket else []),
-            *(str(v) for v in (row.requests, row.input_tokens, row.output_tokens, row.total_tokens)),
-            money(row.cost_usd),
-        ]
-        for row in [*result.rows, result.totals]
-    ]
-    if rows:
-        rows[-1][0] = "TOTAL"
-    print(f"usage from {result.since.isoformat()} to {result.until.isoformat()}")
-    print_table([header, *rows])
+    tables.show(tables.console(), usage_grid(result, query))
     return 0
+
+
+def usage_grid(result: UsageResult, query: UsageQuery) -> tables.Grid:
+    """Usage rows under their group keys (or time buckets), then a TOTAL row; a window without groups
+    shows its TOTAL alone."""
+    labels = [tables.Column(tables.header(key)) for key in query.group_by]
+    if query.bucket:
+        labels.append(tables.Column("Bucket", "date"))
+    rows = result.rows if labels else []
+    if not labels:
+        labels = [tables.Column("Window")]
+    numbers = [
+        tables.Column("Requests", "number"),
+        tables.Column("Input tokens", "number", drop=2),
+        tables.Column("Output tokens", "number", drop=1),
+        tables.Column("Total tokens", "number"),
+        tables.Column("Cost (USD)", "number"),
+    ]
+
+    def counts(row: UsageRow) -> list[str]:
+        values = (row.requests, row.input_tokens, row.output_tokens, row.total_tokens)
+        return [*(str(value) for value in values), money(row.cost_usd)]
+
+    def label(row: UsageRow) -> list[str]:
+        cells = [row.keys.get(key) or "-" for key in query.group_by]
+        if query.bucket:
+            cells.append(tables.moment(row.bucket))
+        return cells
+
+    totals = ["TOTAL", *([""] * (len(labels) - 1)), *counts(result.totals)]
+    since, until = (tables.moment(moment) for moment in (result.since, result.until))
+    return tables.Grid(
+        columns=[*labels, *numbers],
+        rows=[[*label(row), *counts(row)] for row in rows],
+        totals=totals,
+        title=f"usage from {since} to {until}",
+    )
 
 
 async def prune_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
@@ -255,6 +283,29 @@ async def prune_command(ledger: Ledger, principal: Principal, args: argparse.Nam
     return 0
 
 
+def check_window(args: argparse.Namespace) -> None:
+    """Refuse a bare number for --since / --until: pydantic would read `7` as seconds after 1970."""
+    for flag in ("since", "until"):
+        value = getattr(args, flag, None)
+        if value is not None and re.fullmatch(r"\s*[+-]?\d+(\.\d*)?\s*", value):
+            raise InvalidInput(
+                f"--{flag}",
+                value,
+                f"a duration with its unit (did you mean {value.strip()}d? also 90m, 24h, 2w) "
+                "or an ISO 8601 timestamp with its offset",
+            )
+
+
+def check_output_path(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output file that cannot be created: a directory, or a file in a
+    directory that does not exist."""
+    if path.is_dir():
+        raise InvalidInput(flag, str(path), "a file to write, not a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InvalidInput(flag, str(path), f"a file in an existing directory ({parent} does not exist)")
+
+
 def parse_duration(value: str, field: str) -> timedelta:
     match = re.fullmatch(r"(\d{1,5})([hdw])", value.strip())
     if not match:
@@ -264,6 +315,8 @@ def parse_duration(value: str, field: str) -> timedelta:
 
 
 async def keys_create_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    if args.role == "member" and not args.user:
+        raise TokenLedgerError("--user: missing; a member key acts for one user: give --user NAME")
     key, record = await ledger.create_key(
         role=args.role, user=args.user, tenant=args.tenant, name=args.name, principal=principal
     )
@@ -280,24 +333,40 @@ async def keys_create_command(ledger: Ledger, principal: Principal, args: argpar
 
 
 async def keys_list_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    if args.tenant:  # the local operator may read any tenant's keys, as `keys create --tenant` writes them
+        principal = principal.model_copy(update={"tenant_id": Principal(tenant_id=args.tenant).tenant_id})
     keys = await ledger.list_keys(principal)
     if args.json:
         print_json(keys)
         return 0
-    rows = [["KEY_ID", "ROLE", "USER", "NAME", "CREATED", "REVOKED"]]
-    rows += [
-        [
-            k["key_id"],
-            k["role"],
-            k["user_id"] or "-",
-            k["name"] or "-",
-            k["created_at"].isoformat(timespec="seconds"),
-            k["revoked_at"].isoformat(timespec="seconds") if k["revoked_at"] else "-",
-        ]
-        for k in keys
-    ]
-    print_table(rows)
+    if not keys:
+        print(f"keys of tenant {principal.tenant_id!r}: none")
+        return 0
+    tables.show(tables.console(), keys_grid(keys, principal.tenant_id))
     return 0
+
+
+def keys_grid(keys: Sequence[dict[str, Any]], tenant: str) -> tables.Grid:
+    columns = [
+        tables.Column("Key id"),
+        tables.Column("Role"),
+        tables.Column("User"),
+        tables.Column("Name", "prose", drop=1),
+        tables.Column("Created", "date"),
+        tables.Column("Revoked", "date"),
+    ]
+    rows = [
+        [
+            key["key_id"],
+            key["role"],
+            key["user_id"] or "-",
+            key["name"] or "-",
+            tables.moment(key["created_at"]),
+            tables.moment(key["revoked_at"]) if key["revoked_at"] else "-",
+        ]
+        for key in keys
+    ]
+    return tables.Grid(columns=columns, rows=rows, title=f"keys of tenant {tenant!r}")
 
 
 async def keys_revoke_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
@@ -329,34 +398,57 @@ def _print_budgets(budgets: Sequence[Budget], as_json: bool) -> None:
     if as_json:
         print_json(budgets)
         return
-    rows = [
-        ["NAME", "SCOPE", "PERIOD", "LIMIT", "USED", "RESERVED", "REMAINING", "USED %", "RESETS", "STATUS"]
+    tables.show(tables.console(), budgets_grid(budgets))
+
+
+def budgets_grid(budgets: Sequence[Budget]) -> tables.Grid:
+    """Budgets with their live state; each reset time in its budget's own time zone."""
+    columns = [
+        tables.Column("Name"),
+        tables.Column("Scope"),
+        tables.Column("Period"),
+        tables.Column("Limit", "number"),
+        tables.Column("Hard limit", "number", drop=8),
+        tables.Column("Used", "number", drop=6),
+        tables.Column("Reserved", "number", drop=7),
+        tables.Column("Remaining", "number"),
+        tables.Column("Used %", "number", drop=5),
+        tables.Column("RPM", "number", drop=3),
+        tables.Column("TPM", "number", drop=4),
+        tables.Column("Resets", "date", drop=2),
+        tables.Column("Status", drop=1),
     ]
+    rows = []
     for budget in budgets:
-        state = budget.state
-        amount = money if state.unit == "usd" else (lambda value: f"{value.normalize():f}")
+        state, spec = budget.state, budget.spec
+
+        def amount(value: Decimal | None, unit: str = state.unit) -> str:
+            if value is None:
+                return "-"
+            return money(value) if unit == "usd" else f"{value.normalize():f}"
+
         rows.append(
             [
                 state.name,
                 state.scope,
-                f"{state.period} ({state.enforcement})",
+                f"{state.period}, {state.enforcement}",
                 amount(state.limit),
+                amount(state.hard_limit),
                 amount(state.used),
                 amount(state.reserved),
                 amount(state.remaining),
                 f"{state.percent_used:.1f}",
-                state.resets_at.isoformat(timespec="seconds") if state.resets_at else "never",
+                _rate(spec.requests_per_minute),
+                _rate(spec.tokens_per_minute),
+                tables.moment(state.resets_at, state.timezone) if state.resets_at else "never",
                 state.status,
             ]
         )
-    print_table(rows)
+    return tables.Grid(columns=columns, rows=rows, title=None if budgets else "no budgets")
 
 
-def print_table(rows: Sequence[Sequence[str]]) -> None:
-    """Print rows as aligned columns, the first row a header."""
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+def _rate(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def print_json(value: Any) -> None:

@@ -8,9 +8,11 @@ Logs go to stderr: over stdio, stdout carries the protocol.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -134,9 +136,13 @@ def run(args: argparse.Namespace) -> int:
     if args.max_request_bytes <= 0:
         raise InvalidInput("--max-request-bytes", args.max_request_bytes, "a positive number of bytes")
     timeouts = read_timeouts(args)
-    stop = _StopRequest()
-    stop.install()
-    anyio.run(_serve_http, settings, args, stop, log_format, timeouts)
+    listener = _bind(args.host, args.port)  # before anything is announced: a busy port is one clear line
+    try:
+        stop = _StopRequest()
+        stop.install()
+        anyio.run(_serve_http, settings, args, stop, log_format, timeouts, listener)
+    finally:
+        listener.close()
     return 0
 
 
@@ -168,6 +174,25 @@ def _configure_logging(level: str) -> RedactingFormatter:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     return formatter
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (as uvicorn binds one), for uvicorn to listen on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if sys.platform != "win32":  # on Windows this option would let us share a port in use
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        if error.errno == errno.EADDRINUSE:
+            raise TokenLedgerError(
+                f"port {port} on {host} is already in use (another tokenledger serve?): "
+                "stop that server or choose another port with --port"
+            ) from None
+        raise TokenLedgerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return listener
 
 
 def stdio_principal(settings: Settings) -> Principal:
@@ -271,6 +296,7 @@ async def _serve_http(
     stop: _StopRequest,
     log_format: RedactingFormatter,
     timeouts: ReadTimeouts,
+    listener: socket.socket,
 ) -> None:
     import uvicorn
 
@@ -321,7 +347,7 @@ async def _serve_http(
         banner = _banner(describe(args.host, args.port, transports), key_note, show_key=sys.stdout.isatty())
         print(banner, flush=True)
         async with _background(ledger):
-            await uvicorn_server.serve()
+            await uvicorn_server.serve(sockets=[listener])
         if not uvicorn_server.started and not stop.requested:
             raise TokenLedgerError(f"could not serve on {args.host}:{args.port} (see the log above)")
     log.info("stopped")

@@ -16,15 +16,17 @@ from typing import Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
 from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
-from mcp_types import ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from tokenledger import reports
 from tokenledger.errors import NotFound, TokenLedgerError, UnknownModel, internal_error
 from tokenledger.ledger import Ledger
+from tokenledger.mcp import prompts
 from tokenledger.mcp.access import PrincipalMiddleware, principal_of, request_principal
 from tokenledger.mcp.schemas import (
     BudgetsResult,
@@ -246,6 +248,21 @@ def _add_resources(server: MCPServer, ledger: Ledger, default: Principal) -> Non
         return await _read(lambda: ledger.model_info(name, principal_of(ctx, default)))
 
 
+def _refusing_bad_arguments(render: Callable[..., Any]) -> Callable[..., Any]:
+    """A prompt's render whose refused arguments reach the client as invalid params (-32602) naming
+    the field, the value and what is allowed, not as an internal error."""
+
+    def checked(**arguments: Any) -> Any:
+        try:
+            return render(**arguments)
+        except ValidationError as error:
+            raise MCPError(INVALID_PARAMS, describe_validation_error(error)) from error
+        except ValueError as error:
+            raise MCPError(INVALID_PARAMS, str(error)) from error
+
+    return checked
+
+
 async def _budgets_report(ledger: Ledger, principal: Principal) -> reports.Report:
     return reports.budgets_report(await ledger.list_budgets(principal))
 
@@ -265,6 +282,11 @@ async def _read(read: Callable[[], Awaitable[BaseModel]]) -> str:
 
 
 def _add_prompts(server: MCPServer, default: Principal) -> None:
+    # The Token Checker's three jobs (the agent files in tokenledger/data/agents use them too).
+    for job in (prompts.usage_analysis, prompts.cost_tracking_setup, prompts.budget_enforcement):
+        prompt = Prompt.from_function(job)
+        server.add_prompt(prompt.model_copy(update={"fn": _refusing_bad_arguments(prompt.fn)}))
+
     @server.prompt(name="cost_review", description="Review token spend and budgets for a period")
     def cost_review(ctx: Context[Any, Any], since: str = "7d") -> list[UserMessage]:
         if principal_of(ctx, default).role == "member":
