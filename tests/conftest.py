@@ -43,6 +43,7 @@ LEDGER_MODULES = {
     "test_bill_modes",
     "test_aliases",
     "test_unknown_models",
+    "test_overrides",
 }
 
 

@@ -419,7 +419,7 @@ def test_the_cli_aliases_shows_lists_and_unaliases(env: str, capsys: pytest.Capt
     code, out, _ = run(capsys, "models", "--aliases", "--json")
     assert code == 0 and [(a["alias"], a["target"]) for a in json.loads(out)] == [(DEPLOYMENT, "gpt-4o")]
     code, out, _ = run(capsys, "models", "--aliases")
-    assert code == 0 and out.splitlines()[1].split()[:3] == [DEPLOYMENT, "gpt-4o", "local:admin"]
+    assert code == 0 and out.splitlines()[2].split()[:3] == [DEPLOYMENT, "gpt-4o", "local:admin"]
     code, _, err = run(capsys, "models", "alias", "gpt-4o", "o3")
     assert code == 1 and err.startswith("tokenledger: alias: 'gpt-4o' is not allowed")
     code, _, err = run(capsys, "models", "alias", DEPLOYMENT)

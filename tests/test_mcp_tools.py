@@ -32,6 +32,7 @@ TOOLS = {
     "report",
     "manage_budget",
     "manage_schedule",
+    "budget_override",
     "prices",
     "fit_messages",
 }
@@ -340,9 +341,10 @@ async def test_tool_list_is_small_and_annotated(ledger: Ledger) -> None:
         tokens = count_text(wire, encoding="o200k_base").tokens
         spaced = count_text(json.dumps(json.loads(wire)), encoding="o200k_base").tokens
         print(f"\ntools/list costs {tokens} o200k tokens as sent ({spaced} with json.dumps spacing)")
-        # interim: the tool-surface work (issue 10) brings this back under 3,000. Issue 11 added 113 tokens
-        # (bill modes on check_budget and track_usage, fit's context_window, the prices tool's aliases).
-        assert tokens < 3_400
+        # Interim: the tool-surface work (issue 10) brings this back under 3,000. budget_override and
+        # check_budget's override_hint (issue 13) cost 202 of these tokens; bill modes on check_budget and
+        # track_usage, fit's context_window and the prices tool's aliases (issue 11) 113.
+        assert tokens < 3_650
         for tool in listed.tools:
             assert tool.description and len(tool.description) < 120, tool.name
             assert tool.annotations is not None and tool.output_schema is not None, tool.name

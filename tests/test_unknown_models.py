@@ -4,6 +4,7 @@ unpriced_policy; count, fit, the MCP tools, the SDK wrappers and the guard all l
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -18,6 +19,7 @@ from tokenledger.errors import InvalidInput
 from tokenledger.integrations import guard
 from tokenledger.ledger import Ledger
 from tokenledger.mcp import build_server
+from tokenledger.pricefile import read_price_file
 from tokenledger.types import (
     MAX_TOKENS,
     BudgetSpec,
@@ -31,6 +33,7 @@ from tokenledger.types import (
 
 pytestmark = pytest.mark.anyio
 
+MILLION = 1_000_000
 UNKNOWN = "acme-reasoner-9000"  # a name no rule recognises: the `other` estimate, o200k_base x 1.30
 TEXT = "The ledger records every call, whatever model made it."
 MESSAGES = [{"role": "user", "content": "What is a ledger?"}]
@@ -152,6 +155,22 @@ async def test_a_tenant_price_prices_an_unknown_model(ledger: Ledger) -> None:
     assert tracked.cost_usd == Decimal("0.003") and tracked.priced
     info = await ledger.get_price(UNKNOWN)
     assert (info.source, info.count_method, info.estimate_factor) == ("tenant override", "estimate", 1.3)
+
+
+async def test_a_catalog_update_that_lists_an_unknown_model_prices_it_at_once(ledger: Ledger) -> None:
+    usage = TrackRequest(model="acme-reasoner-9000", input_tokens=MILLION, output_tokens=0)
+    assert (await ledger.track_usage(usage)).cost_usd is None  # unknown, and remembered as such
+    newer = {
+        "acme-reasoner-9000": {
+            "litellm_provider": "openai",
+            "mode": "chat",
+            "input_cost_per_token": "0.000002",
+            "output_cost_per_token": "0.000008",
+        }
+    }
+    await ledger.update_catalog(read_price_file(json.dumps(newer).encode(), "prices.json"), actor="op")
+    tracked = await ledger.track_usage(usage)
+    assert tracked.cost_usd == Decimal(2) and not names_the_model(tracked.warnings)
 
 
 async def test_fit_messages_of_an_unknown_model_needs_its_context_window(ledger: Ledger) -> None:

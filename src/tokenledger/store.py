@@ -659,6 +659,52 @@ class Store:
     async def delete_alias(self, *, tenant: str, actor: str, alias: str) -> dict[str, Any]:
         return dict(await self._fetch_json("select tl_delete_alias(%s, %s, %s)", (tenant, actor, alias)))
 
+    # --- catalog updates and exchange rates (0014) ---------------------------------------------------
+
+    async def catalog_version(self) -> int:
+        """The newest catalog update's id (0: none): what a server polls, one index probe."""
+        return int(await self._fetch_json(_CATALOG_VERSION, (), retry_safe=True))
+
+    async def catalog_updates(self, *, after: int = 0, entries: bool = True) -> list[dict[str, Any]]:
+        """The catalog updates newer than `after`, oldest first; with their entries unless told not to."""
+        query = sql.SQL(_CATALOG_UPDATES).format(
+            entries=sql.SQL("entries") if entries else sql.SQL("'{}'::jsonb as entries")
+        )
+        return await self._fetch_rows(query, {"after": after})
+
+    async def add_catalog_update(self, *, actor: str, update: dict[str, Any]) -> dict[str, Any]:
+        """Store a catalog update and audit it (tenant '*': an operator's action) in one transaction."""
+        return dict(await self._fetch_json("select tl_add_catalog_update(%s, %s)", (actor, Jsonb(update))))
+
+    async def fx_rates(self, *, tenant: str, currency: str | None = None) -> list[dict[str, Any]]:
+        """A tenant's exchange rates, by currency and date."""
+        return await self._fetch_rows(
+            """select currency, rate, effective_from, created_at, created_by from tl_fx_rate
+                where tenant_id = %(tenant)s and (%(currency)s::text is null or currency = %(currency)s)
+                order by currency, effective_from""",
+            {"tenant": tenant, "currency": currency},
+        )
+
+    async def set_fx_rate(
+        self, *, tenant: str, actor: str, currency: str, effective_from: datetime, rate: Decimal, most: int
+    ) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_set_fx_rate(%s, %s, %s, %s, %s, %s)",
+                (tenant, actor, currency, effective_from, rate, most),
+                retry_safe=True,  # idempotent: the same rate at the same moment
+            )
+        )
+
+    async def delete_fx_rate(
+        self, *, tenant: str, actor: str, currency: str, effective_from: datetime
+    ) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_delete_fx_rate(%s, %s, %s, %s)", (tenant, actor, currency, effective_from)
+            )
+        )
+
     # --- usage ------------------------------------------------------------------------------------
 
     async def estimate_calibration(
@@ -859,9 +905,12 @@ class Store:
         bucket: str | None,
         timezone: str,
         limit: int,
+        fx: tuple[Sequence[Decimal], Sequence[datetime]] | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Usage grouped by allow-listed columns and a time bucket (up to `limit` groups, most expensive
-        first, or in bucket order), and the window's totals, in one scan."""
+        first, or in bucket order), and the window's totals, in one scan. With `fx` (rates, and the moments
+        they start, ascending) each cost is also converted at the rate in force when it occurred:
+        `cost_converted`, and `unconverted_requests` / `first_unconverted_at` for costs before any rate."""
         keys: list[sql.Composable] = [sql.Identifier(USAGE_COLUMNS[g]) for g in group_by]
         if bucket:
             keys.append(
@@ -871,9 +920,17 @@ class Store:
             )
         names = [*group_by, *(["bucket"] if bucket else [])]
         params = _usage_params(tenant, since, until, filters, tz=timezone, limit=limit + 1)
+        converted = sql.SQL("")
+        if fx is not None:
+            params.update(fx_rates=list(fx[0]), fx_from=list(fx[1]))
+            converted = sql.SQL(_USAGE_CONVERTED)
         if not keys:
             query = sql.SQL(_USAGE_REPORT).format(
-                keys=sql.SQL(""), filters=_usage_filters(filters), group=sql.SQL(""), order=sql.SQL("1")
+                keys=sql.SQL(""),
+                converted=converted,
+                filters=_usage_filters(filters),
+                group=sql.SQL(""),
+                order=sql.SQL("1"),
             )
             return [], (await self._fetch_report_rows(query, params))[0]
         key_list = sql.SQL(", ").join(keys)
@@ -884,6 +941,7 @@ class Store:
                 for key, name in zip(keys, names, strict=True)
             )
             + sql.SQL("{} as is_group, ").format(total_first),
+            converted=converted,
             filters=_usage_filters(filters),
             group=sql.SQL("group by grouping sets (({}), ())").format(key_list),
             order=sql.SQL("is_group, bucket, cost_usd desc, requests desc")
@@ -1172,6 +1230,104 @@ class Store:
             {"tenant": tenant},
         )
 
+    # --- override requests ------------------------------------------------------------------------
+
+    async def request_override(
+        self,
+        *,
+        tenant: str,
+        actor: str,
+        member_user: str | None,
+        budget: str,
+        amount: Decimal,
+        reason: str,
+        until: datetime,
+        max_factor: int,
+        max_ahead: timedelta,
+        max_pending: int,
+    ) -> dict[str, Any]:
+        """Record a pending override request (audited); `member_user`: a member's user, who asks only for
+        budgets it may read. The bounds are checked again here, against the database's clock."""
+        return dict(
+            await self._fetch_json(
+                "select tl_request_override(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    tenant,
+                    actor,
+                    member_user,
+                    budget,
+                    amount,
+                    reason,
+                    until,
+                    max_factor,
+                    max_ahead,
+                    max_pending,
+                ),
+            )
+        )
+
+    async def decide_override(
+        self, *, tenant: str, actor: str, override_id: int, approve: bool, reason: str | None
+    ) -> dict[str, Any]:
+        """Approve or deny a pending request (audited); Conflict once it is decided or expired."""
+        return dict(
+            await self._fetch_json(
+                "select tl_decide_override(%s, %s, %s, %s, %s)", (tenant, actor, override_id, approve, reason)
+            )
+        )
+
+    async def cancel_override(
+        self, *, tenant: str, actor: str, member_user: str | None, override_id: int
+    ) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_cancel_override(%s, %s, %s, %s)", (tenant, actor, member_user, override_id)
+            )
+        )
+
+    async def overrides(
+        self,
+        *,
+        tenant: str,
+        member_user: str | None,
+        override_id: int | None = None,
+        status: str | None = None,
+        budget: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Override requests, newest first: a member's own (`member_user`), else the tenant's."""
+        rows = await self._fetch_rows(
+            "select tl_overrides(%(tenant)s, %(member)s, %(id)s, %(status)s, %(budget)s, %(limit)s) as o",
+            {
+                "tenant": tenant,
+                "member": member_user,
+                "id": override_id,
+                "status": status,
+                "budget": budget,
+                "limit": limit,
+            },
+        )
+        return [row["o"] for row in rows]
+
+    async def claim_override_notices(
+        self, *, sinks: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[dict[str, Any]]:
+        """Pending requests to tell the admins of (all tenants), each claimed for one sink by this caller."""
+        rows = await self._fetch_rows(
+            "select tl_claim_override_notices(%(sinks)s, %(limit)s, %(lease)s) as n",
+            {"sinks": list(sinks), "limit": limit, "lease": lease_seconds},
+        )
+        return [row["n"] for row in rows]
+
+    async def finish_override_notice(
+        self, *, tenant: str, override_id: int, sink: str, error: str | None, retry_seconds: float | None
+    ) -> None:
+        await self._fetch_json(
+            "select tl_finish_override_notice(%s, %s, %s, %s, %s)",
+            (tenant, override_id, sink, error, retry_seconds),
+            retry_safe=True,
+        )
+
     # --- dashboard --------------------------------------------------------------------------------
 
     async def recent_decisions(self, *, tenant: str, user: str | None, limit: int) -> list[dict[str, Any]]:
@@ -1285,7 +1441,7 @@ select {keys}coalesce(sum(requests), 0) as requests,
        coalesce(sum(cost_usd), 0) as cost_usd,
        coalesce(sum(unpriced_requests), 0) as unpriced_requests,
        coalesce(sum(errors), 0) as errors,
-       coalesce(sum(downgrades), 0) as downgrades
+       coalesce(sum(downgrades), 0) as downgrades{converted}
   from events
  where true {filters}
  {group}
@@ -1293,6 +1449,24 @@ select {keys}coalesce(sum(requests), 0) as requests,
  limit %(limit)s
 """
 
+
+# A cost in a currency: at the rate in force when it occurred, found by width_bucket over the rates' starts
+# (0 before the first rate: no rate, so null, counted as unconverted). Rollups convert at their day's start.
+_USAGE_CONVERTED = """,
+       coalesce(sum(cost_usd * (%(fx_rates)s::numeric[])[
+                    width_bucket(occurred_at, %(fx_from)s::timestamptz[])]), 0) as cost_converted,
+       count(*) filter (where cost_usd <> 0 and width_bucket(occurred_at, %(fx_from)s::timestamptz[]) = 0)
+           as unconverted_requests,
+       min(occurred_at) filter (where cost_usd <> 0
+                                  and width_bucket(occurred_at, %(fx_from)s::timestamptz[]) = 0)
+           as first_unconverted_at"""
+
+_CATALOG_VERSION = "select coalesce(max(update_id), 0) from tl_catalog_update"
+_CATALOG_UPDATES = """
+select update_id, effective_from, source_kind, source_name, sha256, size_bytes, models, {entries}, created_at,
+       created_by
+  from tl_catalog_update where update_id > %(after)s order by update_id
+"""
 
 # Memory a report query may use to aggregate a month of usage (a hash per group, per prompt hash).
 REPORT_WORK_MEM = "64MB"

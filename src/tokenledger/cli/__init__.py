@@ -33,6 +33,8 @@ _COMMAND_MODULES = (
     "schedule_cmds",
     "install",
     "db",
+    "fx_cmds",
+    "override_cmds",
 )
 
 

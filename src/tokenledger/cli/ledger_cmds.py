@@ -21,9 +21,19 @@ from pydantic import BaseModel
 
 from tokenledger.cli import tables
 from tokenledger.errors import InvalidInput, TokenLedgerError
+from tokenledger.fx import convert, describe, shown
 from tokenledger.ledger import CLEARABLE_BUDGET_FIELDS, Ledger, money
 from tokenledger.settings import Settings
-from tokenledger.types import Budget, BudgetChange, Principal, UsageQuery, UsageResult, UsageRow
+from tokenledger.types import (
+    Budget,
+    BudgetChange,
+    BudgetState,
+    FxRate,
+    Principal,
+    UsageQuery,
+    UsageResult,
+    UsageRow,
+)
 
 DEFAULT_PERIOD = "month"  # of a new budget set without --period
 
@@ -60,6 +70,11 @@ def register(subparsers: Any) -> None:
     setter.add_argument("--rpm", help="requests per minute, or 'none'")
     setter.add_argument("--unpriced-policy", help="deny (default) or allow unpriced models (usd budgets)")
     setter.add_argument(
+        "--currency",
+        help="a usd budget's --limit and --hard-limit are in this ISO 4217 currency (converted at the "
+        "tenant's rate at each period's start; tokenledger fx), or 'none'",
+    )
+    setter.add_argument(
         "--reset-counters",
         action="store_true",
         help="confirm a change of scope, unit, period or timezone that discards this period's counters",
@@ -73,9 +88,12 @@ def register(subparsers: Any) -> None:
         parser = actions.add_parser(name, help=help_text)
         parser.add_argument("name")
         parser.add_argument("--json", action="store_true")
+        if name == "show":
+            parser.add_argument("--currency", help=_CURRENCY_HELP)
         parser.set_defaults(handler=_run(handler))
     lister = actions.add_parser("list", help="every budget with its live state")
     lister.add_argument("--json", action="store_true")
+    lister.add_argument("--currency", help=_CURRENCY_HELP)
     lister.set_defaults(handler=_run(budget_list_command))
 
     usage = subparsers.add_parser("usage", help="usage aggregated by attribution, model and time")
@@ -89,6 +107,10 @@ def register(subparsers: Any) -> None:
     for key in ("user", "session", "project", "team", "feature", "endpoint", "model", "provider"):
         usage.add_argument(f"--{key}")
     usage.add_argument("--limit", default="50")
+    usage.add_argument(
+        "--currency",
+        help="also show costs in this ISO 4217 currency, each at its date's rate (tokenledger fx)",
+    )
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(handler=_run(usage_command))
 
@@ -115,6 +137,11 @@ def register(subparsers: Any) -> None:
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=_run(keys_revoke_command))
 
+
+_CURRENCY_HELP = (
+    "show usd budgets' amounts in this ISO 4217 currency, at the rate of their period's start "
+    "(tokenledger fx)"
+)
 
 Command = Callable[[Ledger, Principal, argparse.Namespace], Awaitable[int]]
 
@@ -191,12 +218,16 @@ _BUDGET_OPTIONS = {field: field for field in BudgetChange.model_fields if field 
 
 
 async def budget_list_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
-    _print_budgets(await ledger.list_budgets(principal), args.json)
+    budgets = await ledger.list_budgets(principal)
+    rates = await ledger.budget_rates(budgets, args.currency, principal) if args.currency else {}
+    _print_budgets(budgets, args.json, args.currency, rates)
     return 0
 
 
 async def budget_show_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
-    _print_budgets([await ledger.get_budget(args.name, principal)], args.json)
+    budgets = [await ledger.get_budget(args.name, principal)]
+    rates = await ledger.budget_rates(budgets, args.currency, principal) if args.currency else {}
+    _print_budgets(budgets, args.json, args.currency, rates)
     return 0
 
 
@@ -223,6 +254,7 @@ async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Nam
             "bucket": args.bucket,
             "timezone": args.timezone,
             "limit": args.limit,
+            "currency": args.currency,
         }
     )
     result = await ledger.usage(query, principal)
@@ -248,11 +280,13 @@ def usage_grid(result: UsageResult, query: UsageQuery) -> tables.Grid:
         tables.Column("Output tokens", "number", drop=1),
         tables.Column("Total tokens", "number"),
         tables.Column("Cost (USD)", "number"),
+        *([tables.Column(f"Cost ({result.currency})", "number")] if result.currency else []),
     ]
 
     def counts(row: UsageRow) -> list[str]:
         values = (row.requests, row.input_tokens, row.output_tokens, row.total_tokens)
-        return [*(str(value) for value in values), money(row.cost_usd)]
+        converted = [shown(row.cost_converted or Decimal(0), result.currency)] if result.currency else []
+        return [*(str(value) for value in values), money(row.cost_usd), *converted]
 
     def label(row: UsageRow) -> list[str]:
         cells = [row.keys.get(key) or "-" for key in query.group_by]
@@ -262,11 +296,17 @@ def usage_grid(result: UsageResult, query: UsageQuery) -> tables.Grid:
 
     totals = ["TOTAL", *([""] * (len(labels) - 1)), *counts(result.totals)]
     since, until = (tables.moment(moment) for moment in (result.since, result.until))
+    notes = (
+        [f"{describe(result.fx_rates, result.currency)}; each cost at the rate in force when it occurred"]
+        if result.currency
+        else []
+    )
     return tables.Grid(
         columns=[*labels, *numbers],
         rows=[[*label(row), *counts(row)] for row in rows],
         totals=totals,
         title=f"usage from {since} to {until}",
+        notes=notes,
     )
 
 
@@ -394,15 +434,65 @@ def _shares(value: str) -> dict[str, str]:
     return shares
 
 
-def _print_budgets(budgets: Sequence[Budget], as_json: bool) -> None:
+def _print_budgets(
+    budgets: Sequence[Budget],
+    as_json: bool,
+    currency: str | None = None,
+    rates: dict[str, FxRate] | None = None,
+) -> None:
+    """Budgets as JSON or a table; usd amounts in `currency` where a rate is given for the budget (at its
+    period start)."""
+    rates = rates or {}
     if as_json:
-        print_json(budgets)
+        print_json(
+            [
+                {**budget.model_dump(mode="json"), "shown_in": _shown_in(budget, rates[budget.spec.name])}
+                if budget.spec.name in rates
+                else budget
+                for budget in budgets
+            ]
+        )
         return
-    tables.show(tables.console(), budgets_grid(budgets))
+    tables.show(tables.console(), budgets_grid(budgets, currency, rates))
 
 
-def budgets_grid(budgets: Sequence[Budget]) -> tables.Grid:
-    """Budgets with their live state; each reset time in its budget's own time zone."""
+def _shown_in(budget: Budget, rate: FxRate) -> dict[str, Any]:
+    """A usd budget's amounts in a currency, for JSON: exact, with the rate and its date."""
+    state = budget.state
+    amounts = {
+        k: format(convert(getattr(state, k), rate.rate), "f")
+        for k in ("limit", "used", "reserved", "remaining")
+    }
+    return {
+        "currency": rate.currency,
+        "rate": format(rate.rate, "f"),
+        "rate_from": rate.effective_from.isoformat(),
+        **amounts,
+    }
+
+
+def _declared(state: BudgetState) -> str | None:
+    """How a budget declared in another currency got this period's USD limit."""
+    if not state.currency or state.currency_limit is None:
+        return None
+    rate = (
+        f"{state.fx_rate.normalize():f} per USD from {state.fx_rate_from.isoformat()}"
+        if state.fx_rate is not None and state.fx_rate_from is not None
+        else "no rate found now"
+    )
+    return (
+        f"{state.name}: declared as {shown(state.currency_limit, state.currency)}; this period's limit "
+        f"{money(state.limit)} at {state.currency} {rate}"
+    )
+
+
+def budgets_grid(
+    budgets: Sequence[Budget], currency: str | None = None, rates: dict[str, FxRate] | None = None
+) -> tables.Grid:
+    """Budgets with their live state; each reset time in its budget's own time zone; usd amounts in
+    `currency` at a budget's rate in `rates` (its period start's), and a note on each budget declared in
+    a currency."""
+    rates = rates or {}
     columns = [
         tables.Column("Name"),
         tables.Column("Scope"),
@@ -422,9 +512,13 @@ def budgets_grid(budgets: Sequence[Budget]) -> tables.Grid:
     for budget in budgets:
         state, spec = budget.state, budget.spec
 
-        def amount(value: Decimal | None, unit: str = state.unit) -> str:
+        rate = rates.get(state.name)
+
+        def amount(value: Decimal | None, unit: str = state.unit, rate: FxRate | None = rate) -> str:
             if value is None:
                 return "-"
+            if rate is not None:
+                return shown(convert(value, rate.rate), rate.currency)
             return money(value) if unit == "usd" else f"{value.normalize():f}"
 
         rows.append(
@@ -444,7 +538,16 @@ def budgets_grid(budgets: Sequence[Budget]) -> tables.Grid:
                 state.status,
             ]
         )
-    return tables.Grid(columns=columns, rows=rows, title=None if budgets else "no budgets")
+    notes = [note for budget in budgets if (note := _declared(budget.state))]
+    if rates and currency:
+        used = sorted(
+            {rate.effective_from: rate for rate in rates.values()}.values(), key=lambda r: r.effective_from
+        )
+        notes.append(
+            f"usd amounts in {currency.upper()} at the rate of each period's start; "
+            f"{describe(used, currency.upper())}"
+        )
+    return tables.Grid(columns=columns, rows=rows, title=None if budgets else "no budgets", notes=notes)
 
 
 def _rate(value: int | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, TextIO, get_args
 
@@ -51,6 +52,9 @@ def register(subparsers: Any) -> None:
     for key in FILTERS:
         report.add_argument(f"--{key}", help=f"only this {key}")
     report.add_argument("--limit", default="50", help="rows of usage and top (1 .. 10000)")
+    report.add_argument(
+        "--currency", help="also show money in this ISO 4217 currency, at the tenant's rates (tokenledger fx)"
+    )
     report.add_argument("--format", default="table", choices=FORMATS)
     report.add_argument("--output", type=Path, help="write to this file instead of stdout")
     report.set_defaults(handler=report_command)
@@ -70,7 +74,11 @@ def report_command(args: argparse.Namespace) -> int:
             "bucket": args.bucket,
             "timezone": args.timezone,
             "limit": args.limit,
-            **{key: value for key in ("period", "by") if (value := getattr(args, key)) is not None},
+            **{
+                key: value
+                for key in ("period", "by", "currency")
+                if (value := getattr(args, key)) is not None
+            },
         }
     )
 
@@ -139,19 +147,23 @@ def table(report: reports.Report, timezone: str | None = None) -> tables.Grid:
         title += f" from {tables.moment(report.since, timezone)} to {tables.moment(report.until, timezone)}"
     names = reports.columns_of(rows)
     dropped = DROPPED_FIRST.get(report.view, ())
+    money = _converted_columns(report, names)
     columns = [
         tables.Column(
-            tables.header(name),
+            _header(name, report.currency) if name in money else tables.header(name),
             _kind(name, rows),
             drop=len(dropped) - dropped.index(name) if name in dropped else 0,
         )
         for name in names
     ]
-    cells = [[_shown(row.get(name), name, timezone) for name in names] for row in rows]
+    cells = [[_shown(row.get(name), name, timezone, name in money) for name in names] for row in rows]
     totals = None
     if report.view in SUMMED_VIEWS and report.totals and rows:
         summed = report.totals
-        totals = [_shown(summed.get(name), name, timezone) if name in summed else "" for name in names]
+        totals = [
+            _shown(summed.get(name), name, timezone, name in money) if name in summed else ""
+            for name in names
+        ]
         totals[0] = "TOTAL"
     if report.view == "summary":  # one row of many fields: reads best as one field a line
         columns = [tables.Column(column.header, column.kind, drop=0) for column in columns]
@@ -178,13 +190,30 @@ def _numeric(value: reports.Cell) -> bool:
     return True
 
 
-def _shown(value: reports.Cell, name: str = "", timezone: str | None = None) -> str:
+def _converted_columns(report: reports.Report, columns: list[str]) -> set[str]:
+    """The columns holding money converted to the report's currency: a table rounds them to 2 decimals."""
+    if report.currency is None:
+        return set()
+    suffix = "_" + report.currency.lower()
+    return {column for column in columns if column.endswith(suffix) or column.endswith(suffix + "_exact")}
+
+
+def _header(name: str, currency: str | None) -> str:
+    """A converted money column's header: `cost_eur` -> `Cost (EUR)`."""
+    code = str(currency)
+    base = name.replace(f"_{code.lower()}", "")
+    return f"{tables.header(base)} ({code})"
+
+
+def _shown(value: reports.Cell, name: str = "", timezone: str | None = None, money: bool = False) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if name in tables.DATES and isinstance(value, str):
         return tables.moment(value, timezone)
+    if money and isinstance(value, str):  # converted money: 2 decimals, half up (json keeps every digit)
+        return f"{Decimal(value).quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):f}"
     return str(value)
 
 

@@ -42,6 +42,8 @@ DEFAULT_PORT: Final = 8765
 SWEEP_SECONDS: Final = 5.0
 ALERT_POLL_SECONDS: Final = float(os.environ.get("TOKENLEDGER_ALERT_POLL_SECONDS", "5"))
 HOUSEKEEPING_SECONDS: Final = 6 * 3600.0
+# How often a server looks for catalog updates (one index probe; see Ledger.refresh_catalog).
+CATALOG_POLL_SECONDS: Final = float(os.environ.get("TOKENLEDGER_CATALOG_POLL_SECONDS", "10"))
 ADMIN_KEY_FILE: Final = "admin.key"
 TransportName = Literal["stdio", "http", "sse"]
 
@@ -240,12 +242,25 @@ async def _housekeeping(ledger: Ledger) -> None:
         await anyio.sleep(HOUSEKEEPING_SECONDS)
 
 
+async def poll_catalog(ledger: Ledger, interval: float = CATALOG_POLL_SECONDS) -> None:
+    """Take catalog updates another process stored, every `interval` seconds, for as long as the server
+    runs: off the call path, so no call waits for the database because of it."""
+    while True:
+        await anyio.sleep(interval)
+        try:
+            if await ledger.refresh_catalog():
+                log.info("catalog updated: %s", ", ".join(u.label for u in ledger.catalog.applied_updates))
+        except TokenLedgerError as error:
+            log.warning("could not look for catalog updates: %s", error)
+
+
 @asynccontextmanager
 async def _background(ledger: Ledger) -> AsyncIterator[None]:
     """What a server does besides answering calls: release expired reservations, deliver alerts from the
-    outbox and scheduled reports to the configured sinks (any number of servers share the work), keep
-    partitions ahead."""
+    outbox, scheduled reports and override requests to the configured sinks (any number of servers share
+    the work), keep partitions ahead, take catalog updates."""
     from tokenledger.alerts import Dispatcher, sinks_from_env
+    from tokenledger.override_notices import OverrideNoticeDispatcher
     from tokenledger.scheduled import ScheduleDispatcher
 
     sinks = await anyio.to_thread.run_sync(sinks_from_env)  # a bad sink setting refuses to start
@@ -253,7 +268,11 @@ async def _background(ledger: Ledger) -> AsyncIterator[None]:
         tasks.start_soon(_sweep_expired, ledger)
         tasks.start_soon(partial(Dispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
         tasks.start_soon(partial(ScheduleDispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
+        public_url = os.environ.get("TOKENLEDGER_PUBLIC_URL")
+        overrides = OverrideNoticeDispatcher(ledger, sinks, dashboard_url=public_url)
+        tasks.start_soon(partial(overrides.run_forever, interval=ALERT_POLL_SECONDS))
         tasks.start_soon(_housekeeping, ledger)
+        tasks.start_soon(poll_catalog, ledger)
         yield
         tasks.cancel_scope.cancel()
 

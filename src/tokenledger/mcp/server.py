@@ -29,6 +29,7 @@ from tokenledger.ledger import Ledger
 from tokenledger.mcp import prompts
 from tokenledger.mcp.access import PrincipalMiddleware, principal_of, request_principal
 from tokenledger.mcp.schemas import (
+    BudgetOverrideInput,
     BudgetsResult,
     CheckInput,
     CountInput,
@@ -36,6 +37,7 @@ from tokenledger.mcp.schemas import (
     FitInput,
     ManageBudgetInput,
     ManageScheduleInput,
+    OverridesResult,
     PricesInput,
     PricesResult,
     ReleaseInput,
@@ -53,6 +55,7 @@ from tokenledger.types import (
     CountResult,
     ExtendResult,
     FitResult,
+    OverrideRequest,
     PriceSpec,
     Principal,
     ReleaseResult,
@@ -126,6 +129,10 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         """Add, list, run now or delete scheduled reports (admin)."""
         return await _manage_schedule(ledger, request, who(ctx))
 
+    async def budget_override(request: BudgetOverrideInput, ctx: Context[Any, Any]) -> OverridesResult:
+        """Temporary budget increase: request, status, cancel, list; approve or deny (admin)."""
+        return await _budget_override(ledger, request, who(ctx))
+
     async def prices(request: PricesInput, ctx: Context[Any, Any]) -> PricesResult:
         """A model's prices and context window, a catalog search, a tenant price override or alias."""
         return await _prices(ledger, request, who(ctx))
@@ -143,6 +150,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         _tool(report, ReportInput, reports.Report, READ),
         _tool(manage_budget, ManageBudgetInput, BudgetsResult, ADMIN),
         _tool(manage_schedule, ManageScheduleInput, SchedulesResult, SCHEDULE),
+        _tool(budget_override, BudgetOverrideInput, OverridesResult, WRITE),
         _tool(prices, PricesInput, PricesResult, ADMIN),
         _tool(fit_messages, FitInput, FitResult, READ),
     ]
@@ -185,6 +193,32 @@ async def _manage_schedule(
         )
     spec = ScheduleSpec.model_validate(request.spec_fields())
     return SchedulesResult(action=action, schedules=[await ledger.add_schedule(spec, principal)])
+
+
+async def _budget_override(
+    ledger: Ledger, request: BudgetOverrideInput, principal: Principal
+) -> OverridesResult:
+    action = request.action
+    if action == "list":
+        found = await ledger.list_overrides(principal, status=request.status, budget=request.budget)
+        return OverridesResult(action=action, overrides=found)
+    if action == "request":
+        asked = OverrideRequest.model_validate(request.request_fields())
+        return OverridesResult(action=action, overrides=[await ledger.request_override(asked, principal)])
+    if request.id is None:
+        raise ToolError(f"id: missing; allowed: an override request's id, required for action {action!r}")
+    if action == "status":
+        return OverridesResult(action=action, overrides=[await ledger.override_status(request.id, principal)])
+    if action == "cancel":
+        return OverridesResult(action=action, overrides=[await ledger.cancel_override(request.id, principal)])
+    if action == "approve":
+        approved = await ledger.approve_override(request.id, principal, reason=request.reason)
+        return OverridesResult(action=action, overrides=[approved])
+    if request.reason is None:
+        raise ToolError("reason: missing; allowed: why the request is denied, required for action 'deny'")
+    return OverridesResult(
+        action=action, overrides=[await ledger.deny_override(request.id, request.reason, principal)]
+    )
 
 
 async def _prices(ledger: Ledger, request: PricesInput, principal: Principal) -> PricesResult:
