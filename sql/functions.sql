@@ -233,24 +233,86 @@ returns jsonb language sql stable as $$
         p_catalog || jsonb_build_object('source', 'catalog'))
 $$;
 
--- The exact cost of a usage at a price, or null when the model is unpriced (never $0).
--- Conventions: input excludes cache reads and writes, which are priced at their own rates (or the
--- input rate where none is published); reasoning is part of output, priced at its rate if published.
-create or replace function tl_cost(p_price jsonb, p_input bigint, p_output bigint, p_cache_read bigint,
-                                   p_cache_write bigint, p_reasoning bigint) returns numeric
+-- The context tier of a price that a call reaches: the last (they ascend) whose above_input_tokens its
+-- whole input (uncached + cache read + cache write) exceeds; null below every tier.
+create or replace function tl_tier(p_price jsonb, p_whole_input bigint) returns jsonb
+language sql immutable as $$
+    select t from jsonb_array_elements(coalesce(p_price -> 'tiers', '[]')) with ordinality as x(t, n)
+     where p_whole_input > (t ->> 'above_input_tokens')::bigint
+     order by n desc limit 1
+$$;
+
+-- The rate sets of a price that a call reads, most specific first (tokenledger.pricing.rate_sets): the
+-- tier reached, its rates for the mode then its standard rates; then the mode's rates; then the standard
+-- rates. p_mode: standard, batch, flex or priority. A flat price (a tenant's override) is one set.
+create or replace function tl_rate_sets(p_price jsonb, p_mode text, p_whole_input bigint) returns jsonb[]
 language plpgsql immutable as $$
 declare
-    rate_in numeric := (p_price ->> 'input')::numeric;
-    rate_out numeric := (p_price ->> 'output')::numeric;
+    tier jsonb := case when p_price ? 'tiers' then tl_tier(p_price, p_whole_input) end;
+    sets jsonb[] := '{}';
 begin
+    if tier is not null then
+        if p_mode <> 'standard' and jsonb_typeof(tier -> p_mode) = 'object' then
+            sets := sets || (tier -> p_mode);
+        end if;
+        sets := sets || tier;
+    end if;
+    if p_mode <> 'standard' and jsonb_typeof(p_price -> p_mode) = 'object' then
+        sets := sets || (p_price -> p_mode);
+    end if;
+    return sets || p_price;
+end $$;
+
+-- The first rate of `p_kind` published in the sets (in their order), or null.
+create or replace function tl_rate(p_sets jsonb[], p_kind text) returns numeric
+language sql immutable as $$
+    select (s ->> p_kind)::numeric from unnest(p_sets) with ordinality as x(s, n)
+     where s ->> p_kind is not null order by n limit 1
+$$;
+
+-- Whether a price publishes rates for the mode (its own, or the tier's the call reaches); where it does
+-- not, the call is priced at standard rates (tokenledger.pricing: the cost's `price_mode`).
+create or replace function tl_mode_published(p_price jsonb, p_mode text, p_whole_input bigint) returns boolean
+language sql immutable as $$
+    select p_mode = 'standard' or coalesce(jsonb_typeof(p_price -> p_mode) = 'object', false)
+        or coalesce(jsonb_typeof(tl_tier(p_price, p_whole_input) -> p_mode) = 'object', false)
+$$;
+
+-- The exact cost of a usage at a price, or null when the model is unpriced (never $0): exactly the rule
+-- of tokenledger.pricing.cost. Each rate is the first published in the call's rate sets (tl_rate_sets).
+-- Input excludes cache reads and writes, which are priced at their own rates (else the input rate); a
+-- 1-hour cache write (p_cache_ttl '1h') at the 1-hour rate, else the 5-minute one; reasoning is part of
+-- output, priced at its rate if published, else the output rate. A local runtime's rates are $0: its
+-- cost is 0, a price.
+create or replace function tl_cost(p_price jsonb, p_input bigint, p_output bigint, p_cache_read bigint,
+                                   p_cache_write bigint, p_reasoning bigint, p_mode text default 'standard',
+                                   p_cache_ttl text default '5m') returns numeric
+language plpgsql immutable as $$
+declare
+    rates jsonb;
+    rate_in numeric;
+    rate_out numeric;
+    rate_read numeric;
+    rate_write numeric;
+    rate_write_1h numeric;
+    rate_reasoning numeric;
+begin
+    foreach rates in array tl_rate_sets(p_price, p_mode, p_input + p_cache_read + p_cache_write) loop
+        rate_in := coalesce(rate_in, (rates ->> 'input')::numeric);
+        rate_out := coalesce(rate_out, (rates ->> 'output')::numeric);
+        rate_read := coalesce(rate_read, (rates ->> 'cache_read')::numeric);
+        rate_write := coalesce(rate_write, (rates ->> 'cache_write')::numeric);
+        rate_write_1h := coalesce(rate_write_1h, (rates ->> 'cache_write_1h')::numeric);
+        rate_reasoning := coalesce(rate_reasoning, (rates ->> 'reasoning')::numeric);
+    end loop;
     if rate_in is null or rate_out is null then
         return null;
     end if;
     return p_input * rate_in
-         + p_cache_read * coalesce((p_price ->> 'cache_read')::numeric, rate_in)
-         + p_cache_write * coalesce((p_price ->> 'cache_write')::numeric, rate_in)
+         + p_cache_read * coalesce(rate_read, rate_in)
+         + p_cache_write * coalesce(case when p_cache_ttl = '1h' then rate_write_1h end, rate_write, rate_in)
          + (p_output - p_reasoning) * rate_out
-         + p_reasoning * coalesce((p_price ->> 'reasoning')::numeric, rate_out);
+         + p_reasoning * coalesce(rate_reasoning, rate_out);
 end $$;
 
 -- Claims a request_id for this call of user p_user ('' without one): keys are scoped per (tenant, user),
@@ -317,7 +379,8 @@ create or replace function tl_check(
     p_tenant text, p_request_id text, p_request_hash text, p_model text, p_attr jsonb,
     p_input_tokens bigint, p_max_output bigint, p_priority text, p_allow_partial boolean,
     p_reserve boolean, p_ttl_seconds double precision, p_catalog_price jsonb, p_method text,
-    p_prompt_hash text default null, p_counted_input bigint default null)
+    p_prompt_hash text default null, p_counted_input bigint default null, p_mode text default 'standard',
+    p_alias_of text default null)
 returns jsonb language plpgsql
 -- Generic plans: the statements here are key lookups, and re-planning them per call cost more
 -- than running them (measured: a check 0.83 ms -> 0.29 ms).
@@ -325,6 +388,7 @@ set plan_cache_mode = force_generic_plan as $$
 declare
     now_at timestamptz := clock_timestamp();
     replay jsonb;
+    rate_sets jsonb[];
     rate_in numeric;
     rate_out numeric;
     priced boolean;
@@ -359,13 +423,20 @@ begin
         end if;
     end if;
 
-    -- The tenant's price override in force, else the catalog's.
+    -- The tenant's price override in force (for an alias: its own, else its target's), else the
+    -- catalog's rates for the mode (p_mode) at the tier the input reaches.
     select t.input, t.output into rate_in, rate_out from tl_price t
      where t.tenant_id = p_tenant and t.model = p_model and t.effective_from <= now_at
      order by t.effective_from desc limit 1;
+    if not found and p_alias_of is not null then
+        select t.input, t.output into rate_in, rate_out from tl_price t
+         where t.tenant_id = p_tenant and t.model = p_alias_of and t.effective_from <= now_at
+         order by t.effective_from desc limit 1;
+    end if;
     if not found then
-        rate_in := (p_catalog_price ->> 'input')::numeric;
-        rate_out := (p_catalog_price ->> 'output')::numeric;
+        rate_sets := tl_rate_sets(p_catalog_price, p_mode, p_input_tokens);
+        rate_in := tl_rate(rate_sets, 'input');
+        rate_out := tl_rate(rate_sets, 'output');
     end if;
     priced := rate_in is not null and rate_out is not null;
 
@@ -561,7 +632,8 @@ create or replace function tl_track(
     p_reasoning bigint, p_reported_cost numeric, p_catalog_price jsonb, p_method text, p_status text,
     p_latency_ms integer, p_tools text[], p_metadata jsonb, p_occurred_at timestamptz,
     p_estimated_input bigint, p_prompt_hash text, p_member_user text, p_clock_skew interval,
-    p_requested_model text default null)
+    p_requested_model text default null, p_batch boolean default false,
+    p_service_tier text default 'standard', p_cache_ttl text default '5m', p_alias_of text default null)
 returns jsonb language plpgsql
 -- Generic plans: the statements here are key lookups, and re-planning them per call cost more
 -- than running them (measured: a check 0.83 ms -> 0.29 ms).
@@ -575,6 +647,7 @@ declare
     attr jsonb := p_attr;
     key text;
     price jsonb;
+    mode text;
     cost numeric;
     cost_source text;
     total bigint := p_input + p_output + p_cache_read + p_cache_write;
@@ -692,13 +765,21 @@ begin
          where tenant_id = p_tenant and reservation_id = p_reservation_id;
     end if;
 
-    price := tl_price_at(p_tenant, p_model, at, p_catalog_price);
+    -- An alias prices as its target: its own override, else the target's, else the target's catalog price.
+    price := tl_price_at(p_tenant, p_model, at, case when p_alias_of is null then p_catalog_price end);
+    if price is null then
+        price := tl_price_at(p_tenant, p_alias_of, at, p_catalog_price);
+    end if;
     if p_reported_cost is not null then
         cost := p_reported_cost;
         cost_source := 'provider';
     else
-        cost := tl_cost(price, p_input, p_output, p_cache_read, p_cache_write, p_reasoning);
+        mode := case when p_batch then 'batch' else p_service_tier end;
+        cost := tl_cost(price, p_input, p_output, p_cache_read, p_cache_write, p_reasoning, mode, p_cache_ttl);
         cost_source := case when cost is not null then price ->> 'source' end;
+        if cost is not null and not tl_mode_published(price, mode, p_input + p_cache_read + p_cache_write) then
+            warnings := warnings || format('%s publishes no %s price: priced at standard rates', p_model, mode);
+        end if;
     end if;
     if cost is null then
         warnings := warnings || format('model %s is unpriced: its cost is unknown, not $0', p_model);
@@ -754,13 +835,14 @@ begin
                           project, team, feature, endpoint, provider, model, input_tokens, output_tokens,
                           cache_read_input_tokens, cache_creation_input_tokens, reasoning_output_tokens,
                           total_tokens, cost_usd, cost_source, estimated_input_tokens, estimated_cost_usd,
-                          method, status, latency_ms, tools_used, metadata, prompt_hash, requested_model)
+                          method, status, latency_ms, tools_used, metadata, prompt_hash, requested_model,
+                          batch, service_tier, cache_ttl, alias_of)
     values (p_tenant, usage, at, p_request_id, p_reservation_id, attr ->> 'user', attr ->> 'session',
             attr ->> 'project', attr ->> 'team', attr ->> 'feature', attr ->> 'endpoint', p_provider, p_model,
             p_input, p_output, p_cache_read, p_cache_write, p_reasoning, total, cost, cost_source,
             coalesce(p_estimated_input, res.input_tokens), res.estimated_cost_usd, p_method, p_status,
             p_latency_ms, p_tools, p_metadata, coalesce(p_prompt_hash, res.prompt_hash),
-            nullif(p_requested_model, p_model));
+            nullif(p_requested_model, p_model), p_batch, p_service_tier, p_cache_ttl, p_alias_of);
 
     result := jsonb_build_object(
         'usage_id', usage, 'duplicate', false, 'input_tokens', p_input, 'output_tokens', p_output,
@@ -1086,6 +1168,56 @@ begin
             p_price || jsonb_build_object('effective_from', p_effective_from));
     return tl_price_at(p_tenant, p_model, p_effective_from, null)
            || jsonb_build_object('effective_from', p_effective_from);
+end $$;
+
+-- --- model aliases ------------------------------------------------------------------------------------
+-- A tenant's own name for a catalog model. Python checks that the alias names no catalog model and that
+-- the target is one (so no alias is another's target: no chains); these functions write and audit.
+
+create or replace function tl_alias_json(a tl_model_alias) returns jsonb
+language sql immutable as $$
+    select jsonb_build_object('alias', a.alias, 'target', a.target, 'created_at', a.created_at,
+                              'created_by', a.created_by)
+$$;
+
+-- Create an alias, or point an existing one (matched case-insensitively) at a new target; audited with
+-- the alias before and after. A tenant holds at most p_max aliases.
+create or replace function tl_set_alias(p_tenant text, p_actor text, p_alias text, p_target text,
+                                        p_max integer) returns jsonb
+language plpgsql as $$
+declare
+    earlier tl_model_alias;
+    saved tl_model_alias;
+begin
+    perform pg_advisory_xact_lock(hashtextextended('tl_model_alias:' || p_tenant, 0));  -- the count is per tenant
+    select * into earlier from tl_model_alias where tenant_id = p_tenant and lower(alias) = lower(p_alias);
+    if not found and (select count(*) from tl_model_alias where tenant_id = p_tenant) >= p_max then
+        raise exception 'alias %: this tenant has % aliases, the most allowed; remove one first (unalias)',
+            p_alias, p_max using errcode = 'TL400';
+    end if;
+    insert into tl_model_alias (tenant_id, alias, target, created_by)
+    values (p_tenant, p_alias, p_target, p_actor)
+    on conflict (tenant_id, lower(alias)) do update
+       set alias = excluded.alias, target = excluded.target, created_at = now(), created_by = excluded.created_by
+    returning * into saved;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'set', 'model_alias', saved.alias,
+            case when earlier.alias is not null then tl_alias_json(earlier) end, tl_alias_json(saved));
+    return tl_alias_json(saved);
+end $$;
+
+create or replace function tl_delete_alias(p_tenant text, p_actor text, p_alias text) returns jsonb
+language plpgsql as $$
+declare
+    gone tl_model_alias;
+begin
+    delete from tl_model_alias where tenant_id = p_tenant and lower(alias) = lower(p_alias) returning * into gone;
+    if not found then
+        raise exception 'alias %: no such alias in this tenant', p_alias using errcode = 'TL404';
+    end if;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'delete', 'model_alias', gone.alias, tl_alias_json(gone), null);
+    return tl_alias_json(gone);
 end $$;
 
 -- Monthly usage partitions from the month of p_from, p_months ahead, created where missing.

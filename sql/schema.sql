@@ -143,8 +143,14 @@ create table tl_usage (
     latency_ms                  integer,
     tools_used                  text[]      not null default '{}',
     metadata                    jsonb       not null default '{}',
+    batch                       boolean     not null default false,  -- how the call was billed
+    service_tier                text        not null default 'standard',
+    cache_ttl                   text        not null default '5m',
+    alias_of                    text,       -- the catalog model a tenant alias in `model` stands for
     primary key (tenant_id, occurred_at, usage_id),
     check (status in ('success', 'error', 'cancelled')),
+    check (service_tier in ('standard', 'flex', 'priority') and cache_ttl in ('5m', '1h')
+           and not (batch and service_tier <> 'standard')),
     check (input_tokens >= 0 and output_tokens >= 0 and cache_read_input_tokens >= 0
            and cache_creation_input_tokens >= 0 and reasoning_output_tokens >= 0)
 ) partition by range (occurred_at);
@@ -219,6 +225,18 @@ create table tl_price (
     created_by     text,
     primary key (tenant_id, model, effective_from)
 );
+
+-- A tenant's own names for catalog models (an Azure deployment, a fine-tune, a gateway's name): a call
+-- naming the alias counts and prices as its target. Matched case-insensitively, as catalog names are.
+create table tl_model_alias (
+    tenant_id  text        not null,
+    alias      text        not null,  -- as the tenant wrote it
+    target     text        not null,  -- a catalog model, never another alias
+    created_at timestamptz not null default now(),
+    created_by text        not null,
+    primary key (tenant_id, alias)
+);
+create unique index tl_model_alias_name on tl_model_alias (tenant_id, lower(alias));
 
 create table tl_api_key (
     tenant_id    text        not null,

@@ -40,6 +40,9 @@ LEDGER_MODULES = {
     "test_alerts",
     "test_schedules",
     "test_retention",
+    "test_bill_modes",
+    "test_aliases",
+    "test_unknown_models",
     "test_overrides",
 }
 

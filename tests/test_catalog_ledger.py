@@ -76,8 +76,9 @@ async def test_a_retired_model_counts_checks_and_tracks_with_a_warning(ledger: L
 
 async def test_hosted_names_are_tracked_at_the_hosts_price(ledger: Ledger) -> None:
     profile = "bedrock/eu.anthropic.claude-sonnet-4-5-20250929-v1:0"  # $3.30 / $16.50 per million
-    tracked = await ledger.track_usage(TrackRequest(model=profile, input_tokens=MILLION, output_tokens=0))
-    assert tracked.cost_usd == Decimal("3.3")
+    # 100K input: below the 200K context tier, above which the whole request is billed at $6.60 / $24.75.
+    tracked = await ledger.track_usage(TrackRequest(model=profile, input_tokens=100_000, output_tokens=0))
+    assert tracked.cost_usd == Decimal("0.33")
     counted = await ledger.count_tokens(CountRequest(text="hello there", model="azure/gpt-4o"))
     assert (counted.method, counted.encoding) == ("exact", "o200k_base")
 

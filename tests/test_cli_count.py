@@ -175,8 +175,18 @@ def test_single_token_and_estimates(capsys: pytest.CaptureFixture[str]) -> None:
     assert f"(estimate, {estimated.encoding}, {estimated.name})" in out.splitlines()[0]
 
 
-def test_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_model_is_an_estimate_with_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
     needs_catalog()
-    code, out, err = count_with(capsys, "--model", "no-such-model-xyz", "hello")
-    assert (code, out) == (1, "")
-    assert err.startswith("tokenledger: model: 'no-such-model-xyz'")
+    code, out, err = count_with(capsys, "--model", "no-such-model-xyz", "--json", "hello there")
+    result = json.loads(out)
+    assert (code, result["method"], result["encoding"], result["priced"]) == (
+        0,
+        "estimate",
+        "o200k_base",
+        False,
+    )
+    assert (
+        result["tokens"] == 3
+    )  # 2 o200k_base tokens x 1.30 (a model whose tokenizer is unknown), rounded up
+    assert result["warnings"][0].startswith("no-such-model-xyz is not in the catalog")
+    assert "no-such-model-xyz is not in the catalog" in err

@@ -53,6 +53,7 @@ __all__ = [
     "default_catalog",
     "resolve",
     "search",
+    "unknown_model",
 ]
 
 # Prefixes callers put before a maker's model name (litellm, OpenRouter, Hugging Face style) -> maker.
@@ -770,4 +771,37 @@ def cheapest(
     """Return the bundled catalog's cheapest model for the request; see `Catalog.cheapest`."""
     return default_catalog().cheapest(
         input_tokens, output_tokens, max_cost_usd=max_cost_usd, provider=provider, exclude=exclude
+    )
+
+
+def unknown_model(name: str, closest: Sequence[str] = ()) -> ModelInfo:
+    """Return the entry of a model the catalog does not know: counted by the best rule its name allows
+    (`families.counting`: exact where tiktoken lists the name, else the o200k_base estimate of the family
+    the name shows, `other` x1.30 where it shows none), unpriced, and a warning that names it.
+
+    Its provider is the one its prefix names (`anthropic/...`, `azure/...`), else `unknown`. `source` is
+    "unknown": the ledger still applies a tenant's own price for it.
+    """
+    typed = name.strip()
+    prefix, slash, _ = typed.lower().partition("/")
+    provider = (PROVIDER_PREFIXES.get(prefix) or HOSTS.get(prefix)) if slash else None
+    family = family_of(typed, provider or "other")
+    rules = counting(typed, family)
+    how = (
+        f"counted exactly with {rules['encoding']}"
+        if rules["count_method"] == "exact"
+        else f"estimated as {rules['encoding']} x{rules['estimate_factor']:g}"
+    )
+    hint = f" (closest known: {', '.join(closest)})" if closest else ""
+    warning = (
+        f"{typed} is not in the catalog{hint}: {how}, unpriced unless this tenant prices it; "
+        "an alias (tokenledger models alias NAME TARGET) counts and prices it as a catalog model"
+    )
+    return ModelInfo(
+        name=typed,
+        provider=provider or "unknown",
+        **rules,
+        family=family,
+        source="unknown",
+        warnings=[warning],
     )

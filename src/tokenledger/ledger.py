@@ -26,9 +26,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from tokenledger import dashboard as dashboards
 from tokenledger import fx, plpython_counting, privacy, reports, schedules, tokens
-from tokenledger.catalog import Catalog, CatalogDiff, CatalogUpdate, cost
+from tokenledger.catalog import Catalog, CatalogDiff, CatalogUpdate, cost, unknown_model
 from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, TokenLedgerError, UnknownModel
 from tokenledger.pricefile import PriceFile
+from tokenledger.pricing import price_mode
 from tokenledger.provider_count import (
     ENCODING_NAMES,
     PROVIDER_ERROR_BAND,
@@ -63,6 +64,7 @@ from tokenledger.types import (
     FxRate,
     GroupKey,
     Method,
+    ModelAlias,
     ModelInfo,
     Override,
     OverrideNotice,
@@ -122,11 +124,25 @@ ERROR_BAND_QUANTILE = 0.9
 MAX_ERROR_BAND = 1.0
 # The longest a count waits for those two lookups: counting needs no database.
 COUNT_LOOKUP_SECONDS = 1.0
+# A tenant's model aliases are read at most this often per process (one query per tenant, however many
+# calls); a change made here applies at once, one made in another process within this time.
+ALIAS_TTL_SECONDS = 30.0
+MAX_ALIASES = 1_000  # per tenant
+# A name the catalog does not know is remembered this long (at most this many names): finding the closest
+# known names for its warning reads the whole catalog (tens of milliseconds).
+UNKNOWN_MODEL_TTL_SECONDS = 30.0
+MAX_UNKNOWN_MODELS = 1_024
+# Request fields added after requests were first hashed: left out at their defaults, so a request sent
+# before they existed keeps its hash (its idempotent replay still matches).
+_HASHED_ONLY_WHEN_SET = {"batch": False, "service_tier": "standard", "cache_ttl": "5m"}
 
 
 def _request_hash(request: Any) -> str:
     """A fingerprint of a request's content (its request_id excluded), for idempotent replays."""
     content = request.model_dump(mode="json", exclude={"request_id"}, exclude_none=True)
+    for name, default in _HASHED_ONLY_WHEN_SET.items():
+        if content.get(name, default) == default:
+            content.pop(name, None)
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -139,6 +155,14 @@ def _catalog_price(price: Price) -> dict[str, Any]:
     """The catalog price as tl_check and tl_track take it: rates as decimal strings, and the modes,
     tiers and `local` flag only where the model has them (see tokenledger.pricing for the rule)."""
     return price.model_dump(mode="json", exclude_defaults=True)
+
+
+def _counted_as(model: ModelInfo) -> ModelInfo:
+    """The entry counting reads: a tenant alias's target, under the target's name (message overheads, a
+    model's own tokenizer and the provider's count API all go by the model's real name)."""
+    if model.alias_of is None:
+        return model
+    return model.model_copy(update={"name": model.alias_of, "alias_of": None})
 
 
 def _hash_key(key: str) -> str:
@@ -164,6 +188,11 @@ class Ledger:
         self._calibration: dict[tuple[str, str], tuple[dict[str, list[Decimal]], float]] = {}
         self._settings: dict[str, tuple[TenantSettings, float]] = {}
         self._keys: dict[str, tuple[privacy.TenantKeys, float]] = {}  # tenant -> keys, when they go stale
+        # tenant -> (its aliases by lower-cased name, when they go stale); lower-cased name -> (the entry
+        # of a model the catalog does not know, when it goes stale).
+        self._aliases: dict[str, tuple[dict[str, ModelAlias], float]] = {}
+        self._aliases_unreadable: dict[str, float] = {}  # tenant -> until when counts do not try again
+        self._unknown: dict[str, tuple[ModelInfo, float]] = {}
         self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
         self._catalog_version = max((update.update_id for update in self.catalog.updates), default=0)
         self._catalog_refresh = anyio.Lock()  # one refresh at a time: a slower one never swaps in an older
@@ -207,24 +236,18 @@ class Ledger:
     # --- models -----------------------------------------------------------------------------------
 
     async def model_info(self, name: str, principal: Principal | None = None) -> ModelInfo:
-        """The catalog entry of a model, with the tenant's price override in force now, if any."""
+        """The entry of a model (a tenant alias's: its target's, under its name), with the tenant's price
+        override in force now, if any (an alias's own, else its target's). A model the catalog does not
+        know is an UnknownModel error here, unless the tenant priced it: this answers what is known."""
         principal = principal or Principal()
-        overrides = await self.store.price_overrides(tenant=principal.tenant_id, model=name)
+        info = await self._model(name, principal.tenant_id)
+        overrides = await self.store.price_overrides(tenant=principal.tenant_id, model=info.name)
+        if not overrides and info.alias_of is not None:
+            overrides = await self.store.price_overrides(tenant=principal.tenant_id, model=info.alias_of)
+        if info.source == "unknown" and not overrides:
+            self.catalog.resolve(name)  # raises UnknownModel, naming the closest known models
         now = datetime.now(UTC)
         current = next((o for o in overrides if o["effective_from"] <= now), None)
-        try:
-            info = self.catalog.resolve(name)
-        except UnknownModel:
-            if not overrides:
-                raise
-            # A model the catalog does not know but the tenant priced: count it as an estimate.
-            info = ModelInfo(
-                name=name,
-                provider="custom",
-                encoding="o200k_base",
-                count_method="estimate",
-                estimate_rule="o200k_base count: the catalog does not know this model",
-            )
         if current is not None:
             info = info.model_copy(
                 update={
@@ -240,21 +263,64 @@ class Ledger:
             )
         return info
 
-    def _catalog_model(self, name: str) -> ModelInfo:
-        return self.catalog.resolve(name)
+    async def _model(self, name: str, tenant: str, *, lenient: bool = False) -> ModelInfo:
+        """The model a call names, in this order: the tenant's alias (counted and priced as its target,
+        under the alias's name), else the catalog's entry (`Catalog.resolve`), else an unknown model (its
+        name's counting rule, unpriced, a warning naming it). `lenient` (counting, which needs no
+        database): the aliases read within COUNT_LOOKUP_SECONDS, else the last ones read."""
+        alias = (await self._tenant_aliases(tenant, lenient=lenient)).get(name.strip().lower())
+        if alias is not None:
+            with contextlib.suppress(UnknownModel):  # a target the catalog dropped: the alias is unknown
+                target = self.catalog.resolve(alias.target)
+                return target.model_copy(update={"name": alias.alias, "alias_of": target.name, "aliases": []})
+        key = name.strip().lower()
+        remembered = self._unknown.get(key)
+        if remembered is not None and remembered[1] > time.monotonic():
+            return remembered[0].model_copy(update={"warnings": list(remembered[0].warnings)})
+        try:
+            return self.catalog.resolve(name)
+        except UnknownModel as unknown:
+            info = unknown_model(name, unknown.closest)
+        if len(self._unknown) >= MAX_UNKNOWN_MODELS:
+            self._unknown.pop(next(iter(self._unknown)))  # the oldest
+        self._unknown[key] = (info, time.monotonic() + UNKNOWN_MODEL_TTL_SECONDS)
+        return info.model_copy(update={"warnings": list(info.warnings)})
+
+    async def _tenant_aliases(self, tenant: str, *, lenient: bool = False) -> dict[str, ModelAlias]:
+        """The tenant's aliases by lower-cased name, read at most every ALIAS_TTL_SECONDS. `lenient` (see
+        `_model`): after a failed read, counts use the last aliases read (or none) for ALIAS_TTL_SECONDS
+        without trying again, while checks and tracks, which need the database anyway, read at once."""
+        cached = self._aliases.get(tenant)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        rows: list[dict[str, Any]] | None = None
+        if lenient:
+            if self._aliases_unreadable.get(tenant, 0.0) <= time.monotonic():
+                with contextlib.suppress(TokenLedgerError), anyio.move_on_after(COUNT_LOOKUP_SECONDS):
+                    rows = await self.store.aliases(tenant=tenant)
+                if rows is None:
+                    self._aliases_unreadable[tenant] = time.monotonic() + ALIAS_TTL_SECONDS
+            if rows is None:
+                return cached[0] if cached is not None else {}
+        else:
+            rows = await self.store.aliases(tenant=tenant)
+        aliases = {row["alias"].lower(): ModelAlias.model_validate(row) for row in rows}
+        self._aliases[tenant] = (aliases, time.monotonic() + ALIAS_TTL_SECONDS)
+        self._aliases_unreadable.pop(tenant, None)
+        return aliases
 
     async def _model_for_call(
         self, name: str, principal: Principal, at: datetime | None = None
     ) -> tuple[ModelInfo, Price]:
-        """The model that counts a call, and its bundled price in force at `at` (default: now). The
-        database is asked only for a model the catalog does not know (a tenant may price its own); it
-        applies the tenant's override in force at the call's time itself, so the price passed down is
-        the catalog's (none for such a model)."""
-        try:
-            model = self.catalog.resolve(name)
-        except UnknownModel:
-            return await self.model_info(name, principal), Price()
-        return model, model.price if at is None else self.catalog.price_at(name, at)
+        """The model that counts a call (see `_model`), and its catalog price in force at `at` (default:
+        now): an alias's target's; none for a model the catalog does not know. The database applies the
+        tenant's override in force at the call's time itself (an alias's own, else its target's)."""
+        model = await self._model(name, principal.tenant_id)
+        if model.source == "unknown":
+            return model, Price()
+        if at is None:
+            return model, model.price
+        return model, self.catalog.price_at(model.alias_of or name, at)
 
     # --- counting ---------------------------------------------------------------------------------
 
@@ -266,13 +332,14 @@ class Ledger:
             raise InvalidInput("text", given or None, "give exactly one of text, texts or messages")
         if request.tools is not None and request.messages is None:
             raise InvalidInput("tools", "...", "tools are counted with messages; give messages too")
-        model = self._catalog_model(request.model) if request.model else None
+        principal = principal or Principal()
+        model = await self._model(request.model, principal.tenant_id, lenient=True) if request.model else None
         encoding = request.encoding if model is None else None
         count = await self._count(
             request.text, request.texts, request.messages, request.tools, model, encoding
         )
         if model is not None and count.method == "estimate":
-            count = await self._beyond_estimate(count, request, model, principal or Principal())
+            count = await self._beyond_estimate(count, request, model, principal)
         result = CountResult(**count.model_dump())
         if model is not None:
             fit = tokens.context_fit(count.tokens, model, request.max_output_tokens or 0)
@@ -282,6 +349,7 @@ class Ledger:
             result = result.model_copy(
                 update={
                     **fit.model_dump(),
+                    "model": model.name,  # an alias's own name: its target counted it
                     "estimated_cost_usd": estimate.cost_usd,
                     "priced": estimate.priced,
                     "warnings": [*result.warnings, *model.warnings],
@@ -298,6 +366,7 @@ class Ledger:
         model: ModelInfo | None,
         encoding: str | None,
     ) -> TokenCount:
+        model = _counted_as(model) if model is not None else None
         size = (
             len(text or "")
             + sum(len(t) for t in texts or ())
@@ -317,19 +386,32 @@ class Ledger:
             return await anyio.to_thread.run_sync(work)
         return work()
 
-    async def fit_messages(self, request: FitRequest) -> FitResult:
-        """Drop the oldest turns until the conversation fits the model's context with room for output."""
-        model = self._catalog_model(request.model)
-        return await anyio.to_thread.run_sync(
+    async def fit_messages(self, request: FitRequest, principal: Principal | None = None) -> FitResult:
+        """Drop the oldest turns until the conversation fits the model's context with room for output.
+
+        The window is `request.context_window`, else the model's; a model without a known window (one
+        the catalog does not know) needs `context_window`: a guessed window could overflow the real one."""
+        principal = principal or Principal()
+        model = await self._model(request.model, principal.tenant_id, lenient=True)
+        if request.context_window is not None:
+            model = model.model_copy(update={"context_window": request.context_window})
+        elif model.context_window is None:
+            raise InvalidInput(
+                "context_window",
+                None,
+                f"the window to fit into (tokens), required: {model.name} has no known context window",
+            )
+        fitted = await anyio.to_thread.run_sync(
             partial(
                 self.counter.fit_messages,
                 request.messages,
-                model,
+                _counted_as(model),
                 request.max_tokens,
                 keep_system=request.keep_system,
                 keep_last=request.keep_last,
             )
         )
+        return fitted.model_copy(update={"warnings": [*fitted.warnings, *model.warnings]})
 
     # --- the ledger -------------------------------------------------------------------------------
 
@@ -337,6 +419,7 @@ class Ledger:
         """Check a request against every matching budget and rate limit, and reserve it when allowed."""
         principal = principal or Principal()
         attribution = self._attribution(request, principal, action="check budgets")
+        mode = price_mode(request.batch, request.service_tier)
         model, catalog_price = await self._model_for_call(request.model, principal)
         given = [n for n in ("input_tokens", "text", "messages") if getattr(request, n) is not None]
         if len(given) != 1:
@@ -381,6 +464,8 @@ class Ledger:
                 request.prompt_hash or reports.prompt_hash(request.text, request.messages),
             ),
             counted_input_tokens=counted,
+            price_mode=mode,
+            alias_of=model.alias_of,
         )
         result = CheckResult.model_validate(answer)
         result.budgets = _visible_states(principal, result.budgets)
@@ -449,6 +534,7 @@ class Ledger:
     ) -> tuple[TokenCount | None, list[str]]:
         """The provider's count of the request's text or messages when the call (`provider_count`) or
         the tenant's setting asks for it, or None and why not (a warning when it was asked for)."""
+        model = _counted_as(model)
         if self.provider_counter.provider_for(model) is None:  # no key: nothing to look up
             if not request.provider_count:
                 return None, []
@@ -735,6 +821,7 @@ class Ledger:
 
     async def _track(self, request: TrackRequest, principal: Principal) -> TrackResult:
         attribution = self._attribution(request, principal, action="track usage")
+        price_mode(request.batch, request.service_tier)  # a batch call at flex or priority is refused
         metadata_json = json.dumps(request.metadata, default=str)
         if len(metadata_json) > MAX_METADATA_BYTES:
             raise InvalidInput("metadata", "...", f"at most {MAX_METADATA_BYTES} bytes of JSON")
@@ -779,6 +866,10 @@ class Ledger:
             member_user=_member_user(principal),
             clock_skew=CLOCK_SKEW,
             requested_model=request.requested_model,
+            batch=request.batch,
+            service_tier=request.service_tier,
+            cache_ttl=request.cache_ttl,
+            alias_of=model.alias_of,
         )
         result = TrackResult.model_validate(answer)
         result.budgets = _visible_states(principal, result.budgets)
@@ -912,10 +1003,12 @@ class Ledger:
         self._require(principal, ("admin",), "change prices")
         effective_from = spec.effective_from or datetime.now(UTC)
         price = _price_params(Price(**spec.model_dump(exclude={"model", "effective_from"})))
+        # Stored under the name calls record (an alias's or the catalog's spelling), where it applies.
+        model = await self._model(spec.model, principal.tenant_id)
         await self.store.set_price(
             tenant=principal.tenant_id,
             actor=principal.actor,
-            model=spec.model,
+            model=model.name,
             effective_from=effective_from,
             price=price,
         )
@@ -927,6 +1020,63 @@ class Ledger:
     async def list_price_overrides(self, principal: Principal | None = None) -> list[dict[str, Any]]:
         principal = principal or Principal()
         return await self.store.price_overrides(tenant=principal.tenant_id)
+
+    # --- model aliases ----------------------------------------------------------------------------
+
+    async def set_alias(self, alias: str, target: str, principal: Principal | None = None) -> ModelAlias:
+        """Name a catalog model as this tenant calls it: an Azure deployment, a fine-tune, a gateway's
+        name (admin only; audited). Calls naming `alias` count and price as `target`, unless the tenant
+        prices the alias itself. The target must be a catalog model (so never another alias); the alias may
+        not be a name the catalog knows. Setting an existing alias points it at the new target."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "change model aliases")
+        spec = ModelAlias(alias=alias, target=target)  # names as stored text: printable, bounded
+        self._aliases.pop(principal.tenant_id, None)  # judged on what is stored now
+        aliases = await self._tenant_aliases(principal.tenant_id)
+        try:
+            resolved = self.catalog.resolve(spec.target)
+        except UnknownModel as unknown:
+            chained = aliases.get(spec.target.lower())
+            if chained is not None:
+                raise InvalidInput(
+                    "target",
+                    spec.target,
+                    f"a catalog model; {chained.alias} is this tenant's alias of {chained.target} "
+                    f"(aliases do not chain): alias to {chained.target} itself",
+                ) from unknown
+            raise UnknownModel(spec.target, unknown.closest, field="target") from unknown
+        with contextlib.suppress(UnknownModel):
+            shadowed = self.catalog.resolve(spec.alias)
+            raise InvalidInput(
+                "alias",
+                spec.alias,
+                f"a name the catalog does not know: it resolves to the catalog's {shadowed.name}, "
+                "which an alias may not shadow",
+            )
+        saved = await self.store.set_alias(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            alias=spec.alias,
+            target=resolved.name,
+            max_aliases=MAX_ALIASES,
+        )
+        self._aliases.pop(principal.tenant_id, None)
+        return ModelAlias.model_validate(saved)
+
+    async def delete_alias(self, alias: str, principal: Principal | None = None) -> ModelAlias:
+        """Remove one of the tenant's aliases (admin only; audited): its name is unknown again."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "change model aliases")
+        tenant, actor = principal.tenant_id, principal.actor
+        removed = await self.store.delete_alias(tenant=tenant, actor=actor, alias=alias)
+        self._aliases.pop(principal.tenant_id, None)
+        return ModelAlias.model_validate(removed)
+
+    async def list_aliases(self, principal: Principal | None = None) -> list[ModelAlias]:
+        """The tenant's model aliases, by name (any role: they name catalog models, like prices)."""
+        principal = principal or Principal()
+        rows = await self.store.aliases(tenant=principal.tenant_id)
+        return [ModelAlias.model_validate(row) for row in rows]
 
     # --- catalog updates --------------------------------------------------------------------------
     # The catalog is shared by every tenant of every process, so updating it is the operator's action:
@@ -946,6 +1096,7 @@ class Ledger:
             rebuilt = Catalog(self.catalog.path, updates)
             await anyio.to_thread.run_sync(rebuilt.load)
             self.catalog = rebuilt
+            self._unknown.clear()  # a name it did not know, it may know now
             self._catalog_version = max((update.update_id for update in updates), default=0)
             return True
 
@@ -1283,19 +1434,19 @@ class Ledger:
     async def _prices_in_force(
         self, principal: Principal, models: set[str], at: datetime
     ) -> dict[str, Price | None]:
-        """Each model's price at `at`: the tenant's override in force, else the catalog's (None: unpriced)."""
+        """Each model's price at `at`: the tenant's override in force (an alias's own, else its target's),
+        else the catalog's (an alias's target's; None: unpriced)."""
         overrides: dict[str, Price] = {}
         for row in await self.store.price_overrides(tenant=principal.tenant_id):  # newest first per model
-            if row["model"] in models and row["model"] not in overrides and row["effective_from"] <= at:
+            if row["model"] not in overrides and row["effective_from"] <= at:
                 overrides[row["model"]] = Price(
                     **{k: row[k] for k in ("input", "output", "cache_read", "cache_write", "reasoning")}
                 )
         prices: dict[str, Price | None] = {}
         for name in models:
-            try:
-                prices[name] = overrides.get(name) or self.catalog.resolve(name).price
-            except UnknownModel:
-                prices[name] = None
+            model = await self._model(name, principal.tenant_id)
+            own = overrides.get(name) or overrides.get(model.alias_of or name)
+            prices[name] = own or (None if model.source == "unknown" else model.price)
         return prices
 
     def _report_scope(

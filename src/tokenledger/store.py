@@ -437,10 +437,14 @@ class Store:
         method: str,
         prompt_hash: str | None = None,
         counted_input_tokens: int | None = None,
+        price_mode: str = "standard",
+        alias_of: str | None = None,
     ) -> dict[str, Any]:
+        """Check (and reserve) a request. `price_mode`: the rates its estimate reads (standard, batch, flex,
+        priority); `alias_of`: the catalog model a tenant alias in `model` stands for."""
         return dict(
             await self._fetch_json(
-                "select tl_check(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "select tl_check(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     tenant,
                     request_id,
@@ -457,6 +461,8 @@ class Store:
                     method,
                     prompt_hash,
                     counted_input_tokens,
+                    price_mode,
+                    alias_of,
                 ),
                 retry_safe=request_id is not None or not reserve,
             )
@@ -490,13 +496,19 @@ class Store:
         member_user: str | None = None,
         clock_skew: timedelta = timedelta(0),
         requested_model: str | None = None,
+        batch: bool = False,
+        service_tier: str = "standard",
+        cache_ttl: str = "5m",
+        alias_of: str | None = None,
     ) -> dict[str, Any]:
         """Record a usage (settling its reservation). `member_user`: a member's user, who may settle only
         its own reservations; `clock_skew`: how far a settle's occurred_at may stray from its reservation's
-        lifetime; `requested_model`: the model asked for when a fallback model ran instead."""
+        lifetime; `requested_model`: the model asked for when a fallback model ran instead; `batch`,
+        `service_tier`, `cache_ttl`: how the call was billed; `alias_of`: the catalog model a tenant alias in
+        `model` stands for."""
         return dict(
             await self._fetch_json(
-                f"select tl_track({', '.join(['%s'] * 25)})",
+                f"select tl_track({', '.join(['%s'] * 29)})",
                 (
                     tenant,
                     request_id,
@@ -523,6 +535,10 @@ class Store:
                     member_user,
                     clock_skew,
                     requested_model,
+                    batch,
+                    service_tier,
+                    cache_ttl,
+                    alias_of,
                 ),
                 retry_safe=request_id is not None,
             )
@@ -617,6 +633,31 @@ class Store:
                 order by model, effective_from desc""",
             {"tenant": tenant, "model": model},
         )
+
+    # --- model aliases ------------------------------------------------------------------------------
+
+    async def aliases(self, *, tenant: str) -> list[dict[str, Any]]:
+        """A tenant's model aliases, by name."""
+        return await self._fetch_rows(
+            """select alias, target, created_at, created_by from tl_model_alias
+                where tenant_id = %(tenant)s order by lower(alias)""",
+            {"tenant": tenant},
+        )
+
+    async def set_alias(
+        self, *, tenant: str, actor: str, alias: str, target: str, max_aliases: int
+    ) -> dict[str, Any]:
+        """Create or re-point an alias (audited); refused past `max_aliases` per tenant."""
+        return dict(
+            await self._fetch_json(
+                "select tl_set_alias(%s, %s, %s, %s, %s)",
+                (tenant, actor, alias, target, max_aliases),
+                retry_safe=True,  # idempotent: a replay writes the same alias
+            )
+        )
+
+    async def delete_alias(self, *, tenant: str, actor: str, alias: str) -> dict[str, Any]:
+        return dict(await self._fetch_json("select tl_delete_alias(%s, %s, %s)", (tenant, actor, alias)))
 
     # --- catalog updates and exchange rates (0014) ---------------------------------------------------
 

@@ -237,6 +237,9 @@ class FitRequest(Model):
     max_tokens: NonNegativeInt = 0  # output tokens to leave room for
     keep_system: bool = True
     keep_last: NonNegativeInt = 1
+    # The window to fit into: default the model's; required for a model whose window is not known (one
+    # the catalog does not know, or lists without a window), since a guessed window could not be trusted.
+    context_window: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
 
 
 class FitResult(Model):
@@ -248,6 +251,7 @@ class FitResult(Model):
     fits: bool
     method: Method
     encoding: str
+    warnings: list[str] = Field(default_factory=list)
 
 
 # --- catalog -----------------------------------------------------------------------------------
@@ -325,15 +329,26 @@ class ModelInfo(Model):
     max_output_tokens: int | None = None
     price: Price = Field(default_factory=Price)
     aliases: list[str] = Field(default_factory=list)
-    source: str = "catalog"  # "catalog" or "tenant override"
+    source: str = "catalog"  # "catalog", "tenant override", or "unknown" (a model the catalog does not know)
     effective_from: datetime | None = None
     # Whose tokenizer counts it: the maker (anthropic for Claude on Bedrock), not the host.
     family: str | None = None
     # The first-party model a hosted name serves (azure/gpt-4o -> gpt-4o), where the catalog knows it.
     base_model: str | None = None
+    # The catalog model a tenant alias (`name`) counts and prices as.
+    alias_of: str | None = None
     retired: bool = False  # no longer listed by the price source: priced at its last listed price
     last_listed: date | None = None  # for a retired model, the date of the last release listing it
     warnings: list[str] = Field(default_factory=list)  # said with every answer about this model
+
+
+class ModelAlias(Model):
+    """A tenant's own name for a catalog model (an Azure deployment, a fine-tune, a gateway's name)."""
+
+    alias: ModelName
+    target: ModelName  # a catalog model, never another alias
+    created_at: datetime | None = None
+    created_by: str | None = None
 
 
 class DatedPrice(Model):
@@ -491,6 +506,9 @@ class CheckRequest(Attribution):
     request_id: RequestId | None = None
     prompt_hash: PromptHash | None = None  # default: hashed from text or messages
     provider_count: bool | None = None  # see CountRequest
+    # The rates the estimate reserves at (see TrackRequest): a priority call costs more than standard.
+    batch: bool = False
+    service_tier: ServiceTier = "standard"
 
 
 class CheckResult(Model):
@@ -539,6 +557,11 @@ class TrackRequest(Attribution):
     prompt_hash: PromptHash | None = None  # default: hashed from input_text, else the reservation's
     # The model the caller asked for, when a fallback model ran instead (`model`): a downgrade.
     requested_model: ModelName | None = None
+    # How the call was billed (tokenledger.pricing): a Batch API call, a service tier (batch takes only
+    # standard), the lifetime of its cache writes. Stored on the usage row.
+    batch: bool = False
+    service_tier: ServiceTier = "standard"
+    cache_ttl: CacheTTL = "5m"
 
 
 class AlertInfo(Model):

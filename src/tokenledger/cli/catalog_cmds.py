@@ -1,4 +1,6 @@
-"""`tokenledger models`, `prices` and `cost`: read the bundled catalog; no database needed.
+"""`tokenledger models`, `prices` and `cost`: read the bundled catalog, with no database; a tenant's
+model aliases (`models alias`, `models unalias`, `models --aliases`, and `prices` of a name the catalog
+does not know) are read from and written to the ledger.
 
 `tokenledger catalog diff | update | status`: catalog updates from a price list the user saved (or, only
 when given a URL, fetched once), stored in the database and taken by every server. An operator's action:
@@ -23,10 +25,11 @@ import anyio
 from tokenledger import catalog
 from tokenledger.catalog import CatalogDiff, ModelChange
 from tokenledger.cli import tables
-from tokenledger.errors import InvalidInput
+from tokenledger.cli.ledger_cmds import _run, print_json
+from tokenledger.errors import InvalidInput, UnknownModel
 from tokenledger.ledger import Ledger
 from tokenledger.pricefile import MAX_FILE_BYTES, PriceFile, read_price_file
-from tokenledger.types import CacheTTL, ModelInfo, Price, PriceRates, Principal, ServiceTier
+from tokenledger.types import CacheTTL, DatedPrice, ModelInfo, Price, PriceRates, Principal, ServiceTier
 
 _MILLION = Decimal(1_000_000)
 _PRICE_LABELS = {
@@ -48,8 +51,18 @@ _COUNT_FLAGS = {
 
 
 def register(subparsers: Any) -> None:
-    models = subparsers.add_parser("models", help="search the model catalog")
-    models.add_argument("query", nargs="?", default="", help="words the model name must contain")
+    models = subparsers.add_parser(
+        "models",
+        help="search the model catalog; alias a model for your tenant",
+        usage=(
+            "tokenledger models [QUERY ...] [--provider P] [--limit N] [--retired] [--json]\n"
+            "       tokenledger models alias NAME TARGET   (NAME counts and prices as the catalog's TARGET)\n"
+            "       tokenledger models unalias NAME\n"
+            "       tokenledger models --aliases [--json]"
+        ),
+    )
+    models.add_argument("query", nargs="*", help="words the model name must contain")
+    models.add_argument("--aliases", action="store_true", help="list your tenant's model aliases")
     models.add_argument("--provider", help="only this provider (openai, anthropic, google, ...)")
     models.add_argument("--limit", default="50", help="at most this many rows (default 50)")
     models.add_argument(
@@ -105,9 +118,21 @@ def register(subparsers: Any) -> None:
 
 
 def models_command(args: argparse.Namespace) -> int:
+    words = list(args.query)
+    if args.aliases:
+        return _run(aliases_command)(args)
+    if words[:1] == ["alias"]:
+        if len(words) != 3:
+            raise InvalidInput("alias", " ".join(words[1:]), "NAME TARGET: models alias NAME TARGET")
+        return _run(alias_command)(args)
+    if words[:1] == ["unalias"]:
+        if len(words) != 2:
+            raise InvalidInput("unalias", " ".join(words[1:]), "one NAME: models unalias NAME")
+        return _run(unalias_command)(args)
+    query = " ".join(words)
     limit = _whole_number("--limit", args.limit, minimum=1)
-    shown = catalog.search(args.query, provider=args.provider, limit=limit, retired=args.retired)
-    matched = catalog.default_catalog().count(args.query, provider=args.provider, retired=args.retired)
+    shown = catalog.search(query, provider=args.provider, limit=limit, retired=args.retired)
+    matched = catalog.default_catalog().count(query, provider=args.provider, retired=args.retired)
     snapshot = catalog.default_catalog().snapshot
     if args.json:
         models = [_model_json(model) for model in shown]
@@ -115,7 +140,7 @@ def models_command(args: argparse.Namespace) -> int:
         return 0
     if not shown:
         kind = "retired models" if args.retired else "models"
-        print(f"tokenledger: no {kind} match {args.query!r}; try a shorter query", file=sys.stderr)
+        print(f"tokenledger: no {kind} match {query!r}; try a shorter query", file=sys.stderr)
         return 1
     tables.show(tables.console(), models_grid(shown, retired=args.retired))
     if matched > limit:
@@ -151,10 +176,64 @@ def models_grid(models: list[ModelInfo], *, retired: bool = False) -> tables.Gri
     return tables.Grid(columns=columns, rows=rows)
 
 
+async def alias_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    _, name, target = args.query
+    alias = await ledger.set_alias(name, target, principal)
+    if args.json:
+        print_json(alias)
+    else:
+        print(f"{alias.alias} -> {alias.target}: counts and prices as {alias.target}")
+    return 0
+
+
+async def unalias_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    alias = await ledger.delete_alias(args.query[1], principal)
+    if args.json:
+        print_json(alias)
+    else:
+        print(f"removed alias {alias.alias} (was {alias.target})")
+    return 0
+
+
+async def aliases_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    aliases = await ledger.list_aliases(principal)
+    if args.json:
+        print_json(aliases)
+        return 0
+    if not aliases:
+        print("no aliases: tokenledger models alias NAME TARGET adds one", file=sys.stderr)
+        return 0
+    columns = [
+        tables.Column("Alias"),
+        tables.Column("Target"),
+        tables.Column("Set by", drop=2),
+        tables.Column("Set at", "date", drop=1),
+    ]
+    rows = [[a.alias, a.target, a.created_by or "-", tables.moment(a.created_at)] for a in aliases]
+    tables.show(tables.console(), tables.Grid(columns=columns, rows=rows))
+    return 0
+
+
 def prices_command(args: argparse.Namespace) -> int:
-    model = catalog.resolve(args.model)
-    snapshot = catalog.default_catalog().snapshot
+    try:
+        model = catalog.resolve(args.model)
+    except UnknownModel:
+        # Not a catalog name: the tenant's alias or own price of it, else the same error, from the ledger.
+        return _run(tenant_prices_command)(args)
     history = catalog.default_catalog().price_history(args.model) if args.history else []
+    return _print_prices(model, history, args)
+
+
+async def tenant_prices_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    model = await ledger.model_info(args.model, principal)
+    history = []
+    if args.history and model.alias_of is not None:
+        history = ledger.catalog.price_history(model.alias_of)
+    return _print_prices(model, history, args)
+
+
+def _print_prices(model: ModelInfo, history: list[DatedPrice], args: argparse.Namespace) -> int:
+    snapshot = catalog.default_catalog().snapshot
     _warn(model.warnings)
     if args.json:
         document = {**_model_json(model), "snapshot": _snapshot_json()}
@@ -173,6 +252,8 @@ def prices_command(args: argparse.Namespace) -> int:
         ("max output", _tokens(model.max_output_tokens)),
         ("counting", _method(model) + f" ({model.encoding})"),
     ]
+    if model.alias_of:
+        lines.append(("alias of", f"{model.alias_of} (this tenant's alias: counted and priced as it)"))
     if model.base_model:
         lines.append(("serves", model.base_model))
     if model.estimate_rule:
@@ -195,6 +276,8 @@ def prices_command(args: argparse.Namespace) -> int:
         lines += _mode_lines(model.price)
     else:
         lines.append(("prices (USD)", "unpriced: no published input/output price (cost unknown, not $0)"))
+    if model.source == "tenant override":
+        lines.append(("price source", "this tenant's override"))
     if model.effective_from is not None:
         lines.append(("in force since", f"{model.effective_from.date()} (--history shows earlier prices)"))
     if model.retired:
@@ -291,7 +374,7 @@ def _rates_per_million(rates: PriceRates) -> str:
     return " / ".join(shown) + " per million"
 
 
-def _print_history(model: ModelInfo, history: list[Any]) -> None:
+def _print_history(model: ModelInfo, history: list[DatedPrice]) -> None:
     rows = [["FROM", "UNTIL", "IN $/MTOK", "OUT $/MTOK", "CACHE READ", "CACHE WRITE", "SOURCE"]]
     for dated in history:
         price = dated.price

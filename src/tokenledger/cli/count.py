@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from tokenledger import tokens
-from tokenledger.errors import InvalidInput, TokenLedgerError
+from tokenledger.errors import InvalidInput, TokenLedgerError, UnknownModel
 from tokenledger.types import CountResult, ModelInfo, TokenCount
 
 
@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         priced=price is not None,
         warnings=[*count.warnings, *model.warnings],
     )
-    _warn(result.warnings)  # an estimate's caveat, a retired model, a host's price the catalog lacks
+    _warn(
+        result.warnings
+    )  # an estimate's caveat, a retired or unknown model, a host's price the catalog lacks
     print(result.model_dump_json() if args.json else _describe(result, output_tokens))
     return 0
 
@@ -83,10 +85,15 @@ def _warn(warnings: list[str]) -> None:
 
 
 def _resolve(name: str) -> ModelInfo:
+    """Return the catalog's entry, or for a name it does not know the estimate its name allows (with a
+    warning naming it). Offline: a tenant's aliases live in the ledger, so give their targets here."""
     # Imported here: the catalog loads its price snapshot, which plain encoding counts never need.
-    from tokenledger.catalog import resolve
+    from tokenledger.catalog import resolve, unknown_model
 
-    return resolve(name)
+    try:
+        return resolve(name)
+    except UnknownModel as unknown:
+        return unknown_model(name, unknown.closest)
 
 
 def _cost(model: ModelInfo, input_tokens: int, output_tokens: int) -> Decimal | None:

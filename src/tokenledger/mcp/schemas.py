@@ -30,6 +30,7 @@ from tokenledger.types import (
     FitRequest,
     GroupKey,
     Model,
+    ModelAlias,
     ModelInfo,
     ModelName,
     Moment,
@@ -200,10 +201,12 @@ class BudgetOverrideInput(Model):
 
 
 class PricesInput(Model):
-    """An action on prices: the entry of a model, a catalog search, or a tenant override (USD per token)."""
+    """An action on prices: the entry of a model, a catalog search, a tenant override (USD per token), or
+    a tenant alias of a catalog model (`model` counts and prices as `target`)."""
 
-    action: Literal["get", "list", "set"] = "get"
+    action: Literal["get", "list", "set", "alias", "unalias"] = "get"
     model: ModelName | None = None
+    target: ModelName | None = None
     query: Annotated[str, StringConstraints(max_length=200)] = ""
     provider: Annotated[str, StringConstraints(max_length=100)] | None = None
     limit: Annotated[int, Field(ge=1, le=500)] = 20
@@ -215,7 +218,7 @@ class PricesInput(Model):
     effective_from: Moment | None = None
 
     model_config = _config(
-        action="list: catalog search by query, and overrides; set: override",
+        action="list: search by query, overrides, aliases; set: override; alias: model as target",
         input="USD per token",
     )
 
@@ -244,6 +247,7 @@ class PricesResult(Model):
     action: str
     models: list[ModelInfo] = Field(default_factory=list)
     overrides: list[dict[str, Any]] = Field(default_factory=list)
+    aliases: list[ModelAlias] = Field(default_factory=list)
 
 
 # --- compact schemas ---------------------------------------------------------------------------

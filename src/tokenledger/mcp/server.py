@@ -134,12 +134,12 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         return await _budget_override(ledger, request, who(ctx))
 
     async def prices(request: PricesInput, ctx: Context[Any, Any]) -> PricesResult:
-        """A model's prices and context window, a catalog search, or a tenant price override."""
+        """A model's prices and context window, a catalog search, a tenant price override or alias."""
         return await _prices(ledger, request, who(ctx))
 
     async def fit_messages(request: FitInput, ctx: Context[Any, Any]) -> FitResult:
         """Drop the oldest turns until messages fit the model's context with room for max_tokens."""
-        return await ledger.fit_messages(request)
+        return await ledger.fit_messages(request, who(ctx))
 
     tools = [
         _tool(count_tokens, CountInput, CountResult, READ),
@@ -151,7 +151,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         _tool(manage_budget, ManageBudgetInput, BudgetsResult, ADMIN),
         _tool(manage_schedule, ManageScheduleInput, SchedulesResult, SCHEDULE),
         _tool(budget_override, BudgetOverrideInput, OverridesResult, WRITE),
-        _tool(prices, PricesInput, PricesResult, WRITE_IDEMPOTENT),
+        _tool(prices, PricesInput, PricesResult, ADMIN),
         _tool(fit_messages, FitInput, FitResult, READ),
     ]
     server: MCPServer = MCPServer(
@@ -226,11 +226,20 @@ async def _prices(ledger: Ledger, request: PricesInput, principal: Principal) ->
     if action == "list":
         found = ledger.catalog.search(request.query, provider=request.provider, limit=request.limit)
         overrides = await ledger.list_price_overrides(principal)
-        return PricesResult(action=action, models=found, overrides=[_jsonable(o) for o in overrides])
+        aliases = await ledger.list_aliases(principal)
+        jsonable = [_jsonable(o) for o in overrides]
+        return PricesResult(action=action, models=found, overrides=jsonable, aliases=aliases)
     if request.model is None:
         raise ToolError(f"model: missing; allowed: a model name, required for action {action!r}")
     if action == "get":
         return PricesResult(action=action, models=[await ledger.get_price(request.model, principal)])
+    if action == "unalias":
+        return PricesResult(action=action, aliases=[await ledger.delete_alias(request.model, principal)])
+    if action == "alias":
+        if request.target is None:
+            raise ToolError("target: missing; allowed: the catalog model the alias counts and prices as")
+        alias = await ledger.set_alias(request.model, request.target, principal)
+        return PricesResult(action=action, aliases=[alias])
     fields = request.model_dump(include=set(PriceSpec.model_fields), exclude_none=True)
     spec = PriceSpec.model_validate(fields)
     return PricesResult(action=action, models=[await ledger.set_price(spec, principal)])
