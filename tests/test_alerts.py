@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import email
+import email.policy
+import hashlib
 import json
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Collection, Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,7 +20,9 @@ from aiosmtpd.controller import Controller
 
 from tests.servers import free_port
 from tokenledger.alerts import Dispatcher, EmailSink, LogSink, SlackSink, WebhookSink, sinks_from_env
+from tokenledger.errors import InvalidInput
 from tokenledger.ledger import Ledger
+from tokenledger.settings import MAX_PUBLIC_URL_LENGTH, ReportLimits, Settings, public_url
 from tokenledger.store import Store
 from tokenledger.types import BudgetSpec, TrackRequest
 
@@ -170,7 +175,11 @@ async def test_email_over_smtp_and_slack(ledger: Ledger, receiver: Receiver) -> 
     assert len(received) == 1 and received[0].rcpt_tos == ["ops@example.test"]
     message = email.message_from_bytes(received[0].content)
     assert message["Subject"] == "[tokenledger] Budget usd crossed 50%: $0.005 of $0.01 used (50.00%)"
-    assert receiver.bodies == [{"text": ":warning: Budget usd crossed 50%: $0.005 of $0.01 used (50.00%)"}]
+    [posted] = receiver.bodies
+    assert posted["text"] == "[tokenledger] Budget usd crossed 50%: $0.005 of $0.01 used (50.00%)"
+    assert posted["blocks"][1]["text"]["text"] == (
+        ":warning: Budget usd crossed 50%: $0.005 of $0.01 used (50.00%)"
+    )
 
 
 async def test_forecast_alert_when_the_rate_runs_out_before_the_period_ends(ledger: Ledger) -> None:
@@ -207,3 +216,261 @@ def test_sinks_from_env_never_name_secrets() -> None:
     assert all("s3cret" not in s.name for s in sinks)
     with pytest.raises(ValueError, match="TOKENLEDGER_ALERT_SMTP"):
         sinks_from_env({"TOKENLEDGER_ALERT_SMTP": "smtp://u:s3cret@host"})
+
+
+# --- alerts a person can act on -------------------------------------------------------------------
+
+PUBLIC_URL = "https://ledger.example.test/tl"
+STABLE_FIELDS = {
+    "id",
+    "tenant_id",
+    "alert_id",
+    "budget",
+    "kind",
+    "threshold",
+    "percent_used",
+    "used",
+    "limit",
+    "unit",
+    "period_start",
+    "created_at",
+    "text",
+}
+
+
+class Mailbox:
+    """A real SMTP server on loopback (aiosmtpd) keeping what it receives."""
+
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+        mailbox = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                mailbox.received.append(envelope)
+                return "250 OK"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.url = f"smtp://127.0.0.1:{self.port}?from=ledger@example.test&to=ops@example.test"
+
+    def messages(self) -> list[EmailMessage]:
+        return [
+            email.message_from_bytes(e.content, policy=email.policy.default)  # type: ignore[misc]
+            for e in self.received
+        ]
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    made = Mailbox()
+    made.controller.start()
+    yield made
+    made.controller.stop()
+
+
+@pytest.fixture
+def slack() -> Iterator[Receiver]:
+    made = Receiver()
+    yield made
+    made.close()
+
+
+async def team_spend(ledger: Ledger) -> None:
+    """Team search's $10-a-month budget crosses 50 %: ana, dan, bob and eve of the team spend in that order
+    of size; carol of team ads spends the most of all, outside the budget's scope."""
+    await ledger.set_budget(
+        BudgetSpec(
+            name="search",
+            scope="team:search",
+            unit="usd",
+            limit=Decimal(10),
+            period="month",
+            priority_shares=None,
+        )
+    )
+    calls = [
+        ("ana-7f", "search", "chat", "gpt-4o", "2.50"),
+        ("dan-3c", "search", "rag", "gpt-4o", "1.50"),
+        ("bob-9e", "search", "rag", "gpt-4o-mini", "0.60"),
+        ("eve-2a", "search", "chat", "gpt-4o-mini", "0.10"),
+        ("carol-5d", "ads", "chat", "gpt-4o", "9.00"),
+        ("ana-7f", "search", "chat", "gpt-4o", "0.50"),  # $5.20 in team search: 52 %
+    ]
+    for user, team, feature, model, cost in calls:
+        await ledger.track_usage(
+            TrackRequest(
+                model=model,
+                input_tokens=20_000,
+                output_tokens=200,
+                cost_usd=Decimal(cost),
+                user=user,
+                team=team,
+                feature=feature,
+            )
+        )
+
+
+async def test_an_alert_says_what_to_do_in_every_form(
+    ledger: Ledger, mailbox: Mailbox, receiver: Receiver, slack: Receiver
+) -> None:
+    await team_spend(ledger)
+    sinks = [EmailSink.from_url(mailbox.url), WebhookSink(receiver.url), SlackSink(slack.url)]
+    dispatcher = Dispatcher(ledger, sinks, public_url=PUBLIC_URL)
+    assert await dispatcher.run_once() == 3
+    assert await dispatcher.run_once() == 0
+    state = (await ledger.get_budget("search")).state
+    assert state.used == Decimal("5.20") and state.remaining == Decimal("4.80")
+
+    [body] = receiver.bodies
+    assert set(body) >= STABLE_FIELDS
+    assert body["threshold"] == 50 and body["kind"] == "threshold" and body["budget"] == "search"
+    assert body["text"] == "Budget search crossed 50%: $5.20 of $10.00 used (52.00%)"
+    figures = body["figures"]
+    assert (figures["limit"], figures["used"], figures["remaining"]) == ("10", "5.20", "4.80")
+    assert figures["scope"] == "team:search" and Decimal(figures["days_left"]) > 0
+    by = body["spenders"]["by"]
+    assert list(by) == ["user", "feature", "model"]
+    assert [(s["name"], s["amount"]) for s in by["user"]] == [
+        ("ana-7f", "3.00"),
+        ("dan-3c", "1.50"),
+        ("bob-9e", "0.60"),
+    ]  # the three largest: eve's $0.10 is fourth
+    assert by["feature"][0] == {"name": "chat", "amount": "3.10", "share": "59.6"}
+    recommendations = body["recommendations"]["rows"]
+    assert recommendations and recommendations[0]["kind"] == "cheaper_model"
+    assert Decimal(recommendations[0]["saving_usd"]) > 0
+    assert body["dashboard_url"] == f"{PUBLIC_URL}/dashboard" and body["notes"] == []
+    assert "carol-5d" not in json.dumps(body)  # another team's user is no part of this budget's alert
+
+    [mail] = mailbox.messages()
+    assert mail.get_content_type() == "multipart/alternative"
+    text = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    for shown in (text, html):
+        for figure in (
+            "$10.00",
+            "$5.20",
+            "$4.80",
+            "ana-7f",
+            "dan-3c",
+            "bob-9e",
+            "gpt-4o-mini",
+            recommendations[0]["suggestion"],
+            f"${Decimal(recommendations[0]['saving_usd']).quantize(Decimal('0.01'))}",
+            "days left",
+        ):
+            assert figure in shown, figure
+        assert "carol-5d" not in shown and "eve-2a" not in shown
+        assert f"{PUBLIC_URL}/dashboard" in shown
+    assert "limit:      $10.00" in text and "remaining:  $4.80" in text
+    assert "by user: ana-7f $3.00 (57.7%), dan-3c $1.50 (28.8%), bob-9e $0.60 (11.5%)" in text
+    assert f'<a href="{PUBLIC_URL}/dashboard"' in html
+    assert "<img" not in html and "<script" not in html and "src=" not in html
+
+    [posted] = slack.bodies
+    kinds = [block["type"] for block in posted["blocks"]]
+    assert kinds == ["header", "section", "section", "section", "section", "actions", "context"]
+    fields = {f["text"].split("\n")[0]: f["text"].split("\n")[1] for f in posted["blocks"][2]["fields"]}
+    assert fields["*limit*"] == "$10.00" and fields["*spent*"] == "$5.20" and fields["*remaining*"] == "$4.80"
+    spenders = posted["blocks"][3]["text"]["text"]
+    assert "by user: ana-7f $3.00 (57.7%), dan-3c $1.50 (28.8%), bob-9e $0.60 (11.5%)" in spenders
+    assert "saves $" in posted["blocks"][4]["text"]["text"]
+    assert posted["blocks"][5]["elements"][0]["url"] == f"{PUBLIC_URL}/dashboard"
+    assert "carol-5d" not in json.dumps(posted)
+
+
+async def test_a_context_that_fails_or_runs_late_never_holds_an_alert_back(
+    dsn: str, ledger: Ledger, receiver: Receiver, slack: Receiver
+) -> None:
+    await team_spend(ledger)
+    # Every report connection taken, and none waited for: the context's queries are refused as busy.
+    busy = await Store.open(dsn, migrate=False, reports=ReportLimits(concurrency=1, wait_seconds=0))
+    try:
+        async with busy.report_pool.connection(timeout=10):
+            sinks = [WebhookSink(receiver.url), SlackSink(slack.url)]
+            assert await Dispatcher(Ledger(busy), sinks).run_once() == 2
+    finally:
+        await busy.close()
+    [body] = receiver.bodies
+    assert set(body) >= STABLE_FIELDS and body["threshold"] == 50
+    assert body["figures"] is None and body["spenders"] is None and body["dashboard_url"] is None
+    [note] = body["notes"]
+    assert note.startswith("the budget's figures, top spenders and recommendations could not be computed")
+    assert "ReportBusy" in note
+    [posted] = slack.bodies
+    assert note in json.dumps(posted) and "actions" not in [b["type"] for b in posted["blocks"]]
+
+    # A context that runs past its time goes out without one, and says so.
+    await ledger.track_usage(
+        TrackRequest(model="gpt-4o", input_tokens=1, output_tokens=0, cost_usd=Decimal("2.60"), team="search")
+    )  # 78 %: crosses 75
+    assert await Dispatcher(ledger, [WebhookSink(receiver.url)], context_seconds=0).run_once() == 1
+    late = receiver.bodies[1]
+    assert late["threshold"] == 75 and late["figures"] is None
+    assert late["notes"] == [
+        "the budget's figures, top spenders and recommendations could not be computed in time (0 s); "
+        "see the dashboard"
+    ]
+
+
+class PseudonymousLedger(Ledger):
+    """A tenant whose privacy setting pseudonymises user ids (the privacy feature hooks in here)."""
+
+    async def alert_user_labels(self, tenant: str, users: Collection[str]) -> dict[str, str]:
+        return {user: "user-" + hashlib.sha256(user.encode()).hexdigest()[:8] for user in users}
+
+
+async def test_every_user_id_of_an_alert_passes_through_one_hook(
+    store: Store, mailbox: Mailbox, receiver: Receiver, slack: Receiver
+) -> None:
+    ledger = PseudonymousLedger(store)
+    await team_spend(ledger)
+    await ledger.track_usage(  # an anomaly about one user, too
+        TrackRequest(model="gpt-4o", input_tokens=1, output_tokens=0, cost_usd=Decimal("1"), user="ana-7f")
+    )
+    [crossing] = await ledger.store.alerts(tenant="default")  # the budget's 50 % crossing
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    detail = {"hour_start": hour.isoformat(), "hour_end": (hour + timedelta(hours=1)).isoformat()}
+    detail |= {"timezone": "UTC", "spend": "3", "median": "0", "mad": "0", "bar": "0", "floor": "1.00"}
+    spike = {"budget_id": crossing["budget_id"], "subject": "user:ana-7f", "period": "month"}
+    found = [spike | {"hour_start": hour.isoformat(), "detail": detail | {"weeks": 8, "baseline": ["0"] * 8}}]
+    assert await ledger.store.raise_anomaly_alerts(tenant="default", found=found) == 1
+    sinks = [EmailSink.from_url(mailbox.url), WebhookSink(receiver.url), SlackSink(slack.url)]
+    assert await Dispatcher(ledger, sinks).run_once() == 6
+    pseudonym = "user-" + hashlib.sha256(b"ana-7f").hexdigest()[:8]
+    mails = [part.get_content() for mail in mailbox.messages() for part in mail.iter_parts()]
+    sent = mails + [json.dumps(body) for body in receiver.bodies + slack.bodies]
+    assert len(sent) == 8 and all(pseudonym in form for form in sent)  # text and HTML of both emails
+    for raw in ("ana-7f", "dan-3c", "bob-9e"):
+        assert not any(raw in form for form in sent), raw
+    anomaly = next(b for b in receiver.bodies if b["kind"] == "anomaly")
+    assert anomaly["anomaly"]["user"] == pseudonym and f"by user {pseudonym}" in anomaly["text"]
+
+
+def test_the_public_url_is_a_plain_http_address() -> None:
+    assert public_url("") is None and public_url("  ") is None
+    assert public_url("https://ledger.example.com/") == "https://ledger.example.com"
+    assert public_url("http://127.0.0.1:8765/tl") == "http://127.0.0.1:8765/tl"
+    longest = "https://ledger.example.com/" + "a" * (MAX_PUBLIC_URL_LENGTH - 27)
+    assert public_url(longest) == longest and len(longest) == MAX_PUBLIC_URL_LENGTH
+    refused = [
+        longest + "a",
+        "ftp://ledger.example.com",
+        "javascript:alert(1)",
+        "https://",
+        "https://ledger.example.com:0",
+        "https://ledger.example.com:99999",
+        "https://ledger.example.com/?key=1",
+        "https://ledger.example.com/#top",
+        "https://ledger.example.com/a b",
+        'https://ledger.example.com/"><script>',
+    ]
+    for value in refused:
+        with pytest.raises(InvalidInput, match="TOKENLEDGER_PUBLIC_URL") as caught:
+            public_url(value)
+        assert "http:// or https://" in str(caught.value)
+    with pytest.raises(InvalidInput) as caught:
+        Settings.from_env({"TOKENLEDGER_PUBLIC_URL": "https://admin:s3cret@ledger.example.com"})
+    assert "s3cret" not in str(caught.value)
+    assert Settings.from_env({"TOKENLEDGER_PUBLIC_URL": PUBLIC_URL + "/"}).public_url == PUBLIC_URL

@@ -209,7 +209,8 @@ async def test_a_spike_goes_out_with_the_hour_and_who_spent_it(ledger: Ledger, m
     ana = bodies["ana"]
     assert ana["kind"] == "anomaly" and ana["threshold"] == 0 and ana["budget"] == "all"
     assert ana["text"] == (
-        "Budget all: unusual spend by user ana: $25 in one hour, against a usual $2 at that hour of the week"
+        "Budget all: unusual spend by user ana: $25.00 in one hour, "
+        "against a usual $2.00 at that hour of the week"
     )
     assert ana["anomaly"]["spend"] == "25" and ana["anomaly"]["weeks"] == 8
     # Who spent it: over the anomalous hour, ana's own usage (by feature and model; she is the subject).

@@ -47,7 +47,7 @@ STABLE_FIELDS: Final = (
     "limit",
     "unit",
 )
-_UNITS: Final = {"usd": "USD", "tokens": "tokens"}
+_CENT: Final = Decimal("0.01")
 
 
 class AlertFigures(Model):
@@ -103,16 +103,25 @@ class AlertContext(Model):
 
 
 def amount(value: Decimal | str | int, unit: str) -> str:
-    """An amount as people read it: exact dollars (`$0.005`) or whole tokens with separators."""
+    """An amount as people read it: exact dollars with at least the cents (`$10.00`, `$0.005`), or whole
+    tokens with separators."""
     number = Decimal(value)
     if unit == "usd":
-        return f"${_plain(number)}"
+        places = number.normalize().as_tuple().exponent
+        exact = number.normalize() if isinstance(places, int) and places < -2 else number.quantize(_CENT)
+        return f"${exact:f}"
     return f"{number:,.0f} tokens" if number == number.to_integral_value() else f"{_plain(number)} tokens"
 
 
 def _plain(number: Decimal) -> str:
     text = format(number.normalize(), "f")
     return "0" if text in ("-0", "") else text
+
+
+def _dollars(value: Decimal) -> str:
+    """A saving to the cent (the JSON keeps it exact): `$4.50`, or `<$0.01`."""
+    cents = value.quantize(_CENT)
+    return f"${cents}" if cents else "<$0.01"
 
 
 def describe(alert: Mapping[str, Any], subject: str | None = None) -> str:
@@ -244,7 +253,8 @@ def _local(moment: datetime | str, zone: str) -> str:
 def _figure_lines(figures: AlertFigures) -> list[tuple[str, str]]:
     unit = figures.unit
     if figures.days_left is not None and figures.period_end is not None:
-        ends = f"{figures.days_left} (the period ends {_local(figures.period_end, figures.timezone)})"
+        end = f"{_local(figures.period_end, figures.timezone)} {figures.timezone}"
+        ends = f"{figures.days_left} (the period ends {end})"
     elif figures.period in ("24h", "7d", "30d"):
         ends = f"none: a rolling {figures.period} window"
     else:
@@ -326,7 +336,7 @@ def _text(
         window = _window(context.recommendations_since, context.recommendations_until, zone)
         lines += ["", f"Recommendations (what the traffic of {window} would have cost less):"]
         lines += [
-            f"  - {r.suggestion} for {r.model} ({r.kind}): saves ${_plain(r.saving_usd)}. {r.evidence}"
+            f"  - {r.suggestion} for {r.model} ({r.kind}): saves {_dollars(r.saving_usd)}. {r.evidence}"
             for r in context.recommendations
         ] or ["  none found"]
     if dashboard_url:
@@ -384,7 +394,7 @@ def _html(
             {
                 "suggestion": r.suggestion,
                 "model": r.model,
-                "saving_usd": f"${_plain(r.saving_usd)}",
+                "saving_usd": _dollars(r.saving_usd),
                 "evidence": r.evidence,
             }
             for r in context.recommendations
@@ -441,7 +451,7 @@ def _slack(
     if context.recommendations_since is not None:
         lines = ["*Recommendations*"]
         lines += [
-            f"• {r.suggestion} for {r.model} ({r.kind}): saves ${_plain(r.saving_usd)}"
+            f"• {r.suggestion} for {r.model} ({r.kind}): saves {_dollars(r.saving_usd)}"
             for r in context.recommendations
         ] or ["none found"]
         blocks.append(section("\n".join(lines)))
