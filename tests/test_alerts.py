@@ -1,4 +1,6 @@
-"""Alerts reach real receivers on loopback: an HTTP webhook server and an SMTP server, exactly once."""
+"""Alerts reach real receivers on loopback: an HTTP webhook server and an SMTP server, exactly once; and
+each says what to do about it (the budget's figures, its top spenders, recommendations, the dashboard) in
+every form, or goes out with a note when that cannot be computed."""
 
 from __future__ import annotations
 
@@ -7,12 +9,16 @@ import email
 import email.policy
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +27,7 @@ from aiosmtpd.controller import Controller
 from tests.servers import free_port
 from tokenledger.alerts import Dispatcher, EmailSink, LogSink, SlackSink, WebhookSink, sinks_from_env
 from tokenledger.errors import InvalidInput
-from tokenledger.ledger import Ledger
+from tokenledger.ledger import SPENDER_DIMENSIONS, Ledger
 from tokenledger.settings import MAX_PUBLIC_URL_LENGTH, ReportLimits, Settings, public_url
 from tokenledger.store import Store
 from tokenledger.types import BudgetSpec, TrackRequest
@@ -414,6 +420,18 @@ async def test_a_context_that_fails_or_runs_late_never_holds_an_alert_back(
     ]
 
 
+def test_the_dimensions_of_top_spenders_per_scope_are_the_readmes() -> None:
+    assert SPENDER_DIMENSIONS == {
+        "global": ("user", "feature", "model"),
+        "team": ("user", "feature", "model"),
+        "project": ("user", "feature", "model"),
+        "endpoint": ("user", "feature", "model"),
+        "feature": ("user", "model"),
+        "user": ("feature", "model"),
+        "session": ("feature", "model"),
+    }
+
+
 class PseudonymousLedger(Ledger):
     """A tenant whose privacy setting pseudonymises user ids (the privacy feature hooks in here)."""
 
@@ -474,3 +492,14 @@ def test_the_public_url_is_a_plain_http_address() -> None:
         Settings.from_env({"TOKENLEDGER_PUBLIC_URL": "https://admin:s3cret@ledger.example.com"})
     assert "s3cret" not in str(caught.value)
     assert Settings.from_env({"TOKENLEDGER_PUBLIC_URL": PUBLIC_URL + "/"}).public_url == PUBLIC_URL
+
+
+def test_serve_refuses_to_start_on_a_bad_public_url(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "TOKENLEDGER_HOME": str(tmp_path),
+        "TOKENLEDGER_PUBLIC_URL": "ftp://ledger.example.com",
+    }
+    command = [sys.executable, "-m", "tokenledger", "serve", "--transport", "stdio"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and "TOKENLEDGER_PUBLIC_URL: 'ftp://ledger.example.com'" in done.stderr

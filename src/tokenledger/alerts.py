@@ -181,7 +181,7 @@ class Dispatcher:
     # Contexts of a claimed batch are computed this many at a time, and only within this many seconds of
     # the claim: with send_timeout, a batch is sent well within its lease, so no other dispatcher claims
     # a delivery again while this one is still sending it.
-    context_concurrency: int = 2
+    context_concurrency: int = 1  # of the report connections (2 by default): one stays free for people
     context_seconds: float = 25.0
 
     def backoff(self, attempt: int) -> float | None:

@@ -1353,16 +1353,17 @@ with budget as (
      where tenant_id = %(tenant)s
 ), kept as (
     select min(occurred_at) as first_at from tl_usage where tenant_id = %(tenant)s
-), events as (
-    select u.user_id, u.session_id, u.project, u.team, u.feature, u.endpoint, u.occurred_at,
-           u.total_tokens, u.cost_usd
+), events as materialized (  -- lateral: one range scan of the primary key per week, nothing else
+    select u.*
       from generate_series(0, %(weeks)s) as w(week)
-      join tl_usage u
-        on u.tenant_id = %(tenant)s
-       and u.occurred_at >= now() - w.week * interval '7 days' - interval '3 hours'
-       and u.occurred_at < now() - w.week * interval '7 days' + interval '2 hours'
-), spend as (
-    select b.budget_id, b.shared, e.user_id,
+     cross join lateral (
+         select user_id, session_id, project, team, feature, endpoint, occurred_at, total_tokens, cost_usd
+           from tl_usage
+          where tenant_id = %(tenant)s
+            and occurred_at >= now() - w.week * interval '7 days' - interval '3 hours'
+            and occurred_at < now() - w.week * interval '7 days' + interval '2 hours') u
+), matched as materialized (  -- each event in each budget it counts in (a hash join per event)
+    select b.budget_id, b.shared, b.this_hour, e.user_id,
            date_trunc('hour', e.occurred_at at time zone b.timezone) as local_hour,
            case when b.unit = 'tokens' then e.total_tokens else e.cost_usd end as amount
       from events e
@@ -1370,6 +1371,9 @@ with budget as (
                                 ('project', e.project), ('team', e.team), ('feature', e.feature),
                                 ('endpoint', e.endpoint)) as s(kind, value)
       join budget b on b.scope_kind = s.kind and b.scope_value = s.value
+), spend as (  -- in the hours judged or compared only
+    select * from matched
+     where (date_part('epoch', this_hour - local_hour)::bigint / 3600) %% 168 in (0, 1)
 ), hourly as (
     select budget_id, local_hour,
            case when grouping(user_id) = 0 then 'user:' || user_id else '' end as subject,
