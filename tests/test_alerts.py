@@ -25,6 +25,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.servers import free_port
+from tokenledger.alert_notices import AlertContext, Recommendation, Spender, alert_notice
 from tokenledger.alerts import Dispatcher, EmailSink, LogSink, SlackSink, WebhookSink, sinks_from_env
 from tokenledger.errors import InvalidInput
 from tokenledger.ledger import SPENDER_DIMENSIONS, Ledger
@@ -420,6 +421,37 @@ async def test_a_context_that_fails_or_runs_late_never_holds_an_alert_back(
     ]
 
 
+def test_a_message_escapes_what_callers_named() -> None:
+    """Model names are any printable text: none becomes markup in the HTML or a mention in Slack."""
+    hostile = "<img src=x onerror=alert(1)> <!channel>"
+    now = datetime.now(UTC)
+    alert = {"tenant_id": "default", "alert_id": 1, "budget": "b", "kind": "threshold", "threshold": 50}
+    alert |= {"percent_used": "50", "used": "5", "limit": "10", "unit": "usd", "period_start": now}
+    alert |= {"created_at": now, "subject": "", "detail": None}
+    context = AlertContext(
+        spenders_since=now,
+        spenders_until=now,
+        spent=Decimal(5),
+        spenders={"model": [Spender(name=hostile, amount=Decimal(5), share=Decimal(100))]},
+        recommendations_since=now,
+        recommendations_until=now,
+        recommendations=[
+            Recommendation(
+                kind="cheaper_model",
+                model=hostile,
+                suggestion=hostile,
+                saving_usd=Decimal(1),
+                evidence=hostile,
+            )
+        ],
+    )
+    notice = alert_notice(alert, context)
+    assert "<img" not in notice.html and "&lt;img src=x onerror=alert(1)&gt;" in notice.html
+    slack_texts = json.dumps(notice.slack())
+    assert "<!channel>" not in slack_texts and "&lt;!channel&gt;" in slack_texts
+    assert hostile in notice.text  # plain text is plain
+
+
 def test_the_dimensions_of_top_spenders_per_scope_are_the_readmes() -> None:
     assert SPENDER_DIMENSIONS == {
         "global": ("user", "feature", "model"),
@@ -430,6 +462,22 @@ def test_the_dimensions_of_top_spenders_per_scope_are_the_readmes() -> None:
         "user": ("feature", "model"),
         "session": ("feature", "model"),
     }
+
+
+async def test_a_budget_without_an_end_has_no_days_left_and_a_bounded_window(
+    ledger: Ledger, receiver: Receiver
+) -> None:
+    await ledger.set_budget(
+        BudgetSpec(name="forever", limit=Decimal(100), period="total", priority_shares=None)
+    )
+    await ledger.track_usage(TrackRequest(model="gpt-4o", input_tokens=60, output_tokens=0, user="ana"))
+    assert await Dispatcher(ledger, [WebhookSink(receiver.url)]).run_once() == 1
+    [body] = receiver.bodies
+    assert body["figures"]["period_end"] is None and body["figures"]["days_left"] is None
+    since = datetime.fromisoformat(body["spenders"]["since"])
+    assert timedelta(days=30.9) < datetime.now(UTC) - since < timedelta(days=31.1)
+    assert body["notes"] == ["spenders and recommendations cover the last 31 days"]
+    assert [s["name"] for s in body["spenders"]["by"]["user"]] == ["ana"]
 
 
 class PseudonymousLedger(Ledger):

@@ -186,6 +186,8 @@ async def test_a_spike_alerts_once_however_often_and_wherever_the_job_runs(
     assert Decimal(detail["spend"]) == Decimal("30") and Decimal(detail["median"]) == Decimal("2.00")
     assert detail["weeks"] == 8 and len(detail["baseline"]) == 8
     assert datetime.fromisoformat(detail["hour_start"]) <= moment < datetime.fromisoformat(detail["hour_end"])
+    state = (await ledger.get_budget("all")).state  # the stable fields: the budget's figures then
+    assert alert["used"] == state.used and alert["limit_amount"] == state.limit
     whole = by_subject[""]["detail"]
     assert isinstance(whole, dict) and Decimal(whole["spend"]) == Decimal("30.50")
     # Raised once in the budget's period (a month): the month's start, in the budget's time zone.
@@ -267,6 +269,18 @@ async def test_a_weekly_peak_does_not_alert_and_the_same_spend_elsewhere_does(
     )
     assert await ledger.anomaly_alerts() == 2
     assert await anomaly_rows(ledger) == []  # the other tenant's, not this one's
+
+
+async def test_per_user_only_under_a_shared_budget(ledger: Ledger, moment: datetime) -> None:
+    for name, scope in (("all", "global"), ("search", "team:search"), ("mine", "user:ana")):
+        await ledger.set_budget(
+            BudgetSpec(name=name, scope=scope, unit="usd", limit=Decimal(10**9), priority_shares=None)
+        )
+    await history(ledger, moment, ["1"] * 8, team="search")
+    await spend(ledger, moment, "50", team="search")
+    assert await ledger.anomaly_alerts() == 5
+    raised = sorted((str(a["budget_name"]), str(a["subject"])) for a in await anomaly_rows(ledger))
+    assert raised == [("all", ""), ("all", "user:ana"), ("mine", ""), ("search", ""), ("search", "user:ana")]
 
 
 async def test_under_the_floor_nothing_pages(ledger: Ledger, moment: datetime) -> None:
