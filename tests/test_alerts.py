@@ -419,6 +419,24 @@ async def test_a_context_that_fails_or_runs_late_never_holds_an_alert_back(
         "the budget's figures, top spenders and recommendations could not be computed in time (0 s); "
         "see the dashboard"
     ]
+    # Without its context an anomaly about one user names nobody: user ids pass only through the labels.
+    await raise_anomaly(ledger, "user:ana-7f")
+    assert await Dispatcher(ledger, [WebhookSink(receiver.url)], context_seconds=0).run_once() == 1
+    anonymous = receiver.bodies[2]
+    assert anonymous["kind"] == "anomaly" and anonymous["anomaly"]["user"] is None
+    assert anonymous["text"].startswith("Budget search: unusual spend by one user: $3.00 in one hour")
+    assert "ana-7f" not in json.dumps(anonymous)
+
+
+async def raise_anomaly(ledger: Ledger, subject: str) -> None:
+    """An anomaly alert of budget `search` (as the anomaly job writes it) about `subject`."""
+    crossing = next(a for a in await ledger.store.alerts(tenant="default") if a["budget_name"] == "search")
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    detail = {"hour_start": hour.isoformat(), "hour_end": (hour + timedelta(hours=1)).isoformat()}
+    detail |= {"timezone": "UTC", "spend": "3", "median": "0", "mad": "0", "bar": "0", "floor": "1.00"}
+    spike = {"budget_id": crossing["budget_id"], "subject": subject, "period": "month"}
+    found = [spike | {"hour_start": hour.isoformat(), "detail": detail | {"weeks": 8, "baseline": ["0"] * 8}}]
+    assert await ledger.store.raise_anomaly_alerts(tenant="default", found=found) == 1
 
 
 def test_a_message_escapes_what_callers_named() -> None:
@@ -495,13 +513,7 @@ async def test_every_user_id_of_an_alert_passes_through_one_hook(
     await ledger.track_usage(  # an anomaly about one user, too
         TrackRequest(model="gpt-4o", input_tokens=1, output_tokens=0, cost_usd=Decimal("1"), user="ana-7f")
     )
-    [crossing] = await ledger.store.alerts(tenant="default")  # the budget's 50 % crossing
-    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    detail = {"hour_start": hour.isoformat(), "hour_end": (hour + timedelta(hours=1)).isoformat()}
-    detail |= {"timezone": "UTC", "spend": "3", "median": "0", "mad": "0", "bar": "0", "floor": "1.00"}
-    spike = {"budget_id": crossing["budget_id"], "subject": "user:ana-7f", "period": "month"}
-    found = [spike | {"hour_start": hour.isoformat(), "detail": detail | {"weeks": 8, "baseline": ["0"] * 8}}]
-    assert await ledger.store.raise_anomaly_alerts(tenant="default", found=found) == 1
+    await raise_anomaly(ledger, "user:ana-7f")
     sinks = [EmailSink.from_url(mailbox.url), WebhookSink(receiver.url), SlackSink(slack.url)]
     assert await Dispatcher(ledger, sinks).run_once() == 6
     pseudonym = "user-" + hashlib.sha256(b"ana-7f").hexdigest()[:8]
