@@ -41,6 +41,7 @@ LEDGER_MODULES = {
     "test_anomalies",
     "test_schedules",
     "test_retention",
+    "test_overrides",
 }
 
 

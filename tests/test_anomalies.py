@@ -317,6 +317,12 @@ async def test_a_member_never_sees_another_users_anomaly(ledger: Ledger, moment:
     assert {(a.kind, a.subject) for a in await ledger.open_alerts(ana)} == admin
     assert "unusual hourly spend by user:ana" in dashboards.render(await ledger.dashboard())
     assert "ana" not in dashboards.render(await ledger.dashboard(bo))
+    # A viewer of a tenant that pseudonymises users sees whom an anomaly is about as a pseudonym.
+    viewer = Principal(role="viewer")
+    assert {a.subject for a in await ledger.open_alerts(viewer)} == {"", "user:ana"}
+    await ledger.set_tenant_setting("pseudonymize_users", True)
+    masked = {a.subject for a in await ledger.open_alerts(viewer)}
+    assert masked == {"", f"user:{await ledger.shown_user(viewer, 'ana')}"} and "user:ana" not in masked
 
 
 # --- two real servers -------------------------------------------------------------------------------
