@@ -1401,10 +1401,12 @@ class Ledger:
         return written
 
     async def alert_user_labels(self, tenant: str, users: Collection[str]) -> dict[str, str]:
-        """How each user id appears in an alert sent to the tenant's operators (its sinks): as it is.
-        Every user id an alert shows passes through here, in every form (email, Slack, webhook): a tenant
-        setting that pseudonymises user ids applies to alerts by changing this alone."""
-        return {user: user for user in users}
+        """How each user id appears in an alert: as the sinks' recipients may read it. They read as a
+        viewer does (scheduled reports to the same sinks are a viewer's): real ids, or pseudonyms where the
+        tenant's `pseudonymize_users` setting is on. Every user id an alert shows passes through here, in
+        every form (email, Slack, webhook)."""
+        mask = await self.user_mask(Principal(tenant_id=tenant, role="viewer", key_id="alerts"))
+        return {user: user if mask is None else str(mask.user(user)) for user in users}
 
     async def alert_context(self, alert: dict[str, Any]) -> alert_notices.AlertContext:
         """What a claimed alert's message adds to its stable fields: the budget's figures now, its top
