@@ -503,19 +503,33 @@ async def test_alerts_name_users_as_the_tenants_privacy_setting_says(
     """Every user id of an alert passes through Ledger.alert_user_labels: with pseudonymize_users on, the
     sinks' recipients read pseudonyms in every form, as they do in scheduled reports."""
     await ledger.set_tenant_setting("pseudonymize_users", True)
+    await ledger.set_budget(  # a budget of ana's own: its scope names her
+        BudgetSpec(
+            name="mine",
+            scope="user:ana-7f",
+            unit="usd",
+            limit=Decimal(1),
+            alert_thresholds=[Decimal(100)],
+            priority_shares=None,
+        )
+    )
     await team_spend(ledger)
     await raise_anomaly(ledger, "user:ana-7f")  # an anomaly about one user, too
     sinks = [EmailSink.from_url(mailbox.url), WebhookSink(receiver.url), SlackSink(slack.url)]
-    assert await Dispatcher(ledger, sinks).run_once() == 6
+    assert await Dispatcher(ledger, sinks).run_once() == 9  # team 50 %, mine 100 % and the anomaly
     pseudonym = await ledger.shown_user(Principal(role="viewer"), "ana-7f")
     assert pseudonym is not None and pseudonym.startswith("user-")
     mails = [part.get_content() for mail in mailbox.messages() for part in mail.iter_parts()]
     sent = mails + [json.dumps(body) for body in receiver.bodies + slack.bodies]
-    assert len(sent) == 8 and all(pseudonym in form for form in sent)  # text and HTML of both emails
+    assert len(sent) == 12  # text and HTML of three emails, three webhook and three Slack bodies
+    assert all(pseudonym in form for form in mails + [json.dumps(body) for body in receiver.bodies])
+    assert sum(pseudonym in json.dumps(body) for body in slack.bodies) == 2  # mine's Slack names no user
     for raw in ("ana-7f", "dan-3c", "bob-9e"):
         assert not any(raw in form for form in sent), raw
     anomaly = next(b for b in receiver.bodies if b["kind"] == "anomaly")
     assert anomaly["anomaly"]["user"] == pseudonym and f"by user {pseudonym}" in anomaly["text"]
+    mine = next(b for b in receiver.bodies if b["budget"] == "mine")
+    assert mine["figures"]["scope"] == f"user:{pseudonym}"
 
 
 def test_the_public_url_is_a_plain_http_address() -> None:

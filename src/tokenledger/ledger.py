@@ -1419,9 +1419,11 @@ class Ledger:
             return alert_notices.AlertContext(notes=[f"budget {alert['budget']} no longer exists"])
         budget = Budget.model_validate(found[0])
         state, notes = budget.state, []
+        scope_kind, _, scope_value = state.scope.partition(":")
+        scope_user = scope_value if scope_kind == "user" else None
         rolling = state.period in ("24h", "7d", "30d")
         figures = alert_notices.AlertFigures(
-            scope=state.scope,
+            scope=state.scope,  # a user scope is labelled below, with the other user ids
             period=state.period,
             timezone=state.timezone,
             unit=state.unit,
@@ -1440,7 +1442,6 @@ class Ledger:
             notes.append(
                 "the period this alert was raised in has ended: the figures are of the current period"
             )
-        scope_kind, _, scope_value = state.scope.partition(":")
         filters: dict[str, str] = {scope_kind: scope_value} if scope_kind != "global" else {}
         since = max(state.period_start or now - ALERT_CONTEXT_WINDOW, now - ALERT_CONTEXT_WINDOW)
         if state.period_start is None or state.period_start < since:
@@ -1465,7 +1466,10 @@ class Ledger:
             limit=ALERT_TOP_SPENDERS,
         )
         users = {row["name"] for row in rows if row["dimension"] == "user" and row["name"] is not None}
-        labels = await self.alert_user_labels(tenant, users | ({subject_user} if subject_user else set()))
+        users |= {user for user in (subject_user, scope_user) if user is not None}
+        labels = await self.alert_user_labels(tenant, users)
+        if scope_user is not None:
+            figures.scope = f"user:{labels[scope_user]}"
         spent = next((row["amount"] for row in rows if row["dimension"] == "total"), Decimal(0))
         spenders: dict[str, list[alert_notices.Spender]] = {}
         for row in rows:
