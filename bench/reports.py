@@ -1,14 +1,17 @@
 """Benchmark: every report view over a month of 1,000,000 usage rows of one tenant.
 
-Run: python bench/reports.py [--rows 1000000] [--other-rows 250000] [--repeat 3] [--drop-report-indexes]
+Run: python bench/reports.py [--rows 1000000] [--other-rows 250000] [--days 30] [--repeat 3]
+                             [--drop-report-indexes]
 
 It starts its own embedded PostgreSQL in a temporary directory (stopped at the end), migrates it, and
-COPYs `--rows` usage events of tenant `bench` spread over the last 30 days (200 users, 20 projects,
+COPYs `--rows` usage events of tenant `bench` spread over the last `--days` days (200 users, 20 projects,
 8 models, 3 % errors, half with a pre-flight estimate, a third repeating one of 5,000 prompts) and
 `--other-rows` of tenant `other` into the same monthly partitions. Then it times `Ledger.report` for each
 view (admin: the whole tenant; member: one user's rows) and prints a markdown table of the median and
 worst of `--repeat` runs. `--drop-report-indexes` drops the indexes migration 0004 adds, to measure
-without them. Goal: every view under 2 s.
+without them. Goal: every view under 2 s. Then what alerts cost on the same data: the anomaly job (one read
+per tenant, over the same hours of the last 8 weeks) and one alert's context (the global budget's figures,
+top spenders and recommendations over its month so far).
 """
 
 from __future__ import annotations
@@ -71,13 +74,13 @@ COLUMNS = (
 REPORT_INDEXES = ("tl_usage_cost", "tl_usage_prompt")
 
 
-def rows_of(tenant: str, count: int, now: datetime, seed: int) -> list[tuple[object, ...]]:
+def rows_of(tenant: str, count: int, now: datetime, seed: int, days: int = 30) -> list[tuple[object, ...]]:
     rng = random.Random(seed)
     catalog = Catalog()
     infos = [catalog.resolve(name) for name in MODELS]
     prompts = [hashlib.sha256(f"prompt {i}".encode()).hexdigest() for i in range(5_000)]
-    start = now - timedelta(days=30)
-    span = 30 * 86_400
+    start = now - timedelta(days=days)
+    span = days * 86_400
     rows = []
     for i in range(count):
         info = infos[rng.randrange(len(infos))]
@@ -122,9 +125,9 @@ def rows_of(tenant: str, count: int, now: datetime, seed: int) -> list[tuple[obj
     return rows
 
 
-def load(dsn: str, tenant: str, count: int, now: datetime, seed: int) -> float:
+def load(dsn: str, tenant: str, count: int, now: datetime, seed: int, days: int = 30) -> float:
     """COPY `count` generated rows of `tenant`; returns seconds spent copying."""
-    rows = rows_of(tenant, count, now, seed)
+    rows = rows_of(tenant, count, now, seed, days)
     started = time.perf_counter()
     with psycopg.connect(dsn) as conn, conn.cursor() as cursor:
         with cursor.copy(f"copy tl_usage ({', '.join(COLUMNS)}) from stdin") as copy:
@@ -189,7 +192,32 @@ async def measure(dsn: str, repeat: int) -> list[tuple[str, float, float, int]]:
             report = await ledger.report(query, principal)
             seconds.append(time.perf_counter() - started)
         results.append((name, statistics.median(seconds), max(seconds), len(report.rows)))
+    results += await measure_alerts(ledger, repeat)
     await store.close()
+    return results
+
+
+async def measure_alerts(ledger: Ledger, repeat: int) -> list[tuple[str, float, float, int]]:
+    """The anomaly job over every tenant (rows: alerts written) and one alert's context (rows: spenders
+    and recommendations listed)."""
+    state = (await ledger.get_budget("b0", Principal(tenant_id="bench"))).state
+    alert = {"tenant_id": "bench", "alert_id": 0, "budget": "b0", "kind": "threshold"}
+    alert |= {"period_start": str(state.period_start), "subject": "", "detail": None}
+    results = []
+    seconds, written = [], 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        written += await ledger.anomaly_alerts()
+        seconds.append(time.perf_counter() - started)
+    name = "anomaly alerts (50 budgets; 8 weeks)"
+    results.append((name, statistics.median(seconds), max(seconds), written))
+    seconds, listed = [], 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        context = await ledger.alert_context(alert)
+        seconds.append(time.perf_counter() - started)
+        listed = sum(map(len, context.spenders.values())) + len(context.recommendations)
+    results.append(("alert context (global budget, month)", statistics.median(seconds), max(seconds), listed))
     return results
 
 
@@ -197,6 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--other-rows", type=int, default=250_000)
+    parser.add_argument("--days", type=int, default=30, help="the days the rows spread over")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--drop-report-indexes", action="store_true")
     args = parser.parse_args()
@@ -210,8 +239,8 @@ def main() -> None:
 
         anyio.run(migrate)
         now = datetime.now(UTC)
-        copied = load(dsn, "bench", args.rows, now, seed=1)
-        copied += load(dsn, "other", args.other_rows, now, seed=2)
+        copied = load(dsn, "bench", args.rows, now, seed=1, days=args.days)
+        copied += load(dsn, "other", args.other_rows, now, seed=2, days=args.days)
         with psycopg.connect(dsn, autocommit=True) as conn:
             if args.drop_report_indexes:
                 for index in REPORT_INDEXES:
@@ -228,7 +257,8 @@ def main() -> None:
         )
         print(f"report indexes of 0004: {'dropped' if args.drop_report_indexes else 'present'}\n")
         results = anyio.run(measure, dsn, args.repeat)
-        print(f"| view ({args.rows:,} rows of tenant bench, 30 days) | median ms | worst ms | rows |")
+        title = f"view ({args.rows:,} rows of tenant bench, {args.days} days)"
+        print(f"| {title} | median ms | worst ms | rows |")
         print("|---|---:|---:|---:|")
         for name, median, worst, rows in results:
             print(f"| {name} | {median * 1000:.0f} | {worst * 1000:.0f} | {rows} |")

@@ -1268,7 +1268,8 @@ begin
                'tenant_id', c.tenant_id, 'alert_id', c.alert_id, 'sink', c.sink, 'attempt', c.attempts,
                'budget', a.budget_name, 'kind', a.kind, 'threshold', a.threshold,
                'percent_used', a.percent_used, 'used', a.used, 'limit', a.limit_amount, 'unit', a.unit,
-               'period_start', a.period_start, 'created_at', a.created_at)
+               'period_start', a.period_start, 'created_at', a.created_at, 'subject', a.subject,
+               'detail', a.detail)
       from claimed c join tl_alert a on a.tenant_id = c.tenant_id and a.alert_id = c.alert_id;
 end $$;
 
@@ -1924,4 +1925,30 @@ begin
        and not exists (select 1 from tl_override_delivery d
                         where d.tenant_id = o.tenant_id and d.override_id = o.override_id
                           and d.delivered_at is null);
+end $$;
+
+-- --- anomaly alerts ------------------------------------------------------------------------------
+-- Python judges each hour's spend against its baseline (tokenledger.anomalies); this writes the spikes
+-- (p_found: [{budget_id, subject, period, hour_start, detail}]) as alerts of kind 'anomaly', once per
+-- budget, anomaly period (`period`, in the budget's time zone) and subject: however many processes judge
+-- the same hour, the unique key keeps one. The stable fields are the budget's figures now, as other kinds'
+-- are at their crossing; threshold is 0 (an anomaly has none). Returns how many were new.
+create or replace function tl_anomaly_alerts(p_tenant text, p_found jsonb) returns integer
+language plpgsql as $$
+declare
+    written integer;
+begin
+    insert into tl_alert (tenant_id, budget_id, budget_name, period_start, threshold, kind, subject, detail,
+                          percent_used, used, limit_amount, unit)
+    select b.tenant_id, b.budget_id, b.name,
+           (tl_period_bounds(x ->> 'period', b.timezone, (x ->> 'hour_start')::timestamptz)).period_start,
+           0, 'anomaly', x ->> 'subject', x -> 'detail', round(100 * u.used / u.allowance, 2), u.used,
+           u.allowance, b.unit
+      from jsonb_array_elements(p_found) with ordinality as found(x, n)
+      join tl_budget b on b.tenant_id = p_tenant and b.budget_id = (x ->> 'budget_id')::bigint
+      cross join lateral tl_usage_now(b, clock_timestamp()) u
+     order by found.n
+    on conflict do nothing;
+    get diagnostics written = row_count;
+    return written;
 end $$;

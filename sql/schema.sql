@@ -509,3 +509,13 @@ create table tl_override_delivery (
     foreign key (tenant_id, override_id) references tl_override on delete cascade
 );
 create index tl_override_delivery_due on tl_override_delivery (next_attempt_at) where delivered_at is null;
+
+-- Anomaly alerts (0015): what within its budget an alert is about ('' the whole budget, 'user:X' one
+-- user under a shared budget), part of the key that writes each alert once; and what it was judged on.
+alter table tl_alert add column subject text not null default '';
+-- The facts an alert was judged on, for kinds that have more than the stable fields (an anomaly: the
+-- hour, its spend, the baseline's median and MAD, the bar it crossed); null for threshold and forecast.
+alter table tl_alert add column detail jsonb;
+alter table tl_alert drop constraint tl_alert_tenant_id_budget_id_period_start_threshold_kind_key;
+alter table tl_alert add constraint tl_alert_once
+    unique (tenant_id, budget_id, period_start, threshold, kind, subject);

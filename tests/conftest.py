@@ -38,6 +38,7 @@ LEDGER_MODULES = {
     "test_ledger_edges",
     "test_migrations",
     "test_alerts",
+    "test_anomalies",
     "test_schedules",
     "test_retention",
     "test_bill_modes",

@@ -1,22 +1,26 @@
 """Deliver the alert outbox to sinks: webhooks (JSON), Slack-compatible webhooks, email, the log.
 
 The ledger writes one alert row per budget, period and threshold at the crossing itself (inside
-`tl_track`). A dispatcher claims due deliveries with `FOR UPDATE SKIP LOCKED` and a lease, so any
-number of dispatchers in any number of processes deliver each alert to each sink once. A failing
-sink retries with exponential backoff on its own schedule and never blocks the others.
+`tl_track`), per budget and period on a forecast, per budget, period and user on an anomaly. A dispatcher
+claims due deliveries with `FOR UPDATE SKIP LOCKED` and a lease, so any number of dispatchers in any
+number of processes deliver each alert to each sink once. A failing sink retries with exponential backoff
+on its own schedule and never blocks the others.
+
+Before sending, the dispatcher asks the ledger for the alert's context (the budget's figures now, top
+spenders, recommendations: `Ledger.alert_context`) once per alert, within a time budget that keeps the
+whole delivery inside its lease; an alert whose context fails or runs late goes out with its stable fields
+and a note that says so (`tokenledger.alert_notices`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import smtplib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from email.message import EmailMessage
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -24,6 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import anyio
 import httpx
 
+from tokenledger.alert_notices import AlertContext, alert_notice
 from tokenledger.errors import InvalidInput
 from tokenledger.ledger import Ledger
 from tokenledger.notices import Notice, email_message
@@ -32,44 +37,10 @@ from tokenledger.secrets import resolve_secret
 log = logging.getLogger("tokenledger.alerts")
 
 
-def describe(alert: dict[str, Any]) -> str:
-    """One sentence a person reads in Slack, an email subject or the log."""
-
-    def amount(key: str) -> str:
-        plain = format(Decimal(alert[key]).normalize(), "f")
-        return f"${plain}" if alert["unit"] == "usd" else f"{plain} tokens"
-
-    if alert["kind"] == "forecast":
-        return (
-            f"Budget {alert['budget']} is on course to run out before its period ends: projected "
-            f"{alert['percent_used']}% of {amount('limit')} (used {amount('used')})"
-        )
-    return (
-        f"Budget {alert['budget']} crossed {alert['threshold']}%: "
-        f"{amount('used')} of {amount('limit')} used ({alert['percent_used']}%)"
-    )
-
-
-def payload(alert: dict[str, Any]) -> dict[str, Any]:
-    """The JSON a webhook receives; `id` is stable across retries so receivers can deduplicate."""
-    keys = ("tenant_id", "alert_id", "budget", "kind", "threshold", "percent_used", "used", "limit", "unit")
-    body = {k: alert[k] for k in keys}
-    body.update(
-        id=f"{alert['tenant_id']}:{alert['alert_id']}",
-        period_start=alert["period_start"],
-        created_at=alert["created_at"],
-        text=describe(alert),
-    )
-    plain: dict[str, Any] = json.loads(json.dumps(body, default=str))
-    return plain
-
-
 class Sink(Protocol):
     name: str  # stored in the database: never a secret (webhook URLs are; their hash is not)
 
-    async def send(self, alert: dict[str, Any]) -> None: ...
-
-    # A notice (a scheduled report, ...); `recipients` replace an email sink's configured ones.
+    # A notice (an alert, a scheduled report, ...); `recipients` replace an email sink's configured ones.
     async def send_notice(self, notice: Notice, recipients: Sequence[str] | None = None) -> None: ...
 
 
@@ -85,12 +56,6 @@ class WebhookSink:
 
     def __post_init__(self) -> None:
         self.name = _sink_name("webhook", self.url)
-
-    def body(self, alert: dict[str, Any]) -> dict[str, Any]:
-        return payload(alert)
-
-    async def send(self, alert: dict[str, Any]) -> None:
-        await self._post(self.body(alert))
 
     async def send_notice(self, notice: Notice, recipients: Sequence[str] | None = None) -> None:
         """Post a notice's JSON (its stable `id` included); `recipients` are for email only."""
@@ -108,13 +73,11 @@ class WebhookSink:
 
 @dataclass
 class SlackSink(WebhookSink):
-    """A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat): `{"text": ...}`."""
+    """A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat): blocks, and `text` as the
+    notification and the fallback of clients without blocks."""
 
     def __post_init__(self) -> None:
         self.name = _sink_name("slack", self.url)
-
-    def body(self, alert: dict[str, Any]) -> dict[str, Any]:
-        return {"text": f":warning: {describe(alert)}"}
 
     def notice_body(self, notice: Notice) -> dict[str, Any]:
         return notice.slack()
@@ -166,15 +129,6 @@ class EmailSink:
                 smtp.login(self.username, self.password)
             smtp.send_message(message)
 
-    async def send(self, alert: dict[str, Any]) -> None:
-        message = EmailMessage()
-        message["From"] = self.sender
-        message["To"] = ", ".join(self.recipients)
-        message["Subject"] = f"[tokenledger] {describe(alert)}"
-        message["Message-ID"] = f"<tokenledger-alert-{alert['tenant_id']}-{alert['alert_id']}@tokenledger>"
-        message.set_content(describe(alert) + "\n\n" + json.dumps(payload(alert), indent=2))
-        await anyio.to_thread.run_sync(self._send_blocking, message)
-
     async def send_notice(self, notice: Notice, recipients: Sequence[str] | None = None) -> None:
         """Send a notice as a multipart email (text and HTML), to `recipients` instead of the configured
         ones when given."""
@@ -186,11 +140,11 @@ class EmailSink:
 class LogSink:
     name: str = "log"
 
-    async def send(self, alert: dict[str, Any]) -> None:
-        log.warning("alert: %s", describe(alert))
-
     async def send_notice(self, notice: Notice, recipients: Sequence[str] | None = None) -> None:
-        log.info("notice: %s", notice.subject)
+        if notice.payload.get("type") == "alert":
+            log.warning("alert: %s", notice.payload.get("text", notice.subject))
+        else:
+            log.info("notice: %s", notice.subject)
 
 
 def sinks_from_env(environ: dict[str, str] | None = None) -> list[Sink]:
@@ -213,7 +167,8 @@ def sinks_from_env(environ: dict[str, str] | None = None) -> list[Sink]:
 
 @dataclass
 class Dispatcher:
-    """Delivers due alerts to every sink; run one per server process (or several: they share the work)."""
+    """Delivers due alerts to every sink; run one per server process (or several: they share the work).
+    `public_url` (TOKENLEDGER_PUBLIC_URL): the messages link its dashboard."""
 
     ledger: Ledger
     sinks: Sequence[Sink]
@@ -222,6 +177,12 @@ class Dispatcher:
     base_backoff: float = 2.0
     max_backoff: float = 600.0
     send_timeout: float = 20.0
+    public_url: str | None = None
+    # Contexts of a claimed batch are computed this many at a time, and only within this many seconds of
+    # the claim: with send_timeout, a batch is sent well within its lease, so no other dispatcher claims
+    # a delivery again while this one is still sending it.
+    context_concurrency: int = 1  # of the report connections (2 by default): one stays free for people
+    context_seconds: float = 25.0
 
     def backoff(self, attempt: int) -> float | None:
         """Seconds before the next try after `attempt` failures; None once the attempts are spent."""
@@ -229,19 +190,59 @@ class Dispatcher:
             return None
         return float(min(self.base_backoff * 2 ** (attempt - 1), self.max_backoff))
 
+    @property
+    def dashboard_url(self) -> str | None:
+        return f"{self.public_url}/dashboard" if self.public_url else None
+
     async def run_once(self, *, limit: int = 100) -> int:
         """Deliver what is due now; returns how many deliveries succeeded."""
         by_name = {sink.name: sink for sink in self.sinks}
         claimed = await self.ledger.claim_alert_deliveries(
             list(by_name), limit=limit, lease_seconds=self.lease_seconds
         )
-        results = await asyncio.gather(*(self._deliver(by_name[d["sink"]], d) for d in claimed))
+        by_alert: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for delivery in claimed:
+            by_alert.setdefault((delivery["tenant_id"], delivery["alert_id"]), []).append(delivery)
+        deadline = anyio.current_time() + self.context_seconds
+        limiter = anyio.CapacityLimiter(self.context_concurrency)
+        results = await asyncio.gather(
+            *(self._deliver_alert(deliveries, by_name, limiter, deadline) for deliveries in by_alert.values())
+        )
         return sum(results)
 
-    async def _deliver(self, sink: Sink, delivery: dict[str, Any]) -> bool:
+    async def _deliver_alert(
+        self,
+        deliveries: list[dict[str, Any]],
+        by_name: dict[str, Sink],
+        limiter: anyio.CapacityLimiter,
+        deadline: float,
+    ) -> int:
+        """One alert to each of its claimed sinks, with its context computed once."""
+        alert = deliveries[0]
+        context, note = await self._context(alert, limiter, deadline)
+        notice = alert_notice(alert, context, dashboard_url=self.dashboard_url, notes=[note] if note else [])
+        results = await asyncio.gather(*(self._deliver(by_name[d["sink"]], d, notice) for d in deliveries))
+        return sum(results)
+
+    async def _context(
+        self, alert: dict[str, Any], limiter: anyio.CapacityLimiter, deadline: float
+    ) -> tuple[AlertContext | None, str | None]:
+        """The alert's context, or None and a note saying why there is none: it never raises."""
+        unavailable = "the budget's figures, top spenders and recommendations could not be computed"
+        with anyio.move_on_after(max(deadline - anyio.current_time(), 0)) as scope:
+            try:
+                async with limiter:
+                    return await self.ledger.alert_context(alert), None
+            except Exception as error:  # the alert goes out all the same, with its stable fields
+                log.warning("alert %s: no context: %s", alert["alert_id"], _describe_error(error))
+                return None, f"{unavailable} ({_describe_error(error)}); see the dashboard"
+        assert scope.cancelled_caught
+        return None, f"{unavailable} in time ({self.context_seconds:g} s); see the dashboard"
+
+    async def _deliver(self, sink: Sink, delivery: dict[str, Any], notice: Notice) -> bool:
         try:
             with anyio.fail_after(self.send_timeout):
-                await sink.send(delivery)
+                await sink.send_notice(notice)
         except Exception as error:  # any sink failure is retried later, never raised into the server
             retry = self.backoff(delivery["attempt"])
             log.warning(

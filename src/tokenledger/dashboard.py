@@ -60,7 +60,7 @@ class Decision(Model):
 
 
 class OpenAlert(Model):
-    """A threshold or forecast alert of a budget's current period."""
+    """A threshold, forecast or anomaly alert of a budget's current period."""
 
     alert_id: int
     budget: str
@@ -73,6 +73,7 @@ class OpenAlert(Model):
     period_start: datetime
     created_at: datetime
     delivered_at: datetime | None = None
+    subject: str = ""  # an anomaly about one user under a shared budget: 'user:X'
 
 
 class Dashboard(Model):
@@ -509,9 +510,10 @@ def _alerts(alerts: Sequence[OpenAlert], zone: ZoneInfo, currency: str = "USD") 
         lines = []
         for a in alerts:
             state = "delivered" if a.delivered_at is not None else "pending"
-            what = (
-                f"forecast {a.percent_used}%" if a.kind == "forecast" else f"crossed {_plain(a.threshold)}%"
-            )
+            what = {
+                "forecast": f"forecast {a.percent_used}%",
+                "anomaly": f"unusual hourly spend{' by ' + a.subject if a.subject else ''}",
+            }.get(a.kind, f"crossed {_plain(a.threshold)}%")
             attrs = _attrs(
                 alert=a.alert_id, alert_budget=a.budget, kind=a.kind, threshold=_plain(a.threshold)
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import secrets
 import statistics
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING, Any, get_args
 import anyio
 from pydantic import TypeAdapter, ValidationError
 
+from tokenledger import alert_notices, anomalies, fx, plpython_counting, privacy, reports, schedules, tokens
 from tokenledger import dashboard as dashboards
-from tokenledger import fx, plpython_counting, privacy, reports, schedules, tokens
 from tokenledger.catalog import Catalog, CatalogDiff, CatalogUpdate, cost, unknown_model
 from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, TokenLedgerError, UnknownModel
 from tokenledger.pricefile import PriceFile
@@ -89,6 +90,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Ledger"]
 
+log = logging.getLogger("tokenledger.ledger")
+
 ATTRIBUTION_FIELDS = ("user", "session", "project", "team", "feature", "endpoint")
 SCOPE_KINDS = ("team", "project", "user", "session", "feature", "endpoint")
 # Budget fields a `set` may clear with null; null on any other field keeps its value.
@@ -135,6 +138,22 @@ MAX_UNKNOWN_MODELS = 1_024
 # Request fields added after requests were first hashed: left out at their defaults, so a request sent
 # before they existed keeps its hash (its idempotent replay still matches).
 _HASHED_ONLY_WHEN_SET = {"batch": False, "service_tier": "standard", "cache_ttl": "5m"}
+# What an alert lists its top spenders along, by its budget's scope kind: who (user), what for (feature)
+# and with what (model), less what the scope already fixes.
+SPENDER_DIMENSIONS: dict[str, tuple[GroupKey, ...]] = {
+    "global": ("user", "feature", "model"),
+    "team": ("user", "feature", "model"),
+    "project": ("user", "feature", "model"),
+    "endpoint": ("user", "feature", "model"),
+    "feature": ("user", "model"),
+    "user": ("feature", "model"),
+    "session": ("feature", "model"),
+}
+ALERT_TOP_SPENDERS = 3  # per dimension
+ALERT_TOP_RECOMMENDATIONS = 3
+# An alert's spenders and recommendations cover its budget's period so far, at most this far back (a
+# yearly or `total` budget would otherwise read years of usage for one message).
+ALERT_CONTEXT_WINDOW = timedelta(days=31)
 
 
 def _request_hash(request: Any) -> str:
@@ -1500,6 +1519,152 @@ class Ledger:
         """Write an alert for each budget period on course to run out before it ends."""
         return await self.store.forecast_alerts(min_elapsed=min_elapsed)
 
+    async def anomaly_alerts(self) -> int:
+        """Judge the spend of the hour in progress and of the hour before, per budget and per user under a
+        shared budget, against the same hour of the week in recent weeks (see `tokenledger.anomalies`);
+        write an anomaly alert for each spike, once per budget, period and user. Returns how many were new.
+        One read per tenant, on a report connection under the report time limit; a tenant whose read fails
+        is logged and skipped until the next run."""
+        written = 0
+        for tenant in await self.store.alert_tenants():
+            try:
+                candidates = await self.store.anomaly_candidates(
+                    tenant=tenant, weeks=anomalies.BASELINE_WEEKS, floors=dict(anomalies.ANOMALY_FLOOR)
+                )
+            except TokenLedgerError as error:
+                log.warning("anomaly alerts of tenant %r not judged this time: %s", tenant, error)
+                continue
+            spikes: dict[tuple[int, str], dict[str, Any]] = {}
+            for row in candidates:  # by budget, subject and hour: the earlier hour of a pair wins
+                verdict = anomalies.judge(row["spend"], row["baseline"], row["unit"])
+                key = (row["budget_id"], row["subject"])
+                if verdict is None or not verdict.spike or key in spikes:
+                    continue
+                spikes[key] = {
+                    "budget_id": row["budget_id"],
+                    "subject": row["subject"],
+                    "period": anomalies.anomaly_period(row["period"]),
+                    "hour_start": row["hour_start"].isoformat(),
+                    "detail": _anomaly_detail(row, verdict),
+                }
+            if spikes:
+                written += await self.store.raise_anomaly_alerts(tenant=tenant, found=list(spikes.values()))
+        return written
+
+    async def alert_user_labels(self, tenant: str, users: Collection[str]) -> dict[str, str]:
+        """How each user id appears in an alert: as the sinks' recipients may read it. They read as a
+        viewer does (scheduled reports to the same sinks are a viewer's): real ids, or pseudonyms where the
+        tenant's `pseudonymize_users` setting is on. Every user id an alert shows passes through here, in
+        every form (email, Slack, webhook)."""
+        mask = await self.user_mask(Principal(tenant_id=tenant, role="viewer", key_id="alerts"))
+        return {user: user if mask is None else str(mask.user(user)) for user in users}
+
+    async def alert_context(self, alert: dict[str, Any]) -> alert_notices.AlertContext:
+        """What a claimed alert's message adds to its stable fields: the budget's figures now, its top
+        spenders along the budget's scope (over the anomalous hour for an anomaly, else the period so far)
+        and the top recommendations of the period so far. Reads run on report connections under the
+        report time limit; an error is the caller's to turn into a note."""
+        tenant, now = alert["tenant_id"], datetime.now(UTC)
+        found = await self.store.budgets(tenant=tenant, name=alert["budget"])
+        if not found:
+            return alert_notices.AlertContext(notes=[f"budget {alert['budget']} no longer exists"])
+        budget = Budget.model_validate(found[0])
+        state, notes = budget.state, []
+        scope_kind, _, scope_value = state.scope.partition(":")
+        scope_user = scope_value if scope_kind == "user" else None
+        rolling = state.period in ("24h", "7d", "30d")
+        figures = alert_notices.AlertFigures(
+            scope=state.scope,  # a user scope is labelled below, with the other user ids
+            period=state.period,
+            timezone=state.timezone,
+            unit=state.unit,
+            limit=state.limit,
+            used=state.used,
+            reserved=state.reserved,
+            remaining=state.remaining,
+            percent_used=state.percent_used,
+            period_start=state.period_start,
+            period_end=None if rolling else state.resets_at,
+            days_left=None if rolling or state.resets_at is None else _days_between(now, state.resets_at),
+            as_of=now,
+        )
+        raised_in = datetime.fromisoformat(str(alert["period_start"]))
+        if alert["kind"] != "anomaly" and not rolling and state.period_start not in (None, raised_in):
+            notes.append(
+                "the period this alert was raised in has ended: the figures are of the current period"
+            )
+        filters: dict[str, str] = {scope_kind: scope_value} if scope_kind != "global" else {}
+        since = max(state.period_start or now - ALERT_CONTEXT_WINDOW, now - ALERT_CONTEXT_WINDOW)
+        if state.period_start is None or state.period_start < since:
+            notes.append(f"spenders and recommendations cover the last {ALERT_CONTEXT_WINDOW.days} days")
+        dimensions = SPENDER_DIMENSIONS[scope_kind]
+        spend_since, spend_until, spend_filters = since, now, filters
+        subject_user = str(alert.get("subject") or "").removeprefix("user:") or None
+        detail = alert.get("detail") or {}
+        if alert["kind"] == "anomaly" and detail:
+            spend_since = datetime.fromisoformat(detail["hour_start"])
+            spend_until = datetime.fromisoformat(detail["hour_end"])
+        if subject_user is not None:
+            spend_filters = {**filters, "user": subject_user}
+            dimensions = tuple(d for d in dimensions if d != "user")
+        rows = await self.store.top_spenders(
+            tenant=tenant,
+            since=spend_since,
+            until=spend_until,
+            filters=spend_filters,
+            dimensions=dimensions,
+            unit=state.unit,
+            limit=ALERT_TOP_SPENDERS,
+        )
+        users = {row["name"] for row in rows if row["dimension"] == "user" and row["name"] is not None}
+        users |= {user for user in (subject_user, scope_user) if user is not None}
+        labels = await self.alert_user_labels(tenant, users)
+        if scope_user is not None:
+            figures.scope = f"user:{labels[scope_user]}"
+        spent = next((row["amount"] for row in rows if row["dimension"] == "total"), Decimal(0))
+        spenders: dict[str, list[alert_notices.Spender]] = {}
+        for row in rows:
+            if row["dimension"] == "total":
+                continue
+            name = row["name"]
+            if name is None:
+                shown = reports.UNATTRIBUTED
+            else:  # a user only as labelled: never a raw id the labels left out
+                shown = labels[name] if row["dimension"] == "user" else name
+            share = round(100 * row["amount"] / spent, 1) if spent else None
+            spenders.setdefault(row["dimension"], []).append(
+                alert_notices.Spender(name=shown, amount=row["amount"], share=share)
+            )
+        stats = await self.store.model_usage_stats(
+            tenant=tenant,
+            since=since,
+            until=now,
+            filters=filters,
+            context_windows=self.catalog.context_windows(),
+        )
+        recommended = reports.recommendations_report(stats, self.catalog, since, now).rows
+        return alert_notices.AlertContext(
+            figures=figures,
+            spenders_since=spend_since,
+            spenders_until=spend_until,
+            spent=spent,
+            spenders={d: spenders[d] for d in dimensions if d in spenders},
+            recommendations_since=since,
+            recommendations_until=now,
+            recommendations=[
+                alert_notices.Recommendation(
+                    kind=str(row["kind"]),
+                    model=str(row["model"]),
+                    suggestion=str(row["suggestion"]),
+                    saving_usd=Decimal(str(row["saving_usd"])),
+                    evidence=str(row["evidence"]),
+                )
+                for row in recommended[:ALERT_TOP_RECOMMENDATIONS]
+            ],
+            subject=labels[subject_user] if subject_user else None,
+            notes=notes,
+        )
+
     async def prune_usage(self, older_than: timedelta, principal: Principal | None = None) -> dict[str, Any]:
         """Drop whole monthly usage partitions older than `older_than`, keeping their daily totals."""
         principal = principal or Principal()
@@ -1826,12 +1991,16 @@ class Ledger:
         self, principal: Principal | None = None, *, budgets: Sequence[str] | None = None, limit: int = 20
     ) -> list[dashboards.OpenAlert]:
         """Alerts of the budgets' current periods, newest first: of the budgets the principal may read
-        (and of the named ones only, if given)."""
+        (and of the named ones only, if given); a member never sees one about another user's spend, a
+        viewer sees the user an alert is about as `user_mask` says."""
         principal = principal or Principal()
         if principal.role == "member":
             readable = [budget.spec.name for budget in await self.list_budgets(principal)]
             budgets = [name for name in readable if budgets is None or name in budgets]
-        rows = await self.store.open_alerts(tenant=principal.tenant_id, budgets=budgets, limit=limit)
+        rows = await self.store.open_alerts(
+            tenant=principal.tenant_id, budgets=budgets, limit=limit, user=_member_user(principal)
+        )
+        mask = await self.user_mask(principal)
         return [
             dashboards.OpenAlert(
                 alert_id=r["alert_id"],
@@ -1845,6 +2014,7 @@ class Ledger:
                 period_start=r["period_start"],
                 created_at=r["created_at"],
                 delivered_at=r["delivered_at"],
+                subject=r["subject"] if mask is None else mask.scope(r["subject"]),
             )
             for r in rows
         ]
@@ -2208,6 +2378,28 @@ def _limit_moment(budget: Budget) -> datetime:
     if state.period in ("total", "24h", "7d", "30d") or state.period_start is None:
         return budget.updated_at if budget.spec.currency is not None else datetime.now(UTC)
     return state.period_start
+
+
+def _days_between(start: datetime, end: datetime) -> Decimal:
+    """Days from `start` to `end`, to a tenth (never negative)."""
+    seconds = max((end - start).total_seconds(), 0.0)
+    return Decimal(str(round(seconds / 86_400, 1)))
+
+
+def _anomaly_detail(row: dict[str, Any], verdict: anomalies.Judgement) -> dict[str, Any]:
+    """What an anomaly alert was judged on, as its `detail` (amounts as strings: exact)."""
+    return {
+        "hour_start": row["hour_start"].isoformat(),
+        "hour_end": row["hour_end"].isoformat(),
+        "timezone": row["timezone"],
+        "spend": str(verdict.spend),
+        "median": str(verdict.median),
+        "mad": str(verdict.mad),
+        "bar": str(verdict.bar),
+        "floor": str(verdict.floor),
+        "weeks": len(verdict.baseline),
+        "baseline": [str(value) for value in verdict.baseline],
+    }
 
 
 def money(value: Decimal | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tokenledger.errors import InvalidInput
 from tokenledger.secrets import VaultConfig
@@ -12,6 +13,7 @@ from tokenledger.secrets import VaultConfig
 DEFAULT_HOME = Path("~/.local/share/tokenledger")
 # The longest a count waits for a provider's token-counting API (TOKENLEDGER_PROVIDER_COUNT_TIMEOUT).
 PROVIDER_COUNT_TIMEOUT = (0.05, 30.0)
+MAX_PUBLIC_URL_LENGTH = 2000  # an address every mail client and Slack keep whole
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class Settings:
     vault: VaultConfig = field(default_factory=VaultConfig)  # how `vault:` references are read
     reports: ReportLimits = field(default_factory=ReportLimits)
     provider_counting: ProviderCounting = field(default_factory=ProviderCounting)
+    public_url: str | None = None  # where people reach this server (alerts link its dashboard); no link: None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -114,4 +117,40 @@ class Settings:
             vault=vault,
             reports=ReportLimits.from_env(env),
             provider_counting=ProviderCounting.from_env(env, vault),
+            public_url=public_url(env.get("TOKENLEDGER_PUBLIC_URL", "")),
         )
+
+
+def public_url(value: str) -> str | None:
+    """TOKENLEDGER_PUBLIC_URL as a base for links (without a trailing slash), or None when unset. It goes
+    into emails and Slack messages as it is, so it must be a plain http(s) address: a host, an optional port
+    and path, and nothing that could carry a secret or break out of a link (credentials, a query or
+    fragment, spaces, quotes, angle brackets)."""
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        parts = urlsplit(text)
+        plain = (
+            parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and parts.username is None
+            and (parts.port is None or parts.port > 0)  # .port raises on a port that is no number
+            and len(text) <= MAX_PUBLIC_URL_LENGTH
+            and not any(c.isspace() or ord(c) < 32 or c in _NOT_IN_PUBLIC_URL for c in text)
+        )
+    except ValueError:
+        plain = False
+    if not plain:
+        shown = "(hidden: it names credentials)" if "@" in text else text[:200]
+        raise InvalidInput(
+            "TOKENLEDGER_PUBLIC_URL",
+            shown,
+            "an http:// or https:// address with a host and an optional port and path (e.g. "
+            f"https://ledger.example.com), at most {MAX_PUBLIC_URL_LENGTH} characters, without credentials, "
+            "query or fragment",
+        )
+    return text.rstrip("/")
+
+
+_NOT_IN_PUBLIC_URL = frozenset("?#@<>\"'`|\\^{}")

@@ -1127,6 +1127,63 @@ class Store:
             "select * from tl_alert where tenant_id = %(tenant)s order by alert_id", {"tenant": tenant}
         )
 
+    async def top_spenders(
+        self,
+        *,
+        tenant: str,
+        since: datetime,
+        until: datetime,
+        filters: dict[str, str],
+        dimensions: Sequence[str],
+        unit: str,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """The `limit` largest spenders of the window along each of `dimensions` (allow-listed attribution
+        keys), in `unit` (tokens or USD), in one scan: rows of (dimension, name, amount), largest first;
+        a null name is usage without that attribution. Dimension 'total' is the whole window's spend."""
+        columns = [sql.Identifier(USAGE_COLUMNS[d]) for d in dimensions]
+        query = sql.SQL(_TOP_SPENDERS).format(
+            dimension=sql.SQL("case {} else 'total' end").format(
+                sql.SQL(" ").join(
+                    sql.SQL("when grouping({}) = 0 then {}").format(column, sql.Literal(name))
+                    for column, name in zip(columns, dimensions, strict=True)
+                )
+            ),
+            name=sql.SQL("coalesce({})").format(sql.SQL(", ").join(columns)),
+            sets=sql.SQL("").join(sql.SQL(", ({})").format(column) for column in columns),
+            filters=_usage_filters(filters),
+        )
+        params = _usage_params(tenant, since, until, filters, unit=unit, limit=limit)
+        return await self._fetch_report_rows(query, params)
+
+    async def alert_tenants(self) -> list[str]:
+        """The tenants that have budgets: those anomaly alerts are judged for."""
+        rows = await self._fetch_rows("select distinct tenant_id from tl_budget order by 1", ())
+        return [row["tenant_id"] for row in rows]
+
+    async def anomaly_candidates(
+        self, *, tenant: str, weeks: int, floors: dict[str, Decimal]
+    ) -> list[dict[str, Any]]:
+        """Per budget of `tenant` (and per user under a shared budget): the spend of the local hour in
+        progress and of the one before, where it reaches its unit's floor, each with the spend of the same
+        local hour of the week in each of the `weeks` weeks before (zero where none, none before the
+        tenant's oldest usage kept event by event). One read-only query on a report connection."""
+        params = {
+            "tenant": tenant,
+            "weeks": weeks,
+            "floor_usd": floors["usd"],
+            "floor_tokens": floors["tokens"],
+        }
+        return await self._fetch_report_rows(_ANOMALY_CANDIDATES, params)
+
+    async def raise_anomaly_alerts(self, *, tenant: str, found: list[dict[str, Any]]) -> int:
+        """Write each spike as an anomaly alert, once per budget, period and subject; returns how many
+        were new."""
+        written = await self._fetch_json(
+            "select tl_anomaly_alerts(%s, %s)", (tenant, Jsonb(found)), retry_safe=True
+        )
+        return int(written)
+
     # --- scheduled reports ------------------------------------------------------------------------
 
     async def add_schedule(
@@ -1343,23 +1400,29 @@ class Store:
         )
 
     async def open_alerts(
-        self, *, tenant: str, budgets: Sequence[str] | None, limit: int
+        self, *, tenant: str, budgets: Sequence[str] | None, limit: int, user: str | None = None
     ) -> list[dict[str, Any]]:
         """Alerts of each budget's current period (or rolling window), newest first; `budgets` limits
-        them to those names."""
+        them to those names, `user` to those about the whole budget or that user (a member's view)."""
         return await self._fetch_report_rows(
             """select a.alert_id, a.budget_name, a.kind, a.threshold, a.percent_used, a.used,
-                      a.limit_amount, a.unit, a.period_start, a.created_at, a.delivered_at
+                      a.limit_amount, a.unit, a.period_start, a.created_at, a.delivered_at, a.subject
                  from tl_alert a
                  join tl_budget b on b.tenant_id = a.tenant_id and b.budget_id = a.budget_id
                 where a.tenant_id = %(tenant)s
                   and (%(names)s::text[] is null or b.name = any(%(names)s::text[]))
+                  and (%(user)s::text is null or a.subject in ('', 'user:' || %(user)s))
                   and a.period_start
                       >= (tl_period_bounds(b.period, b.timezone, clock_timestamp())).period_start
                          - coalesce(tl_window_length(b.period), interval '0')
                 order by a.created_at desc, a.alert_id desc
                 limit %(limit)s""",
-            {"tenant": tenant, "names": None if budgets is None else list(budgets), "limit": limit},
+            {
+                "tenant": tenant,
+                "names": None if budgets is None else list(budgets),
+                "limit": limit,
+                "user": user,
+            },
             aggregates=False,
         )
 
@@ -1592,6 +1655,98 @@ select b.name, coalesce(case when b.unit = 'tokens' then u.tokens else u.usd end
 # The model's latest settled calls in the tenant (a bounded window, read newest first through
 # tl_usage_model): per user, the ratio of the input the provider reported to the raw pre-flight count, for
 # each of the user's latest calls.
+# The largest spenders along several attribution keys at once (`Store.top_spenders`): usage events and
+# the daily rollups, as _USAGE_REPORT reads them, grouped by one grouping set per key.
+_TOP_SPENDERS = """
+with events as (
+    select user_id, session_id, project, team, feature, endpoint, provider, model,
+           case when %(unit)s = 'tokens' then total_tokens else coalesce(cost_usd, 0) end as amount
+      from tl_usage
+     where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s
+    union all
+    select user_id, session_id, project, team, feature, endpoint, provider, model,
+           case when %(unit)s = 'tokens' then total_tokens else cost_usd end
+      from tl_usage_daily
+     where tenant_id = %(tenant)s and day >= (%(since)s at time zone 'UTC')::date
+       and day < (%(until)s at time zone 'UTC')::date
+), grouped as (
+    select {dimension} as dimension, {name} as name, sum(amount) as amount
+      from events
+     where true {filters}
+     group by grouping sets (() {sets})
+), ranked as (
+    select dimension, name, amount,
+           row_number() over (partition by dimension order by amount desc, name nulls last) as rank
+      from grouped
+     where amount > 0
+)
+select dimension, name, amount from ranked where rank <= %(limit)s order by dimension, rank
+"""
+
+# Anomaly candidates of one tenant (`Store.anomaly_candidates`, judged by tokenledger.anomalies). Only the
+# usage around the judged hours is read: for each week back (0 = now), 5 hours around the same instant,
+# which hold the same local hours in any time zone across a daylight saving change, through the primary
+# key (tenant_id, occurred_at). Hours are local (the budget's time zone): Monday 09:00 is compared with
+# earlier Mondays at 09:00 on the wall clock, whatever the UTC offset was.
+_ANOMALY_CANDIDATES = """
+with budget as (
+    select budget_id, name, scope_kind, scope_value, unit, period, timezone,
+           scope_kind not in ('user', 'session') as shared,
+           date_trunc('hour', now() at time zone timezone) as this_hour
+      from tl_budget
+     where tenant_id = %(tenant)s
+), kept as (
+    select min(occurred_at) as first_at from tl_usage where tenant_id = %(tenant)s
+), events as materialized (  -- lateral: one range scan of the primary key per week, nothing else
+    select u.*
+      from generate_series(0, %(weeks)s) as w(week)
+     cross join lateral (
+         select user_id, session_id, project, team, feature, endpoint, occurred_at, total_tokens, cost_usd
+           from tl_usage
+          where tenant_id = %(tenant)s
+            and occurred_at >= now() - w.week * interval '7 days' - interval '3 hours'
+            and occurred_at < now() - w.week * interval '7 days' + interval '2 hours') u
+), matched as materialized (  -- each event in each budget it counts in (a hash join per event)
+    select b.budget_id, b.shared, b.this_hour, e.user_id,
+           date_trunc('hour', e.occurred_at at time zone b.timezone) as local_hour,
+           case when b.unit = 'tokens' then e.total_tokens else e.cost_usd end as amount
+      from events e
+     cross join lateral (values ('global', ''), ('user', e.user_id), ('session', e.session_id),
+                                ('project', e.project), ('team', e.team), ('feature', e.feature),
+                                ('endpoint', e.endpoint)) as s(kind, value)
+      join budget b on b.scope_kind = s.kind and b.scope_value = s.value
+), spend as (  -- in the hours judged or compared only
+    select * from matched
+     where (date_part('epoch', this_hour - local_hour)::bigint / 3600) %% 168 in (0, 1)
+), hourly as (
+    select budget_id, local_hour,
+           case when grouping(user_id) = 0 then 'user:' || user_id else '' end as subject,
+           coalesce(sum(amount), 0) as amount
+      from spend
+     group by grouping sets ((budget_id, local_hour), (budget_id, local_hour, user_id))
+    having grouping(user_id) = 1 or (bool_and(shared) and user_id is not null)
+), judged as (
+    select h.budget_id, h.subject, h.local_hour, h.amount, b.name, b.unit, b.period, b.timezone
+      from hourly h join budget b using (budget_id)
+     where h.local_hour in (b.this_hour, b.this_hour - interval '1 hour')
+       and h.amount >= case b.unit when 'usd' then %(floor_usd)s::numeric else %(floor_tokens)s::numeric end
+)
+select j.budget_id, j.name, j.subject, j.unit, j.period, j.timezone, j.amount as spend,
+       j.local_hour at time zone j.timezone as hour_start,
+       (j.local_hour + interval '1 hour') at time zone j.timezone as hour_end,
+       coalesce(array_agg(coalesce(earlier.amount, 0) order by w.week)
+                    filter (where w.week is not null), '{}') as baseline
+  from judged j
+  cross join kept
+  left join generate_series(1, %(weeks)s) as w(week)
+    on (j.local_hour - w.week * interval '7 days' + interval '1 hour') at time zone j.timezone > kept.first_at
+  left join hourly earlier
+    on earlier.budget_id = j.budget_id and earlier.subject = j.subject
+   and earlier.local_hour = j.local_hour - w.week * interval '7 days'
+ group by j.budget_id, j.name, j.subject, j.unit, j.period, j.timezone, j.amount, j.local_hour
+ order by j.budget_id, j.subject, j.local_hour
+"""
+
 _CALIBRATION = """
 select user_id, array_agg(ratio order by occurred_at desc) as ratios
   from (select coalesce(u.user_id, '') as user_id, u.occurred_at,

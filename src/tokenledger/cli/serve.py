@@ -42,6 +42,7 @@ DEFAULT_PORT: Final = 8765
 SWEEP_SECONDS: Final = 5.0
 ALERT_POLL_SECONDS: Final = float(os.environ.get("TOKENLEDGER_ALERT_POLL_SECONDS", "5"))
 HOUSEKEEPING_SECONDS: Final = 6 * 3600.0
+ANOMALY_SECONDS: Final = 3600.0  # anomaly alerts judge hours: once an hour per process is enough
 # How often a server looks for catalog updates (one index probe; see Ledger.refresh_catalog).
 CATALOG_POLL_SECONDS: Final = float(os.environ.get("TOKENLEDGER_CATALOG_POLL_SECONDS", "10"))
 ADMIN_KEY_FILE: Final = "admin.key"
@@ -254,22 +255,37 @@ async def poll_catalog(ledger: Ledger, interval: float = CATALOG_POLL_SECONDS) -
             log.warning("could not look for catalog updates: %s", error)
 
 
+async def _watch_anomalies(ledger: Ledger) -> None:
+    """Write anomaly alerts for the spikes of the last hours: at start, then once an hour, for as long as
+    the server runs (several servers judge the same hours; each alert is written once)."""
+    while True:
+        try:
+            written = await ledger.anomaly_alerts()
+        except TokenLedgerError as error:
+            log.warning("anomaly alerts failed, will retry: %s", error)
+        else:
+            if written:
+                log.info("raised %d anomaly alerts", written)
+        await anyio.sleep(ANOMALY_SECONDS)
+
+
 @asynccontextmanager
-async def _background(ledger: Ledger) -> AsyncIterator[None]:
-    """What a server does besides answering calls: release expired reservations, deliver alerts from the
-    outbox, scheduled reports and override requests to the configured sinks (any number of servers share
-    the work), keep partitions ahead, take catalog updates."""
+async def _background(ledger: Ledger, settings: Settings) -> AsyncIterator[None]:
+    """What a server does besides answering calls: release expired reservations, judge anomalies, deliver
+    alerts from the outbox, scheduled reports and override requests to the configured sinks (any number of
+    servers share the work), keep partitions ahead, take catalog updates."""
     from tokenledger.alerts import Dispatcher, sinks_from_env
     from tokenledger.override_notices import OverrideNoticeDispatcher
     from tokenledger.scheduled import ScheduleDispatcher
 
     sinks = await anyio.to_thread.run_sync(sinks_from_env)  # a bad sink setting refuses to start
+    dispatcher = Dispatcher(ledger, sinks, public_url=settings.public_url)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(_sweep_expired, ledger)
-        tasks.start_soon(partial(Dispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
+        tasks.start_soon(_watch_anomalies, ledger)
+        tasks.start_soon(partial(dispatcher.run_forever, interval=ALERT_POLL_SECONDS))
         tasks.start_soon(partial(ScheduleDispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
-        public_url = os.environ.get("TOKENLEDGER_PUBLIC_URL")
-        overrides = OverrideNoticeDispatcher(ledger, sinks, dashboard_url=public_url)
+        overrides = OverrideNoticeDispatcher(ledger, sinks, dashboard_url=settings.public_url)
         tasks.start_soon(partial(overrides.run_forever, interval=ALERT_POLL_SECONDS))
         tasks.start_soon(_housekeeping, ledger)
         tasks.start_soon(poll_catalog, ledger)
@@ -284,7 +300,7 @@ async def _serve_stdio(settings: Settings) -> None:
     async with await Ledger.open(settings) as ledger:
         server = build_server(ledger, default_principal=principal)
         log.info("serving MCP over stdio as %s of tenant %r", principal.role, principal.tenant_id)
-        async with _background(ledger):
+        async with _background(ledger, settings):
             await server.run_stdio_async()
 
 
@@ -365,7 +381,7 @@ async def _serve_http(
         # The banner is for the person at the terminal: stdout, not the log stream (stderr).
         banner = _banner(describe(args.host, args.port, transports), key_note, show_key=sys.stdout.isatty())
         print(banner, flush=True)
-        async with _background(ledger):
+        async with _background(ledger, settings):
             await uvicorn_server.serve(sockets=[listener])
         if not uvicorn_server.started and not stop.requested:
             raise TokenLedgerError(f"could not serve on {args.host}:{args.port} (see the log above)")
