@@ -1279,6 +1279,9 @@ create or replace function tl_finish_alert_delivery(p_tenant text, p_alert_id bi
                                                     p_retry_seconds double precision) returns void
 language plpgsql as $$
 begin
+    -- Finishes of one alert's sinks take turns on the alert's row: without that, two sinks finishing at
+    -- once would each see the other still undelivered, and the alert would never be marked delivered.
+    perform 1 from tl_alert where tenant_id = p_tenant and alert_id = p_alert_id for no key update;
     update tl_alert_delivery
        set delivered_at = case when p_error is null then now() end,
            last_error = p_error,
@@ -1526,6 +1529,8 @@ create or replace function tl_finish_schedule_delivery(p_tenant text, p_run_id b
                                                        p_retry_seconds double precision) returns void
 language plpgsql as $$
 begin
+    -- One run's sinks finish in turn (see tl_finish_alert_delivery).
+    perform 1 from tl_schedule_run where tenant_id = p_tenant and run_id = p_run_id for no key update;
     update tl_schedule_delivery
        set delivered_at = case when p_error is null then now() end,
            last_error = p_error,
@@ -1912,6 +1917,8 @@ create or replace function tl_finish_override_notice(p_tenant text, p_override_i
                                                      p_error text, p_retry_seconds double precision) returns void
 language plpgsql as $$
 begin
+    -- One request's sinks finish in turn (see tl_finish_alert_delivery).
+    perform 1 from tl_override where tenant_id = p_tenant and override_id = p_override_id for no key update;
     update tl_override_delivery
        set delivered_at = case when p_error is null then now() end,
            last_error = p_error,

@@ -155,6 +155,38 @@ async def test_four_dispatchers_deliver_each_alert_exactly_once(
     assert len(await ledger.store.alerts(tenant="default")) == 15
 
 
+async def test_two_sinks_finishing_at_once_mark_the_alert_delivered(dsn: str, ledger: Ledger) -> None:
+    """Two dispatchers finish the same alert's two sinks in overlapping transactions. Each used to see the
+    other's sink still undelivered (its write not yet committed), so neither marked the alert delivered and
+    it stayed pending for ever; now the second waits on the alert's row and sees the first's delivery."""
+    import psycopg
+
+    await ledger.set_budget(BudgetSpec(name="b", limit=Decimal(100), priority_shares=None))
+    await ledger.track_usage(TrackRequest(model="gpt-4o", input_tokens=50, output_tokens=0))  # crosses 50 %
+    claimed = await ledger.claim_alert_deliveries(["one", "two"])
+    assert sorted(d["sink"] for d in claimed) == ["one", "two"]
+    [alert_id] = {d["alert_id"] for d in claimed}
+    finish = "select tl_finish_alert_delivery('default', %s, %s, null, null)"
+    first = await psycopg.AsyncConnection.connect(dsn)
+    second = await psycopg.AsyncConnection.connect(dsn)
+    try:
+        await first.execute(finish, (alert_id, "one"))  # open: its delivery is not committed yet
+
+        async def finish_second() -> None:
+            await second.execute(finish, (alert_id, "two"))
+            await second.commit()
+
+        racing = asyncio.create_task(finish_second())
+        await asyncio.sleep(0.5)  # the second is inside its call now (waiting, with the fix)
+        await first.commit()
+        await asyncio.wait_for(racing, 30)
+    finally:
+        await first.close()
+        await second.close()
+    [alert] = await ledger.store.alerts(tenant="default")
+    assert alert["delivered_at"] is not None
+
+
 async def test_email_over_smtp_and_slack(ledger: Ledger, receiver: Receiver) -> None:
     received: list[Any] = []
 
