@@ -50,7 +50,7 @@ async def counting(ledger: Ledger, standin: ProviderStandin) -> AsyncIterator[Co
             anthropic_base_url=standin.anthropic_base_url,
             gemini_api_key=GEMINI_KEY,
             gemini_base_url=standin.base_url,
-            timeout_seconds=2.0,
+            timeout_seconds=20.0,  # success paths never race a loaded machine; the timeout test sets its own
         )
         counter = ProviderCounter(ProviderCounting(**{**config.__dict__, **changes}))  # type: ignore[arg-type]
         ledger.provider_counter = counter
