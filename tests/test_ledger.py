@@ -139,8 +139,10 @@ async def test_midnight_in_the_budget_time_zone_splits_periods(ledger: Ledger) -
 
 async def test_a_new_period_starts_at_zero_without_a_job(ledger: Ledger) -> None:
     await ledger.set_budget(budget(limit=Decimal(50), period="minute"))
-    # Wait for a fresh minute so the budget can be filled and the boundary crossed within it.
-    await asyncio.sleep(max(0, 60.5 - datetime.now(UTC).second - datetime.now(UTC).microsecond / 1e6) % 60)
+    # Fill the budget and see it refused within one minute: close to a boundary, wait for the next first.
+    now = datetime.now(UTC)
+    if now.second >= 50:
+        await asyncio.sleep(60 - now.second - now.microsecond / 1e6 + 0.2)
     await ledger.track_usage(TrackRequest(model=MODEL, input_tokens=50, output_tokens=0))
     assert not (await ledger.check_budget(CheckRequest(model=MODEL, input_tokens=1))).allowed
     now = datetime.now(UTC)
