@@ -530,6 +530,21 @@ begin
     return result;
 end $$;
 
+-- The period rows a track changes, in lock order: those of every budget matching `p_attr` at `p_post_at`
+-- (where the usage posts) and those the reservation still holds. tl_track locks them; tl_track_many locks
+-- every request's before applying any, so that batches keep the lock order too.
+create or replace function tl_track_lock_keys(p_tenant text, p_reservation_id uuid, p_attr jsonb,
+                                              p_post_at timestamptz)
+returns table (budget_id bigint, period_start timestamptz) language sql stable as $$
+    select x.budget_id, x.period_start from (
+        select m.budget_id, (tl_period_bounds(m.period, m.timezone, p_post_at)).period_start
+          from tl_matching_budgets(p_tenant, p_attr) m
+        union
+        select h.budget_id, h.period_start from tl_reservation_hold h
+         where h.tenant_id = p_tenant and h.reservation_id = p_reservation_id and not h.released
+    ) x order by 1, 2
+$$;
+
 -- Record one usage event and post it to every matching budget; settles its reservation if given.
 -- Returns the TrackResult as jsonb.
 --
@@ -622,15 +637,7 @@ begin
 
     -- Lock every period row this call changes (those it posts to and those the reservation holds),
     -- in (budget_id, period_start) order.
-    for lock_keys in
-        select x.budget_id, x.period_start from (
-            select m.budget_id, (tl_period_bounds(m.period, m.timezone, post_at)).period_start
-              from unnest(budgets) m
-            union
-            select h.budget_id, h.period_start from tl_reservation_hold h
-             where h.tenant_id = p_tenant and h.reservation_id = p_reservation_id and not h.released
-        ) x order by 1, 2
-    loop
+    for lock_keys in select * from tl_track_lock_keys(p_tenant, p_reservation_id, attr, post_at) loop
         select * into b from tl_budget where tenant_id = p_tenant and budget_id = lock_keys.budget_id;
         per := tl_lock_period(b, lock_keys.period_start);
         -- Holds that expired here free their capacity before this usage is posted (else it would
@@ -806,6 +813,151 @@ begin
         'status', case when res.status <> 'active' then 'already_released'
                        when res.expires_at <= now_at then 'expired' else 'released' end,
         'released', freed);
+end $$;
+
+-- --- batches: many requests, one round trip, one transaction, one commit ------------------------------
+-- tl_check_many, tl_track_many and tl_release_many take a JSON array of requests (the store builds each
+-- element, one key per parameter) and apply tl_check, tl_track or tl_release to each, in array order, in
+-- this one transaction: the same rules, one lock per hot row and one commit for all. The answer is an
+-- array in the same order: {"ok": <the function's answer>} or {"error": {"sqlstate", "message",
+-- "constraint"}}. Each request runs in its own subtransaction, so a request refused (TL400, TL404, TL409,
+-- malformed data, the invariant's CHECK) rolls back its own changes and no one else's; any other error
+-- (deadlock, serialization failure, lost resources) aborts the whole batch, which nothing then commits.
+-- Lock order holds across the batch: the period rows every request will lock are locked first, in
+-- (tenant_id, budget_id, period_start) order, before any request is applied.
+
+-- A refused request's error, as the store translates it.
+create or replace function tl_request_error(p_state text, p_message text, p_constraint text) returns jsonb
+language sql immutable as $$
+    select jsonb_build_object('error', jsonb_build_object('sqlstate', p_state, 'message', p_message,
+                                                          'constraint', nullif(p_constraint, '')))
+$$;
+
+-- One element of a check batch as tl_check's arguments: the one place that maps element keys to them.
+create or replace function tl_check_request(r jsonb) returns jsonb language sql as $$
+    select tl_check(r ->> 'tenant', r ->> 'request_id', r ->> 'request_hash', r ->> 'model', r -> 'attr',
+                    (r ->> 'input_tokens')::bigint, (r ->> 'max_output_tokens')::bigint, r ->> 'priority',
+                    (r ->> 'allow_partial')::boolean, (r ->> 'reserve')::boolean,
+                    (r ->> 'ttl_seconds')::double precision, r -> 'catalog_price', r ->> 'method',
+                    r ->> 'prompt_hash', (r ->> 'counted_input_tokens')::bigint)
+$$;
+
+create or replace function tl_check_many(p_requests jsonb) returns jsonb
+language plpgsql
+set plan_cache_mode = force_generic_plan as $$
+declare
+    b tl_budget;
+    r jsonb;
+    answers jsonb[] := '{}';
+    failed_constraint text;
+begin
+    for b in
+        select distinct on (m.tenant_id, m.budget_id) m.*
+          from jsonb_array_elements(p_requests) e
+         cross join lateral tl_matching_budgets(e.value ->> 'tenant', e.value -> 'attr') m
+         where (e.value ->> 'reserve')::boolean
+         order by m.tenant_id, m.budget_id
+    loop
+        perform tl_lock_period(b, clock_timestamp());
+    end loop;
+    for r in select value from jsonb_array_elements(p_requests) loop
+        begin
+            answers := answers || jsonb_build_object('ok', tl_check_request(r));
+        exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
+                       or integrity_constraint_violation then
+            get stacked diagnostics failed_constraint = constraint_name;
+            answers := answers || tl_request_error(sqlstate, sqlerrm, failed_constraint);
+        end;
+    end loop;
+    return to_jsonb(answers);
+end $$;
+
+-- One element of a track batch as tl_track's arguments.
+create or replace function tl_track_request(r jsonb) returns jsonb language sql as $$
+    select tl_track(r ->> 'tenant', r ->> 'request_id', r ->> 'request_hash', (r ->> 'reservation_id')::uuid,
+                    r ->> 'model', r ->> 'provider', r -> 'attr', (r ->> 'input_tokens')::bigint,
+                    (r ->> 'output_tokens')::bigint, (r ->> 'cache_read_input_tokens')::bigint,
+                    (r ->> 'cache_creation_input_tokens')::bigint, (r ->> 'reasoning_output_tokens')::bigint,
+                    (r ->> 'reported_cost')::numeric, r -> 'catalog_price', r ->> 'method', r ->> 'status',
+                    (r ->> 'latency_ms')::integer,
+                    array(select jsonb_array_elements_text(r -> 'tools_used')), r -> 'metadata',
+                    (r ->> 'occurred_at')::timestamptz, (r ->> 'estimated_input_tokens')::bigint,
+                    r ->> 'prompt_hash', r ->> 'member_user',
+                    make_interval(secs => (r ->> 'clock_skew_seconds')::double precision))
+$$;
+
+create or replace function tl_track_many(p_requests jsonb) returns jsonb
+language plpgsql
+set plan_cache_mode = force_generic_plan as $$
+declare
+    lock_keys record;
+    b tl_budget;
+    r jsonb;
+    answers jsonb[] := '{}';
+    failed_constraint text;
+begin
+    -- Each request's keys as tl_track computes them: a settle posts with its reservation's attribution,
+    -- in its reservation's periods.
+    for lock_keys in
+        select distinct k.tenant_id, k.budget_id, k.period_start
+          from jsonb_array_elements(p_requests) e
+          left join tl_reservation res
+            on res.tenant_id = e.value ->> 'tenant' and res.reservation_id = (e.value ->> 'reservation_id')::uuid
+         cross join lateral (
+            select e.value ->> 'tenant' as tenant_id, x.budget_id, x.period_start
+              from tl_track_lock_keys(e.value ->> 'tenant', res.reservation_id,
+                                      (e.value -> 'attr') || coalesce(res.attribution, '{}'),
+                                      coalesce(res.created_at, (e.value ->> 'occurred_at')::timestamptz,
+                                               clock_timestamp())) x) k
+         order by 1, 2, 3
+    loop
+        select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;
+        perform tl_lock_period(b, lock_keys.period_start);
+    end loop;
+    for r in select value from jsonb_array_elements(p_requests) loop
+        begin
+            answers := answers || jsonb_build_object('ok', tl_track_request(r));
+        exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
+                       or integrity_constraint_violation then
+            get stacked diagnostics failed_constraint = constraint_name;
+            answers := answers || tl_request_error(sqlstate, sqlerrm, failed_constraint);
+        end;
+    end loop;
+    return to_jsonb(answers);
+end $$;
+
+create or replace function tl_release_many(p_requests jsonb) returns jsonb
+language plpgsql
+set plan_cache_mode = force_generic_plan as $$
+declare
+    lock_keys record;
+    b tl_budget;
+    r jsonb;
+    answers jsonb[] := '{}';
+    failed_constraint text;
+begin
+    for lock_keys in
+        select distinct h.tenant_id, h.budget_id, h.period_start
+          from jsonb_array_elements(p_requests) e
+          join tl_reservation_hold h
+            on h.tenant_id = e.value ->> 'tenant' and h.reservation_id = (e.value ->> 'reservation_id')::uuid
+         where not h.released
+         order by 1, 2, 3
+    loop
+        select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;
+        perform tl_lock_period(b, lock_keys.period_start);
+    end loop;
+    for r in select value from jsonb_array_elements(p_requests) loop
+        begin
+            answers := answers || jsonb_build_object(
+                'ok', tl_release(r ->> 'tenant', (r ->> 'reservation_id')::uuid, r ->> 'user'));
+        exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
+                       or integrity_constraint_violation then
+            get stacked diagnostics failed_constraint = constraint_name;
+            answers := answers || tl_request_error(sqlstate, sqlerrm, failed_constraint);
+        end;
+    end loop;
+    return to_jsonb(answers);
 end $$;
 
 -- Give an active reservation a new expiry, now + p_ttl_seconds, keeping its holds: a long call (a stream)

@@ -29,6 +29,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
+from tokenledger.combining import Combiner
 from tokenledger.errors import (
     Conflict,
     InvalidInput,
@@ -58,7 +59,24 @@ USAGE_COLUMNS = {
     "model": "model",
 }
 MIGRATIONS_LOCK = 0x746F6B656E  # pg_advisory_xact_lock key: one migrator at a time
+# Group commit: concurrent checks (tracks, releases) of a process go to PostgreSQL as one call of
+# tl_check_many (tl_track_many, tl_release_many), at most this many per call. Each request is a
+# subtransaction there, and PostgreSQL caches 64 subtransaction ids per backend: a batch past that would
+# slow every snapshot on the server. 32 also bounds what one batch holds a hot row for.
+MAX_BATCH = 32
 _RETRYABLE_STATES = {"40001", "40P01"}  # serialization failure, deadlock: the transaction was rolled back
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One element of a batch: the SQL function's arguments by name, and whether running it twice is safe
+    (a request_id makes it idempotent; a check that reserves nothing changes nothing)."""
+
+    params: dict[str, Any]
+    retry_safe: bool
+
+
+Answer = dict[str, Any] | TokenLedgerError
 
 
 class StoreRefused(InvalidInput):
@@ -94,9 +112,8 @@ def _checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _translate(error: psycopg.Error) -> TokenLedgerError:
-    state = error.sqlstate or ""
-    message = error.diag.message_primary or str(error)
+def _refusal(state: str, message: str, constraint: str | None) -> TokenLedgerError | None:
+    """The error of a request the ledger refused, by SQLSTATE; None for a state that is no refusal."""
     if state == "TL400":
         return StoreRefused(message)
     if state == "TL404":
@@ -106,7 +123,16 @@ def _translate(error: psycopg.Error) -> TokenLedgerError:
     if state in ("22P02", "22021", "22007", "22008"):  # malformed value: bad UUID, NUL byte, bad date
         return StoreRefused(f"input: {message}")
     if state == "23514":  # check_violation: a rule of the ledger held against this change
-        return Conflict(f"refused by the ledger's invariant ({error.diag.constraint_name}): {message}")
+        return Conflict(f"refused by the ledger's invariant ({constraint}): {message}")
+    return None
+
+
+def _translate(error: psycopg.Error) -> TokenLedgerError:
+    state = error.sqlstate or ""
+    message = error.diag.message_primary or str(error)
+    refusal = _refusal(state, message, error.diag.constraint_name)
+    if refusal is not None:
+        return refusal
     if isinstance(error, psycopg.OperationalError) or state.startswith("08") or state.startswith("57"):
         return StoreUnavailable(
             f"PostgreSQL is unavailable: {message.strip()}; nothing was granted or recorded"
@@ -182,11 +208,16 @@ class Store:
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
         report_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
         report_limits: ReportLimits,
+        *,
+        batch_size: int = MAX_BATCH,
     ) -> None:
         self.pool = pool
         self.report_pool = report_pool
         self.report_limits = report_limits
         self._timezones: frozenset[str] | None = None
+        self.checks = self._combiner("tl_check_many", batch_size)
+        self.tracks = self._combiner("tl_track_many", batch_size)
+        self.releases = self._combiner("tl_release_many", batch_size)
 
     @classmethod
     async def open(
@@ -197,8 +228,10 @@ class Store:
         max_size: int = 10,
         migrate: bool = True,
         reports: ReportLimits | None = None,
+        batch_size: int = MAX_BATCH,
     ) -> Store:
-        """A store over new pools; migrates the schema first unless told not to."""
+        """A store over new pools; migrates the schema first unless told not to. `batch_size`: the most
+        checks (tracks, releases) sent as one SQL call (1: each call alone)."""
         reports = reports or ReportLimits()
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             dsn,
@@ -230,7 +263,7 @@ class Store:
             kwargs={"application_name": "tokenledger-reports"},
         )
         await report_pool.open(wait=False)
-        store = cls(pool, report_pool, reports)
+        store = cls(pool, report_pool, reports, batch_size=batch_size)
         if migrate:
             await store.migrate()
         return store
@@ -296,6 +329,36 @@ class Store:
 
         return await self._call(run, retry_safe=True)
 
+    def _combiner(self, function: str, batch_size: int) -> Combiner[_Request, Answer]:
+        async def apply(requests: Sequence[_Request]) -> list[Answer]:
+            return await self._apply_many(function, requests)
+
+        return Combiner(apply, max_batch=batch_size)
+
+    async def _apply_many(self, function: str, requests: Sequence[_Request]) -> list[Answer]:
+        """Each request's answer, or its own error, from one call of `function` (tl_check_many, ...)."""
+        try:
+            answers = await self._fetch_json(
+                f"select {function}(%s)",
+                (Jsonb([request.params for request in requests], dumps=_dumps),),
+                retry_safe=all(request.retry_safe for request in requests),
+            )
+        except StoreUnavailable as error:
+            # The connection was lost (or none came): whether the batch committed is unknown. The requests
+            # safe to repeat are tried again on their own; the others fail as they would alone.
+            safe = [request for request in requests if request.retry_safe]
+            if not safe or len(safe) == len(requests):
+                return [error] * len(requests)
+            again = iter(await self._apply_many(function, safe))
+            return [next(again) if request.retry_safe else error for request in requests]
+        except TokenLedgerError as error:
+            if len(requests) == 1:
+                return [error]
+            # An error that no request's subtransaction caught rolled the whole batch back: apply each
+            # request alone, so that only the one that causes it fails.
+            return [(await self._apply_many(function, [request]))[0] for request in requests]
+        return [_answer(answer) for answer in answers]
+
     async def ping(self) -> None:
         await self._fetch_json("select 1", ())
 
@@ -340,28 +403,27 @@ class Store:
         prompt_hash: str | None = None,
         counted_input_tokens: int | None = None,
     ) -> dict[str, Any]:
-        return dict(
-            await self._fetch_json(
-                "select tl_check(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    tenant,
-                    request_id,
-                    request_hash,
-                    model,
-                    Jsonb(attribution),
-                    input_tokens,
-                    max_output_tokens,
-                    priority,
-                    allow_partial,
-                    reserve,
-                    ttl_seconds,
-                    Jsonb(catalog_price),
-                    method,
-                    prompt_hash,
-                    counted_input_tokens,
-                ),
-                retry_safe=request_id is not None or not reserve,
-            )
+        """tl_check's answer, applied in a batch with the checks made at the same time (tl_check_many:
+        tl_check_request names each parameter)."""
+        params = {
+            "tenant": tenant,
+            "request_id": request_id,
+            "request_hash": request_hash,
+            "model": model,
+            "attr": attribution,
+            "input_tokens": input_tokens,
+            "max_output_tokens": max_output_tokens,
+            "priority": priority,
+            "allow_partial": allow_partial,
+            "reserve": reserve,
+            "ttl_seconds": ttl_seconds,
+            "catalog_price": catalog_price,
+            "method": method,
+            "prompt_hash": prompt_hash,
+            "counted_input_tokens": counted_input_tokens,
+        }
+        return _raise_refusal(
+            await self.checks.submit(_Request(params, retry_safe=request_id is not None or not reserve))
         )
 
     async def track(
@@ -394,46 +456,40 @@ class Store:
     ) -> dict[str, Any]:
         """Record a usage (settling its reservation). `member_user`: a member's user, who may settle only
         its own reservations; `clock_skew`: how far a settle's occurred_at may stray from its reservation's
-        lifetime."""
-        return dict(
-            await self._fetch_json(
-                f"select tl_track({', '.join(['%s'] * 24)})",
-                (
-                    tenant,
-                    request_id,
-                    request_hash,
-                    reservation_id,
-                    model,
-                    provider,
-                    Jsonb(attribution),
-                    input_tokens,
-                    output_tokens,
-                    cache_read_input_tokens,
-                    cache_creation_input_tokens,
-                    reasoning_output_tokens,
-                    reported_cost,
-                    Jsonb(catalog_price),
-                    method,
-                    status,
-                    latency_ms,
-                    tools_used,
-                    Jsonb(metadata),
-                    occurred_at,
-                    estimated_input_tokens,
-                    prompt_hash,
-                    member_user,
-                    clock_skew,
-                ),
-                retry_safe=request_id is not None,
-            )
-        )
+        lifetime. Applied in a batch with the tracks made at the same time (tl_track_many:
+        tl_track_request names each parameter)."""
+        params = {
+            "tenant": tenant,
+            "request_id": request_id,
+            "request_hash": request_hash,
+            "reservation_id": reservation_id,
+            "model": model,
+            "provider": provider,
+            "attr": attribution,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": cache_read_input_tokens,
+            "cache_creation_input_tokens": cache_creation_input_tokens,
+            "reasoning_output_tokens": reasoning_output_tokens,
+            "reported_cost": reported_cost,
+            "catalog_price": catalog_price,
+            "method": method,
+            "status": status,
+            "latency_ms": latency_ms,
+            "tools_used": tools_used,
+            "metadata": metadata,
+            "occurred_at": occurred_at,
+            "estimated_input_tokens": estimated_input_tokens,
+            "prompt_hash": prompt_hash,
+            "member_user": member_user,
+            "clock_skew_seconds": clock_skew.total_seconds(),
+        }
+        return _raise_refusal(await self.tracks.submit(_Request(params, retry_safe=request_id is not None)))
 
     async def release(self, *, tenant: str, reservation_id: str, user: str | None) -> dict[str, Any]:
-        return dict(
-            await self._fetch_json(
-                "select tl_release(%s, %s, %s)", (tenant, reservation_id, user), retry_safe=True
-            )
-        )
+        """tl_release's answer, applied in a batch with the releases made at the same time."""
+        params = {"tenant": tenant, "reservation_id": reservation_id, "user": user}
+        return _raise_refusal(await self.releases.submit(_Request(params, retry_safe=True)))
 
     async def extend(
         self, *, tenant: str, reservation_id: str, user: str | None, ttl_seconds: float
@@ -1040,6 +1096,37 @@ class Store:
             {"tenant": tenant, "names": None if budgets is None else list(budgets), "limit": limit},
             aggregates=False,
         )
+
+
+def _dumps(value: Any) -> str:
+    """JSON for a batch: money (Decimal) as a decimal string, times in ISO 8601 with their offset."""
+    return json.dumps(value, default=_json_value, separators=(",", ":"))
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)  # what json.dumps(..., default=str) gave the metadata the ledger measured
+
+
+def _answer(answer: dict[str, Any]) -> Answer:
+    """A batch element's answer: the function's, or the error of the request it refused."""
+    if "ok" in answer:
+        return dict(answer["ok"])
+    error = answer["error"]
+    state, message = error["sqlstate"], error["message"]
+    refusal = _refusal(state, message, error.get("constraint"))
+    if refusal is not None:
+        return refusal
+    return internal_error(log, RuntimeError(f"{state}: {message}"), f"a batched request (SQLSTATE {state})")
+
+
+def _raise_refusal(answer: Answer) -> dict[str, Any]:
+    if isinstance(answer, TokenLedgerError):
+        raise answer
+    return answer
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any]) -> list[str]:
