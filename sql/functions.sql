@@ -820,9 +820,13 @@ end $$;
 -- element, one key per parameter) and apply tl_check, tl_track or tl_release to each, in array order, in
 -- this one transaction: the same rules, one lock per hot row and one commit for all. The answer is an
 -- array in the same order: {"ok": <the function's answer>} or {"error": {"sqlstate", "message",
--- "constraint"}}. Each request runs in its own subtransaction, so a request refused (TL400, TL404, TL409,
--- malformed data, the invariant's CHECK) rolls back its own changes and no one else's; any other error
--- (deadlock, serialization failure, lost resources) aborts the whole batch, which nothing then commits.
+-- "constraint"}}.
+-- A refusal (TL400, TL404, TL409, malformed data, the invariant's CHECK) raises out of the batch and rolls
+-- it back whole; the store then sends the same batch again with p_isolated, where each request runs in its
+-- own subtransaction, so that the refused one rolls back its own changes and no one else's. Not isolating
+-- by default is measured: a subtransaction per request (and the multixact each one's update of a row the
+-- batch locked needs) doubled the server's time per check and per settle. Any other error (deadlock,
+-- serialization failure, lost resources) aborts the batch in both modes.
 -- Lock order holds across the batch: the period rows every request will lock are locked first, in
 -- (tenant_id, budget_id, period_start) order, before any request is applied.
 
@@ -842,7 +846,7 @@ create or replace function tl_check_request(r jsonb) returns jsonb language sql 
                     r ->> 'prompt_hash', (r ->> 'counted_input_tokens')::bigint)
 $$;
 
-create or replace function tl_check_many(p_requests jsonb) returns jsonb
+create or replace function tl_check_many(p_requests jsonb, p_isolated boolean) returns jsonb
 language plpgsql
 set plan_cache_mode = force_generic_plan as $$
 declare
@@ -861,6 +865,10 @@ begin
         perform tl_lock_period(b, clock_timestamp());
     end loop;
     for r in select value from jsonb_array_elements(p_requests) loop
+        if not p_isolated then
+            answers := answers || jsonb_build_object('ok', tl_check_request(r));
+            continue;
+        end if;
         begin
             answers := answers || jsonb_build_object('ok', tl_check_request(r));
         exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
@@ -886,7 +894,7 @@ create or replace function tl_track_request(r jsonb) returns jsonb language sql 
                     make_interval(secs => (r ->> 'clock_skew_seconds')::double precision))
 $$;
 
-create or replace function tl_track_many(p_requests jsonb) returns jsonb
+create or replace function tl_track_many(p_requests jsonb, p_isolated boolean) returns jsonb
 language plpgsql
 set plan_cache_mode = force_generic_plan as $$
 declare
@@ -915,6 +923,10 @@ begin
         perform tl_lock_period(b, lock_keys.period_start);
     end loop;
     for r in select value from jsonb_array_elements(p_requests) loop
+        if not p_isolated then
+            answers := answers || jsonb_build_object('ok', tl_track_request(r));
+            continue;
+        end if;
         begin
             answers := answers || jsonb_build_object('ok', tl_track_request(r));
         exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
@@ -926,7 +938,11 @@ begin
     return to_jsonb(answers);
 end $$;
 
-create or replace function tl_release_many(p_requests jsonb) returns jsonb
+create or replace function tl_release_request(r jsonb) returns jsonb language sql as $$
+    select tl_release(r ->> 'tenant', (r ->> 'reservation_id')::uuid, r ->> 'user')
+$$;
+
+create or replace function tl_release_many(p_requests jsonb, p_isolated boolean) returns jsonb
 language plpgsql
 set plan_cache_mode = force_generic_plan as $$
 declare
@@ -948,9 +964,12 @@ begin
         perform tl_lock_period(b, lock_keys.period_start);
     end loop;
     for r in select value from jsonb_array_elements(p_requests) loop
+        if not p_isolated then
+            answers := answers || jsonb_build_object('ok', tl_release_request(r));
+            continue;
+        end if;
         begin
-            answers := answers || jsonb_build_object(
-                'ok', tl_release(r ->> 'tenant', (r ->> 'reservation_id')::uuid, r ->> 'user'));
+            answers := answers || jsonb_build_object('ok', tl_release_request(r));
         exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
                        or integrity_constraint_violation then
             get stacked diagnostics failed_constraint = constraint_name;

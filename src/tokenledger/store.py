@@ -335,14 +335,25 @@ class Store:
 
         return Combiner(apply, max_batch=batch_size)
 
-    async def _apply_many(self, function: str, requests: Sequence[_Request]) -> list[Answer]:
-        """Each request's answer, or its own error, from one call of `function` (tl_check_many, ...)."""
+    async def _apply_many(
+        self, function: str, requests: Sequence[_Request], *, isolated: bool = False
+    ) -> list[Answer]:
+        """Each request's answer, or its own error, from one call of `function` (tl_check_many, ...).
+        A refusal rolls the batch back whole; it is then sent again `isolated` (each request in its own
+        subtransaction, which costs the server twice the time: see functions.sql), so that the refused
+        request gets its error and the others their answers."""
         try:
             answers = await self._fetch_json(
-                f"select {function}(%s)",
-                (Jsonb([request.params for request in requests], dumps=_dumps),),
+                f"select {function}(%s, %s)",
+                (Jsonb([request.params for request in requests], dumps=_dumps), isolated),
                 retry_safe=all(request.retry_safe for request in requests),
             )
+        except (StoreRefused, NotFound, Conflict) as error:
+            if len(requests) == 1:
+                return [error]
+            if not isolated:
+                return await self._apply_many(function, requests, isolated=True)
+            return [(await self._apply_many(function, [request]))[0] for request in requests]
         except StoreUnavailable as error:
             # The connection was lost (or none came): whether the batch committed is unknown. The requests
             # safe to repeat are tried again on their own; the others fail as they would alone.
@@ -354,7 +365,7 @@ class Store:
         except TokenLedgerError as error:
             if len(requests) == 1:
                 return [error]
-            # An error that no request's subtransaction caught rolled the whole batch back: apply each
+            # An unforeseen error rolled the whole batch back: apply each
             # request alone, so that only the one that causes it fails.
             return [(await self._apply_many(function, [request]))[0] for request in requests]
         return [_answer(answer) for answer in answers]
