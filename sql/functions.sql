@@ -894,6 +894,29 @@ create or replace function tl_track_request(r jsonb) returns jsonb language sql 
                     make_interval(secs => (r ->> 'clock_skew_seconds')::double precision))
 $$;
 
+-- The period rows one element of a track batch will lock, as tl_track computes them: a settle posts with
+-- its reservation's attribution, in its reservation's periods. (plpgsql, so that the reservation is read
+-- by its key with a cached plan.)
+create or replace function tl_track_request_keys(r jsonb)
+returns table (tenant_id text, budget_id bigint, period_start timestamptz)
+language plpgsql stable
+set plan_cache_mode = force_generic_plan as $$
+declare
+    tenant text := r ->> 'tenant';
+    res tl_reservation;
+    post_at timestamptz;
+begin
+    if r ->> 'reservation_id' is not null then
+        select * into res from tl_reservation t
+         where t.tenant_id = tenant and t.reservation_id = (r ->> 'reservation_id')::uuid;
+    end if;
+    post_at := coalesce(res.created_at, (r ->> 'occurred_at')::timestamptz, clock_timestamp());
+    return query
+        select tenant, k.budget_id, k.period_start
+          from tl_track_lock_keys(tenant, res.reservation_id, (r -> 'attr') || coalesce(res.attribution, '{}'),
+                                  post_at) k;
+end $$;
+
 create or replace function tl_track_many(p_requests jsonb, p_isolated boolean) returns jsonb
 language plpgsql
 set plan_cache_mode = force_generic_plan as $$
@@ -904,19 +927,10 @@ declare
     answers jsonb[] := '{}';
     failed_constraint text;
 begin
-    -- Each request's keys as tl_track computes them: a settle posts with its reservation's attribution,
-    -- in its reservation's periods.
     for lock_keys in
         select distinct k.tenant_id, k.budget_id, k.period_start
           from jsonb_array_elements(p_requests) e
-          left join tl_reservation res
-            on res.tenant_id = e.value ->> 'tenant' and res.reservation_id = (e.value ->> 'reservation_id')::uuid
-         cross join lateral (
-            select e.value ->> 'tenant' as tenant_id, x.budget_id, x.period_start
-              from tl_track_lock_keys(e.value ->> 'tenant', res.reservation_id,
-                                      (e.value -> 'attr') || coalesce(res.attribution, '{}'),
-                                      coalesce(res.created_at, (e.value ->> 'occurred_at')::timestamptz,
-                                               clock_timestamp())) x) k
+         cross join lateral tl_track_request_keys(e.value) k
          order by 1, 2, 3
     loop
         select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;

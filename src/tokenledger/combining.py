@@ -31,12 +31,16 @@ class _Call(Generic[Item, Outcome]):
 
     def __init__(self, item: Item) -> None:
         self.item = item
-        self.woken = anyio.Event()  # set when the outcome is in, or when this call is to lead
+        self.woken: anyio.Event | None = None  # while it waits: set when the outcome is in or it is to lead
         self.leads = False  # holds a slot: runs batches from the queue's head until its own has run
         self.taken = False  # in a batch that is running or ran
         self.finished = False
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
+
+    def wake(self) -> None:
+        if self.woken is not None:
+            self.woken.set()
 
 
 class Combiner(Generic[Item, Outcome]):
@@ -124,13 +128,13 @@ class Combiner(Generic[Item, Outcome]):
         finally:
             for call in batch:
                 call.finished = True
-                call.woken.set()
+                call.wake()
 
     def _release_slot(self) -> None:
         """Hand the slot to the first queued call that holds none, or free it."""
         for call in self._queue:
             if not call.leads and not call.taken:
                 call.leads = True
-                call.woken.set()
+                call.wake()
                 return
         self._in_flight -= 1

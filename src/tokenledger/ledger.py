@@ -15,7 +15,7 @@ import secrets
 import statistics
 import time
 from collections.abc import Callable, Collection, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from types import TracebackType
@@ -109,6 +109,8 @@ ERROR_BAND_QUANTILE = 0.9
 MAX_ERROR_BAND = 1.0
 # The longest a count waits for those two lookups: counting needs no database.
 COUNT_LOOKUP_SECONDS = 1.0
+# Catalog entries kept for the check and track path (see Ledger._model_for_call); cleared when full.
+CALL_MODEL_CACHE_SIZE = 4096
 
 
 def _request_hash(request: Any) -> str:
@@ -150,6 +152,8 @@ class Ledger:
         # (tenant, model) -> (per-user ratios, when they go stale): each user's factor derives from them.
         self._calibration: dict[tuple[str, str], tuple[dict[str, list[Decimal]], float]] = {}
         self._settings: dict[str, tuple[TenantSettings, float]] = {}
+        # (model name, UTC day or None for the current price) -> the catalog entry and price of a call
+        self._call_models: dict[tuple[str, date | None], tuple[ModelInfo, dict[str, Any]]] = {}
         self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
 
     @classmethod
@@ -226,16 +230,28 @@ class Ledger:
 
     async def _model_for_call(
         self, name: str, principal: Principal, at: datetime | None = None
-    ) -> tuple[ModelInfo, Price]:
-        """The model that counts a call, and its bundled price in force at `at` (default: now). The
-        database is asked only for a model the catalog does not know (a tenant may price its own); it
-        applies the tenant's override in force at the call's time itself, so the price passed down is
-        the catalog's (none for such a model)."""
+    ) -> tuple[ModelInfo, dict[str, Any]]:
+        """The model that counts a call, and its bundled price in force at `at` (default: now) as tl_check
+        and tl_track take it. The database is asked only for a model the catalog does not know (a tenant
+        may price its own); it applies the tenant's override in force at the call's time itself, so the
+        price passed down is the catalog's (none for such a model).
+
+        Catalog models come from a per-process cache: resolving a name copies its entry and serialising
+        its price costs more than the rest of a check (issue 14). The entry is shared, so read-only; a
+        bundled price changes only at midnight UTC of its date, so a dated price is kept per UTC day."""
+        key = (name, None if at is None else at.astimezone(UTC).date())
+        cached = self._call_models.get(key)
+        if cached is not None:
+            return cached
         try:
             model = self.catalog.resolve(name)
         except UnknownModel:
-            return await self.model_info(name, principal), Price()
-        return model, model.price if at is None else self.catalog.price_at(name, at)
+            return await self.model_info(name, principal), _catalog_price(Price())
+        price = model.price if at is None else self.catalog.price_at(name, at)
+        if len(self._call_models) >= CALL_MODEL_CACHE_SIZE:
+            self._call_models.clear()
+        self._call_models[key] = (model, _catalog_price(price))
+        return self._call_models[key]
 
     # --- counting ---------------------------------------------------------------------------------
 
@@ -355,7 +371,7 @@ class Ledger:
             allow_partial=request.allow_partial,
             reserve=request.reserve,
             ttl_seconds=request.ttl_seconds,
-            catalog_price=_catalog_price(catalog_price),
+            catalog_price=catalog_price,
             method=method,
             prompt_hash=request.prompt_hash or reports.prompt_hash(request.text, request.messages),
             counted_input_tokens=counted,
@@ -663,7 +679,7 @@ class Ledger:
             cache_creation_input_tokens=request.cache_creation_input_tokens,
             reasoning_output_tokens=request.reasoning_output_tokens,
             reported_cost=request.cost_usd,
-            catalog_price=_catalog_price(catalog_price),
+            catalog_price=catalog_price,
             method=method,
             status=request.status,
             latency_ms=request.latency_ms,
