@@ -20,6 +20,10 @@ It prints a markdown table (ops/s, p50 and p99 latency, ratio to the bare statem
 the mean calls per SQL call), the issue's goals met or not, and the load average: the machine may be
 shared, so compare ratios within one run. One reserve + settle pair counts as one op; `calls/s` counts
 each ledger call.
+
+Then, unless --no-server, where the server's time goes without any client: a procedure in the database
+times the bare UPDATE, tl_check_many and tl_track_many on the hot budget, per request, in batches of 1
+and of 16, each batch with its commit (the WAL flush included), as the server spends it for one client.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pathlib import Path
 
 import anyio
 import psycopg
+from psycopg import sql
 
 from tokenledger.ledger import Ledger
 from tokenledger.store import Store, start_embedded, stop_embedded
@@ -253,11 +258,83 @@ def _verdict(met: bool) -> str:
     return "met" if met else "NOT met"
 
 
+# Per request, in batches of `per`, each batch and its commit timed: the bare UPDATE, tl_check_many and
+# tl_track_many on the hot budget (the settles of the checks just made).
+SERVER_TIMES = """
+create or replace procedure pg_temp.server_times(rounds int, per int, inout bare float8, inout checks float8,
+                                                inout tracks float8)
+language plpgsql as $$
+declare
+    started timestamptz;
+    answers jsonb;
+    settles jsonb;
+    checks_of jsonb;
+begin
+    bare := 0; checks := 0; tracks := 0;
+    select jsonb_agg(jsonb_build_object(
+        'tenant', 'default', 'request_id', null, 'request_hash', '', 'model', {model},
+        'attr', jsonb_build_object('project', 'hot'), 'input_tokens', 10, 'max_output_tokens', 10,
+        'priority', 'medium', 'allow_partial', false, 'reserve', true, 'ttl_seconds', 600,
+        'catalog_price', {price}::jsonb, 'method', 'provider'))
+      into checks_of from generate_series(1, per);
+    for round in 1 .. rounds loop
+        started := clock_timestamp();
+        for n in 1 .. per loop
+            update counters set used = used + 20 where id = (round * per + n) % 1000 and used + 20 <= lim;
+        end loop;
+        commit;
+        bare := bare + extract(epoch from clock_timestamp() - started);
+        started := clock_timestamp();
+        answers := tl_check_many(checks_of, false);
+        commit;
+        checks := checks + extract(epoch from clock_timestamp() - started);
+        select jsonb_agg(jsonb_build_object(
+            'tenant', 'default', 'request_id', null, 'request_hash', '', 'model', {model},
+            'reservation_id', a -> 'ok' ->> 'reservation_id', 'provider', 'openai', 'attr', '{{}}'::jsonb,
+            'input_tokens', 10, 'output_tokens', 5, 'cache_read_input_tokens', 0,
+            'cache_creation_input_tokens', 0, 'reasoning_output_tokens', 0, 'catalog_price', {price}::jsonb,
+            'method', 'provider', 'status', 'success', 'tools_used', '[]'::jsonb, 'metadata', '{{}}'::jsonb,
+            'clock_skew_seconds', 300))
+          into settles from jsonb_array_elements(answers) a;
+        started := clock_timestamp();
+        answers := tl_track_many(settles, false);
+        commit;
+        tracks := tracks + extract(epoch from clock_timestamp() - started);
+    end loop;
+    bare := bare / (rounds * per); checks := checks / (rounds * per); tracks := tracks / (rounds * per);
+end $$
+"""
+
+
+async def server_times(dsn: str) -> None:
+    """Where the server's time goes per request, with no client in the way (see SERVER_TIMES)."""
+    from tokenledger.catalog import Catalog
+
+    price = Catalog().resolve(MODEL).price.model_dump_json(include={"input", "output"})
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(sql.SQL(SERVER_TIMES).format(model=sql.Literal(MODEL), price=sql.Literal(price)))
+        print(
+            "\nServer time per request, no client (a procedure in the database, each batch with its commit):"
+        )
+        print()
+        print("| requests per SQL call | bare UPDATE us | check us | vs bare | settle us | vs bare |")
+        print("|--:|--:|--:|--:|--:|--:|")
+        for per in (1, 16):
+            cursor = await conn.execute("call pg_temp.server_times(%s, %s, 0, 0, 0)", (320 // per, per))
+            row = await cursor.fetchone()
+            assert row is not None
+            bare, checks, tracks = (1e6 * value for value in row)
+            print(
+                f"| {per} | {bare:.0f} | {checks:.0f} | {checks / bare:.1f}x | {tracks:.0f} "
+                f"| {tracks / bare:.1f}x |"
+            )
+
+
 def _load() -> str:
     return ", ".join(f"{load:.2f}" for load in os.getloadavg())
 
 
-async def main(seconds: float, client_counts: list[int], alone: bool) -> None:
+async def main(seconds: float, client_counts: list[int], alone: bool, server: bool) -> None:
     home = Path(tempfile.mkdtemp(prefix="tokenledger-bench-"))
     try:
         server_dsn = await anyio.to_thread.run_sync(lambda: start_embedded(home, keep_running=False))
@@ -274,6 +351,8 @@ async def main(seconds: float, client_counts: list[int], alone: bool) -> None:
         for clients in client_counts:
             cells += await measure(dsn, clients, seconds, alone)
         report(cells)
+        if server:
+            await server_times(dsn)
         print(f"\nload average {_load()} at the end (1, 5, 15 minutes)")
     finally:
         await anyio.to_thread.run_sync(stop_embedded, home)
@@ -287,5 +366,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--no-alone", action="store_true", help="skip the workloads with each call alone (batch size 1)"
     )
+    parser.add_argument("--no-server", action="store_true", help="skip the server-time table")
     args = parser.parse_args()
-    anyio.run(main, args.seconds, [int(n) for n in args.clients.split(",")], not args.no_alone)
+    clients = [int(n) for n in args.clients.split(",")]
+    anyio.run(main, args.seconds, clients, not args.no_alone, not args.no_server)

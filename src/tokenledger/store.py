@@ -79,6 +79,10 @@ class _Request:
 Answer = dict[str, Any] | TokenLedgerError
 
 
+class NoConnection(StoreUnavailable):
+    """No pooled connection came within the pool's timeout: the database is away or every connection busy."""
+
+
 class StoreRefused(InvalidInput):
     """The database refused an input (a rule in SQL); its message names the field."""
 
@@ -294,7 +298,7 @@ class Store:
                 async with self.pool.connection() as conn:
                     return await fn(conn)
             except PoolTimeout as error:
-                raise StoreUnavailable(
+                raise NoConnection(
                     f"PostgreSQL is unavailable: no connection within {self.pool.timeout:g} s; "
                     "nothing was granted or recorded"
                 ) from error
@@ -354,13 +358,25 @@ class Store:
             if not isolated:
                 return await self._apply_many(function, requests, isolated=True)
             return [(await self._apply_many(function, [request]))[0] for request in requests]
+        except NoConnection as error:  # waiting again would only multiply the wait
+            return [error] * len(requests)
         except StoreUnavailable as error:
-            # The connection was lost (or none came): whether the batch committed is unknown. The requests
-            # safe to repeat are tried again on their own; the others fail as they would alone.
+            # The connection was lost (the store retried what was safe to repeat): whether the batch
+            # committed is unknown, so the requests that are not safe to repeat fail as they would alone.
+            # The safe ones are tried again in halves: a shorter call is likelier to get through whatever
+            # keeps cutting connections (a failover, a killer of busy backends).
             safe = [request for request in requests if request.retry_safe]
-            if not safe or len(safe) == len(requests):
+            if not safe or len(requests) == 1:
                 return [error] * len(requests)
-            again = iter(await self._apply_many(function, safe))
+            middle = (len(safe) + 1) // 2
+            again = iter(
+                [
+                    *await self._apply_many(function, safe[:middle]),
+                    *await self._apply_many(function, safe[middle:]),
+                ]
+                if len(safe) > 1
+                else await self._apply_many(function, safe)
+            )
             return [next(again) if request.retry_safe else error for request in requests]
         except TokenLedgerError as error:
             if len(requests) == 1:
