@@ -27,7 +27,7 @@ Outcome = TypeVar("Outcome")
 
 
 class _Call(Generic[Item, Outcome]):
-    __slots__ = ("item", "woken", "leads", "taken", "finished", "outcome", "error")
+    __slots__ = ("error", "finished", "item", "leads", "outcome", "taken", "woken")
 
     def __init__(self, item: Item) -> None:
         self.item = item
