@@ -44,7 +44,7 @@ import psycopg
 from psycopg import sql
 
 from tokenledger.ledger import Ledger
-from tokenledger.store import Store, start_embedded, stop_embedded
+from tokenledger.store import BATCHES_IN_FLIGHT, Store, start_embedded, stop_embedded
 from tokenledger.types import BudgetSpec, CheckRequest, TrackRequest
 
 MODEL = "gpt-4o-mini"
@@ -131,9 +131,11 @@ async def prepare(dsn: str) -> None:
         await conn.execute("vacuum analyze counters")
 
 
-async def measure(dsn: str, clients: int, seconds: float, alone: bool) -> list[Cell]:
+async def measure(dsn: str, clients: int, seconds: float, alone: bool, in_flight: int) -> list[Cell]:
     pool_size = min(clients, MAX_POOL)
-    store = await Store.open(dsn, min_size=pool_size, max_size=pool_size, migrate=False)
+    store = await Store.open(
+        dsn, min_size=pool_size, max_size=pool_size, migrate=False, batches_in_flight=in_flight
+    )
     single = await Store.open(dsn, min_size=pool_size, max_size=pool_size, migrate=False, batch_size=1)
     bare_sql = "update counters set used = used + %s where id = %s and used + %s <= lim returning used"
     checks: list[float] = []
@@ -334,7 +336,7 @@ def _load() -> str:
     return ", ".join(f"{load:.2f}" for load in os.getloadavg())
 
 
-async def main(seconds: float, client_counts: list[int], alone: bool, server: bool) -> None:
+async def main(seconds: float, client_counts: list[int], alone: bool, server: bool, in_flight: int) -> None:
     home = Path(tempfile.mkdtemp(prefix="tokenledger-bench-"))
     try:
         server_dsn = await anyio.to_thread.run_sync(lambda: start_embedded(home, keep_running=False))
@@ -349,7 +351,7 @@ async def main(seconds: float, client_counts: list[int], alone: bool, server: bo
         await prepare(dsn)
         cells: list[Cell] = []
         for clients in client_counts:
-            cells += await measure(dsn, clients, seconds, alone)
+            cells += await measure(dsn, clients, seconds, alone, in_flight)
         report(cells)
         if server:
             await server_times(dsn)
@@ -367,6 +369,9 @@ if __name__ == "__main__":
         "--no-alone", action="store_true", help="skip the workloads with each call alone (batch size 1)"
     )
     parser.add_argument("--no-server", action="store_true", help="skip the server-time table")
+    parser.add_argument(
+        "--in-flight", type=int, default=BATCHES_IN_FLIGHT, help="batches of one kind at once per process"
+    )
     args = parser.parse_args()
     clients = [int(n) for n in args.clients.split(",")]
-    anyio.run(main, args.seconds, clients, not args.no_alone, not args.no_server)
+    anyio.run(main, args.seconds, clients, not args.no_alone, not args.no_server, args.in_flight)

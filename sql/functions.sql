@@ -828,7 +828,10 @@ end $$;
 -- batch locked needs) doubled the server's time per check and per settle. Any other error (deadlock,
 -- serialization failure, lost resources) aborts the batch in both modes.
 -- Lock order holds across the batch: the period rows every request will lock are locked first, in
--- (tenant_id, budget_id, period_start) order, before any request is applied.
+-- (tenant_id, budget_id, period_start) order, before any request is applied. (At a period's boundary a
+-- request may lock a row the batch did not: a deadlock then rolls one batch back, and the store runs it
+-- again. The idempotency rows of two concurrent replays are the other such case. Lock order keeps
+-- batches live; zero overspend rests on the row locks and the period row's CHECK, in any order.)
 
 -- A refused request's error, as the store translates it.
 create or replace function tl_request_error(p_state text, p_message text, p_constraint text) returns jsonb
@@ -852,15 +855,23 @@ set plan_cache_mode = force_generic_plan as $$
 declare
     b tl_budget;
     r jsonb;
+    tenant text;
+    attr jsonb;
+    matching tl_budget[] := '{}';
     answers jsonb[] := '{}';
     failed_constraint text;
 begin
+    -- Per request with plain variables, so that each lookup probes the scope index (a join over the
+    -- array's elements let the generic plan scan every budget of the tenant for each request). A batch of
+    -- one needs no pre-locking: its request locks in order by itself.
+    for r in select value from jsonb_array_elements(p_requests) where jsonb_array_length(p_requests) > 1 loop
+        continue when not (r ->> 'reserve')::boolean;
+        tenant := r ->> 'tenant';
+        attr := r -> 'attr';
+        matching := matching || array(select m from tl_matching_budgets(tenant, attr) m);
+    end loop;
     for b in
-        select distinct on (m.tenant_id, m.budget_id) m.*
-          from jsonb_array_elements(p_requests) e
-         cross join lateral tl_matching_budgets(e.value ->> 'tenant', e.value -> 'attr') m
-         where (e.value ->> 'reserve')::boolean
-         order by m.tenant_id, m.budget_id
+        select distinct on (m.tenant_id, m.budget_id) m.* from unnest(matching) m order by m.tenant_id, m.budget_id
     loop
         perform tl_lock_period(b, clock_timestamp());
     end loop;
@@ -903,34 +914,42 @@ language plpgsql stable
 set plan_cache_mode = force_generic_plan as $$
 declare
     tenant text := r ->> 'tenant';
+    reservation uuid := (r ->> 'reservation_id')::uuid;
     res tl_reservation;
+    attr jsonb;
     post_at timestamptz;
 begin
-    if r ->> 'reservation_id' is not null then
-        select * into res from tl_reservation t
-         where t.tenant_id = tenant and t.reservation_id = (r ->> 'reservation_id')::uuid;
+    if reservation is not null then
+        select * into res from tl_reservation t where t.tenant_id = tenant and t.reservation_id = reservation;
     end if;
+    attr := (r -> 'attr') || coalesce(res.attribution, '{}');
     post_at := coalesce(res.created_at, (r ->> 'occurred_at')::timestamptz, clock_timestamp());
-    return query
-        select tenant, k.budget_id, k.period_start
-          from tl_track_lock_keys(tenant, res.reservation_id, (r -> 'attr') || coalesce(res.attribution, '{}'),
-                                  post_at) k;
+    return query select tenant, k.budget_id, k.period_start from tl_track_lock_keys(tenant, reservation, attr, post_at) k;
 end $$;
 
 create or replace function tl_track_many(p_requests jsonb, p_isolated boolean) returns jsonb
 language plpgsql
 set plan_cache_mode = force_generic_plan as $$
 declare
+    tenants text[] := '{}';  -- the period rows to lock, as three arrays: (tenant, budget, period start)
+    budget_ids bigint[] := '{}';
+    period_starts timestamptz[] := '{}';
     lock_keys record;
     b tl_budget;
     r jsonb;
     answers jsonb[] := '{}';
     failed_constraint text;
 begin
+    for r in select value from jsonb_array_elements(p_requests) where jsonb_array_length(p_requests) > 1 loop
+        for lock_keys in select * from tl_track_request_keys(r) loop
+            tenants := tenants || lock_keys.tenant_id;
+            budget_ids := budget_ids || lock_keys.budget_id;
+            period_starts := period_starts || lock_keys.period_start;
+        end loop;
+    end loop;
     for lock_keys in
         select distinct k.tenant_id, k.budget_id, k.period_start
-          from jsonb_array_elements(p_requests) e
-         cross join lateral tl_track_request_keys(e.value) k
+          from unnest(tenants, budget_ids, period_starts) k (tenant_id, budget_id, period_start)
          order by 1, 2, 3
     loop
         select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;
@@ -960,18 +979,32 @@ create or replace function tl_release_many(p_requests jsonb, p_isolated boolean)
 language plpgsql
 set plan_cache_mode = force_generic_plan as $$
 declare
+    tenant text;
+    reservation uuid;
+    tenants text[] := '{}';
+    budget_ids bigint[] := '{}';
+    period_starts timestamptz[] := '{}';
     lock_keys record;
     b tl_budget;
     r jsonb;
     answers jsonb[] := '{}';
     failed_constraint text;
 begin
+    for r in select value from jsonb_array_elements(p_requests) where jsonb_array_length(p_requests) > 1 loop
+        tenant := r ->> 'tenant';
+        reservation := (r ->> 'reservation_id')::uuid;
+        for lock_keys in
+            select h.budget_id, h.period_start from tl_reservation_hold h
+             where h.tenant_id = tenant and h.reservation_id = reservation and not h.released
+        loop
+            tenants := tenants || tenant;
+            budget_ids := budget_ids || lock_keys.budget_id;
+            period_starts := period_starts || lock_keys.period_start;
+        end loop;
+    end loop;
     for lock_keys in
-        select distinct h.tenant_id, h.budget_id, h.period_start
-          from jsonb_array_elements(p_requests) e
-          join tl_reservation_hold h
-            on h.tenant_id = e.value ->> 'tenant' and h.reservation_id = (e.value ->> 'reservation_id')::uuid
-         where not h.released
+        select distinct k.tenant_id, k.budget_id, k.period_start
+          from unnest(tenants, budget_ids, period_starts) k (tenant_id, budget_id, period_start)
          order by 1, 2, 3
     loop
         select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;

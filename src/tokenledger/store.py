@@ -64,6 +64,9 @@ MIGRATIONS_LOCK = 0x746F6B656E  # pg_advisory_xact_lock key: one migrator at a t
 # subtransaction there, and PostgreSQL caches 64 subtransaction ids per backend: a batch past that would
 # slow every snapshot on the server. 32 also bounds what one batch holds a hot row for.
 MAX_BATCH = 32
+# Batches of one kind running at once per process: more let the server work on more cores while the
+# requests' rows differ; on one hot row they queue for its lock (see bench/ledger.py --in-flight).
+BATCHES_IN_FLIGHT = 1
 _RETRYABLE_STATES = {"40001", "40P01"}  # serialization failure, deadlock: the transaction was rolled back
 
 
@@ -214,14 +217,15 @@ class Store:
         report_limits: ReportLimits,
         *,
         batch_size: int = MAX_BATCH,
+        batches_in_flight: int = BATCHES_IN_FLIGHT,
     ) -> None:
         self.pool = pool
         self.report_pool = report_pool
         self.report_limits = report_limits
         self._timezones: frozenset[str] | None = None
-        self.checks = self._combiner("tl_check_many", batch_size)
-        self.tracks = self._combiner("tl_track_many", batch_size)
-        self.releases = self._combiner("tl_release_many", batch_size)
+        self.checks = self._combiner("tl_check_many", batch_size, batches_in_flight)
+        self.tracks = self._combiner("tl_track_many", batch_size, batches_in_flight)
+        self.releases = self._combiner("tl_release_many", batch_size, batches_in_flight)
 
     @classmethod
     async def open(
@@ -233,6 +237,7 @@ class Store:
         migrate: bool = True,
         reports: ReportLimits | None = None,
         batch_size: int = MAX_BATCH,
+        batches_in_flight: int = BATCHES_IN_FLIGHT,
     ) -> Store:
         """A store over new pools; migrates the schema first unless told not to. `batch_size`: the most
         checks (tracks, releases) sent as one SQL call (1: each call alone)."""
@@ -267,7 +272,7 @@ class Store:
             kwargs={"application_name": "tokenledger-reports"},
         )
         await report_pool.open(wait=False)
-        store = cls(pool, report_pool, reports, batch_size=batch_size)
+        store = cls(pool, report_pool, reports, batch_size=batch_size, batches_in_flight=batches_in_flight)
         if migrate:
             await store.migrate()
         return store
@@ -333,11 +338,11 @@ class Store:
 
         return await self._call(run, retry_safe=True)
 
-    def _combiner(self, function: str, batch_size: int) -> Combiner[_Request, Answer]:
+    def _combiner(self, function: str, batch_size: int, in_flight: int) -> Combiner[_Request, Answer]:
         async def apply(requests: Sequence[_Request]) -> list[Answer]:
             return await self._apply_many(function, requests)
 
-        return Combiner(apply, max_batch=batch_size)
+        return Combiner(apply, max_batch=batch_size, max_in_flight=in_flight)
 
     async def _apply_many(
         self, function: str, requests: Sequence[_Request], *, isolated: bool = False
