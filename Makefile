@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# make run HOST=0.0.0.0 PORT=9000: where `make run` listens.
+HOST ?= 127.0.0.1
+PORT ?= 8765
 
 .PHONY: run test lint typecheck unit ledger-debian bench clean
 
@@ -13,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/tokenledger serve --transport http --first-run
+	$(BIN)/tokenledger serve --transport http --first-run --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts examples

@@ -94,9 +94,10 @@ begin
         end if;
     end if;
     insert into tl_budget_period as p (tenant_id, budget_id, period_start, period_end, allowance, cap, carried)
-    values (b.tenant_id, b.budget_id, bounds.period_start, bounds.period_end, b.limit_amount + carried,
+    values (b.tenant_id, b.budget_id, bounds.period_start, bounds.period_end,
+            tl_period_limit(b, bounds.period_start, false) + carried,
             case when b.enforcement = 'hard' and not rolling
-                 then coalesce(b.hard_limit, b.limit_amount) + carried end,
+                 then tl_period_limit(b, bounds.period_start, true) + carried end,
             carried)
     on conflict (tenant_id, budget_id, period_start) do update set requests = p.requests
     returning * into row_out;
@@ -108,36 +109,43 @@ do $$
 begin
     if to_regtype('tl_usage_figures') is null then
         create type tl_usage_figures as (used numeric, reserved numeric, overage numeric, allowance numeric,
-                                         cap numeric, carried numeric, requests bigint, period_start timestamptz);
+                                         cap numeric, carried numeric, requests bigint, period_start timestamptz,
+                                         override_amount numeric);
+    elsif not exists (select 1 from pg_type t join pg_attribute a on a.attrelid = t.typrelid
+                       where t.oid = 'tl_usage_figures'::regtype and a.attname = 'override_amount') then
+        -- 0016: the approved override in force, included in allowance and cap.
+        alter type tl_usage_figures add attribute override_amount numeric;
     end if;
 end $$;
 
 -- Used and reserved amounts that count against `b` at `p_at`, read from the table: the period row for
 -- calendar periods, the sum of the window's hourly buckets for rolling ones. Open holds past their
--- expiry do not count.
+-- expiry do not count. The approved overrides in force at `p_at` raise allowance and cap, as a check that
+-- locked the row would fit them (tl_fit_cap): this read needs no write when one expires.
 create or replace function tl_usage_now(b tl_budget, p_at timestamptz) returns tl_usage_figures
 language plpgsql stable as $$
 declare
     win interval := tl_window_length(b.period);
     bounds record := tl_period_bounds(b.period, b.timezone, p_at);
+    raised numeric := tl_override_amount(b, p_at);
     f tl_usage_figures;
     expired numeric;
 begin
     if win is null then
-        select p.committed + p.overage, p.reserved, p.overage, p.allowance, p.cap, p.carried, p.requests,
-               p.period_start
+        select p.committed + p.overage, p.reserved, p.overage, p.allowance + raised, p.cap, p.carried,
+               p.requests, p.period_start, raised
           into f
           from tl_budget_period p
          where p.tenant_id = b.tenant_id and p.budget_id = b.budget_id and p.period_start = bounds.period_start;
         if not found then
-            f := row(0, 0, 0, b.limit_amount,
-                     case when b.enforcement = 'hard' then coalesce(b.hard_limit, b.limit_amount) end,
-                     0, 0, bounds.period_start);
+            f := row(0, 0, 0, tl_period_limit(b, bounds.period_start, false) + raised,
+                     case when b.enforcement = 'hard' then tl_period_limit(b, bounds.period_start, true) + raised end,
+                     0, 0, bounds.period_start, raised);
         end if;
     else
-        select coalesce(sum(p.committed + p.overage), 0), coalesce(sum(p.reserved), 0), 0, b.limit_amount,
-               case when b.enforcement = 'hard' then coalesce(b.hard_limit, b.limit_amount) end, 0,
-               coalesce(sum(p.requests), 0), bounds.period_start - win + interval '1 hour'
+        select coalesce(sum(p.committed + p.overage), 0), coalesce(sum(p.reserved), 0), 0, b.limit_amount + raised,
+               case when b.enforcement = 'hard' then coalesce(b.hard_limit, b.limit_amount) + raised end, 0,
+               coalesce(sum(p.requests), 0), bounds.period_start - win + interval '1 hour', raised
           into f
           from tl_budget_period p
          where p.tenant_id = b.tenant_id and p.budget_id = b.budget_id
@@ -150,6 +158,11 @@ begin
        and (win is null and h.period_start = bounds.period_start
             or win is not null and h.period_start > bounds.period_start - win);
     f.reserved := f.reserved - expired;
+    if win is null and f.cap is not null then
+        -- The cap the next check fits (tl_fit_cap): never below what stays committed and held.
+        f.cap := greatest(coalesce(b.hard_limit, b.limit_amount) + f.carried + raised,
+                          f.used - f.overage + f.reserved);
+    end if;
     return f;
 end $$;
 
@@ -162,8 +175,8 @@ begin
     if per.period_start is null or tl_window_length(b.period) is not null then
         return tl_usage_now(b, p_at);
     end if;
-    return row(per.committed + per.overage, per.reserved, per.overage, per.allowance, per.cap, per.carried,
-               per.requests, per.period_start)::tl_usage_figures;
+    return row(per.committed + per.overage, per.reserved, per.overage, per.allowance + per.override_amount,
+               per.cap, per.carried, per.requests, per.period_start, per.override_amount)::tl_usage_figures;
 end $$;
 
 -- A budget's live state, as the BudgetState model expects it.
@@ -177,6 +190,7 @@ language sql stable as $$
         'period_start', case when b.period = 'total' then null else f.period_start end,
         'resets_at', tl_resets_at(b, p_at),
         'used', f.used, 'reserved', f.reserved, 'overage', f.overage, 'carried_over', f.carried,
+        'override', coalesce(f.override_amount, 0),
         'remaining', greatest(f.allowance - f.used - f.reserved, 0),
         'percent_used', round(100 * f.used / f.allowance, 2), 'requests', f.requests,
         'status', case when f.used >= f.allowance then 'exceeded'
@@ -368,6 +382,7 @@ begin
                 per.reserved := per.reserved
                                 - tl_release_expired_holds(p_tenant, b.budget_id, per.period_start, now_at);
             end if;
+            per := tl_fit_cap(b, per, now_at);  -- the overrides in force now (see tl_fit_cap)
         end if;
         periods := periods || per;
     end loop;
@@ -554,12 +569,14 @@ $$;
 -- in, whatever occurred_at says, and occurred_at must lie between the reservation's creation and now
 -- (each less or plus p_clock_skew). A member (p_member_user) settles only its own user's reservations.
 -- Every refusal raises before anything is written: the transaction rolls back whole.
+-- p_requested_model: the model the caller asked for when a fallback model ran instead (kept when it differs).
 create or replace function tl_track(
     p_tenant text, p_request_id text, p_request_hash text, p_reservation_id uuid, p_model text,
     p_provider text, p_attr jsonb, p_input bigint, p_output bigint, p_cache_read bigint, p_cache_write bigint,
     p_reasoning bigint, p_reported_cost numeric, p_catalog_price jsonb, p_method text, p_status text,
     p_latency_ms integer, p_tools text[], p_metadata jsonb, p_occurred_at timestamptz,
-    p_estimated_input bigint, p_prompt_hash text, p_member_user text, p_clock_skew interval)
+    p_estimated_input bigint, p_prompt_hash text, p_member_user text, p_clock_skew interval,
+    p_requested_model text default null)
 returns jsonb language plpgsql
 -- Generic plans: the statements here are key lookups, and re-planning them per call cost more
 -- than running them (measured: a check 0.83 ms -> 0.29 ms).
@@ -646,8 +663,11 @@ begin
                     where h.tenant_id = p_tenant and h.budget_id = b.budget_id
                       and h.period_start = per.period_start and not h.released and h.expires_at <= now_at)
         then
-            perform tl_release_expired_holds(p_tenant, b.budget_id, per.period_start, now_at);
+            per.reserved := per.reserved
+                            - tl_release_expired_holds(p_tenant, b.budget_id, per.period_start, now_at);
         end if;
+        -- Fitted while this settle's own holds still count: what they free stays room for its usage.
+        perform tl_fit_cap(b, per, now_at);
     end loop;
 
     if p_reservation_id is not null then
@@ -741,12 +761,13 @@ begin
                           project, team, feature, endpoint, provider, model, input_tokens, output_tokens,
                           cache_read_input_tokens, cache_creation_input_tokens, reasoning_output_tokens,
                           total_tokens, cost_usd, cost_source, estimated_input_tokens, estimated_cost_usd,
-                          method, status, latency_ms, tools_used, metadata, prompt_hash)
+                          method, status, latency_ms, tools_used, metadata, prompt_hash, requested_model)
     values (p_tenant, usage, at, p_request_id, p_reservation_id, attr ->> 'user', attr ->> 'session',
             attr ->> 'project', attr ->> 'team', attr ->> 'feature', attr ->> 'endpoint', p_provider, p_model,
             p_input, p_output, p_cache_read, p_cache_write, p_reasoning, total, cost, cost_source,
             coalesce(p_estimated_input, res.input_tokens), res.estimated_cost_usd, p_method, p_status,
-            p_latency_ms, p_tools, p_metadata, coalesce(p_prompt_hash, res.prompt_hash));
+            p_latency_ms, p_tools, p_metadata, coalesce(p_prompt_hash, res.prompt_hash),
+            nullif(p_requested_model, p_model));
 
     result := jsonb_build_object(
         'usage_id', usage, 'duplicate', false, 'input_tokens', p_input, 'output_tokens', p_output,
@@ -902,7 +923,7 @@ create or replace function tl_track_request(r jsonb) returns jsonb language sql 
                     array(select jsonb_array_elements_text(r -> 'tools_used')), r -> 'metadata',
                     (r ->> 'occurred_at')::timestamptz, (r ->> 'estimated_input_tokens')::bigint,
                     r ->> 'prompt_hash', r ->> 'member_user',
-                    make_interval(secs => (r ->> 'clock_skew_seconds')::double precision))
+                    make_interval(secs => (r ->> 'clock_skew_seconds')::double precision), r ->> 'requested_model')
 $$;
 
 -- The period rows one element of a track batch will lock, as tl_track computes them: a settle posts with
@@ -1117,6 +1138,10 @@ language sql stable as $$
         'priority_shares', b.priority_shares, 'rollover', b.rollover, 'rollover_cap', b.rollover_cap,
         'tokens_per_minute', b.tokens_per_minute, 'requests_per_minute', b.requests_per_minute,
         'unpriced_policy', b.unpriced_policy)
+        -- A budget declared in another currency shows its limits as declared.
+        || case when b.currency is null then '{}'::jsonb
+                else jsonb_build_object('currency', b.currency, 'limit', b.currency_limit,
+                                        'hard_limit', b.currency_hard_limit) end
 $$;
 
 -- Create a budget, or update the one by that name to p_spec: the whole spec, which the caller merged from
@@ -1138,10 +1163,16 @@ declare
     scope text := p_spec ->> 'scope';
     kind text := case when scope = 'global' then 'global' else split_part(scope, ':', 1) end;
     value text := case when scope = 'global' then '' else substr(scope, length(split_part(scope, ':', 1)) + 2) end;
+    currency text := nullif(p_spec ->> 'currency', '');
+    usd_limit numeric := (p_spec ->> 'limit')::numeric;
+    usd_hard numeric := (p_spec ->> 'hard_limit')::numeric;
 begin
     if not exists (select 1 from pg_timezone_names where name = p_spec ->> 'timezone') then
         raise exception 'timezone %: unknown to this PostgreSQL server; use an IANA name such as Europe/Paris',
             p_spec ->> 'timezone' using errcode = 'TL400';
+    end if;
+    if currency is not null then  -- limits declared in another currency: in USD at the period start's rate
+        select l.usd_limit, l.usd_hard into usd_limit, usd_hard from tl_declared_limits(p_tenant, p_spec, now_at) l;
     end if;
     select * into old from tl_budget where tenant_id = p_tenant and name = p_spec ->> 'name' for update;
     if old.updated_at is distinct from p_expected then
@@ -1178,14 +1209,17 @@ begin
     end if;
     insert into tl_budget as t (tenant_id, name, scope_kind, scope_value, unit, limit_amount, hard_limit, period,
                                 timezone, enforcement, alert_thresholds, priority_shares, rollover, rollover_cap,
-                                tokens_per_minute, requests_per_minute, unpriced_policy)
-    values (p_tenant, p_spec ->> 'name', kind, value, p_spec ->> 'unit', (p_spec ->> 'limit')::numeric,
-            (p_spec ->> 'hard_limit')::numeric, p_spec ->> 'period', p_spec ->> 'timezone',
+                                tokens_per_minute, requests_per_minute, unpriced_policy, currency, currency_limit,
+                                currency_hard_limit)
+    values (p_tenant, p_spec ->> 'name', kind, value, p_spec ->> 'unit', usd_limit,
+            usd_hard, p_spec ->> 'period', p_spec ->> 'timezone',
             p_spec ->> 'enforcement',
             array(select jsonb_array_elements_text(p_spec -> 'alert_thresholds')::numeric order by 1),
             nullif(p_spec -> 'priority_shares', 'null'::jsonb), p_spec ->> 'rollover',
             (p_spec ->> 'rollover_cap')::numeric, (p_spec ->> 'tokens_per_minute')::bigint,
-            (p_spec ->> 'requests_per_minute')::bigint, p_spec ->> 'unpriced_policy')
+            (p_spec ->> 'requests_per_minute')::bigint, p_spec ->> 'unpriced_policy', currency,
+            case when currency is not null then (p_spec ->> 'limit')::numeric end,
+            case when currency is not null then (p_spec ->> 'hard_limit')::numeric end)
     on conflict (tenant_id, name) do update set
         scope_kind = excluded.scope_kind, scope_value = excluded.scope_value, unit = excluded.unit,
         limit_amount = excluded.limit_amount, hard_limit = excluded.hard_limit, period = excluded.period,
@@ -1193,7 +1227,9 @@ begin
         alert_thresholds = excluded.alert_thresholds, priority_shares = excluded.priority_shares,
         rollover = excluded.rollover, rollover_cap = excluded.rollover_cap,
         tokens_per_minute = excluded.tokens_per_minute, requests_per_minute = excluded.requests_per_minute,
-        unpriced_policy = excluded.unpriced_policy, updated_at = now_at
+        unpriced_policy = excluded.unpriced_policy, currency = excluded.currency,
+        currency_limit = excluded.currency_limit, currency_hard_limit = excluded.currency_hard_limit,
+        updated_at = now_at
         where t.updated_at is not distinct from p_expected  -- a budget created meanwhile is not overwritten
     returning * into b;
     if not found then
@@ -1217,7 +1253,8 @@ begin
                   select v, case when v is null then 0
                                  else least(q.committed, greatest(q.committed + q.reserved - v, 0)) end as moved
                     from (select case when b.enforcement = 'hard' and tl_window_length(b.period) is null
-                                      then coalesce(b.hard_limit, b.limit_amount) + q.carried end as v) c
+                                      then coalesce(b.hard_limit, b.limit_amount) + q.carried + q.override_amount
+                                      end as v) c
               ) new_cap
              where q.tenant_id = p.tenant_id and q.budget_id = p.budget_id and q.period_start = p.period_start
                and p.tenant_id = p_tenant and p.budget_id = b.budget_id
@@ -1386,9 +1423,9 @@ declare
                endpoint, provider, model, count(*), sum(input_tokens), sum(output_tokens),
                sum(cache_read_input_tokens), sum(cache_creation_input_tokens), sum(reasoning_output_tokens),
                sum(total_tokens), coalesce(sum(cost_usd), 0), count(*) filter (where cost_usd is null),
-               count(*) filter (where status = 'error')
+               count(*) filter (where status = 'error'), requested_model
           from %s
-         group by 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 $q$;
+         group by 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 21 $q$;
 begin
     for part in
         select c.relname::text as name from pg_inherits i join pg_class c on c.oid = i.inhrelid
@@ -1587,4 +1624,389 @@ begin
      where r.tenant_id = p_tenant and r.run_id = p_run_id and r.delivered_at is null
        and not exists (select 1 from tl_schedule_delivery d
                         where d.tenant_id = r.tenant_id and d.run_id = r.run_id and d.delivered_at is null);
+end $$;
+
+-- --- exchange rates and budgets declared in a currency (0014) ------------------------------------
+-- Costs stay in USD. A tenant's dated rates (units of a currency per 1 USD) convert what is shown, and
+-- turn a USD budget's limits declared in another currency into USD at the rate of each period's start.
+
+-- The tenant's rate of `p_currency` in force at `p_at` (the latest from at or before it); null if none.
+create or replace function tl_fx_rate_at(p_tenant text, p_currency text, p_at timestamptz) returns numeric
+language sql stable as $$
+    select rate from tl_fx_rate
+     where tenant_id = p_tenant and currency = p_currency and effective_from <= p_at
+     order by effective_from desc limit 1
+$$;
+
+-- A budget's limit (or, p_hard, its hard ceiling) in USD for the period starting at p_period_start: a
+-- limit declared in another currency at the rate in force at that start, rounded down to a millionth of a
+-- dollar (never above what was declared); `total` and rolling windows, and a period without a rate, keep
+-- the USD limits taken when the budget was set.
+create or replace function tl_period_limit(b tl_budget, p_period_start timestamptz, p_hard boolean)
+returns numeric
+language sql stable as $$
+    select coalesce(
+        case when b.currency is not null and b.period <> 'total' and tl_window_length(b.period) is null then
+            trunc(case when p_hard then coalesce(b.currency_hard_limit, b.currency_limit) else b.currency_limit end
+                  / tl_fx_rate_at(b.tenant_id, b.currency, p_period_start), 6) end,
+        case when p_hard then coalesce(b.hard_limit, b.limit_amount) else b.limit_amount end)
+$$;
+
+-- The USD limits of a budget spec declared in `currency`, at the rate in force at the start of its current
+-- period (now, for `total` and rolling windows); refused (TL400) when no rate is in force then or the
+-- result leaves what a USD budget may hold.
+create or replace function tl_declared_limits(p_tenant text, p_spec jsonb, p_now timestamptz,
+                                              out usd_limit numeric, out usd_hard numeric)
+language plpgsql stable as $$
+declare
+    currency text := p_spec ->> 'currency';
+    starts timestamptz := case when p_spec ->> 'period' in ('total', '24h', '7d', '30d') then p_now
+                               else (tl_period_bounds(p_spec ->> 'period', p_spec ->> 'timezone', p_now)).period_start
+                          end;
+    rate numeric := tl_fx_rate_at(p_tenant, currency, starts);
+begin
+    if p_spec ->> 'unit' <> 'usd' then
+        raise exception 'currency %: only a usd budget is declared in a currency (this one counts %)', currency,
+            p_spec ->> 'unit' using errcode = 'TL400';
+    end if;
+    if rate is null then
+        raise exception 'currency %: no % rate in force at % (the start of the budget''s current period); set one '
+            'with `tokenledger fx set % RATE --from %` (Ledger.set_fx_rate)', currency, currency, starts, currency,
+            to_char(starts at time zone 'UTC', 'YYYY-MM-DD') using errcode = 'TL400';
+    end if;
+    usd_limit := trunc((p_spec ->> 'limit')::numeric / rate, 6);
+    usd_hard := trunc((p_spec ->> 'hard_limit')::numeric / rate, 6);
+    if usd_limit <= 0 or usd_limit > 1e12 or usd_hard > 1e12 then
+        raise exception 'limit %: % % at % % per USD is % USD; allowed: at least 0.000001 and at most 1,000,000,000,000 USD',
+            p_spec ->> 'limit', p_spec ->> 'limit', currency, rate, currency, coalesce(usd_hard, usd_limit)
+            using errcode = 'TL400';
+    end if;
+end $$;
+
+create or replace function tl_fx_rate_json(r tl_fx_rate) returns jsonb
+language sql stable as $$
+    select jsonb_build_object('currency', r.currency, 'rate', r.rate, 'effective_from', r.effective_from,
+                              'created_at', r.created_at, 'created_by', r.created_by)
+$$;
+
+-- Set a dated rate (replacing one of the same currency and moment), at most p_max per currency; audited.
+create or replace function tl_set_fx_rate(p_tenant text, p_actor text, p_currency text, p_from timestamptz,
+                                          p_rate numeric, p_max integer) returns jsonb
+language plpgsql as $$
+declare
+    old tl_fx_rate;
+    saved tl_fx_rate;
+begin
+    perform pg_advisory_xact_lock(hashtextextended('tl_fx_rate:' || p_tenant || ':' || p_currency, 0));
+    select * into old from tl_fx_rate where tenant_id = p_tenant and currency = p_currency and effective_from = p_from;
+    if old.tenant_id is null
+       and (select count(*) from tl_fx_rate where tenant_id = p_tenant and currency = p_currency) >= p_max then
+        raise exception 'currency %: this tenant has % dated % rates, the most allowed; delete old ones first',
+            p_currency, p_max, p_currency using errcode = 'TL400';
+    end if;
+    insert into tl_fx_rate (tenant_id, currency, effective_from, rate, created_by)
+    values (p_tenant, p_currency, p_from, p_rate, p_actor)
+    on conflict (tenant_id, currency, effective_from) do update
+       set rate = excluded.rate, created_at = now(), created_by = excluded.created_by
+    returning * into saved;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, case when old.tenant_id is null then 'create' else 'update' end, 'fx_rate',
+            p_currency || '@' || to_char(p_from at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+            case when old.tenant_id is not null then tl_fx_rate_json(old) end, tl_fx_rate_json(saved));
+    return tl_fx_rate_json(saved);
+end $$;
+
+create or replace function tl_delete_fx_rate(p_tenant text, p_actor text, p_currency text, p_from timestamptz)
+returns jsonb
+language plpgsql as $$
+declare
+    old tl_fx_rate;
+begin
+    delete from tl_fx_rate where tenant_id = p_tenant and currency = p_currency and effective_from = p_from
+    returning * into old;
+    if not found then
+        raise exception 'currency %: no % rate from % in this tenant (see tokenledger fx list)', p_currency,
+            p_currency, p_from using errcode = 'TL404';
+    end if;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'delete', 'fx_rate',
+            p_currency || '@' || to_char(p_from at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+            tl_fx_rate_json(old), null);
+    return tl_fx_rate_json(old);
+end $$;
+
+-- --- catalog updates (0014) -------------------------------------------------------------------------
+-- An operator's action, not a tenant's: the catalog is shared by every tenant. Audited under tenant '*'
+-- (no tenant id can be '*': identifiers are [A-Za-z0-9_.:@/+=-]).
+
+create or replace function tl_add_catalog_update(p_actor text, p_update jsonb) returns jsonb
+language plpgsql as $$
+declare
+    saved tl_catalog_update;
+begin
+    insert into tl_catalog_update (effective_from, source_kind, source_name, sha256, size_bytes, models, entries,
+                                   created_by)
+    values ((p_update ->> 'effective_from')::timestamptz, p_update ->> 'source_kind', p_update ->> 'source_name',
+            p_update ->> 'sha256', (p_update ->> 'size_bytes')::bigint, (p_update ->> 'models')::integer,
+            p_update -> 'entries', p_actor)
+    returning * into saved;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values ('*', p_actor, 'update', 'catalog', saved.update_id::text, null,
+            (p_update - 'entries') || jsonb_build_object('update_id', saved.update_id));
+    return jsonb_build_object('update_id', saved.update_id, 'effective_from', saved.effective_from,
+                              'created_at', saved.created_at, 'created_by', saved.created_by);
+
+-- --- override requests ----------------------------------------------------------------------------
+-- A member (or an admin) asks for a temporary increase of a budget; an admin approves or denies it. An
+-- approved override raises the budget's limit and hard cap by its amount in every period while it is in
+-- force: from its approval until `until`, a period that starts meanwhile included. Nothing runs at
+-- expiry: the rules sum the overrides in force at the moment they judge (tl_override_amount) and fit the
+-- cap of each period row they lock to that sum (tl_fit_cap). Every step is audited in tl_audit.
+
+-- The approved overrides of `b` in force at `p_at`, in the budget's unit (an override asked for in
+-- another unit, before the budget's unit changed, does not apply).
+create or replace function tl_override_amount(b tl_budget, p_at timestamptz) returns numeric
+language sql stable as $$
+    select coalesce(sum(o.amount), 0) from tl_override o
+     where o.tenant_id = b.tenant_id and o.budget_id = b.budget_id and o.status = 'approved'
+       and o.until > p_at and o.decided_at <= p_at and o.unit = b.unit
+$$;
+
+-- Fit the cap of budget b's period row `per` (locked by the caller, and as it is now: reserved net of the
+-- holds the caller freed) to the overrides in force at p_now, and record their sum in override_amount
+-- (allowance and cap include it); returns the row. A row whose period does not contain p_now (a settle
+-- into a past period) gets no override. Costs one index probe when nothing changes.
+--
+-- An override that expires (or a limit an admin lowers) while reservations granted under the higher cap
+-- are still open: the cap comes down only as far as what is committed and reserved, never below. So the
+-- row's CHECK (committed + reserved <= cap) keeps holding; those reservations keep what they were granted
+-- and their settles commit within it (tl_track fits before it frees the settled hold); no new grant fits,
+-- as tl_check finds no room, until settles, releases and expiries bring committed + reserved under the
+-- lower cap; and each later fit lowers the cap again, down to the limit itself. Every grant was within
+-- the cap in force when it was made: zero overspend holds.
+create or replace function tl_fit_cap(b tl_budget, per tl_budget_period, p_now timestamptz)
+returns tl_budget_period language plpgsql
+set plan_cache_mode = force_generic_plan as $$
+declare
+    raised numeric := 0;
+    fitted_cap numeric;
+begin
+    if tl_window_length(b.period) is not null then
+        return per;  -- rolling windows keep no cap in their rows: tl_usage_now adds the override
+    end if;
+    if per.period_start <= p_now and (per.period_end is null or p_now < per.period_end) then
+        select coalesce(sum(o.amount), 0) into raised from tl_override o  -- as tl_override_amount
+         where o.tenant_id = b.tenant_id and o.budget_id = b.budget_id and o.status = 'approved'
+           and o.until > p_now and o.decided_at <= p_now and o.unit = b.unit;
+    end if;
+    fitted_cap := case when per.cap is not null and b.enforcement = 'hard'
+                       then greatest(tl_period_limit(b, per.period_start, true) + per.carried + raised,
+                                     per.committed + per.reserved)
+                       else per.cap end;
+    if fitted_cap is distinct from per.cap or raised <> per.override_amount then
+        update tl_budget_period set cap = fitted_cap, override_amount = raised
+         where tenant_id = per.tenant_id and budget_id = per.budget_id and period_start = per.period_start
+        returning * into per;
+    end if;
+    return per;
+end $$;
+
+-- An override request as the Override model reads it; 'expired' once `until` has passed.
+create or replace function tl_override_json(o tl_override, p_now timestamptz) returns jsonb
+language sql stable as $$
+    select jsonb_build_object(
+        'override_id', o.override_id, 'budget', b.name,
+        'scope', case when b.scope_kind = 'global' then 'global' else b.scope_kind || ':' || b.scope_value end,
+        'unit', o.unit, 'amount', o.amount, 'reason', o.reason, 'until', o.until,
+        'status', case when o.status in ('pending', 'approved') and o.until <= p_now then 'expired'
+                       else o.status end,
+        'requested_by', o.requested_by, 'user', o.user_id, 'requested_at', o.requested_at,
+        'decided_at', o.decided_at, 'decided_by', o.decided_by, 'decision_reason', o.decision_reason)
+      from tl_budget b
+     where b.tenant_id = o.tenant_id and b.budget_id = o.budget_id
+$$;
+
+-- Ask for `p_amount` more of budget `p_budget` until `p_until`: at most p_max_factor times its limit
+-- (whole tokens for a token budget), until after now and at most p_max_ahead ahead, and at most
+-- p_max_pending requests of one requester (a member's user, else the actor) pending at once.
+-- p_member_user: a member's user, who asks only for budgets it may read (its own user's and shared ones).
+create or replace function tl_request_override(p_tenant text, p_actor text, p_member_user text, p_budget text,
+                                               p_amount numeric, p_reason text, p_until timestamptz,
+                                               p_max_factor numeric, p_max_ahead interval, p_max_pending integer)
+returns jsonb language plpgsql as $$
+declare
+    now_at timestamptz := clock_timestamp();
+    b tl_budget;
+    o tl_override;
+    requester text := coalesce(p_member_user, p_actor);
+begin
+    select * into b from tl_budget where tenant_id = p_tenant and name = p_budget;
+    if not found or (p_member_user is not null and b.scope_kind = 'user' and b.scope_value <> p_member_user) then
+        raise exception 'budget %: no such budget in this tenant', p_budget using errcode = 'TL404';
+    end if;
+    if p_amount <= 0 or p_amount > b.limit_amount * p_max_factor
+       or (b.unit = 'tokens' and p_amount <> trunc(p_amount)) then
+        raise exception 'amount %: not allowed; % above 0, at most % (% times the limit of budget %)',
+            p_amount, case when b.unit = 'tokens' then 'whole tokens' else 'USD' end,
+            b.limit_amount * p_max_factor, p_max_factor, b.name using errcode = 'TL400';
+    end if;
+    if p_until <= now_at or p_until > now_at + p_max_ahead then
+        raise exception 'until %: not allowed; a moment after now (%) and at most % ahead', p_until, now_at,
+            p_max_ahead using errcode = 'TL400';
+    end if;
+    perform pg_advisory_xact_lock(hashtextextended('tl_override:' || p_tenant || ':' || requester, 0));
+    if (select count(*) from tl_override
+         where tenant_id = p_tenant and status = 'pending' and until > now_at
+           and coalesce(user_id, requested_by) = requester) >= p_max_pending then
+        raise exception 'budget %: % override requests of yours are pending, the most allowed; cancel one or '
+            'wait for a decision', p_budget, p_max_pending using errcode = 'TL409';
+    end if;
+    insert into tl_override (tenant_id, budget_id, unit, amount, reason, until, requested_by, user_id,
+                             requested_at)
+    values (p_tenant, b.budget_id, b.unit, p_amount, p_reason, p_until, p_actor, p_member_user, now_at)
+    returning * into o;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'request', 'override', o.override_id::text, null, tl_override_json(o, now_at));
+    return tl_override_json(o, now_at);
+end $$;
+
+-- Approve (p_approve) or deny a pending request that has not expired; audited with the admin's reason.
+-- Approval starts the override: from now until its `until`.
+create or replace function tl_decide_override(p_tenant text, p_actor text, p_override_id bigint,
+                                              p_approve boolean, p_reason text) returns jsonb
+language plpgsql as $$
+declare
+    now_at timestamptz := clock_timestamp();
+    o tl_override;
+    b tl_budget;
+    before jsonb;
+begin
+    select * into o from tl_override where tenant_id = p_tenant and override_id = p_override_id for update;
+    if not found then
+        raise exception 'override_id %: no such override request in this tenant', p_override_id
+            using errcode = 'TL404';
+    end if;
+    before := tl_override_json(o, now_at);
+    if o.status <> 'pending' or o.until <= now_at then
+        raise exception 'override_id %: %; only a pending request can be approved or denied', p_override_id,
+            case when o.status = 'pending' then format('expired at %s', o.until)
+                 else format('already %s at %s by %s', o.status, o.decided_at, o.decided_by) end
+            using errcode = 'TL409';
+    end if;
+    select * into b from tl_budget where tenant_id = p_tenant and budget_id = o.budget_id;
+    if p_approve and b.unit <> o.unit then
+        raise exception 'override_id %: budget % is counted in % since this request asked for %; deny it and '
+            'ask again', p_override_id, b.name, b.unit, o.unit using errcode = 'TL409';
+    end if;
+    update tl_override
+       set status = case when p_approve then 'approved' else 'denied' end, decided_at = now_at,
+           decided_by = p_actor, decision_reason = p_reason
+     where tenant_id = p_tenant and override_id = p_override_id
+    returning * into o;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, case when p_approve then 'approve' else 'deny' end, 'override',
+            p_override_id::text, before, tl_override_json(o, now_at));
+    return tl_override_json(o, now_at);
+end $$;
+
+-- Withdraw a pending request; a member (p_member_user) only its own: others look absent to it.
+create or replace function tl_cancel_override(p_tenant text, p_actor text, p_member_user text,
+                                              p_override_id bigint) returns jsonb
+language plpgsql as $$
+declare
+    now_at timestamptz := clock_timestamp();
+    o tl_override;
+    before jsonb;
+begin
+    select * into o from tl_override where tenant_id = p_tenant and override_id = p_override_id for update;
+    if not found or (p_member_user is not null and o.user_id is distinct from p_member_user) then
+        raise exception 'override_id %: no such override request in this tenant', p_override_id
+            using errcode = 'TL404';
+    end if;
+    before := tl_override_json(o, now_at);
+    if o.status <> 'pending' or o.until <= now_at then
+        raise exception 'override_id %: %; only a pending request can be cancelled', p_override_id,
+            case when o.status = 'pending' then format('expired at %s', o.until)
+                 else format('already %s at %s by %s', o.status, o.decided_at, o.decided_by) end
+            using errcode = 'TL409';
+    end if;
+    update tl_override set status = 'cancelled', decided_at = now_at, decided_by = p_actor
+     where tenant_id = p_tenant and override_id = p_override_id
+    returning * into o;
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    values (p_tenant, p_actor, 'cancel', 'override', p_override_id::text, before, tl_override_json(o, now_at));
+    return tl_override_json(o, now_at);
+end $$;
+
+-- Override requests, newest first: a member's own (p_member_user), else the tenant's; narrowed to one id,
+-- one status (as shown: 'expired' included) or one budget when given.
+create or replace function tl_overrides(p_tenant text, p_member_user text, p_override_id bigint, p_status text,
+                                        p_budget text, p_limit integer) returns setof jsonb
+language sql stable as $$
+    select shown from (
+        select tl_override_json(o, clock_timestamp()) as shown, o.override_id
+          from tl_override o
+         where o.tenant_id = p_tenant
+           and (p_member_user is null or o.user_id = p_member_user)
+           and (p_override_id is null or o.override_id = p_override_id)
+           and (p_budget is null or o.budget_id in (select budget_id from tl_budget
+                                                     where tenant_id = p_tenant and name = p_budget))
+    ) listed
+     where p_status is null or shown ->> 'status' = p_status
+     order by override_id desc
+     limit p_limit
+$$;
+
+-- Pending requests to tell the admins of, claimed per sink for p_lease_seconds as alert deliveries are:
+-- concurrent dispatchers in any number of processes skip each other's claims, so each request reaches
+-- each sink once. A request decided, cancelled or expired before its notice went out is not sent.
+create or replace function tl_claim_override_notices(p_sinks text[], p_limit integer,
+                                                     p_lease_seconds double precision)
+returns setof jsonb language plpgsql as $$
+begin
+    insert into tl_override_delivery (tenant_id, override_id, sink)
+    select o.tenant_id, o.override_id, s.sink
+      from tl_override o cross join unnest(p_sinks) as s(sink)
+     where o.notified_at is null and o.status = 'pending'
+    on conflict do nothing;
+    return query
+    with due as (
+        select d.tenant_id, d.override_id, d.sink from tl_override_delivery d
+          join tl_override o on o.tenant_id = d.tenant_id and o.override_id = d.override_id
+         where d.delivered_at is null and d.next_attempt_at <= now() and d.sink = any(p_sinks)
+           and (d.claimed_until is null or d.claimed_until < now())
+           and o.status = 'pending' and o.until > now()
+         order by d.next_attempt_at
+         limit p_limit
+           for update of d skip locked),
+    claimed as (
+        update tl_override_delivery d
+           set claimed_until = now() + make_interval(secs => p_lease_seconds), attempts = d.attempts + 1
+          from due
+         where d.tenant_id = due.tenant_id and d.override_id = due.override_id and d.sink = due.sink
+        returning d.tenant_id, d.override_id, d.sink, d.attempts)
+    select tl_override_json(o, now())
+           || jsonb_build_object('tenant_id', c.tenant_id, 'sink', c.sink, 'attempt', c.attempts)
+      from claimed c join tl_override o on o.tenant_id = c.tenant_id and o.override_id = c.override_id;
+end $$;
+
+-- Record a notice's delivery attempt, as tl_finish_alert_delivery does; a request is notified once every
+-- sink has it.
+create or replace function tl_finish_override_notice(p_tenant text, p_override_id bigint, p_sink text,
+                                                     p_error text, p_retry_seconds double precision) returns void
+language plpgsql as $$
+begin
+    update tl_override_delivery
+       set delivered_at = case when p_error is null then now() end,
+           last_error = p_error,
+           claimed_until = null,
+           next_attempt_at = case when p_error is null then next_attempt_at
+                                  when p_retry_seconds is null then 'infinity'
+                                  else now() + make_interval(secs => p_retry_seconds) end
+     where tenant_id = p_tenant and override_id = p_override_id and sink = p_sink;
+    update tl_override o set notified_at = now()
+     where o.tenant_id = p_tenant and o.override_id = p_override_id and o.notified_at is null
+       and not exists (select 1 from tl_override_delivery d
+                        where d.tenant_id = o.tenant_id and d.override_id = o.override_id
+                          and d.delivered_at is null);
 end $$;

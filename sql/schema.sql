@@ -379,3 +379,115 @@ create table tl_schedule_delivery (
     foreign key (tenant_id, run_id) references tl_schedule_run on delete cascade
 );
 create index tl_schedule_delivery_due on tl_schedule_delivery (next_attempt_at) where delivered_at is null;
+
+-- Catalog updates and exchange rates (0014).
+
+-- Price lists an operator loaded with `tokenledger catalog update`, applied over the bundled catalog by
+-- every server process. The catalog is process-wide, shared by every tenant, so this is a reference
+-- table without tenant_id (a tenant prices its own models with tl_price); a sharded PostgreSQL (Citus)
+-- would replicate it to every node. Append-only: history is never rewritten.
+create table tl_catalog_update (
+    update_id      bigint      generated always as identity primary key,
+    effective_from timestamptz not null,   -- its prices are in force from this moment (the update's)
+    source_kind    text        not null,
+    source_name    text        not null,   -- the file's name, or the URL it was fetched from
+    sha256         text        not null,   -- of the file's bytes
+    size_bytes     bigint      not null,
+    models         integer     not null,
+    entries        jsonb       not null,   -- the models it lists, as catalog entries (tokenledger.pricefile)
+    created_at     timestamptz not null default now(),
+    created_by     text        not null,
+    check (source_kind in ('litellm', 'openrouter')),
+    check (sha256 ~ '^[0-9a-f]{64}$'),
+    check (size_bytes >= 0 and models >= 0)
+);
+
+-- A tenant's exchange rates, dated: units of `currency` per 1 USD from effective_from on. Costs stay in
+-- USD; reports, the dashboard and budgets show them in a currency at these rates.
+create table tl_fx_rate (
+    tenant_id      text        not null,
+    currency       text        not null,
+    effective_from timestamptz not null,
+    rate           numeric     not null,
+    created_at     timestamptz not null default now(),
+    created_by     text        not null,
+    primary key (tenant_id, currency, effective_from),
+    check (currency ~ '^[A-Z]{3}$' and currency <> 'USD'),
+    check (rate > 0)
+);
+
+-- A USD budget declared in another currency: its limits as declared; limit_amount and hard_limit hold
+-- them in USD at the rate in force when the budget was set, each calendar period's at its own start.
+alter table tl_budget add column currency text;
+alter table tl_budget add column currency_limit numeric;
+alter table tl_budget add column currency_hard_limit numeric;
+alter table tl_budget add constraint tl_budget_currency
+    check (currency is null or (unit = 'usd' and currency_limit > 0 and currency ~ '^[A-Z]{3}$'));
+
+-- Privacy and fallback models (0017).
+-- One secret per tenant: 32 random bytes from Python's `secrets`, created on first use. HMAC-SHA256 keys
+-- derived from it make user pseudonyms (shown to viewers when the tenant's pseudonymize_users setting is
+-- on) and the keyed prompt hashes of tl_usage and tl_reservation. Never logged, never returned; an admin's
+-- rotation replaces it (every pseudonym changes; new prompt hashes no longer match older ones).
+create table tl_tenant_secret (
+    tenant_id  text        not null primary key,
+    secret     bytea       not null check (length(secret) >= 32),
+    created_at timestamptz not null default now(),
+    rotated_at timestamptz
+);
+
+-- A call made on a fallback model: the model asked for (model holds the one used); null otherwise.
+alter table tl_usage add column requested_model text;
+alter table tl_usage_daily add column requested_model text;
+
+-- Override requests (0016): a temporary increase of a budget's limit, asked for and approved.
+-- A member (or an admin) asks for `amount` more (in the budget's unit) until `until`; an admin approves or
+-- denies it. An approved override raises the limit and the hard cap of every period of its budget while
+-- it is in force, from its approval until `until`; expiry needs no job (the rules sum the overrides in
+-- force at the moment they judge). `status` holds what people did; 'expired' is derived from `until`.
+create table tl_override (
+    tenant_id       text        not null,
+    override_id     bigint      generated always as identity,
+    budget_id       bigint      not null,
+    unit            text        not null,  -- the budget's unit when asked: the override applies only in it
+    amount          numeric     not null,
+    reason          text        not null,
+    until           timestamptz not null,
+    status          text        not null default 'pending',
+    requested_by    text        not null,  -- the actor (API key id, or local:ROLE)
+    user_id         text,                  -- a member's user (its own requests); null for an admin's
+    requested_at    timestamptz not null default now(),
+    decided_at      timestamptz,           -- approved (the override's start), denied or cancelled
+    decided_by      text,
+    decision_reason text,
+    notified_at     timestamptz,           -- every sink told the admins of the request
+    primary key (tenant_id, override_id),
+    foreign key (tenant_id, budget_id) references tl_budget on delete cascade,
+    check (status in ('pending', 'approved', 'denied', 'cancelled')),
+    check (unit in ('tokens', 'usd')),
+    check (amount > 0),
+    check ((status = 'pending') = (decided_at is null))
+);
+-- The overrides in force for a budget: probed by every check that locks one of its periods.
+create index tl_override_in_force on tl_override (tenant_id, budget_id, until) where status = 'approved';
+create index tl_override_requester on tl_override (tenant_id, user_id, status);
+create index tl_override_unnotified on tl_override (requested_at) where notified_at is null and status = 'pending';
+
+-- The approved override amount a period row's cap and allowance include (set when a check or settle
+-- fits the row's cap to the overrides in force; see tl_fit_cap).
+alter table tl_budget_period add column override_amount numeric not null default 0;
+
+-- One row per override request and sink, claimed like alert deliveries (FOR UPDATE SKIP LOCKED, a lease).
+create table tl_override_delivery (
+    tenant_id       text        not null,
+    override_id     bigint      not null,
+    sink            text        not null,
+    delivered_at    timestamptz,
+    attempts        integer     not null default 0,
+    next_attempt_at timestamptz not null default now(),
+    claimed_until   timestamptz,
+    last_error      text,
+    primary key (tenant_id, override_id, sink),
+    foreign key (tenant_id, override_id) references tl_override on delete cascade
+);
+create index tl_override_delivery_due on tl_override_delivery (next_attempt_at) where delivered_at is null;

@@ -40,6 +40,7 @@ LEDGER_MODULES = {
     "test_alerts",
     "test_schedules",
     "test_retention",
+    "test_overrides",
 }
 
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tokenledger import catalog
 from tokenledger.cli import main
 
 
@@ -21,10 +22,19 @@ def test_models_prints_an_aligned_table(capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = run(capsys, "models", "gpt-4o")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["MODEL", "PROVIDER", "CONTEXT", "IN", "$/MTOK", "OUT", "$/MTOK", "METHOD"]
-    assert lines[1].split() == ["gpt-4o", "openai", "128,000", "2.5", "10", "exact"]
-    assert lines[0].index("METHOD") == lines[1].index("exact")  # columns line up
-    assert lines[0].index("OUT $/MTOK") + len("OUT $/MTOK") == lines[1].index(" exact") - 1  # right-aligned
+    assert lines[0].split() == ["Model", "Provider", "Context", "In", "$/Mtok", "Out", "$/Mtok", "Counting"]
+    assert lines[2].split() == ["gpt-4o", "openai", "128,000", "2.5", "10", "exact"]
+    assert lines[0].index("Counting") == lines[2].index("exact")  # columns line up
+    assert lines[0].index("Out $/Mtok") + len("Out $/Mtok") == lines[2].index(" exact") - 1  # right-aligned
+
+
+def test_models_fit_80_and_120_columns() -> None:
+    from tests.test_cli_tables import assert_readable
+    from tokenledger.cli.catalog_cmds import models_grid
+
+    grid = models_grid(catalog.search("", limit=400))
+    for width in (80, 120):
+        assert_readable(grid, width)
 
 
 def test_models_json_and_provider(capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,7 +166,9 @@ def test_runs_as_a_module() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.splitlines()[1].startswith("gpt-4o ")
+    lines = completed.stdout.splitlines()
+    rule = next(i for i, line in enumerate(lines) if set(line.strip()) == {"─"})  # under the header
+    assert lines[rule + 1].startswith("gpt-4o ")
 
 
 # --- the seeds' models, retirement and dates ------------------------------------------------------
@@ -208,11 +220,11 @@ def test_models_retired_lists_them_with_their_last_date(capsys: pytest.CaptureFi
     code, out, _ = run(capsys, "models", "--retired", "claude-3-5-haiku-2024")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[-2:] == ["LAST", "LISTED"]
-    assert lines[1].split() == ["claude-3-5-haiku-20241022", "anthropic", "200,000", "0.8", "4", "2026-03-01"]
+    assert lines[0].split()[-2:] == ["Last", "listed"]
+    assert lines[2].split() == ["claude-3-5-haiku-20241022", "anthropic", "200,000", "0.8", "4", "2026-03-01"]
     code, out, _ = run(capsys, "models", "claude-3-5-haiku-2024")  # listed today: Bedrock's, not Anthropic's
     assert code == 0
-    assert "claude-3-5-haiku-20241022" not in [line.split()[0] for line in out.splitlines()]
+    assert "claude-3-5-haiku-20241022" not in [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 def test_prices_history_shows_the_dated_prices(capsys: pytest.CaptureFixture[str]) -> None:

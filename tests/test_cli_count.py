@@ -124,7 +124,10 @@ def test_malformed_messages(
 def test_unreadable_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = count_with(capsys, "--file", str(tmp_path / "missing.txt"))
     assert code == 1
-    assert err.strip().endswith("cannot read it: No such file or directory")
+    assert (
+        err.strip()
+        == f"tokenledger: --file: cannot read {str(tmp_path / 'missing.txt')!r}: no such file or directory"
+    )
     binary = tmp_path / "blob.bin"
     binary.write_bytes(b"\xff\xfe\x00")
     code, _, err = count_with(capsys, "--file", str(binary))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -58,9 +58,14 @@ class Sampler:
 
 
 async def run_workers(
-    dsn: str, mode: str, plans: list[list[dict[str, Any]]], folder: Path
+    dsn: str,
+    mode: str,
+    plans: list[list[dict[str, Any]]],
+    folder: Path,
+    before_go: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[list[list[dict[str, Any]]], Sampler]:
-    """Start one worker process per plan, release them together, sample the ledger until all exit."""
+    """Start one worker process per plan, release them together, sample the ledger until all exit.
+    `before_go` runs once every worker is ready, just before they are released."""
     await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
     go = folder / "go"
     processes: list[Process] = []
@@ -102,6 +107,8 @@ async def run_workers(
         async with anyio.create_task_group() as group:
             group.start_soon(sampler.run)
             await anyio.sleep(0.05)  # the sampler is reading before anyone starts
+            if before_go is not None:
+                await before_go()
             go.write_text("go")
             with anyio.fail_after(120):
                 for process in processes:

@@ -464,7 +464,7 @@ async def test_track_counts_texts_when_counts_are_absent(ledger: Ledger) -> None
 
 
 async def test_prompts_are_recorded_by_hash_never_by_text(ledger: Ledger) -> None:
-    from tokenledger import reports
+    from tokenledger import privacy, reports
     from tokenledger.types import ChatMessage
 
     messages = [ChatMessage(role="user", content="What is our refund policy?")]
@@ -476,9 +476,10 @@ async def test_prompts_are_recorded_by_hash_never_by_text(ledger: Ledger) -> Non
     rows = await ledger.store._fetch_rows(
         "select prompt_hash, metadata from tl_usage order by recorded_at", ()
     )
+    key = (await ledger._tenant_keys("default")).prompt_key  # stored keyed per tenant (test_privacy)
     assert [r["prompt_hash"] for r in rows] == [
-        reports.prompt_hash(messages=messages),
-        reports.prompt_hash(text="hello there"),
+        privacy.keyed_prompt_hash(key, reports.prompt_hash(messages=messages)),
+        privacy.keyed_prompt_hash(key, reports.prompt_hash(text="hello there")),
     ]
     assert "refund" not in str(rows)
 

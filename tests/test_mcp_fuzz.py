@@ -195,6 +195,7 @@ async def seed(client: Client) -> dict[str, dict[str, Any]]:
         "report": {"view": "usage", "group_by": ["user"]},
         "manage_budget": {"action": "list"},
         "manage_schedule": {"action": "list"},
+        "budget_override": {"action": "list"},
         "prices": {"action": "get", "model": "gpt-4o"},
         "fit_messages": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
     }

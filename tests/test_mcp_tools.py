@@ -32,6 +32,7 @@ TOOLS = {
     "report",
     "manage_budget",
     "manage_schedule",
+    "budget_override",
     "prices",
     "fit_messages",
 }
@@ -315,7 +316,7 @@ async def test_resources_and_the_prompt(ledger: Ledger) -> None:
             await client.read_resource("tokenledger://models/no-such-model-xyz")
 
         prompts = await client.list_prompts()
-        assert [p.name for p in prompts.prompts] == ["cost_review"]
+        assert "cost_review" in [p.name for p in prompts.prompts]  # the Token Checker's: test_token_checker
         prompt = await client.get_prompt("cost_review", {"since": "30d"})
         message = prompt.messages[0].content
         assert isinstance(message, TextContent)
@@ -329,7 +330,9 @@ async def test_tool_list_is_small_and_annotated(ledger: Ledger) -> None:
         tokens = count_text(wire, encoding="o200k_base").tokens
         spaced = count_text(json.dumps(json.loads(wire)), encoding="o200k_base").tokens
         print(f"\ntools/list costs {tokens} o200k tokens as sent ({spaced} with json.dumps spacing)")
-        assert tokens < 3_300  # interim: the tool-surface work (issue 10) brings this back under 3,000
+        # Interim: the tool-surface work (issue 10) brings this back under 3,000. budget_override and
+        # check_budget's override_hint (issue 13) cost 202 of these tokens.
+        assert tokens < 3_500
         for tool in listed.tools:
             assert tool.description and len(tool.description) < 120, tool.name
             assert tool.annotations is not None and tool.output_schema is not None, tool.name

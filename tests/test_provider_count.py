@@ -254,6 +254,7 @@ def test_settings_from_the_command_line(
     monkeypatch.setenv("TOKENLEDGER_DATABASE_URL", dsn)
     assert main(["settings", "set", "provider_counting", "true"]) == 0
     assert main(["settings", "list"]) == 0
-    assert capsys.readouterr().out == "provider_counting = true\nprovider_counting = true\n"
+    out = capsys.readouterr().out
+    assert out == "provider_counting = true\nprovider_counting = true\npseudonymize_users = false\n"
     assert main(["settings", "set", "provider_counting", "maybe"]) == 1
     assert "value: 'maybe' is not allowed; a JSON value" in capsys.readouterr().err

@@ -284,13 +284,16 @@ async def test_a_report_past_the_time_limit_is_stopped(dsn: str) -> None:
             assert (await ledger.report(ReportQuery(view="summary"))).totals is not None
 
 
-async def test_report_connections_only_read_and_the_limit_is_the_transactions(store: Store) -> None:
+async def test_report_connections_only_read_and_the_limit_is_the_transactions(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = (
         "current_setting('transaction_read_only') as read_only, current_setting('statement_timeout') as limit"
     )
     assert await store._fetch_report_rows(f"select {settings}", {}) == [{"read_only": "on", "limit": "30s"}]
-    with pytest.raises(TokenLedgerError, match="25006"):  # read_only_sql_transaction
+    with pytest.raises(TokenLedgerError, match="internal error"):  # logged under an id, with its cause:
         await store._fetch_report_rows("create table tl_scratch (n int)", {})
+    assert "read-only transaction" in caplog.text  # read_only_sql_transaction (25006)
     async with store.report_pool.connection() as conn:  # the same connection, outside a report
         cursor = await conn.execute("show statement_timeout")
         assert await cursor.fetchone() == ("0",)

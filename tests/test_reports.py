@@ -78,6 +78,7 @@ async def test_summary_totals(ledger: Ledger) -> None:
         "cost_usd": "1.65",
         "unpriced_requests": 0,
         "errors": 1,
+        "downgrades": 0,
         "success_rate": 0.75,
         "avg_tokens_per_request": 1_070.0,
     }

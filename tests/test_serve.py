@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -159,25 +160,34 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_client_config_examples_start_this_server() -> None:
-    """The stdio entries run `serve --transport stdio`; the HTTP entries point at `make run`'s /mcp."""
-    from tokenledger.cli import build_parser
+    """The examples are what `tokenledger install` writes (without its mark), for an absolute path: the
+    stdio entries run `serve --transport stdio`, the HTTP entries point at `make run`'s /mcp and name
+    the key by reference."""
+    from tokenledger.cli import build_parser, clients
     from tokenledger.cli.serve import DEFAULT_HOST, DEFAULT_PORT
 
     url = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/mcp"
-    desktop = json.loads((ROOT / "mcp.json.example").read_text())["mcpServers"]
+    machine = clients.Machine("linux", Path("/home/YOU"), {}, ROOT)
+    [kilocode, _] = clients.targets("kilocode", "user", machine)
+    [vscode_target] = clients.targets("vscode", "project", machine)
+    kilo = json.loads((ROOT / "mcp.json.example").read_text())["mcpServers"]
     vscode = json.loads((ROOT / ".vscode" / "mcp.json.example").read_text())
-    for stdio in (desktop["tokenledger"], vscode["servers"]["tokenledger"]):
-        assert stdio["command"] == "tokenledger" and "TOKENLEDGER_HOME" in stdio["env"]
+
+    def unmarked(entry: dict[str, Any]) -> dict[str, Any]:
+        for part in ("env", "headers"):
+            if part in entry:
+                entry[part] = {
+                    k: v for k, v in entry[part].items() if k not in (clients.MARK_ENV, clients.MARK_HEADER)
+                }
+        return entry
+
+    for target, servers in ((kilocode, kilo), (vscode_target, vscode["servers"])):
+        stdio = servers["tokenledger"]
+        assert Path(stdio["command"]).is_absolute() and stdio["command"].endswith("/bin/tokenledger")
         args = build_parser().parse_args(stdio["args"])
         assert (args.command, args.transport) == ("serve", "stdio")
-    assert vscode["servers"]["tokenledger"]["type"] == "stdio"
-    http_entries = (desktop["tokenledger-http"], vscode["servers"]["tokenledger-http"])
-    assert [entry["type"] for entry in http_entries] == ["streamable-http", "http"]
-    for entry in http_entries:
-        assert entry["url"] == url and entry["headers"]["Authorization"].startswith("Bearer ")
-    key_input = vscode["inputs"][0]
-    assert key_input["password"] is True
-    assert (
-        vscode["servers"]["tokenledger-http"]["headers"]["Authorization"]
-        == f"Bearer ${{input:{key_input['id']}}}"
-    )
+        assert stdio == unmarked(
+            clients.stdio_entry(target, [stdio["command"], *stdio["args"]], stdio["env"])
+        )
+        assert servers["tokenledger-http"] == unmarked(clients.http_entry(target, url, "TOKENLEDGER_KEY"))
+    assert vscode["inputs"] == [clients.vscode_key_input()]

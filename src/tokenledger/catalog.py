@@ -11,6 +11,12 @@ names whose base model is listed, and hosted or routed names (`azure/`, `bedrock
 `openrouter/`, ...): the host's own entry where the price list has one, else the model it serves at
 its maker's price, with a warning. Local runtimes (`ollama/`, `lm_studio/`, `vllm/`, ...) are priced
 $0 as local. Costs: see `tokenledger.pricing`.
+
+Catalog updates (`tokenledger catalog update`, stored in the database) are applied over the bundled
+catalog, oldest first: a model an update lists gets a new dated price from the update's moment where its
+price changed (earlier prices stay as they were), a model it adds joins the catalog, and a model of a
+provider it covers that it no longer lists is retired. An update dated before the bundled snapshot is
+superseded by it (a newer release already carries newer prices) and left out.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import difflib
 import functools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -28,12 +35,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from tokenledger.errors import InvalidInput, UnknownModel
 from tokenledger.families import FIRST_PARTY, bare_name, counting, family_of
+from tokenledger.pricelist import flatten
 from tokenledger.pricing import cost
-from tokenledger.types import DatedPrice, ModelInfo, Price
+from tokenledger.types import Amount, DatedPrice, Model, ModelInfo, Price
 
-__all__ = ["Catalog", "Snapshot", "cheapest", "cost", "default_catalog", "resolve", "search"]
+__all__ = [
+    "Catalog",
+    "CatalogDiff",
+    "CatalogUpdate",
+    "Snapshot",
+    "cheapest",
+    "cost",
+    "default_catalog",
+    "resolve",
+    "search",
+]
 
 # Prefixes callers put before a maker's model name (litellm, OpenRouter, Hugging Face style) -> maker.
 PROVIDER_PREFIXES = {
@@ -112,6 +132,52 @@ class Snapshot:
     releases: tuple[tuple[str, dt.date], ...] = ()  # (litellm version, date), oldest first
 
 
+@dataclass(frozen=True)
+class CatalogUpdate:
+    """A price list an operator loaded (`tokenledger catalog update`), as stored in the database."""
+
+    update_id: int
+    effective_from: datetime  # its prices are in force from this moment on
+    source_name: str
+    source_kind: str  # litellm or openrouter
+    sha256: str
+    models: int
+    entries: dict[str, dict[str, Any]]  # by lower-cased name: tokenledger.pricefile.PriceFile.entries
+    created_at: datetime | None = None
+    created_by: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"catalog update {self.update_id} ({self.source_name})"
+
+
+class RateChange(Model):
+    rate: str  # "input", "batch.output", "tiers.200000.input", ...
+    old: Amount | None  # USD per token; None: not published before
+    new: Amount | None  # None: no longer published
+
+
+class ModelChange(Model):
+    name: str
+    provider: str
+    context_window: int | None = None
+    input: Amount | None = None  # USD per token, the new standard rates (for added models)
+    output: Amount | None = None
+    changes: list[RateChange] = Field(default_factory=list)
+
+
+class CatalogDiff(Model):
+    """What a price list would change in the catalog in force: models added (or listed again after their
+    retirement), retired (of a provider the list covers, no longer listed) and price changes."""
+
+    added: list[ModelChange] = Field(default_factory=list)
+    relisted: list[ModelChange] = Field(default_factory=list)
+    retired: list[ModelChange] = Field(default_factory=list)
+    changed: list[ModelChange] = Field(default_factory=list)
+    unchanged: int = 0
+    providers: list[str] = Field(default_factory=list)  # the providers the list covers
+
+
 @dataclass
 class _Index:
     snapshot: Snapshot
@@ -124,6 +190,13 @@ class _Index:
     versions: dict[str, str]  # release date -> litellm version
     prices: dict[tuple[str, int], Price] = field(default_factory=dict)  # (name, index in its prices)
     infos: dict[str, ModelInfo] = field(default_factory=dict)  # entries built so far
+    labels: dict[str, str] = field(default_factory=dict)  # a price's "from" -> the list it came from
+    last_listed: dict[str, str] = field(default_factory=dict)  # name -> the "from" of the last listing
+    applied: list[CatalogUpdate] = field(default_factory=list)  # updates over the bundled catalog
+    superseded: list[CatalogUpdate] = field(default_factory=list)  # older than the bundled snapshot
+
+    def label(self, since: str) -> str:
+        return self.labels.get(since, "litellm ?")
 
     def entry(self, key: str) -> dict[str, Any]:
         found = self.entries[key]
@@ -214,10 +287,62 @@ def _load(path: Path) -> _Index:
         releases=releases,
     )
     versions = {day.isoformat(): version for version, day in releases}
-    return _Index(snapshot, entries, providers, retired, aliases, alias_names, versions)
+    labels = {day: f"litellm {version}" for day, version in versions.items()}
+    return _Index(snapshot, entries, providers, retired, aliases, alias_names, versions, labels=labels)
+
+
+def _apply_update(index: _Index, update: CatalogUpdate) -> None:
+    """Apply a catalog update over the index (see the module docstring): a changed price becomes a new
+    dated price from the update's moment, never a change of an earlier one."""
+    if update.effective_from <= _midnight(index.snapshot.date.isoformat()):
+        index.superseded.append(update)
+        return
+    since = update.effective_from.astimezone(UTC).isoformat()
+    index.labels[since] = update.label
+    for key, listed in update.entries.items():
+        price = listed.get("price") or {}
+        if key in index.entries:
+            current = index.entry(key)
+            prices = list(current["prices"])
+            last = {k: v for k, v in prices[-1].items() if k != "from"}
+            if flatten(price) != flatten(last):
+                prices.append({"from": since, **price})
+            model = {
+                k: v
+                for k, v in current.items()
+                if k not in ("retired", "context_window", "max_output_tokens")
+            }
+        else:
+            prices = [{"from": since, **price}]
+            model = {"name": listed["name"], "provider": listed["provider"]}
+        for limit in ("context_window", "max_output_tokens"):
+            if listed.get(limit) is not None:
+                model[limit] = listed[limit]
+        model["prices"] = prices
+        index.entries[key], index.providers[key] = model, model["provider"]
+        index.retired.discard(key)
+        index.last_listed[key] = since
+        for alias in listed.get("aliases", ()):
+            if alias.lower() not in index.entries and alias.lower() not in index.aliases:
+                index.aliases[alias.lower()] = key
+                index.alias_names.setdefault(key, []).append(alias)
+    covered = {listed["provider"] for listed in update.entries.values()}
+    for key, provider in index.providers.items():
+        if provider in covered and key not in update.entries and key not in index.retired:
+            index.entries[key] = {
+                **index.entry(key),
+                "retired": index.last_listed.get(key, index.snapshot.date.isoformat()),
+            }
+            index.retired.add(key)
+    index.prices.clear()
+    index.infos.clear()
+    index.applied.append(update)
 
 
 def _midnight(day: str) -> datetime:
+    """The moment a dated price starts: a day's midnight UTC, or an update's own moment."""
+    if len(day) > 10:
+        return datetime.fromisoformat(day)
     return datetime.combine(date.fromisoformat(day), time(), tzinfo=UTC)
 
 
@@ -270,17 +395,38 @@ def _served_names(host: str, rest: str) -> list[str]:
 
 
 class Catalog:
-    """Models and prices from a catalog file (the bundled one by default), loaded on first use."""
+    """Models and prices from a catalog file (the bundled one by default) and the catalog updates given,
+    oldest first; loaded on first use (or by `load`)."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self._path = path
+    def __init__(self, path: Path | None = None, updates: Sequence[CatalogUpdate] = ()) -> None:
+        self.path = path
+        self.updates = tuple(sorted(updates, key=lambda update: update.update_id))
 
     # Pricing needs no catalog data; offered here too so code holding a Catalog can price with it.
     cost = staticmethod(cost)
 
     @functools.cached_property
     def _index(self) -> _Index:
-        return _load(self._path or _bundled_path())
+        index = _load(self.path or _bundled_path())
+        for update in self.updates:
+            _apply_update(index, update)
+        return index
+
+    def load(self) -> Catalog:
+        """Read the catalog and apply its updates now (a process does it before swapping catalogs, so
+        that no call pays for it); returns the catalog."""
+        _ = self._index
+        return self
+
+    @property
+    def applied_updates(self) -> list[CatalogUpdate]:
+        """The updates in force over the bundled catalog, oldest first."""
+        return list(self._index.applied)
+
+    @property
+    def superseded_updates(self) -> list[CatalogUpdate]:
+        """Updates older than the bundled snapshot, which carries newer prices: left out."""
+        return list(self._index.superseded)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -332,13 +478,12 @@ class Catalog:
         history = []
         for index, dated in enumerate(prices):
             following = prices[index + 1]["from"] if index + 1 < len(prices) else None
-            version = self._index.versions.get(dated["from"], "?")
             history.append(
                 DatedPrice(
                     effective_from=_midnight(dated["from"]),
                     effective_until=None if following is None else _midnight(following),
                     price=_copy_price(self._index.price(resolved.key, index)),
-                    source=f"litellm {version}",
+                    source=self._index.label(dated["from"]),
                 )
             )
         return history
@@ -446,10 +591,10 @@ class Catalog:
         retired = entry.get("retired")
         warnings = []
         if retired is not None:
-            version = self._index.versions.get(retired, "?")
             warnings.append(
-                f"{name} is retired: the price list last listed it on {retired} (litellm {version}); "
-                "its provider retired it or no longer publishes its price. Priced at its last listed price"
+                f"{name} is retired: the price list last listed it on {retired[:10]} "
+                f"({self._index.label(retired)}); its provider retired it or no longer publishes its price. "
+                "Priced at its last listed price"
             )
         return ModelInfo(
             name=name,
@@ -462,9 +607,42 @@ class Catalog:
             aliases=list(self._index.alias_names.get(key, ())),
             effective_from=_midnight(current["from"]),
             retired=retired is not None,
-            last_listed=None if retired is None else date.fromisoformat(retired),
+            last_listed=None if retired is None else date.fromisoformat(retired[:10]),
             warnings=warnings,
         )
+
+    def diff(self, entries: dict[str, dict[str, Any]]) -> CatalogDiff:
+        """What applying a price list's entries (by lower-cased name, as `tokenledger.pricefile` reads
+        them) would change in this catalog."""
+        index = self._index
+        covered = sorted({listed["provider"] for listed in entries.values()})
+        diff = CatalogDiff(providers=covered)
+        for key in sorted(entries):
+            listed = entries[key]
+            new = flatten(listed.get("price") or {})
+            if key not in index.entries:
+                diff.added.append(_listing(listed))
+                continue
+            last = index.entry(key)["prices"][-1]
+            old = flatten({k: v for k, v in last.items() if k != "from"})
+            changes = [
+                RateChange(
+                    rate=".".join(map(str, path)), old=_decimal(old.get(path)), new=_decimal(new.get(path))
+                )
+                for path in sorted(set(old) | set(new), key=lambda path: tuple(map(str, path)))
+                if old.get(path) is None or new.get(path) is None or Decimal(old[path]) != Decimal(new[path])
+            ]
+            if key in index.retired:
+                diff.relisted.append(_listing(listed, changes))
+            elif changes:
+                diff.changed.append(_listing(listed, changes))
+            else:
+                diff.unchanged += 1
+        for key, provider in index.providers.items():
+            if provider in covered and key not in entries and key not in index.retired:
+                diff.retired.append(ModelChange(name=index.entry(key)["name"], provider=provider))
+        diff.retired.sort(key=lambda change: (change.provider, change.name.lower()))
+        return diff
 
     def _lookup(self, names: list[str]) -> str | None:
         """Return the key of the first of `names` (each with its candidates) the catalog lists."""
@@ -545,6 +723,22 @@ class Catalog:
         with contextlib.suppress(InvalidInput):  # not in the catalog: nothing more to leave out
             keys.add(self.resolve(exclude).name.lower())
         return keys
+
+
+def _decimal(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def _listing(listed: dict[str, Any], changes: list[RateChange] | None = None) -> ModelChange:
+    price = listed.get("price") or {}
+    return ModelChange(
+        name=listed["name"],
+        provider=listed["provider"],
+        context_window=listed.get("context_window"),
+        input=_decimal(price.get("input")),
+        output=_decimal(price.get("output")),
+        changes=changes or [],
+    )
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field
 
-from tokenledger.types import BudgetState, Model, Role, UsageRow
+from tokenledger.types import BudgetState, FxRate, Model, Override, Role, UsageRow
 
 __all__ = [
     "Chargeback",
@@ -90,6 +90,11 @@ class Dashboard(Model):
     top_models: list[UsageRow] = Field(default_factory=list)
     decisions: list[Decision] = Field(default_factory=list)
     alerts: list[OpenAlert] = Field(default_factory=list)
+    # Every amount of money above is in this currency: USD as recorded, or converted at fx_rates (each
+    # day's and group's cost at its date's rate, a usd budget's at its period start's).
+    currency: str = "USD"
+    fx_rates: list[FxRate] = Field(default_factory=list)
+    overrides: list[Override] = Field(default_factory=list)  # an admin's tenant's, a member's own
 
 
 Cells = dict[str, str | int | float | bool | None]
@@ -150,20 +155,22 @@ def _plain(value: Decimal | int) -> str:
     return format(normalized if normalized != 0 else Decimal(0), "f")
 
 
-def usd(value: Decimal) -> str:
-    """Dollars for people: cents from $1 up, four decimals below (a cheap model's day is often < 1¢)."""
+def usd(value: Decimal, currency: str = "USD") -> str:
+    """Money for people: cents from 1 up, four decimals below (a cheap model's day is often < 1¢); `$`
+    for USD, the ISO code before the amount for another currency."""
+    sign = "$" if currency == "USD" else f"{currency} "
     if value == 0:
-        return "$0"
+        return f"{sign}0"
     places = Decimal("0.01") if abs(value) >= 1 else Decimal("0.0001")
-    return f"${value.quantize(places, rounding=ROUND_HALF_UP):,}"
+    return f"{sign}{value.quantize(places, rounding=ROUND_HALF_UP):,}"
 
 
 def tokens(value: Decimal | int) -> str:
     return f"{int(value):,}"
 
 
-def amount(value: Decimal, unit: str) -> str:
-    return usd(value) if unit == "usd" else f"{tokens(value)} tokens"
+def amount(value: Decimal, unit: str, currency: str = "USD") -> str:
+    return usd(value, currency) if unit == "usd" else f"{tokens(value)} tokens"
 
 
 def _moment(value: datetime | None, zone: ZoneInfo) -> str:
@@ -260,8 +267,9 @@ def _page(title: str, body: str, css: str = "") -> str:
     )
 
 
-def render(data: Dashboard, *, now: datetime | None = None) -> str:
-    """The dashboard page for `data`."""
+def render(data: Dashboard, *, now: datetime | None = None, csrf: str | None = None) -> str:
+    """The dashboard page for `data`; an admin's page (with `csrf`, its form token) approves and denies
+    override requests."""
     now = now or datetime.now(UTC)
     zone = ZoneInfo(data.timezone)
     who = f"tenant {data.tenant} · {data.role}" + (f" · user {data.user}" if data.user else "")
@@ -273,20 +281,37 @@ def render(data: Dashboard, *, now: datetime | None = None) -> str:
         "</div></header>"
     )
     days = len(data.daily)
+    currency = data.currency
     parts = [
         _cards(data, days),
-        _budgets(data.budgets, zone, now),
+        _budgets(data.budgets, zone, now, currency),
         f'<section id="spend"><h2>Spend per day<small>last {days} days, {escape(data.timezone)}, '
-        f"{escape(scope)}</small></h2>{spend_chart(data.daily)}</section>",
+        f"{escape(scope)}</small></h2>{spend_chart(data.daily, currency)}</section>",
         _tops(data),
         '<div class="grid2">',
         _decisions(data.decisions, zone),
-        _alerts(data.alerts, zone),
+        _alerts(data.alerts, zone, currency),
         "</div>",
+        _overrides(data, zone, csrf) if data.role != "viewer" else "",
+        _fx_note(data),
         f"<footer>Generated {escape(_moment(now, zone))} {escape(data.timezone)} · "
         f"window {escape(_moment(data.since, zone))} – {escape(_moment(data.until, zone))}</footer>",
     ]
-    return _page(f"{TITLE} — {data.tenant}", header + "<main>" + "".join(parts) + "</main>")
+    return _page(f"{TITLE} — {data.tenant}", header + "<main>" + "".join(parts) + "</main>", _OVERRIDE_CSS)
+
+
+def _fx_note(data: Dashboard) -> str:
+    """Which rates turned the recorded USD into the currency shown."""
+    if data.currency == "USD":
+        return ""
+    rates = ", ".join(
+        f"{_plain(rate.rate)} from {rate.effective_from.date().isoformat()}" for rate in data.fx_rates
+    )
+    return (
+        f'<p class="sub" id="fx" data-currency="{escape(data.currency)}">Amounts in {escape(data.currency)} '
+        f"at this tenant's rates ({escape(data.currency)} per USD: {escape(rates or 'none needed')}); each "
+        "day's cost at its date's rate, each usd budget at its period start's. Costs are recorded in USD.</p>"
+    )
 
 
 def _cards(data: Dashboard, days: int) -> str:
@@ -294,7 +319,7 @@ def _cards(data: Dashboard, days: int) -> str:
     at_risk = sum(1 for b in data.budgets if b.status != "ok")
     window = f" · {days} days"
     cards = [
-        ("Spend" + window, usd(totals.cost_usd), "total-cost", _plain(totals.cost_usd)),
+        ("Spend" + window, usd(totals.cost_usd, data.currency), "total-cost", _plain(totals.cost_usd)),
         ("Tokens" + window, tokens(totals.total_tokens), "total-tokens", _plain(totals.total_tokens)),
         ("Requests" + window, tokens(totals.requests), "total-requests", _plain(totals.requests)),
         ("Budgets at warning or over", str(at_risk), "budgets-at-risk", str(at_risk)),
@@ -315,15 +340,17 @@ def _cards(data: Dashboard, days: int) -> str:
     return f'<div class="cards">{html}</div>{unpriced}'
 
 
-def _budgets(budgets: Sequence[BudgetState], zone: ZoneInfo, now: datetime) -> str:
+def _budgets(budgets: Sequence[BudgetState], zone: ZoneInfo, now: datetime, currency: str = "USD") -> str:
     if not budgets:
         return '<section id="budgets"><h2>Budgets</h2><p class="empty">No budgets apply.</p></section>'
     rows = []
     for b in budgets:
         percent = max(0.0, min(b.percent_used, 100.0))
-        limit_note = f"limit {amount(b.limit, b.unit)}"
+        limit_note = f"limit {amount(b.limit, b.unit, currency)}"
         if b.hard_limit is not None:
-            limit_note += f", hard {amount(b.hard_limit, b.unit)}"
+            limit_note += f", hard {amount(b.hard_limit, b.unit, currency)}"
+        if b.override:
+            limit_note += f", {amount(b.override, b.unit, currency)} of it by override"
         attrs = _attrs(
             budget=b.name,
             unit=b.unit,
@@ -340,11 +367,11 @@ def _budgets(budgets: Sequence[BudgetState], zone: ZoneInfo, now: datetime) -> s
             f'<td><div class="name">{escape(b.name)}</div><div class="sub">{escape(b.scope)} · '
             f"{escape(b.enforcement)}</div></td>"
             f'<td>{escape(b.period)}<div class="sub">{escape(b.timezone)}</div></td>'
-            f'<td class="num">{escape(amount(b.used, b.unit))}'
+            f'<td class="num">{escape(amount(b.used, b.unit, currency))}'
             f'<div class="bar {escape(b.status)}"><span style="width:{percent:.1f}%"></span></div>'
             f'<div class="sub">{escape(limit_note)}</div></td>'
-            f'<td class="num">{escape(amount(b.reserved, b.unit))}</td>'
-            f'<td class="num">{escape(amount(b.remaining, b.unit))}</td>'
+            f'<td class="num">{escape(amount(b.reserved, b.unit, currency))}</td>'
+            f'<td class="num">{escape(amount(b.remaining, b.unit, currency))}</td>'
             f'<td class="num">{b.percent_used:.1f}%</td>'
             f'<td><span class="pill {escape(b.status)}">{escape(b.status)}</span></td>'
             f'<td>{escape(_until(b.resets_at, now))}<div class="sub">'
@@ -357,7 +384,7 @@ def _budgets(budgets: Sequence[BudgetState], zone: ZoneInfo, now: datetime) -> s
     return f'<section id="budgets"><h2>Budgets</h2><table>{head}{"".join(rows)}</table></section>'
 
 
-def spend_chart(daily: Sequence[DailySpend]) -> str:
+def spend_chart(daily: Sequence[DailySpend], currency: str = "USD") -> str:
     """Daily cost as an inline SVG bar chart, with a title (tooltip) per bar."""
     if not daily:
         return '<p class="empty">No days in this window.</p>'
@@ -376,14 +403,16 @@ def spend_chart(daily: Sequence[DailySpend]) -> str:
         value = scale * step / 4
         y = top + plot_h - plot_h * step / 4
         parts.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(usd(value))}</text>')
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(usd(value, currency))}</text>'
+        )
     for index, day in enumerate(daily):
         share = float(day.cost_usd / scale) if scale > 0 else 0.0
         bar_h = plot_h * share
         x = left + slot * index + (slot - bar_w) / 2
         y = top + plot_h - bar_h
         tip = (
-            f"{day.day.isoformat()}: {usd(day.cost_usd)} · {tokens(day.total_tokens)} tokens · "
+            f"{day.day.isoformat()}: {usd(day.cost_usd, currency)} · {tokens(day.total_tokens)} tokens · "
             f"{day.requests} requests"
         )
         attrs = _attrs(
@@ -419,12 +448,12 @@ def _tops(data: Dashboard) -> str:
     groups = [("project", "Top projects", data.top_projects), ("model", "Top models", data.top_models)]
     if data.user is None:
         groups.insert(0, ("user", "Top users", data.top_users))
-    sections = "".join(_top_table(key, title, rows) for key, title, rows in groups)
+    sections = "".join(_top_table(key, title, rows, data.currency) for key, title, rows in groups)
     layout = "grid3" if len(groups) == 3 else "grid2"
     return f'<div class="{layout}" style="margin-bottom:18px">{sections}</div>'
 
 
-def _top_table(key: str, title: str, rows: Sequence[UsageRow]) -> str:
+def _top_table(key: str, title: str, rows: Sequence[UsageRow], currency: str = "USD") -> str:
     if not rows:
         body = '<p class="empty">No usage in this window.</p>'
     else:
@@ -441,7 +470,8 @@ def _top_table(key: str, title: str, rows: Sequence[UsageRow]) -> str:
             )
             lines.append(
                 f"<tr{attrs}>"
-                f'<td class="name">{escape(shown)}</td><td class="num">{escape(usd(row.cost_usd))}</td>'
+                f'<td class="name">{escape(shown)}</td>'
+                f'<td class="num">{escape(usd(row.cost_usd, currency))}</td>'
                 f'<td class="num">{escape(tokens(row.total_tokens))}</td>'
                 f'<td class="num">{escape(tokens(row.requests))}</td></tr>'
             )
@@ -472,7 +502,7 @@ def _decisions(decisions: Sequence[Decision], zone: ZoneInfo) -> str:
     return f'<section id="denials">{title}{body}</section>'
 
 
-def _alerts(alerts: Sequence[OpenAlert], zone: ZoneInfo) -> str:
+def _alerts(alerts: Sequence[OpenAlert], zone: ZoneInfo, currency: str = "USD") -> str:
     if not alerts:
         body = '<p class="empty">No alerts in the current periods.</p>'
     else:
@@ -489,13 +519,68 @@ def _alerts(alerts: Sequence[OpenAlert], zone: ZoneInfo) -> str:
                 f"<tr{attrs}>"
                 f'<td class="when">{escape(_moment(a.created_at, zone))}</td>'
                 f'<td class="name">{escape(a.budget)}</td>'
-                f'<td>{escape(what)}<div class="sub">{escape(amount(a.used, a.unit))} of '
-                f"{escape(amount(a.limit, a.unit))}</div></td>"
+                f'<td>{escape(what)}<div class="sub">{escape(amount(a.used, a.unit, currency))} of '
+                f"{escape(amount(a.limit, a.unit, currency))}</div></td>"
                 f'<td><span class="pill {state}">{state}</span></td></tr>'
             )
         head = "<tr><th>When</th><th>Budget</th><th>Alert</th><th>Delivery</th></tr>"
         body = f"<table>{head}{''.join(lines)}</table>"
     return f'<section id="alerts"><h2>Open alerts<small>current periods</small></h2>{body}</section>'
+
+
+_OVERRIDE_CSS: Final = """
+form.decide { display:flex; gap:6px; flex-wrap:wrap; }
+form.decide input { font:inherit; padding:3px 6px; border:1px solid var(--line); border-radius:6px;
+    min-width:180px; }
+form.decide button { font:inherit; padding:3px 10px; border:1px solid var(--line); border-radius:6px;
+    background:#fff; cursor:pointer; }
+.pill.approved { background:#e3f4ea; color:#1f6e40; } .pill.denied { background:#fbe4e4; color:#a32626; }
+.pill.expired, .pill.cancelled { background:#eef0f5; color:#4a5568; }
+"""
+
+
+def _overrides(data: Dashboard, zone: ZoneInfo, csrf: str | None) -> str:
+    """Override requests: a member's own; an admin's tenant's, each pending one with approve and deny
+    (a POST to /dashboard/overrides carrying the page's form token)."""
+    deciding = data.role == "admin" and csrf is not None
+    if not data.overrides:
+        body = '<p class="empty">No override requests.</p>'
+    else:
+        lines = []
+        for o in data.overrides:
+            attrs = _attrs(override=o.override_id, override_budget=o.budget, override_status=o.status)
+            decided = ""
+            if o.decided_by:
+                decided = f"{o.status} by {o.decided_by}" + (
+                    f": {o.decision_reason}" if o.decision_reason else ""
+                )
+            action = ""
+            if deciding and o.status == "pending":
+                action = (
+                    '<form class="decide" method="post" action="/dashboard/overrides">'
+                    f'<input type="hidden" name="csrf" value="{escape(csrf or "", quote=True)}">'
+                    f'<input type="hidden" name="id" value="{o.override_id}">'
+                    '<input name="reason" maxlength="500" placeholder="reason (required to deny)">'
+                    '<button type="submit" name="action" value="approve">Approve</button>'
+                    '<button type="submit" name="action" value="deny">Deny</button></form>'
+                )
+            lines.append(
+                f"<tr{attrs}>"
+                f'<td class="when">{escape(_moment(o.requested_at, zone))}</td>'
+                f'<td class="name">{escape(o.budget)}<div class="sub">{escape(o.scope)}</div></td>'
+                f'<td class="num">+{escape(amount(o.amount, o.unit))}</td>'
+                f'<td class="when">{escape(_moment(o.until, zone))}</td>'
+                f'<td>{escape(o.user or o.requested_by)}<div class="sub">{escape(o.reason)}</div></td>'
+                f'<td><span class="pill {escape(o.status)}">{escape(o.status)}</span>'
+                f'<div class="sub">{escape(decided)}</div>{action}</td></tr>'
+            )
+        head = (
+            '<tr><th>Asked</th><th>Budget</th><th class="num">More</th><th>Until</th><th>Who / why</th>'
+            "<th>State</th></tr>"
+        )
+        body = f"<table>{head}{''.join(lines)}</table>"
+    whose = "this tenant's" if data.role == "admin" else "yours"
+    return f'<section id="overrides"><h2>Override requests<small>{whose}</small></h2>{body}</section>'
 
 
 # --- the chargeback statement ------------------------------------------------------------------

@@ -18,6 +18,9 @@ class InvalidInput(TokenLedgerError, ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
+        if value is None:  # a value that was needed and not given
+            super().__init__(f"{field}: missing; {allowed}")
+            return
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."

@@ -15,19 +15,20 @@ import secrets
 import statistics
 import time
 from collections.abc import Callable, Collection, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from tokenledger import dashboard as dashboards
-from tokenledger import plpython_counting, reports, schedules, tokens
-from tokenledger.catalog import Catalog, cost
+from tokenledger import fx, plpython_counting, privacy, reports, schedules, tokens
+from tokenledger.catalog import Catalog, CatalogDiff, CatalogUpdate, cost
 from tokenledger.errors import InvalidInput, NotFound, PermissionDenied, TokenLedgerError, UnknownModel
+from tokenledger.pricefile import PriceFile
 from tokenledger.provider_count import (
     ENCODING_NAMES,
     PROVIDER_ERROR_BAND,
@@ -41,6 +42,10 @@ from tokenledger.types import (
     MAX_BACKDATE,
     MAX_IMPORT_AGE,
     MAX_METADATA_BYTES,
+    MAX_OVERRIDE_DAYS,
+    MAX_OVERRIDE_FACTOR,
+    MAX_OVERRIDE_REASON,
+    MAX_PENDING_OVERRIDES,
     Attribution,
     Budget,
     BudgetChange,
@@ -55,9 +60,15 @@ from tokenledger.types import (
     ExtendResult,
     FitRequest,
     FitResult,
+    FxRate,
     GroupKey,
     Method,
     ModelInfo,
+    Override,
+    OverrideNotice,
+    OverrideReason,
+    OverrideRequest,
+    OverrideStatus,
     Price,
     PriceSpec,
     Principal,
@@ -80,7 +91,7 @@ ATTRIBUTION_FIELDS = ("user", "session", "project", "team", "feature", "endpoint
 SCOPE_KINDS = ("team", "project", "user", "session", "feature", "endpoint")
 # Budget fields a `set` may clear with null; null on any other field keeps its value.
 CLEARABLE_BUDGET_FIELDS = frozenset(
-    {"hard_limit", "priority_shares", "rollover_cap", "tokens_per_minute", "requests_per_minute"}
+    {"hard_limit", "priority_shares", "rollover_cap", "tokens_per_minute", "requests_per_minute", "currency"}
 )
 # Estimates are calibrated from the provider's reported usage, one user one vote: a user's ratio is the
 # median of reported / estimated input over its latest settled calls (counted once it has MIN_CALLS). A
@@ -103,6 +114,8 @@ BUCKET_LENGTHS = {
 }
 # A tenant's settings are read at most this often per process; a change made here applies at once.
 TENANT_SETTINGS_TTL_SECONDS = 30.0
+# A tenant's secret (privacy keys) likewise: a rotation reaches the other processes within this time.
+TENANT_SECRET_TTL_SECONDS = 30.0
 # An estimate's error band: the 90th percentile of |actual / presented - 1| over the calls calibration
 # reads, once it has CALIBRATION_MIN_CALLS of them; never above this.
 ERROR_BAND_QUANTILE = 0.9
@@ -152,9 +165,13 @@ class Ledger:
         # (tenant, model) -> (per-user ratios, when they go stale): each user's factor derives from them.
         self._calibration: dict[tuple[str, str], tuple[dict[str, list[Decimal]], float]] = {}
         self._settings: dict[str, tuple[TenantSettings, float]] = {}
-        # (model name, UTC day or None for the current price) -> the catalog entry and price of a call
-        self._call_models: dict[tuple[str, date | None], tuple[ModelInfo, dict[str, Any]]] = {}
+        # model name -> its catalog entry and current price as tl_check takes it, for self._call_models_of
+        self._call_models: dict[str, tuple[ModelInfo, dict[str, Any]]] = {}
+        self._call_models_of: Catalog | None = None
+        self._keys: dict[str, tuple[privacy.TenantKeys, float]] = {}  # tenant -> keys, when they go stale
         self.metrics: Metrics | None = None  # the HTTP server's Prometheus metrics, when it serves them
+        self._catalog_version = max((update.update_id for update in self.catalog.updates), default=0)
+        self._catalog_refresh = anyio.Lock()  # one refresh at a time: a slower one never swaps in an older
 
     @classmethod
     async def open(
@@ -171,7 +188,10 @@ class Ledger:
             migrate=migrate,
             reports=settings.reports,
         )
-        return cls(store, provider_counter=ProviderCounter(settings.provider_counting))
+        ledger = cls(store, provider_counter=ProviderCounter(settings.provider_counting))
+        if migrate:  # the schema is there: take the catalog updates stored so far
+            await ledger.refresh_catalog()
+        return ledger
 
     async def close(self) -> None:
         await self.provider_counter.aclose()
@@ -236,22 +256,23 @@ class Ledger:
         may price its own); it applies the tenant's override in force at the call's time itself, so the
         price passed down is the catalog's (none for such a model).
 
-        Catalog models come from a per-process cache: resolving a name copies its entry and serialising
-        its price costs more than the rest of a check (issue 14). The entry is shared, so read-only; a
-        bundled price changes only at midnight UTC of its date, so a dated price is kept per UTC day."""
-        key = (name, None if at is None else at.astimezone(UTC).date())
-        cached = self._call_models.get(key)
-        if cached is not None:
+        A catalog model's entry and current price come from a per-process cache, kept while the catalog
+        in force is the same object (a refresh swaps it whole): resolving a name copies its entry and
+        serialising its price cost more than the rest of a check (issue 14). The entry is shared, so
+        read-only. A price at a given time is looked up each time (it may change at any moment)."""
+        catalog = self.catalog
+        if self._call_models_of is not catalog or len(self._call_models) >= CALL_MODEL_CACHE_SIZE:
+            self._call_models, self._call_models_of = {}, catalog
+        cached = self._call_models.get(name)
+        if cached is None:
+            try:
+                model = catalog.resolve(name)
+            except UnknownModel:
+                return await self.model_info(name, principal), _catalog_price(Price())
+            cached = self._call_models[name] = (model, _catalog_price(model.price))
+        if at is None:
             return cached
-        try:
-            model = self.catalog.resolve(name)
-        except UnknownModel:
-            return await self.model_info(name, principal), _catalog_price(Price())
-        price = model.price if at is None else self.catalog.price_at(name, at)
-        if len(self._call_models) >= CALL_MODEL_CACHE_SIZE:
-            self._call_models.clear()
-        self._call_models[key] = (model, _catalog_price(price))
-        return self._call_models[key]
+        return cached[0], _catalog_price(catalog.price_at(name, at))
 
     # --- counting ---------------------------------------------------------------------------------
 
@@ -373,11 +394,15 @@ class Ledger:
             ttl_seconds=request.ttl_seconds,
             catalog_price=catalog_price,
             method=method,
-            prompt_hash=request.prompt_hash or reports.prompt_hash(request.text, request.messages),
+            prompt_hash=await self._stored_prompt_hash(
+                principal.tenant_id,
+                request.prompt_hash or reports.prompt_hash(request.text, request.messages),
+            ),
             counted_input_tokens=counted,
         )
         result = CheckResult.model_validate(answer)
         result.budgets = _visible_states(principal, result.budgets)
+        _hint_override(result, principal)
         if factor is not None:
             result.calibration_factor = factor
         if request.input_tokens is None:
@@ -534,6 +559,85 @@ class Ledger:
         )
         return await self.tenant_settings(principal)
 
+    # --- privacy: pseudonyms for viewers, keyed prompt hashes ----------------------------------------
+
+    async def _tenant_keys(self, tenant: str) -> privacy.TenantKeys:
+        """The keys derived from the tenant's secret (created on first use), cached for a short while."""
+        cached = self._keys.get(tenant)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        secret = await self.store.tenant_secret(
+            tenant=tenant, candidate=secrets.token_bytes(privacy.SECRET_BYTES)
+        )
+        keys = privacy.TenantKeys.from_secret(secret)
+        self._keys[tenant] = (keys, time.monotonic() + TENANT_SECRET_TTL_SECONDS)
+        return keys
+
+    async def _stored_prompt_hash(self, tenant: str, plain_hash: str | None) -> str | None:
+        """The hash stored for a prompt whose SHA-256 is `plain_hash` (computed here or sent by the
+        client): keyed with the tenant's prompt key, so that short prompts cannot be found by guessing."""
+        if plain_hash is None:
+            return None
+        return privacy.keyed_prompt_hash((await self._tenant_keys(tenant)).prompt_key, plain_hash)
+
+    async def user_mask(self, principal: Principal) -> privacy.UserMask | None:
+        """What stands for user ids in what `principal` reads: pseudonyms for a viewer of a tenant whose
+        `pseudonymize_users` setting is on, else None (real ids: an admin; a member reads only its own
+        user). The setting is read now, not from a cache, so a viewer never sees ids it should not."""
+        if principal.role != "viewer":
+            return None
+        stored = await self.store.tenant_settings(tenant=principal.tenant_id)
+        if not self._remember_settings(principal.tenant_id, stored).pseudonymize_users:
+            return None
+        return privacy.UserMask(await self._tenant_keys(principal.tenant_id))
+
+    async def shown_user(self, principal: Principal, user_id: str | None) -> str | None:
+        """The user id as `principal` may read it: its pseudonym where `user_mask` gives one, else as is."""
+        mask = await self.user_mask(principal)
+        return user_id if mask is None else mask.user(user_id)
+
+    async def rotate_tenant_secret(self, principal: Principal | None = None) -> dict[str, Any]:
+        """Replace the tenant's secret (admin; audited, the secret never shown). Every pseudonym changes,
+        and prompt hashes from now on no longer match earlier ones (repeats group among themselves)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "rotate the tenant's secret")
+        rotated_at = await self.store.rotate_tenant_secret(
+            tenant=principal.tenant_id,
+            secret=secrets.token_bytes(privacy.SECRET_BYTES),
+            actor=principal.actor,
+        )
+        self._keys.pop(principal.tenant_id, None)
+        return {"tenant": principal.tenant_id, "rotated_at": rotated_at}
+
+    async def _masked_scope(
+        self, query: UsageQuery, principal: Principal, default_window: timedelta
+    ) -> tuple[dict[str, str], datetime, datetime, privacy.UserMask | None]:
+        """`_report_scope`, and the mask of the principal's user ids: a viewer's user filter must then be
+        a pseudonym, which stands for the user of the window's usage that has it (found by hashing the
+        window's user ids: one scan, as the report's own)."""
+        mask = await self.user_mask(principal)
+        filters, since, until = self._report_scope(query, principal, default_window)
+        if mask is not None and "user" in filters:
+            user_ids = await self.store.usage_user_ids(tenant=principal.tenant_id, since=since, until=until)
+            # '' names no user (attributions have at least one character): no rows, as for an unknown id.
+            filters["user"] = mask.real_user(filters["user"], user_ids) or ""
+        return filters, since, until, mask
+
+    async def _shown_budgets(self, principal: Principal, budgets: list[Budget]) -> list[Budget]:
+        """The budgets with their user scopes pseudonymised where `user_mask` says so."""
+        mask = await self.user_mask(principal)
+        if mask is None:
+            return budgets
+        return [
+            budget.model_copy(
+                update={
+                    "spec": budget.spec.model_copy(update={"scope": mask.scope(budget.spec.scope)}),
+                    "state": budget.state.model_copy(update={"scope": mask.scope(budget.state.scope)}),
+                }
+            )
+            for budget in budgets
+        ]
+
     # --- counting in SQL --------------------------------------------------------------------------
 
     async def counting_support(self) -> dict[str, Any]:
@@ -687,9 +791,12 @@ class Ledger:
             metadata=request.metadata,
             occurred_at=request.occurred_at,
             estimated_input_tokens=None,
-            prompt_hash=request.prompt_hash or reports.prompt_hash(request.input_text),
+            prompt_hash=await self._stored_prompt_hash(
+                principal.tenant_id, request.prompt_hash or reports.prompt_hash(request.input_text)
+            ),
             member_user=_member_user(principal),
             clock_skew=CLOCK_SKEW,
+            requested_model=request.requested_model,
         )
         result = TrackResult.model_validate(answer)
         result.budgets = _visible_states(principal, result.budgets)
@@ -776,6 +883,12 @@ class Ledger:
         base = current.spec.model_dump(mode="json") if current is not None else {}
         merged = BudgetSpec.model_validate({**base, **changes})
         _validate_budget(merged, await self.store.timezone_names())
+        if merged.currency is not None:  # the database converts the limits at the period start's rate
+            fx.check_currency(merged.currency, allow_base=False)
+            if merged.unit != "usd":
+                raise InvalidInput(
+                    "currency", merged.currency, "only with unit usd: a token budget has no price"
+                )
         answer = await self.store.set_budget(
             tenant=principal.tenant_id,
             actor=principal.actor,
@@ -783,7 +896,7 @@ class Ledger:
             expected_updated_at=None if current is None else current.updated_at,
             reset_counters=reset_counters,
         )
-        return Budget.model_validate(answer)
+        return (await self._with_currency_state(principal.tenant_id, [Budget.model_validate(answer)]))[0]
 
     async def get_budget(self, name: str, principal: Principal | None = None) -> Budget:
         """One budget the principal may read; another user's looks absent to a member."""
@@ -792,13 +905,16 @@ class Ledger:
         visible = _visible_budgets(principal, [Budget.model_validate(b) for b in found])
         if not visible:
             raise NotFound(f"name {name!r}: no such budget in this tenant")
-        return visible[0]
+        shown = await self._shown_budgets(principal, visible)
+        return (await self._with_currency_state(principal.tenant_id, shown))[0]
 
     async def list_budgets(self, principal: Principal | None = None) -> list[Budget]:
         """The budgets the principal may read (see `may_read_budget`), by name."""
         principal = principal or Principal()
         found = await self.store.budgets(tenant=principal.tenant_id)
-        return _visible_budgets(principal, [Budget.model_validate(b) for b in found])
+        visible = _visible_budgets(principal, [Budget.model_validate(b) for b in found])
+        shown = await self._shown_budgets(principal, visible)
+        return await self._with_currency_state(principal.tenant_id, shown)
 
     async def delete_budget(self, name: str, principal: Principal | None = None) -> BudgetSpec:
         principal = principal or Principal()
@@ -830,13 +946,155 @@ class Ledger:
         principal = principal or Principal()
         return await self.store.price_overrides(tenant=principal.tenant_id)
 
+    # --- catalog updates --------------------------------------------------------------------------
+    # The catalog is shared by every tenant of every process, so updating it is the operator's action:
+    # whoever runs `tokenledger catalog update` with the database's credentials (like `prune`), never a
+    # tenant's key through MCP. A tenant keeps its own prices with `set_price`, which win over the catalog.
+
+    async def refresh_catalog(self) -> bool:
+        """Take catalog updates stored since this process last looked: one index probe when there are
+        none; otherwise the new updates are read, the catalog rebuilt off the event loop and swapped in
+        whole. Returns whether the catalog changed. Servers call it every few seconds."""
+        async with self._catalog_refresh:
+            version = await self.store.catalog_version()
+            if version == self._catalog_version:
+                return False
+            rows = await self.store.catalog_updates(after=self._catalog_version)
+            updates = [*self.catalog.updates, *(_catalog_update(row) for row in rows)]
+            rebuilt = Catalog(self.catalog.path, updates)
+            await anyio.to_thread.run_sync(rebuilt.load)
+            self.catalog = rebuilt
+            self._catalog_version = max((update.update_id for update in updates), default=0)
+            return True
+
+    async def catalog_diff(self, price_file: PriceFile) -> CatalogDiff:
+        """What `price_file` would change in the catalog in force (bundled and stored updates)."""
+        await self.refresh_catalog()
+        return await anyio.to_thread.run_sync(self.catalog.diff, price_file.entries)
+
+    async def update_catalog(self, price_file: PriceFile, *, actor: str) -> tuple[CatalogUpdate, CatalogDiff]:
+        """Store a checked price list as a catalog update in force from now (audited under tenant '*'), and
+        take it into this process at once; every other server takes it at its next poll. Earlier prices
+        stay: usage keeps the price in force at its own time. Returns the update and what it changed."""
+        diff = await self.catalog_diff(price_file)
+        summary = {
+            "added": len(diff.added),
+            "relisted": len(diff.relisted),
+            "retired": len(diff.retired),
+            "changed": len(diff.changed),
+            "unchanged": diff.unchanged,
+        }
+        stored = await self.store.add_catalog_update(
+            actor=actor,
+            update={
+                "effective_from": datetime.now(UTC).isoformat(),
+                "source_kind": price_file.source_kind,
+                "source_name": price_file.source_name,
+                "sha256": price_file.sha256,
+                "size_bytes": price_file.size_bytes,
+                "models": len(price_file.entries),
+                "summary": summary,
+                "entries": price_file.entries,
+            },
+        )
+        await self.refresh_catalog()
+        update = next(u for u in self.catalog.updates if u.update_id == stored["update_id"])
+        return update, diff
+
+    async def catalog_updates(self) -> list[CatalogUpdate]:
+        """Every stored catalog update (without its entries), oldest first."""
+        return [_catalog_update(row) for row in await self.store.catalog_updates(entries=False)]
+
+    # --- exchange rates ---------------------------------------------------------------------------
+
+    async def set_fx_rate(self, spec: fx.FxRateSpec, principal: Principal | None = None) -> FxRate:
+        """Set the tenant's rate of a currency (units per 1 USD) from `effective_from` (default now);
+        admin only, audited. Costs stay in USD: rates only change what reports and budgets show."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "set exchange rates")
+        currency = fx.check_currency(spec.currency, allow_base=False)
+        effective_from = fx.moment_of(spec.effective_from or datetime.now(UTC))
+        saved = await self.store.set_fx_rate(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            currency=currency,
+            effective_from=effective_from,
+            rate=spec.rate,
+            most=fx.MAX_RATES_PER_CURRENCY,
+        )
+        return FxRate.model_validate(saved)
+
+    async def list_fx_rates(
+        self, principal: Principal | None = None, *, currency: str | None = None
+    ) -> list[FxRate]:
+        """The tenant's rates (of one currency if given), by currency and date; any role reads them."""
+        principal = principal or Principal()
+        code = None if currency is None else fx.check_currency(currency)
+        rows = await self.store.fx_rates(tenant=principal.tenant_id, currency=code)
+        return [FxRate.model_validate(row) for row in rows]
+
+    async def delete_fx_rate(
+        self, currency: str, effective_from: datetime | str, principal: Principal | None = None
+    ) -> FxRate:
+        """Delete the tenant's rate of `currency` from `effective_from` (admin; audited)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "delete exchange rates")
+        deleted = await self.store.delete_fx_rate(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            currency=fx.check_currency(currency, allow_base=False),
+            effective_from=fx.moment_of(effective_from),
+        )
+        return FxRate.model_validate(deleted)
+
+    async def _rates(self, tenant: str, currency: str | None) -> fx.Rates | None:
+        """The tenant's rates of `currency` for a conversion; None for none asked or USD (1 to 1)."""
+        if currency is None or fx.check_currency(currency) == fx.BASE:
+            return None
+        code = fx.check_currency(currency)
+        rows = await self.store.fx_rates(tenant=tenant, currency=code)
+        return fx.Rates(code, [FxRate.model_validate(row) for row in rows])
+
+    async def _with_currency_state(self, tenant: str, budgets: list[Budget]) -> list[Budget]:
+        """Budgets declared in another currency, with the rate that made this period's USD limit."""
+        declared = [budget for budget in budgets if budget.spec.currency is not None]
+        if not declared:
+            return budgets
+        rows = await self.store.fx_rates(tenant=tenant)
+        for budget in declared:
+            code = str(budget.spec.currency)
+            rates = fx.Rates(code, [FxRate.model_validate(row) for row in rows])
+            rate = rates.at(_limit_moment(budget))
+            budget.state.currency, budget.state.currency_limit = code, budget.spec.limit
+            if rate is not None:
+                budget.state.fx_rate, budget.state.fx_rate_from = rate.rate, rate.effective_from
+        return budgets
+
+    async def budget_rates(
+        self, budgets: Sequence[Budget], currency: str, principal: Principal | None = None
+    ) -> dict[str, FxRate]:
+        """The rate each usd budget is shown at in `currency`: the one in force at its period's start
+        (calendar periods), or now (total and rolling windows), as declared limits are converted.
+        InvalidInput names a missing rate."""
+        principal = principal or Principal()
+        rates = await self._rates(principal.tenant_id, currency)
+        if rates is None:
+            return {}
+        return {
+            budget.spec.name: rates.require(
+                _limit_moment(budget), f"the start of budget {budget.spec.name}'s period"
+            )
+            for budget in budgets
+            if budget.spec.unit == "usd"
+        }
+
     # --- usage ------------------------------------------------------------------------------------
 
     async def usage(self, query: UsageQuery, principal: Principal | None = None) -> UsageResult:
         """Usage aggregated by any of user, session, project, team, feature, endpoint, provider, model and
         a time bucket. A member sees only its own user's usage."""
         principal = principal or Principal()
-        filters, since, until = self._report_scope(query, principal, timedelta(days=30))
+        filters, since, until, mask = await self._masked_scope(query, principal, timedelta(days=30))
         return await self._usage(
             principal.tenant_id,
             filters,
@@ -846,6 +1104,8 @@ class Ledger:
             group_by=query.group_by,
             bucket=query.bucket,
             limit=query.limit,
+            mask=mask,
+            currency=query.currency,
         )
 
     async def _usage(
@@ -859,9 +1119,14 @@ class Ledger:
         group_by: Sequence[str],
         bucket: str | None,
         limit: int,
+        mask: privacy.UserMask | None = None,
+        currency: str | None = None,
     ) -> UsageResult:
-        """The window's groups (at most `limit`) and its totals, from one scan."""
+        """The window's groups (at most `limit`) and its totals, from one scan; user keys pseudonymised
+        by `mask`, if given; with a `currency`, each cost also converted at the tenant's rate in force when
+        it occurred (a missing rate: InvalidInput)."""
         await self._check_timezone(timezone)
+        rates = await self._rates(tenant, currency)
         rows, totals = await self.store.usage_report(
             tenant=tenant,
             since=since,
@@ -871,12 +1136,24 @@ class Ledger:
             bucket=bucket,
             timezone=timezone,
             limit=limit,
+            fx=None if rates is None else rates.thresholds(),
         )
+        if rates is not None and totals["unconverted_requests"]:
+            raise fx.missing_rate(
+                rates.currency,
+                totals["first_unconverted_at"],
+                f"{totals['unconverted_requests']} priced call(s) from then on have none",
+                rates.rates[0] if rates.rates else None,
+            )
+        if mask is not None and "user" in group_by:
+            rows = [{**row, "user": mask.user(row["user"])} for row in rows]
         return UsageResult(
             since=since,
             until=until,
             rows=[_usage_row(row, group_by) for row in rows],
             totals=_usage_row(totals, ()),
+            currency=None if rates is None else rates.currency,
+            fx_rates=[] if rates is None else rates.in_window(since, until),
         )
 
     # --- reports ----------------------------------------------------------------------------------
@@ -891,12 +1168,43 @@ class Ledger:
         for name in ("period", "by"):
             if getattr(query, name) is not None:
                 raise InvalidInput(name, getattr(query, name), "only with view 'chargeback'")
+        if view in ("summary", "usage", "timeseries"):
+            return await self._usage_report(query, principal)  # converted in SQL, cost by cost
+        report = await self._view_report(query, principal)
+        rates = await self._rates(principal.tenant_id, query.currency)
+        if rates is None:
+            return report
+        return await self._report_in(report, rates, query, principal)
+
+    async def _report_in(
+        self, report: reports.Report, rates: fx.Rates, query: reports.ReportQuery, principal: Principal
+    ) -> reports.Report:
+        """A budgets, forecast, top, recommendations or accuracy report with its money also in a currency."""
+        rows = report.rows
+        row_rates: list[FxRate | None]
+        if report.view in ("budgets", "forecast"):
+            by_name = await self.budget_rates(await self.list_budgets(principal), rates.currency, principal)
+            row_rates = [by_name.get(str(row["name"])) for row in rows]
+            return reports.in_currency(report, rates.currency, row_rates)
+        if report.view == "top":
+            row_rates = [
+                rates.require(datetime.fromisoformat(str(row["occurred_at"])), "a call of this report")
+                for row in rows
+            ]
+            return reports.in_currency(report, rates.currency, row_rates)
+        if report.view == "recommendations":
+            assert report.until is not None
+            closing = rates.require(report.until, "the end of the report's window")
+            return reports.in_currency(report, rates.currency, [closing] * len(rows), closing)
+        return reports.in_currency(report, rates.currency, [None] * len(rows))
+
+    async def _view_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
+        """The budgets, forecast, top, recommendations and accuracy views, in USD."""
+        view = query.view
         if view == "budgets":
             return reports.budgets_report(await self.list_budgets(principal), now=datetime.now(UTC))
-        if view in ("summary", "usage", "timeseries"):
-            return await self._usage_report(query, principal)
         default_window = reports.FORECAST_WINDOW if view == "forecast" else timedelta(days=30)
-        filters, since, until = self._report_scope(query, principal, default_window)
+        filters, since, until, mask = await self._masked_scope(query, principal, default_window)
         tenant = principal.tenant_id
         if view == "forecast":
             budgets = await self.list_budgets(principal)
@@ -909,6 +1217,8 @@ class Ledger:
             rows = await self.store.top_usage(
                 tenant=tenant, since=since, until=until, filters=filters, limit=query.limit
             )
+            if mask is not None:
+                rows = [{**row, "user_id": mask.user(row["user_id"])} for row in rows]
             return reports.top_report(rows, since, until)
         if view == "accuracy":
             rows = await self.store.estimate_accuracy(
@@ -923,7 +1233,7 @@ class Ledger:
 
     async def _usage_report(self, query: reports.ReportQuery, principal: Principal) -> reports.Report:
         """Summary, usage or timeseries: the groups and the totals of the window in one scan."""
-        filters, since, until = self._report_scope(query, principal, timedelta(days=30))
+        filters, since, until, mask = await self._masked_scope(query, principal, timedelta(days=30))
         await self._check_timezone(query.timezone)  # before the bucket query uses it
         group_by = [] if query.view == "summary" else query.group_by
         bucket = (query.bucket or "day") if query.view == "timeseries" else query.bucket
@@ -945,6 +1255,8 @@ class Ledger:
             group_by=group_by,
             bucket=None if query.view == "summary" else bucket,
             limit=MAX_REPORT_ROWS if query.view == "timeseries" else query.limit,
+            mask=mask,
+            currency=query.currency,
         )
         if query.view == "timeseries":
             assert bucket is not None
@@ -965,7 +1277,7 @@ class Ledger:
         since, until = reports.month_window(period, query.timezone)
         by = query.by or "team"
         month = query.model_copy(update={"since": since, "until": until})
-        filters, since, until = self._report_scope(month, principal, timedelta(days=31))
+        filters, since, until, mask = await self._masked_scope(month, principal, timedelta(days=31))
         result = await self._usage(
             principal.tenant_id,
             filters,
@@ -975,6 +1287,8 @@ class Ledger:
             group_by=[by, "model"],
             bucket=None,
             limit=MAX_REPORT_ROWS,
+            mask=mask,
+            currency=query.currency,
         )
         if len(result.rows) > MAX_REPORT_ROWS:
             raise InvalidInput(
@@ -1251,11 +1565,19 @@ class Ledger:
     # --- dashboard --------------------------------------------------------------------------------
 
     async def dashboard(
-        self, principal: Principal | None = None, *, days: int = 30, timezone: str = "UTC", top: int = 10
+        self,
+        principal: Principal | None = None,
+        *,
+        days: int = 30,
+        timezone: str = "UTC",
+        top: int = 10,
+        currency: str | None = None,
     ) -> dashboards.Dashboard:
         """What the web dashboard shows a principal over the last `days` days: a viewer or admin its
-        tenant, a member its own user's usage and decisions and the budgets it may read."""
+        tenant, a member its own user's usage and decisions and the budgets it may read; its money in
+        `currency` at the tenant's rates (USD when none is given)."""
         principal = principal or Principal()
+        code = None if currency is None else fx.check_currency(currency)
         if not 1 <= days <= 366:
             raise InvalidInput("days", days, "a whole number of days, 1 to 366")
         if not 1 <= top <= 100:
@@ -1264,8 +1586,9 @@ class Ledger:
         until = datetime.now(UTC)
         since = dashboards.window_start(until, days, timezone)
         member = principal.role == "member"
-        budgets = [b.state for b in await self.list_budgets(principal)]
-        window = UsageQuery(since=since, until=until, timezone=timezone)
+        listed = await self.list_budgets(principal)
+        budgets = [b.state for b in listed]
+        window = UsageQuery(since=since, until=until, timezone=timezone, currency=code)
         by_day = window.model_copy(update={"bucket": "day", "limit": days + 1})
         daily = await self.usage(by_day, principal)
         tops: dict[str, list[UsageRow]] = {}
@@ -1273,7 +1596,7 @@ class Ledger:
         for key in keys:
             grouped = window.model_copy(update={"group_by": [key], "limit": top})
             tops[key] = (await self.usage(grouped, principal)).rows
-        return dashboards.Dashboard(
+        data = dashboards.Dashboard(
             tenant=principal.tenant_id,
             role=principal.role,
             user=principal.user if member else None,
@@ -1288,6 +1611,58 @@ class Ledger:
             top_models=tops["model"],
             decisions=await self.recent_decisions(principal),
             alerts=await self.open_alerts(principal),
+            overrides=[] if principal.role == "viewer" else await self.list_overrides(principal, limit=20),
+        )
+        if daily.currency is None:
+            return data
+        return await self._dashboard_in(data, daily, listed, principal)
+
+    async def _dashboard_in(
+        self, data: dashboards.Dashboard, daily: UsageResult, budgets: list[Budget], principal: Principal
+    ) -> dashboards.Dashboard:
+        """The dashboard's money in the currency of `daily` (converted cost by cost in SQL): usage as
+        converted, usd budgets and their alerts at the rate of their period's start."""
+        currency = str(daily.currency)
+        rates = await self._rates(principal.tenant_id, currency)
+        assert rates is not None
+        by_budget = await self.budget_rates(budgets, currency, principal)
+
+        def usage(rows: list[UsageRow]) -> list[UsageRow]:
+            return [row.model_copy(update={"cost_usd": row.cost_converted}) for row in rows]
+
+        def budget(state: BudgetState) -> BudgetState:
+            rate = by_budget.get(state.name)
+            if rate is None:
+                return state
+            money = ("limit", "hard_limit", "used", "reserved", "remaining", "overage", "carried_over")
+            return state.model_copy(
+                update={k: fx.convert(v, rate.rate) for k in money if (v := getattr(state, k)) is not None}
+            )
+
+        def alert(item: dashboards.OpenAlert) -> dashboards.OpenAlert:
+            if item.unit != "usd":
+                return item
+            rate = rates.require(item.period_start, f"the period of budget {item.budget}'s alert").rate
+            return item.model_copy(
+                update={"used": fx.convert(item.used, rate), "limit": fx.convert(item.limit, rate)}
+            )
+
+        daily_rows = usage(daily.rows)
+        used = {rate.effective_from: rate for rate in [*daily.fx_rates, *by_budget.values()]}
+        return data.model_copy(
+            update={
+                "currency": currency,
+                "fx_rates": [used[moment] for moment in sorted(used)],
+                "budgets": [budget(state) for state in data.budgets],
+                "daily": dashboards.daily_series(
+                    daily_rows, since=data.since, days=len(data.daily), timezone=data.timezone
+                ),
+                "totals": usage([daily.totals])[0],
+                "top_users": usage(data.top_users),
+                "top_projects": usage(data.top_projects),
+                "top_models": usage(data.top_models),
+                "alerts": [alert(item) for item in data.alerts],
+            }
         )
 
     async def recent_decisions(
@@ -1300,6 +1675,7 @@ class Ledger:
             user=(principal.user or "") if principal.role == "member" else None,
             limit=limit,
         )
+        mask = await self.user_mask(principal)
         return [
             dashboards.Decision(
                 decided_at=r["decided_at"],
@@ -1307,7 +1683,7 @@ class Ledger:
                 decision=r["decision"],
                 reason=r["reason"],
                 enforcement=r["enforcement"],
-                user=r["user_id"],
+                user=r["user_id"] if mask is None else mask.user(r["user_id"]),
                 model=r["model"],
             )
             for r in rows
@@ -1339,6 +1715,137 @@ class Ledger:
             )
             for r in rows
         ]
+
+    # --- override requests ------------------------------------------------------------------------
+
+    async def request_override(
+        self, request: OverrideRequest, principal: Principal | None = None
+    ) -> Override:
+        """Ask for a temporary increase of a budget the principal may read (admin or member; audited). It
+        stays pending until an admin approves or denies it; the admins are told through the alert sinks.
+        Approved, it raises the budget's limit and hard cap by `amount` from approval until `until`."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "request overrides")
+        budget = await self.get_budget(request.budget, principal)
+        _check_override(request, budget.spec)
+        answer = await self.store.request_override(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            member_user=_member_user(principal),
+            budget=request.budget,
+            amount=request.amount,
+            reason=request.reason,
+            until=request.until,
+            max_factor=MAX_OVERRIDE_FACTOR,
+            max_ahead=timedelta(days=MAX_OVERRIDE_DAYS),
+            max_pending=MAX_PENDING_OVERRIDES,
+        )
+        return Override.model_validate(answer)
+
+    async def override_status(self, override_id: int, principal: Principal | None = None) -> Override:
+        """One override request: a member's own (another's looks absent), or any of the tenant's (admin)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "read override requests")
+        found = await self.store.overrides(
+            tenant=principal.tenant_id,
+            member_user=_member_user(principal),
+            override_id=_override_id(override_id),
+            limit=1,
+        )
+        if not found:
+            raise NotFound(f"override_id {override_id}: no such override request in this tenant")
+        return Override.model_validate(found[0])
+
+    async def list_overrides(
+        self,
+        principal: Principal | None = None,
+        *,
+        status: OverrideStatus | None = None,
+        budget: str | None = None,
+        limit: int = 100,
+    ) -> list[Override]:
+        """Override requests, newest first: a member's own, or the tenant's (admin); of one status (as
+        shown, `expired` included) or budget when given."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "read override requests")
+        if status is not None and status not in get_args(OverrideStatus):
+            raise InvalidInput("status", status, f"one of {', '.join(get_args(OverrideStatus))}")
+        if not 1 <= limit <= 500:
+            raise InvalidInput("limit", limit, "1 to 500")
+        found = await self.store.overrides(
+            tenant=principal.tenant_id,
+            member_user=_member_user(principal),
+            status=status,
+            budget=budget,
+            limit=limit,
+        )
+        return [Override.model_validate(o) for o in found]
+
+    async def cancel_override(self, override_id: int, principal: Principal | None = None) -> Override:
+        """Withdraw a pending request (audited): a member its own, an admin any."""
+        principal = principal or Principal()
+        self._require(principal, ("admin", "member"), "cancel override requests")
+        answer = await self.store.cancel_override(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            member_user=_member_user(principal),
+            override_id=_override_id(override_id),
+        )
+        return Override.model_validate(answer)
+
+    async def approve_override(
+        self, override_id: int, principal: Principal | None = None, *, reason: str | None = None
+    ) -> Override:
+        """Approve a pending request (admin only; audited with `reason`): the override is in force from now
+        until its `until`, and then reverts by itself."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "approve override requests")
+        return await self._decide_override(override_id, principal, approve=True, reason=reason)
+
+    async def deny_override(
+        self, override_id: int, reason: str, principal: Principal | None = None
+    ) -> Override:
+        """Deny a pending request (admin only; audited with `reason`, which the requester reads)."""
+        principal = principal or Principal()
+        self._require(principal, ("admin",), "deny override requests")
+        return await self._decide_override(override_id, principal, approve=False, reason=reason)
+
+    async def _decide_override(
+        self, override_id: int, principal: Principal, *, approve: bool, reason: str | None
+    ) -> Override:
+        if reason is not None or not approve:
+            reason = _override_reason(reason)
+        answer = await self.store.decide_override(
+            tenant=principal.tenant_id,
+            actor=principal.actor,
+            override_id=_override_id(override_id),
+            approve=approve,
+            reason=reason,
+        )
+        return Override.model_validate(answer)
+
+    async def claim_override_notices(
+        self, sinks: Sequence[str], *, limit: int = 50, lease_seconds: float = 60
+    ) -> list[OverrideNotice]:
+        """Pending requests to tell the admins of (all tenants), each claimed for one sink by this caller
+        alone for `lease_seconds`."""
+        claimed = await self.store.claim_override_notices(
+            sinks=sinks, limit=limit, lease_seconds=lease_seconds
+        )
+        return [OverrideNotice.model_validate(n) for n in claimed]
+
+    async def finish_override_notice(
+        self, notice: OverrideNotice, *, error: str | None = None, retry_seconds: float | None = None
+    ) -> None:
+        """Record a notice's delivery: done when `error` is None, else retried after `retry_seconds`
+        (None: stop)."""
+        await self.store.finish_override_notice(
+            tenant=notice.tenant_id,
+            override_id=notice.override_id,
+            sink=notice.sink,
+            error=error,
+            retry_seconds=retry_seconds,
+        )
 
     # --- access -----------------------------------------------------------------------------------
 
@@ -1479,12 +1986,95 @@ def _validate_budget(spec: BudgetSpec, timezones: Collection[str]) -> None:
         raise InvalidInput("alert_thresholds", len(spec.alert_thresholds), "at most 20 thresholds")
 
 
+# --- override requests -----------------------------------------------------------------------------
+
+# A check denied by one of these reasons has a budget an override could raise.
+OVERRIDABLE_REASONS = frozenset({"limit", "priority_share"})
+_OVERRIDE_REASON: TypeAdapter[str] = TypeAdapter(OverrideReason)
+
+
+def _hint_override(result: CheckResult, principal: Principal) -> None:
+    """On a denial by a budget's limit that the principal may ask to raise, say how to ask."""
+    blocked = result.blocked_by
+    if (
+        result.decision != "deny"
+        or blocked is None
+        or blocked.reason not in OVERRIDABLE_REASONS
+        or principal.role not in ("admin", "member")
+        or not any(state.name == blocked.budget for state in result.budgets)
+    ):
+        return
+    result.override_hint = f"budget_override action=request budget={blocked.budget}"
+    result.warnings.append(f"budget {blocked.budget}: an override may be requested (override_hint)")
+
+
+def _check_override(request: OverrideRequest, spec: BudgetSpec) -> None:
+    """The bounds of an override request against its budget and the clock; each error names its field."""
+    bound = spec.limit * MAX_OVERRIDE_FACTOR
+    if request.amount > bound or (spec.unit == "tokens" and request.amount != request.amount.to_integral()):
+        what = "whole tokens" if spec.unit == "tokens" else "USD"
+        raise InvalidInput(
+            "amount",
+            format(request.amount, "f"),
+            f"{what} above 0, at most {format(bound.normalize(), 'f')} ({MAX_OVERRIDE_FACTOR} times the "
+            f"limit of budget {spec.name})",
+        )
+    now = datetime.now(UTC)
+    latest = now + timedelta(days=MAX_OVERRIDE_DAYS)
+    if not now < request.until <= latest:
+        raise InvalidInput(
+            "until",
+            request.until.isoformat(),
+            f"a moment after now ({now.isoformat(timespec='seconds')}) and at most {MAX_OVERRIDE_DAYS} days "
+            "ahead: an ISO 8601 timestamp with its offset, or a duration such as 2h or 3d",
+        )
+
+
+def _override_reason(reason: str | None) -> str:
+    """A decision's reason, bounded as a request's is."""
+    try:
+        return _OVERRIDE_REASON.validate_python(reason)
+    except ValidationError as error:
+        raise InvalidInput(
+            "reason", reason, f"text of 1 to {MAX_OVERRIDE_REASON} characters without control characters"
+        ) from error
+
+
+def _override_id(override_id: int) -> int:
+    if isinstance(override_id, bool) or not isinstance(override_id, int) or not 1 <= override_id < 2**63:
+        raise InvalidInput("override_id", override_id, "a request's id: a whole number from 1")
+    return override_id
+
+
 def _usage_row(row: dict[str, Any], group_by: Sequence[str]) -> UsageRow:
     return UsageRow(
         keys={k: row.get(k) for k in group_by},
         bucket=row.get("bucket"),
-        **{k: row[k] for k in UsageRow.model_fields if k not in ("keys", "bucket")},
+        **{k: row[k] for k in UsageRow.model_fields if k not in ("keys", "bucket") and k in row},
     )
+
+
+def _catalog_update(row: dict[str, Any]) -> CatalogUpdate:
+    return CatalogUpdate(
+        update_id=row["update_id"],
+        effective_from=row["effective_from"],
+        source_name=row["source_name"],
+        source_kind=row["source_kind"],
+        sha256=row["sha256"],
+        models=row["models"],
+        entries=row["entries"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+    )
+
+
+def _limit_moment(budget: Budget) -> datetime:
+    """When a budget's USD limit takes its rate: a calendar period's start; for `total` and rolling
+    windows, when the budget was last set (limits declared in a currency) or now (a display)."""
+    state = budget.state
+    if state.period in ("total", "24h", "7d", "30d") or state.period_start is None:
+        return budget.updated_at if budget.spec.currency is not None else datetime.now(UTC)
+    return state.period_start
 
 
 def money(value: Decimal | None) -> str:

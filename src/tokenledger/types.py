@@ -57,10 +57,15 @@ TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern
 ToolName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=PRINTABLE_PATTERN)]
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
 ReservationId = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
-# SHA-256 (hex) of a prompt: repeated prompts are found by it, the text is never stored.
+# SHA-256 (hex) of a prompt: repeated prompts are found by it, the text is never stored. The ledger stores
+# it keyed per tenant (tokenledger.privacy.keyed_prompt_hash), whoever computed it.
 PROMPT_HASH_PATTERN = r"^[0-9a-f]{64}$"
 PromptHash = Annotated[str, StringConstraints(pattern=PROMPT_HASH_PATTERN)]
 BudgetName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
+# An ISO 4217 code (EUR, GBP, JPY); tokenledger.fx checks it against the standard's list.
+CurrencyCode = Annotated[
+    str, StringConstraints(min_length=3, max_length=3, pattern=r"^[A-Za-z]{3}$", to_upper=True)
+]
 # What the ledger can hold. One call's token count per field: 10^12 is 100,000 times the largest context
 # window, and four such fields still sum far inside bigint (per-call counts are bigint columns; every sum
 # across calls is numeric). Budget limits: 10^15 tokens, $10^12.
@@ -222,6 +227,8 @@ class TenantSettings(Model):
 
     # Count Claude and Gemini requests with the provider's token-counting API when its key is configured.
     provider_counting: bool = False
+    # Show viewers (reports, exports, dashboard, scheduled reports) a keyed pseudonym for each user id.
+    pseudonymize_users: bool = False
 
 
 class FitRequest(Model):
@@ -387,6 +394,9 @@ class BudgetSpec(Model):
     tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
     requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
     unpriced_policy: Literal["deny", "allow"] = "deny"
+    # A usd budget's limits declared in this currency (ISO 4217): the ledger counts USD, the limits are
+    # converted at the tenant's rate in force at each period's start (see tokenledger.fx).
+    currency: CurrencyCode | None = None
 
     @field_validator("limit", "hard_limit", "rollover_cap")
     @classmethod
@@ -421,6 +431,7 @@ class BudgetChange(Model):
     tokens_per_minute: Annotated[int, Field(gt=0, le=2**53)] | None = None
     requests_per_minute: Annotated[int, Field(gt=0, le=2**31)] | None = None
     unpriced_policy: Literal["deny", "allow"] | None = None
+    currency: CurrencyCode | None = None
 
 
 class BudgetState(Model):
@@ -441,9 +452,16 @@ class BudgetState(Model):
     remaining: Amount
     overage: Amount = Decimal(0)
     carried_over: Amount = Decimal(0)
+    override: Amount = Decimal(0)  # approved overrides in force, included in limit (and the hard cap)
     percent_used: float
     status: Literal["ok", "warning", "exceeded"]
     requests: int = 0
+    # A budget declared in another currency (budget list and show fill these): its limit as declared,
+    # and the rate that made `limit` of it for this period, with the moment that rate is in force from.
+    currency: str | None = None
+    currency_limit: Amount | None = None
+    fx_rate: Amount | None = None
+    fx_rate_from: datetime | None = None
 
 
 class Budget(Model):
@@ -494,6 +512,8 @@ class CheckResult(Model):
     # An estimated count scaled by what the provider reported for this model's recent calls.
     calibration_factor: float | None = None
     error_band: float = 0.0  # how far input_tokens may be from the provider's count (0.08: ±8 %)
+    # On a denial by a budget's limit that the caller may ask to raise: how to ask (see OverrideRequest).
+    override_hint: str | None = None
 
 
 class TrackRequest(Attribution):
@@ -517,6 +537,8 @@ class TrackRequest(Attribution):
     metadata: dict[str, Any] = Field(default_factory=dict)
     occurred_at: Moment | None = None  # usage reported after the fact lands in its own period
     prompt_hash: PromptHash | None = None  # default: hashed from input_text, else the reservation's
+    # The model the caller asked for, when a fallback model ran instead (`model`): a downgrade.
+    requested_model: ModelName | None = None
 
 
 class AlertInfo(Model):
@@ -562,6 +584,78 @@ class ExtendResult(Model):
     expires_at: datetime
 
 
+# --- override requests -------------------------------------------------------------------------
+
+OverrideStatus = Literal["pending", "approved", "denied", "expired", "cancelled"]
+# What one request may ask: at most MAX_OVERRIDE_FACTOR times the budget's limit (a slip of a few zeros
+# is refused, a real need of a few times the limit is not), for at most MAX_OVERRIDE_DAYS; and at most
+# MAX_PENDING_OVERRIDES of one requester (a member's user, else the API key) pending at once.
+MAX_OVERRIDE_FACTOR = 10
+MAX_OVERRIDE_DAYS = 31
+MAX_PENDING_OVERRIDES = 20
+MAX_OVERRIDE_REASON = 500
+OverrideReason = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=MAX_OVERRIDE_REASON, strip_whitespace=True, pattern=PRINTABLE_PATTERN
+    ),
+]
+OverrideId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+def _ahead(value: object) -> object:
+    """A duration ahead of now (`90m`, `24h`, `7d`, at most 100 years) becomes that moment; other values
+    pass on."""
+    if isinstance(value, str) and (match := _DURATION.match(value.strip())):
+        amount, unit = match.groups()
+        duration = timedelta(**{_DURATION_UNITS[unit]: int(amount)})
+        if duration > MAX_DURATION:
+            raise ValueError(f"a duration ahead of now of at most {MAX_DURATION.days}d (100 years)")
+        return datetime.now(UTC) + duration
+    return value
+
+
+# An ISO 8601 timestamp with its offset, or a duration ahead of now (`until: 2h`).
+Until = Annotated[datetime, BeforeValidator(_ahead), AfterValidator(_aware)]
+
+
+class OverrideRequest(Model):
+    """A temporary increase of a budget: `amount` more (in the budget's unit) from approval until `until`."""
+
+    budget: BudgetName
+    amount: Annotated[Decimal, _plain, Field(gt=0, max_digits=38, decimal_places=18)]
+    reason: OverrideReason
+    until: Until
+
+
+class Override(Model):
+    """An override request and its state: pending, approved (in force), denied, cancelled, or expired (its
+    `until` passed, approved or not)."""
+
+    override_id: int
+    budget: str
+    scope: str
+    unit: Unit
+    amount: Amount
+    reason: str
+    until: datetime
+    status: OverrideStatus
+    requested_by: str  # the API key id (or local:ROLE) that asked
+    user: str | None = None  # the member's user that asked; None for an admin
+    requested_at: datetime
+    decided_at: datetime | None = None  # approved (the override's start), denied or cancelled
+    decided_by: str | None = None
+    decision_reason: str | None = None
+
+
+class OverrideNotice(Override):
+    """A pending request claimed for one sink, to tell the tenant's admins."""
+
+    tenant_id: str
+    sink: str
+    attempt: int
+
+
 # --- prices ------------------------------------------------------------------------------------
 
 
@@ -579,7 +673,9 @@ class PriceSpec(Model):
 
 # --- usage and reports -------------------------------------------------------------------------
 
-GroupKey = Literal["user", "session", "project", "team", "feature", "endpoint", "provider", "model"]
+GroupKey = Literal[
+    "user", "session", "project", "team", "feature", "endpoint", "provider", "model", "requested_model"
+]
 Bucket = Literal["hour", "day", "week", "month"]
 
 
@@ -594,6 +690,7 @@ class UsageQuery(Attribution):
         str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$")
     ] = "UTC"
     limit: Annotated[int, Field(ge=1, le=10_000)] = 50
+    currency: CurrencyCode | None = None  # costs also shown in it, at the tenant's rates (USD stays)
 
 
 class UsageRow(Model):
@@ -609,6 +706,18 @@ class UsageRow(Model):
     cost_usd: Amount
     unpriced_requests: int
     errors: int
+    downgrades: int = 0  # calls that ran on a fallback model instead of the one requested
+    cost_converted: Amount | None = None  # cost_usd in the query's currency, each cost at its date's rate
+
+
+class FxRate(Model):
+    """A tenant's rate: `rate` units of `currency` per 1 USD from `effective_from` (see tokenledger.fx)."""
+
+    currency: str
+    rate: Amount
+    effective_from: datetime
+    created_at: datetime | None = None
+    created_by: str | None = None
 
 
 class UsageResult(Model):
@@ -616,6 +725,8 @@ class UsageResult(Model):
     until: datetime
     rows: list[UsageRow]
     totals: UsageRow
+    currency: str | None = None  # of cost_converted
+    fx_rates: list[FxRate] = Field(default_factory=list)  # the rates in force in the window, oldest first
 
 
 MOMENT_HELP = (

@@ -1,17 +1,32 @@
-"""`tokenledger models`, `prices` and `cost`: read the bundled catalog; no database needed."""
+"""`tokenledger models`, `prices` and `cost`: read the bundled catalog; no database needed.
+
+`tokenledger catalog diff | update | status`: catalog updates from a price list the user saved (or, only
+when given a URL, fetched once), stored in the database and taken by every server. An operator's action:
+it needs the database's credentials, as `prune` does; no tenant key can do it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import socket
 import sys
+import time as clock
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, get_args
 
+import anyio
+
 from tokenledger import catalog
+from tokenledger.catalog import CatalogDiff, ModelChange
+from tokenledger.cli import tables
 from tokenledger.errors import InvalidInput
-from tokenledger.types import CacheTTL, ModelInfo, Price, PriceRates, ServiceTier
+from tokenledger.ledger import Ledger
+from tokenledger.pricefile import MAX_FILE_BYTES, PriceFile, read_price_file
+from tokenledger.types import CacheTTL, ModelInfo, Price, PriceRates, Principal, ServiceTier
 
 _MILLION = Decimal(1_000_000)
 _PRICE_LABELS = {
@@ -65,6 +80,29 @@ def register(subparsers: Any) -> None:
     cost.add_argument("--json", action="store_true", help="print JSON")
     cost.set_defaults(handler=cost_command)
 
+    updates = subparsers.add_parser(
+        "catalog",
+        help="update the catalog from a saved price list (operator): diff, update, status",
+        description="Catalog updates without a release: a litellm-format price map or an OpenRouter "
+        "/api/v1/models answer, checked, stored in the database and taken by every server. Nothing is "
+        "fetched unless --from is an http(s) URL.",
+    )
+    actions = updates.add_subparsers(dest="action", metavar="ACTION", required=True)
+    source_help = (
+        f"a saved price list (at most {MAX_FILE_BYTES // 2**20} MiB), or an http(s) URL to fetch it from once"
+    )
+    diff = actions.add_parser("diff", help="what a price list would change: added, retired, new prices")
+    diff.add_argument("--from", dest="source", required=True, metavar="FILE|URL", help=source_help)
+    diff.add_argument("--json", action="store_true", help="print JSON")
+    diff.set_defaults(handler=_with_ledger(catalog_diff_command))
+    update = actions.add_parser("update", help="show the diff, then store the price list as an update")
+    update.add_argument("--from", dest="source", required=True, metavar="FILE|URL", help=source_help)
+    update.add_argument("--yes", action="store_true", help="apply without asking (after reading the diff)")
+    update.set_defaults(handler=_with_ledger(catalog_update_command))
+    status = actions.add_parser("status", help="the bundled snapshot and the updates over it")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_with_ledger(catalog_status_command))
+
 
 def models_command(args: argparse.Namespace) -> int:
     limit = _whole_number("--limit", args.limit, minimum=1)
@@ -79,26 +117,38 @@ def models_command(args: argparse.Namespace) -> int:
         kind = "retired models" if args.retired else "models"
         print(f"tokenledger: no {kind} match {args.query!r}; try a shorter query", file=sys.stderr)
         return 1
-    last = "LAST LISTED" if args.retired else "METHOD"
-    rows = [["MODEL", "PROVIDER", "CONTEXT", "IN $/MTOK", "OUT $/MTOK", last]]
-    for model in shown:
-        rows.append(
-            [
-                model.name,
-                model.provider,
-                _tokens(model.context_window),
-                _per_million(model.price.input) if model.price.priced else "unpriced",
-                _per_million(model.price.output) if model.price.priced else "unpriced",
-                str(model.last_listed) if args.retired else _method(model),
-            ]
-        )
-    _print_table(rows, right_aligned={2, 3, 4})
+    tables.show(tables.console(), models_grid(shown, retired=args.retired))
     if matched > limit:
         print(
             f"showing {limit} of {matched} models (snapshot {snapshot.date}); use --limit or a query",
             file=sys.stderr,
         )
     return 0
+
+
+def models_grid(models: list[ModelInfo], *, retired: bool = False) -> tables.Grid:
+    """Catalog models with their context window, prices per million tokens and counting method (retired
+    models: the date the price list last listed them)."""
+    columns = [
+        tables.Column("Model"),
+        tables.Column("Provider", drop=2),
+        tables.Column("Context", "number"),
+        tables.Column("In $/Mtok", "number"),
+        tables.Column("Out $/Mtok", "number"),
+        tables.Column("Last listed", "date") if retired else tables.Column("Counting", drop=1),
+    ]
+    rows = [
+        [
+            model.name,
+            model.provider,
+            _tokens(model.context_window),
+            _per_million(model.price.input) if model.price.priced else "unpriced",
+            _per_million(model.price.output) if model.price.priced else "unpriced",
+            str(model.last_listed) if retired else _method(model),
+        ]
+        for model in models
+    ]
+    return tables.Grid(columns=columns, rows=rows)
 
 
 def prices_command(args: argparse.Namespace) -> int:
@@ -357,3 +407,201 @@ def _print_table(rows: list[list[str]], right_aligned: set[int]) -> None:
             for column, cell in enumerate(row)
         ]
         print("  ".join(cells).rstrip())
+
+
+# --- catalog updates -----------------------------------------------------------------------------
+
+FETCH_TIMEOUT_SECONDS = 30.0
+DIFF_LINES = 20  # models listed per section of the diff table (--json lists every one)
+
+
+def _with_ledger(command: Any) -> Any:
+    from tokenledger.cli.ledger_cmds import _run
+
+    async def run(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+        return int(await command(ledger, args))
+
+    return _run(run)
+
+
+def operator() -> str:
+    """Who runs a catalog update, for its record and the audit log: the OS user and the host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = "unknown"
+    return f"operator:{user}@{socket.gethostname()}"
+
+
+def read_source(source: str) -> PriceFile:
+    """The checked price list of a file, or of a URL fetched once (bounded in size and time)."""
+    if source.startswith(("https://", "http://")):
+        return read_price_file(fetch(source), source)
+    path = Path(source).expanduser()
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise InvalidInput(
+            "--from", source, f"a readable file or an http(s) URL ({error.strerror})"
+        ) from None
+    return read_price_file(raw, path.name)
+
+
+def fetch(url: str) -> bytes:
+    """GET `url` once: at most MAX_FILE_BYTES, within FETCH_TIMEOUT_SECONDS; said on stderr first."""
+    import httpx
+
+    limit = f"at most {MAX_FILE_BYTES // 2**20} MiB within {FETCH_TIMEOUT_SECONDS:g} s"
+    print(f"tokenledger: fetching {url} ({limit}); nothing else is fetched", file=sys.stderr)
+    deadline = clock.monotonic() + FETCH_TIMEOUT_SECONDS
+    body = bytearray()
+    try:
+        with httpx.stream("GET", url, timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=True) as response:
+            response.raise_for_status()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_FILE_BYTES:
+                    raise InvalidInput("--from", url, f"an answer of {limit}; it is longer")
+                if clock.monotonic() > deadline:
+                    raise InvalidInput("--from", url, f"an answer of {limit}; it took longer")
+    except httpx.HTTPStatusError as error:
+        raise InvalidInput(
+            "--from", url, f"a URL that answers 200 (it answered {error.response.status_code})"
+        ) from None
+    except httpx.HTTPError as error:
+        raise InvalidInput("--from", url, f"a URL that answers ({type(error).__name__}: {error})") from None
+    return bytes(body)
+
+
+async def catalog_diff_command(ledger: Ledger, args: argparse.Namespace) -> int:
+    price_file = read_source(args.source)
+    diff = await ledger.catalog_diff(price_file)
+    if args.json:
+        _print_json({"source": _source_json(price_file), **diff.model_dump(mode="json")})
+    else:
+        _print_diff(ledger, price_file, diff)
+    return 0
+
+
+async def catalog_update_command(ledger: Ledger, args: argparse.Namespace) -> int:
+    price_file = read_source(args.source)
+    _print_diff(ledger, price_file, await ledger.catalog_diff(price_file))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput(
+                "--yes", None, "given to apply without a terminal to confirm on (read the diff first)"
+            )
+        answer = await anyio.to_thread.run_sync(input, "apply this catalog update? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing changed")
+            return 1
+    update, _ = await ledger.update_catalog(price_file, actor=operator())
+    print(
+        f"catalog update {update.update_id} stored: its prices are in force from "
+        f"{update.effective_from.isoformat(timespec='seconds')}; earlier usage keeps the prices of its time. "
+        "Every server takes it at its next poll (TOKENLEDGER_CATALOG_POLL_SECONDS)."
+    )
+    return 0
+
+
+async def catalog_status_command(ledger: Ledger, args: argparse.Namespace) -> int:
+    current = ledger.catalog
+    snapshot = current.snapshot
+    applied = {update.update_id for update in current.applied_updates}
+    updates = await ledger.catalog_updates()
+    if args.json:
+        _print_json(
+            {
+                "bundled": _snapshot_json(),
+                "models": len(current.model_names()),
+                "updates": [
+                    {**_update_json(update), "applied": update.update_id in applied} for update in updates
+                ],
+            }
+        )
+        return 0
+    print(f"bundled: snapshot {snapshot.date} (litellm {snapshot.version}), {snapshot.models:,} models")
+    if not updates:
+        print("updates: none (tokenledger catalog update --from FILE adds one)")
+        return 0
+    rows = [["UPDATE", "IN FORCE FROM", "SOURCE", "MODELS", "SHA-256", "BY", "STATE"]]
+    for update in updates:
+        rows.append(
+            [
+                str(update.update_id),
+                update.effective_from.isoformat(timespec="seconds"),
+                f"{update.source_name} ({update.source_kind})",
+                f"{update.models:,}",
+                update.sha256[:12],
+                update.created_by or "-",
+                "applied" if update.update_id in applied else "superseded by the bundled snapshot",
+            ]
+        )
+    _print_table(rows, right_aligned={3})
+    print(f"catalog in force: {len(current.model_names()):,} models")
+    return 0
+
+
+def _source_json(price_file: PriceFile) -> dict[str, Any]:
+    return {
+        "name": price_file.source_name,
+        "kind": price_file.source_kind,
+        "sha256": price_file.sha256,
+        "bytes": price_file.size_bytes,
+        "models": len(price_file.entries),
+        "skipped": list(price_file.skipped),
+    }
+
+
+def _update_json(update: catalog.CatalogUpdate) -> dict[str, Any]:
+    return {
+        "update_id": update.update_id,
+        "effective_from": update.effective_from.isoformat(),
+        "source": update.source_name,
+        "kind": update.source_kind,
+        "sha256": update.sha256,
+        "models": update.models,
+        "created_at": update.created_at.isoformat() if update.created_at else None,
+        "created_by": update.created_by,
+    }
+
+
+def _print_diff(ledger: Ledger, price_file: PriceFile, diff: CatalogDiff) -> None:
+    snapshot = ledger.catalog.snapshot
+    applied = len(ledger.catalog.applied_updates)
+    print(
+        f"catalog diff: {price_file.source_name} ({price_file.source_kind}, "
+        f"{len(price_file.entries):,} models, sha256 {price_file.sha256[:12]}) against the catalog in force: "
+        f"bundled {snapshot.date} (litellm {snapshot.version}) + {applied} update(s)"
+    )
+    print(f"providers it covers: {', '.join(diff.providers)}")
+    for skipped in price_file.skipped:
+        print(f"skipped: {skipped}")
+    sections = [
+        ("added", diff.added, _listing_line),
+        ("listed again", diff.relisted, _change_line),
+        ("retired (no longer listed)", diff.retired, lambda change: f"{change.name} ({change.provider})"),
+        ("price changes, USD per million tokens", diff.changed, _change_line),
+    ]
+    for title, changes, line in sections:
+        print(f"{title}: {len(changes):,}")
+        for change in changes[:DIFF_LINES]:
+            print(f"  {line(change)}")
+        if len(changes) > DIFF_LINES:
+            print(f"  ... and {len(changes) - DIFF_LINES:,} more (--json lists every one)")
+    print(f"unchanged: {diff.unchanged:,}")
+
+
+def _listing_line(change: ModelChange) -> str:
+    return (
+        f"{change.name} ({change.provider}): input {_per_million(change.input)} / output "
+        f"{_per_million(change.output)} per million, context {_tokens(change.context_window)}"
+    )
+
+
+def _change_line(change: ModelChange) -> str:
+    rates = "; ".join(
+        f"{rate.rate} {_per_million(rate.old)} -> {_per_million(rate.new)}" for rate in change.changes
+    )
+    return f"{change.name} ({change.provider}): {rates or 'same prices'}"

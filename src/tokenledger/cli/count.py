@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         count = tokens.count_text(_read_text(args), model=model, encoding=args.encoding)
     if model is None:
+        _warn(count.warnings)
         if args.json:
             print(CountResult(**count.model_dump()).model_dump_json(exclude={"estimated_cost_usd", "priced"}))
         else:
@@ -64,16 +65,21 @@ def run(args: argparse.Namespace) -> int:
     fit = tokens.context_fit(count.tokens, model, output_tokens)
     price = _cost(model, count.tokens, output_tokens)
     result = CountResult(
-        **count.model_dump(),
+        **count.model_dump(exclude={"warnings"}),
         **fit.model_dump(),
         estimated_cost_usd=price,
         priced=price is not None,
-        warnings=model.warnings,
+        warnings=[*count.warnings, *model.warnings],
     )
-    for warning in model.warnings:  # a retired model, or a host's price the catalog lacks
-        print(f"tokenledger: warning: {warning}", file=sys.stderr)
+    _warn(result.warnings)  # an estimate's caveat, a retired model, a host's price the catalog lacks
     print(result.model_dump_json() if args.json else _describe(result, output_tokens))
     return 0
+
+
+def _warn(warnings: list[str]) -> None:
+    """Warnings go to stderr, once each, so stdout stays the count (or its JSON)."""
+    for warning in warnings:
+        print(f"tokenledger: warning: {warning}", file=sys.stderr)
 
 
 def _resolve(name: str) -> ModelInfo:
@@ -109,7 +115,8 @@ def _read_file(path: str, option: str) -> str:
         with open(path, encoding="utf-8", newline="") as file:
             return file.read()
     except OSError as error:
-        raise InvalidInput(option, path, f"cannot read it: {error.strerror or error}") from error
+        reason = (error.strerror or str(error)).lower()
+        raise TokenLedgerError(f"{option}: cannot read {path!r}: {reason}") from error
     except UnicodeDecodeError as error:
         raise InvalidInput(
             option, path, f"it is not UTF-8 text ({error.reason} at byte {error.start})"
@@ -159,7 +166,6 @@ def _describe(count: TokenCount | CountResult, output_tokens: int = 0) -> str:
         lines.append(
             f"expected error: ±{count.error_band:.0%} (the provider's count may differ by this much)"
         )
-    lines.extend(f"warning: {warning}" for warning in count.warnings)
     if isinstance(count, CountResult):
         if count.context_window is None:
             lines.append("context window: unknown for this model")

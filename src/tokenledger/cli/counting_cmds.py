@@ -1,5 +1,5 @@
-"""`tokenledger sql install-counting | count` and `tokenledger settings list | set`: counting in SQL, and
-the tenant's settings (provider counting)."""
+"""`tokenledger sql install-counting | count` and `tokenledger settings list | set | rotate-secret`:
+counting in SQL, and the tenant's settings (provider counting, pseudonyms) and secret."""
 
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ def register(subparsers: Any) -> None:
     setter.add_argument("key")
     setter.add_argument("value", help='a JSON value: true, false, 3, "text"')
     setter.set_defaults(handler=_run(settings_set_command))
+    rotate = setting_actions.add_parser(
+        "rotate-secret",
+        help="replace the tenant's secret: every user pseudonym changes, new prompt hashes start afresh",
+    )
+    rotate.set_defaults(handler=_run(settings_rotate_secret_command))
 
 
 def describe_counting(support: dict[str, Any]) -> str:
@@ -94,4 +99,16 @@ async def settings_set_command(ledger: Ledger, principal: Principal, args: argpa
         ) from None
     settings = await ledger.set_tenant_setting(args.key, value, principal)
     print(f"{args.key} = {json.dumps(getattr(settings, args.key))}")
+    return 0
+
+
+async def settings_rotate_secret_command(
+    ledger: Ledger, principal: Principal, args: argparse.Namespace
+) -> int:
+    rotated = await ledger.rotate_tenant_secret(principal)
+    when = rotated["rotated_at"].isoformat(timespec="seconds")
+    print(
+        f"tenant {rotated['tenant']}: secret rotated at {when}; user pseudonyms are new from now on, "
+        "and prompt hashes no longer match earlier ones"
+    )
     return 0

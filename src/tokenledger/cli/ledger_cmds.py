@@ -13,15 +13,29 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio
 from pydantic import BaseModel
 
-from tokenledger.errors import InvalidInput
+from tokenledger.cli import tables
+from tokenledger.errors import InvalidInput, TokenLedgerError
+from tokenledger.fx import convert, describe, shown
 from tokenledger.ledger import CLEARABLE_BUDGET_FIELDS, Ledger, money
 from tokenledger.settings import Settings
-from tokenledger.types import Budget, BudgetChange, Principal, UsageQuery
+from tokenledger.types import (
+    Budget,
+    BudgetChange,
+    BudgetState,
+    FxRate,
+    Principal,
+    UsageQuery,
+    UsageResult,
+    UsageRow,
+)
+
+DEFAULT_PERIOD = "month"  # of a new budget set without --period
 
 
 def register(subparsers: Any) -> None:
@@ -38,7 +52,10 @@ def register(subparsers: Any) -> None:
     setter.add_argument("--limit", help="tokens, or USD for --unit usd (required to create)")
     setter.add_argument("--scope", help="global (default), or KIND:VALUE (user:ana, team:search, ...)")
     setter.add_argument("--unit", help="tokens (default) or usd")
-    setter.add_argument("--period", help="minute hour day week month (default) year total 24h 7d 30d")
+    setter.add_argument(
+        "--period",
+        help=f"minute hour day week month year total 24h 7d 30d (default for a new budget: {DEFAULT_PERIOD})",
+    )
     setter.add_argument("--timezone", help="IANA zone for calendar periods (default UTC)")
     setter.add_argument("--enforcement", help="hard (deny, default), soft (warn) or shadow (record)")
     setter.add_argument("--hard-limit", help="allow overage up to this (above --limit), or 'none'")
@@ -53,6 +70,11 @@ def register(subparsers: Any) -> None:
     setter.add_argument("--rpm", help="requests per minute, or 'none'")
     setter.add_argument("--unpriced-policy", help="deny (default) or allow unpriced models (usd budgets)")
     setter.add_argument(
+        "--currency",
+        help="a usd budget's --limit and --hard-limit are in this ISO 4217 currency (converted at the "
+        "tenant's rate at each period's start; tokenledger fx), or 'none'",
+    )
+    setter.add_argument(
         "--reset-counters",
         action="store_true",
         help="confirm a change of scope, unit, period or timezone that discards this period's counters",
@@ -66,14 +88,17 @@ def register(subparsers: Any) -> None:
         parser = actions.add_parser(name, help=help_text)
         parser.add_argument("name")
         parser.add_argument("--json", action="store_true")
+        if name == "show":
+            parser.add_argument("--currency", help=_CURRENCY_HELP)
         parser.set_defaults(handler=_run(handler))
     lister = actions.add_parser("list", help="every budget with its live state")
     lister.add_argument("--json", action="store_true")
+    lister.add_argument("--currency", help=_CURRENCY_HELP)
     lister.set_defaults(handler=_run(budget_list_command))
 
     usage = subparsers.add_parser("usage", help="usage aggregated by attribution, model and time")
     usage.add_argument("--since", help="ISO timestamp with offset, or a duration back (90m, 24h, 7d)")
-    usage.add_argument("--until")
+    usage.add_argument("--until", help="ISO timestamp with offset, or a duration back; default now")
     usage.add_argument(
         "--group-by", default="", help="comma-separated: user session project team feature ..."
     )
@@ -82,6 +107,10 @@ def register(subparsers: Any) -> None:
     for key in ("user", "session", "project", "team", "feature", "endpoint", "model", "provider"):
         usage.add_argument(f"--{key}")
     usage.add_argument("--limit", default="50")
+    usage.add_argument(
+        "--currency",
+        help="also show costs in this ISO 4217 currency, each at its date's rate (tokenledger fx)",
+    )
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(handler=_run(usage_command))
 
@@ -100,13 +129,19 @@ def register(subparsers: Any) -> None:
     create.add_argument("--name", help="a label")
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=_run(keys_create_command))
-    listing = key_actions.add_parser("list", help="keys of your tenant (never the keys themselves)")
+    listing = key_actions.add_parser("list", help="keys of a tenant (never the keys themselves)")
+    listing.add_argument("--tenant", help="the tenant whose keys to list (default: yours)")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_run(keys_list_command))
     revoke = key_actions.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=_run(keys_revoke_command))
 
+
+_CURRENCY_HELP = (
+    "show usd budgets' amounts in this ISO 4217 currency, at the rate of their period's start "
+    "(tokenledger fx)"
+)
 
 Command = Callable[[Ledger, Principal, argparse.Namespace], Awaitable[int]]
 
@@ -169,6 +204,9 @@ async def budget_set_command(ledger: Ledger, principal: Principal, args: argpars
     change = BudgetChange.model_validate(changes)
     budget = await ledger.set_budget(change, principal, reset_counters=args.reset_counters)
     _print_budgets([budget], args.json)
+    created = budget.created_at == budget.updated_at
+    if created and args.period is None and not args.json:
+        print(f"period: {budget.spec.period} (the default for a new budget; --period sets another)")
     return 0
 
 
@@ -180,12 +218,16 @@ _BUDGET_OPTIONS = {field: field for field in BudgetChange.model_fields if field 
 
 
 async def budget_list_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
-    _print_budgets(await ledger.list_budgets(principal), args.json)
+    budgets = await ledger.list_budgets(principal)
+    rates = await ledger.budget_rates(budgets, args.currency, principal) if args.currency else {}
+    _print_budgets(budgets, args.json, args.currency, rates)
     return 0
 
 
 async def budget_show_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
-    _print_budgets([await ledger.get_budget(args.name, principal)], args.json)
+    budgets = [await ledger.get_budget(args.name, principal)]
+    rates = await ledger.budget_rates(budgets, args.currency, principal) if args.currency else {}
+    _print_budgets(budgets, args.json, args.currency, rates)
     return 0
 
 
@@ -199,6 +241,7 @@ async def budget_delete_command(ledger: Ledger, principal: Principal, args: argp
 
 
 async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    check_window(args)
     filters = {k: getattr(args, k) for k in ("user", "session", "project", "team", "feature", "endpoint")}
     query = UsageQuery.model_validate(
         {
@@ -211,35 +254,60 @@ async def usage_command(ledger: Ledger, principal: Principal, args: argparse.Nam
             "bucket": args.bucket,
             "timezone": args.timezone,
             "limit": args.limit,
+            "currency": args.currency,
         }
     )
     result = await ledger.usage(query, principal)
     if args.json:
         print_json(result)
         return 0
-    header = [
-        *query.group_by,
-        *(["bucket"] if query.bucket else []),
-        "requests",
-        "input",
-        "output",
-        "total",
-        "cost",
-    ]
-    rows = [
-        [
-            *(row.keys.get(k) or "-" for k in query.group_by),
-            *([row.bucket.isoformat() if row.bucket else "-"] if query.bucket else []),
-            *(str(v) for v in (row.requests, row.input_tokens, row.output_tokens, row.total_tokens)),
-            money(row.cost_usd),
-        ]
-        for row in [*result.rows, result.totals]
-    ]
-    if rows:
-        rows[-1][0] = "TOTAL"
-    print(f"usage from {result.since.isoformat()} to {result.until.isoformat()}")
-    print_table([header, *rows])
+    tables.show(tables.console(), usage_grid(result, query))
     return 0
+
+
+def usage_grid(result: UsageResult, query: UsageQuery) -> tables.Grid:
+    """Usage rows under their group keys (or time buckets), then a TOTAL row; a window without groups
+    shows its TOTAL alone."""
+    labels = [tables.Column(tables.header(key)) for key in query.group_by]
+    if query.bucket:
+        labels.append(tables.Column("Bucket", "date"))
+    rows = result.rows if labels else []
+    if not labels:
+        labels = [tables.Column("Window")]
+    numbers = [
+        tables.Column("Requests", "number"),
+        tables.Column("Input tokens", "number", drop=2),
+        tables.Column("Output tokens", "number", drop=1),
+        tables.Column("Total tokens", "number"),
+        tables.Column("Cost (USD)", "number"),
+        *([tables.Column(f"Cost ({result.currency})", "number")] if result.currency else []),
+    ]
+
+    def counts(row: UsageRow) -> list[str]:
+        values = (row.requests, row.input_tokens, row.output_tokens, row.total_tokens)
+        converted = [shown(row.cost_converted or Decimal(0), result.currency)] if result.currency else []
+        return [*(str(value) for value in values), money(row.cost_usd), *converted]
+
+    def label(row: UsageRow) -> list[str]:
+        cells = [row.keys.get(key) or "-" for key in query.group_by]
+        if query.bucket:
+            cells.append(tables.moment(row.bucket))
+        return cells
+
+    totals = ["TOTAL", *([""] * (len(labels) - 1)), *counts(result.totals)]
+    since, until = (tables.moment(moment) for moment in (result.since, result.until))
+    notes = (
+        [f"{describe(result.fx_rates, result.currency)}; each cost at the rate in force when it occurred"]
+        if result.currency
+        else []
+    )
+    return tables.Grid(
+        columns=[*labels, *numbers],
+        rows=[[*label(row), *counts(row)] for row in rows],
+        totals=totals,
+        title=f"usage from {since} to {until}",
+        notes=notes,
+    )
 
 
 async def prune_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
@@ -255,6 +323,29 @@ async def prune_command(ledger: Ledger, principal: Principal, args: argparse.Nam
     return 0
 
 
+def check_window(args: argparse.Namespace) -> None:
+    """Refuse a bare number for --since / --until: pydantic would read `7` as seconds after 1970."""
+    for flag in ("since", "until"):
+        value = getattr(args, flag, None)
+        if value is not None and re.fullmatch(r"\s*[+-]?\d+(\.\d*)?\s*", value):
+            raise InvalidInput(
+                f"--{flag}",
+                value,
+                f"a duration with its unit (did you mean {value.strip()}d? also 90m, 24h, 2w) "
+                "or an ISO 8601 timestamp with its offset",
+            )
+
+
+def check_output_path(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output file that cannot be created: a directory, or a file in a
+    directory that does not exist."""
+    if path.is_dir():
+        raise InvalidInput(flag, str(path), "a file to write, not a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise InvalidInput(flag, str(path), f"a file in an existing directory ({parent} does not exist)")
+
+
 def parse_duration(value: str, field: str) -> timedelta:
     match = re.fullmatch(r"(\d{1,5})([hdw])", value.strip())
     if not match:
@@ -264,6 +355,8 @@ def parse_duration(value: str, field: str) -> timedelta:
 
 
 async def keys_create_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    if args.role == "member" and not args.user:
+        raise TokenLedgerError("--user: missing; a member key acts for one user: give --user NAME")
     key, record = await ledger.create_key(
         role=args.role, user=args.user, tenant=args.tenant, name=args.name, principal=principal
     )
@@ -280,24 +373,40 @@ async def keys_create_command(ledger: Ledger, principal: Principal, args: argpar
 
 
 async def keys_list_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
+    if args.tenant:  # the local operator may read any tenant's keys, as `keys create --tenant` writes them
+        principal = principal.model_copy(update={"tenant_id": Principal(tenant_id=args.tenant).tenant_id})
     keys = await ledger.list_keys(principal)
     if args.json:
         print_json(keys)
         return 0
-    rows = [["KEY_ID", "ROLE", "USER", "NAME", "CREATED", "REVOKED"]]
-    rows += [
-        [
-            k["key_id"],
-            k["role"],
-            k["user_id"] or "-",
-            k["name"] or "-",
-            k["created_at"].isoformat(timespec="seconds"),
-            k["revoked_at"].isoformat(timespec="seconds") if k["revoked_at"] else "-",
-        ]
-        for k in keys
-    ]
-    print_table(rows)
+    if not keys:
+        print(f"keys of tenant {principal.tenant_id!r}: none")
+        return 0
+    tables.show(tables.console(), keys_grid(keys, principal.tenant_id))
     return 0
+
+
+def keys_grid(keys: Sequence[dict[str, Any]], tenant: str) -> tables.Grid:
+    columns = [
+        tables.Column("Key id"),
+        tables.Column("Role"),
+        tables.Column("User"),
+        tables.Column("Name", "prose", drop=1),
+        tables.Column("Created", "date"),
+        tables.Column("Revoked", "date"),
+    ]
+    rows = [
+        [
+            key["key_id"],
+            key["role"],
+            key["user_id"] or "-",
+            key["name"] or "-",
+            tables.moment(key["created_at"]),
+            tables.moment(key["revoked_at"]) if key["revoked_at"] else "-",
+        ]
+        for key in keys
+    ]
+    return tables.Grid(columns=columns, rows=rows, title=f"keys of tenant {tenant!r}")
 
 
 async def keys_revoke_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:
@@ -325,38 +434,124 @@ def _shares(value: str) -> dict[str, str]:
     return shares
 
 
-def _print_budgets(budgets: Sequence[Budget], as_json: bool) -> None:
+def _print_budgets(
+    budgets: Sequence[Budget],
+    as_json: bool,
+    currency: str | None = None,
+    rates: dict[str, FxRate] | None = None,
+) -> None:
+    """Budgets as JSON or a table; usd amounts in `currency` where a rate is given for the budget (at its
+    period start)."""
+    rates = rates or {}
     if as_json:
-        print_json(budgets)
+        print_json(
+            [
+                {**budget.model_dump(mode="json"), "shown_in": _shown_in(budget, rates[budget.spec.name])}
+                if budget.spec.name in rates
+                else budget
+                for budget in budgets
+            ]
+        )
         return
-    rows = [
-        ["NAME", "SCOPE", "PERIOD", "LIMIT", "USED", "RESERVED", "REMAINING", "USED %", "RESETS", "STATUS"]
+    tables.show(tables.console(), budgets_grid(budgets, currency, rates))
+
+
+def _shown_in(budget: Budget, rate: FxRate) -> dict[str, Any]:
+    """A usd budget's amounts in a currency, for JSON: exact, with the rate and its date."""
+    state = budget.state
+    amounts = {
+        k: format(convert(getattr(state, k), rate.rate), "f")
+        for k in ("limit", "used", "reserved", "remaining")
+    }
+    return {
+        "currency": rate.currency,
+        "rate": format(rate.rate, "f"),
+        "rate_from": rate.effective_from.isoformat(),
+        **amounts,
+    }
+
+
+def _declared(state: BudgetState) -> str | None:
+    """How a budget declared in another currency got this period's USD limit."""
+    if not state.currency or state.currency_limit is None:
+        return None
+    rate = (
+        f"{state.fx_rate.normalize():f} per USD from {state.fx_rate_from.isoformat()}"
+        if state.fx_rate is not None and state.fx_rate_from is not None
+        else "no rate found now"
+    )
+    return (
+        f"{state.name}: declared as {shown(state.currency_limit, state.currency)}; this period's limit "
+        f"{money(state.limit)} at {state.currency} {rate}"
+    )
+
+
+def budgets_grid(
+    budgets: Sequence[Budget], currency: str | None = None, rates: dict[str, FxRate] | None = None
+) -> tables.Grid:
+    """Budgets with their live state; each reset time in its budget's own time zone; usd amounts in
+    `currency` at a budget's rate in `rates` (its period start's), and a note on each budget declared in
+    a currency."""
+    rates = rates or {}
+    columns = [
+        tables.Column("Name"),
+        tables.Column("Scope"),
+        tables.Column("Period"),
+        tables.Column("Limit", "number"),
+        tables.Column("Hard limit", "number", drop=8),
+        tables.Column("Used", "number", drop=6),
+        tables.Column("Reserved", "number", drop=7),
+        tables.Column("Remaining", "number"),
+        tables.Column("Used %", "number", drop=5),
+        tables.Column("RPM", "number", drop=3),
+        tables.Column("TPM", "number", drop=4),
+        tables.Column("Resets", "date", drop=2),
+        tables.Column("Status", drop=1),
     ]
+    rows = []
     for budget in budgets:
-        state = budget.state
-        amount = money if state.unit == "usd" else (lambda value: f"{value.normalize():f}")
+        state, spec = budget.state, budget.spec
+
+        rate = rates.get(state.name)
+
+        def amount(value: Decimal | None, unit: str = state.unit, rate: FxRate | None = rate) -> str:
+            if value is None:
+                return "-"
+            if rate is not None:
+                return shown(convert(value, rate.rate), rate.currency)
+            return money(value) if unit == "usd" else f"{value.normalize():f}"
+
         rows.append(
             [
                 state.name,
                 state.scope,
-                f"{state.period} ({state.enforcement})",
+                f"{state.period}, {state.enforcement}",
                 amount(state.limit),
+                amount(state.hard_limit),
                 amount(state.used),
                 amount(state.reserved),
                 amount(state.remaining),
                 f"{state.percent_used:.1f}",
-                state.resets_at.isoformat(timespec="seconds") if state.resets_at else "never",
+                _rate(spec.requests_per_minute),
+                _rate(spec.tokens_per_minute),
+                tables.moment(state.resets_at, state.timezone) if state.resets_at else "never",
                 state.status,
             ]
         )
-    print_table(rows)
+    notes = [note for budget in budgets if (note := _declared(budget.state))]
+    if rates and currency:
+        used = sorted(
+            {rate.effective_from: rate for rate in rates.values()}.values(), key=lambda r: r.effective_from
+        )
+        notes.append(
+            f"usd amounts in {currency.upper()} at the rate of each period's start; "
+            f"{describe(used, currency.upper())}"
+        )
+    return tables.Grid(columns=columns, rows=rows, title=None if budgets else "no budgets", notes=notes)
 
 
-def print_table(rows: Sequence[Sequence[str]]) -> None:
-    """Print rows as aligned columns, the first row a header."""
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+def _rate(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def print_json(value: Any) -> None:

@@ -9,16 +9,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, TextIO, get_args
 
 import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
 from tokenledger import reports
+from tokenledger.cli import tables
+from tokenledger.cli.ledger_cmds import check_output_path, check_window
 from tokenledger.ledger import Ledger
 from tokenledger.settings import Settings
 from tokenledger.types import Principal
@@ -39,7 +40,9 @@ def register(subparsers: Any) -> None:
     report.add_argument("--view", default="summary", choices=get_args(reports.View))
     report.add_argument("--since", help="ISO timestamp with offset, or a duration back (90m, 24h, 7d)")
     report.add_argument("--until", help="ISO timestamp with offset, or a duration back; default now")
-    report.add_argument("--group-by", default="", help="comma-separated: " + " ".join(FILTERS))
+    report.add_argument(
+        "--group-by", default="", help="comma-separated: " + " ".join(FILTERS) + " requested_model"
+    )
     report.add_argument("--bucket", help="hour, day, week or month (timeseries: default day)")
     report.add_argument("--timezone", default="UTC", help="IANA zone of the buckets and of --period")
     report.add_argument("--period", help="chargeback: the calendar month, YYYY-MM (default: this month)")
@@ -49,12 +52,18 @@ def register(subparsers: Any) -> None:
     for key in FILTERS:
         report.add_argument(f"--{key}", help=f"only this {key}")
     report.add_argument("--limit", default="50", help="rows of usage and top (1 .. 10000)")
+    report.add_argument(
+        "--currency", help="also show money in this ISO 4217 currency, at the tenant's rates (tokenledger fx)"
+    )
     report.add_argument("--format", default="table", choices=FORMATS)
     report.add_argument("--output", type=Path, help="write to this file instead of stdout")
     report.set_defaults(handler=report_command)
 
 
 def report_command(args: argparse.Namespace) -> int:
+    check_window(args)
+    if args.output is not None:
+        check_output_path(args.output, "--output")
     query = reports.ReportQuery.model_validate(
         {
             **{key: value for key in FILTERS if (value := getattr(args, key)) is not None},
@@ -65,7 +74,11 @@ def report_command(args: argparse.Namespace) -> int:
             "bucket": args.bucket,
             "timezone": args.timezone,
             "limit": args.limit,
-            **{key: value for key in ("period", "by") if (value := getattr(args, key)) is not None},
+            **{
+                key: value
+                for key in ("period", "by", "currency")
+                if (value := getattr(args, key)) is not None
+            },
         }
     )
 
@@ -79,24 +92,25 @@ def report_command(args: argparse.Namespace) -> int:
 
     report = anyio.run(run)
     if args.output is None:
-        write(report, args.format, sys.stdout, interactive=sys.stdout.isatty())
+        write(report, args.format, sys.stdout, timezone=args.timezone)
         return 0
     with args.output.open("w", encoding="utf-8", newline="") as out:
-        rows = write(report, args.format, out, interactive=False)
+        rows = write(report, args.format, out, timezone=args.timezone)
     print(f"wrote {rows} row(s) of {report.view} to {args.output}", file=sys.stderr)
     return 0
 
 
-def write(report: reports.Report, fmt: str, out: TextIO, *, interactive: bool) -> int:
-    """Write the report to `out` in `fmt`; returns the number of rows written."""
+def write(report: reports.Report, fmt: str, out: TextIO, *, timezone: str | None = None) -> int:
+    """Write the report to `out` in `fmt` (a table fits a terminal's width; elsewhere COLUMNS, else
+    any width); returns the number of rows written."""
     rows = reports.shown_rows(report)
     if fmt == "table":
-        console = Console(file=out, width=None if interactive else 10_000, highlight=False)
-        grid = table(report)
-        # A table without rows has no columns either, and rich prints nothing for it: say so instead.
-        console.print(grid if rows else f"{grid.title}: no rows")
-        for note in report.notes:
-            console.print(note, style="dim", soft_wrap=True)
+        console = tables.console(out)
+        grid = table(report, timezone)
+        if rows:
+            tables.show(console, grid)
+        else:  # an empty table would print nothing: say so instead
+            console.print(f"{grid.title}: no rows", soft_wrap=True)
     elif fmt == "json":
         out.write(report.model_dump_json(indent=2) + "\n")
     elif fmt == "csv":
@@ -107,28 +121,61 @@ def write(report: reports.Report, fmt: str, out: TextIO, *, interactive: bool) -
     return len(rows)
 
 
-def table(report: reports.Report) -> Table:
-    """The report as a rich table: its rows, then a TOTAL row for summed views."""
+# Per view, the columns dropped first when a table is too wide (the first named goes first).
+DROPPED_FIRST = {
+    "usage": ("unpriced_requests", "reasoning_output_tokens", "cache_creation_input_tokens",
+              "cache_read_input_tokens", "errors", "input_tokens", "output_tokens"),
+    "timeseries": ("unpriced_requests", "reasoning_output_tokens", "cache_creation_input_tokens",
+                   "cache_read_input_tokens", "errors", "input_tokens", "output_tokens"),
+    "budgets": ("projected_percent", "projected_used", "reserved", "enforcement", "unit", "used",
+                "percent_used", "resets_at"),
+    "forecast": ("rate_per_hour", "window_use", "reserved", "used", "unit", "projected_percent",
+                 "period_end", "remaining"),
+    "top": ("usage_id", "request_id", "latency_ms", "reasoning_output_tokens",
+            "cache_creation_input_tokens", "cache_read_input_tokens", "endpoint", "feature", "team",
+            "session", "project", "provider", "status", "input_tokens", "output_tokens"),
+    "accuracy": ("under_estimates", "over_estimates", "worst_error_percent", "worst_error_tokens"),
+}  # fmt: skip
+
+
+def table(report: reports.Report, timezone: str | None = None) -> tables.Grid:
+    """The report as a table: its rows, then a TOTAL row for summed views; a summary (one row) as
+    `Header: value` lines. Times show in `timezone` when given."""
     rows = reports.shown_rows(report)
     title: str = report.view
     if report.since and report.until:
-        since, until = (moment.isoformat(timespec="seconds") for moment in (report.since, report.until))
-        title += f" from {since} to {until}"
-    grid = Table(title=title, title_justify="left", header_style="bold")
-    columns = reports.columns_of(rows)
-    for column in columns:
-        numeric = any(_numeric(row.get(column)) for row in rows)
-        grid.add_column(column, justify="right" if numeric else "left", overflow="fold")
-    for row in rows:
-        # Text, not str: rich would read "[link=...]" in a stored name as its own markup.
-        grid.add_row(*(Text(_shown(row.get(column))) for column in columns))
+        title += f" from {tables.moment(report.since, timezone)} to {tables.moment(report.until, timezone)}"
+    names = reports.columns_of(rows)
+    dropped = DROPPED_FIRST.get(report.view, ())
+    money = _converted_columns(report, names)
+    columns = [
+        tables.Column(
+            _header(name, report.currency) if name in money else tables.header(name),
+            _kind(name, rows),
+            drop=len(dropped) - dropped.index(name) if name in dropped else 0,
+        )
+        for name in names
+    ]
+    cells = [[_shown(row.get(name), name, timezone, name in money) for name in names] for row in rows]
+    totals = None
     if report.view in SUMMED_VIEWS and report.totals and rows:
-        grid.add_section()
-        totals = report.totals
-        cells = [_shown(totals.get(column)) if column in totals else "" for column in columns]
-        cells[0] = "TOTAL"
-        grid.add_row(*cells, style="bold")
-    return grid
+        summed = report.totals
+        totals = [
+            _shown(summed.get(name), name, timezone, name in money) if name in summed else ""
+            for name in names
+        ]
+        totals[0] = "TOTAL"
+    if report.view == "summary":  # one row of many fields: reads best as one field a line
+        columns = [tables.Column(column.header, column.kind, drop=0) for column in columns]
+    return tables.Grid(columns=columns, rows=cells, title=title, totals=totals, notes=list(report.notes))
+
+
+def _kind(name: str, rows: list[dict[str, reports.Cell]]) -> tables.Kind:
+    if name in tables.DATES:
+        return "date"
+    if name in tables.PROSE:
+        return "prose"
+    return "number" if any(_numeric(row.get(name)) for row in rows) else "text"
 
 
 def _numeric(value: reports.Cell) -> bool:
@@ -143,11 +190,30 @@ def _numeric(value: reports.Cell) -> bool:
     return True
 
 
-def _shown(value: reports.Cell) -> str:
+def _converted_columns(report: reports.Report, columns: list[str]) -> set[str]:
+    """The columns holding money converted to the report's currency: a table rounds them to 2 decimals."""
+    if report.currency is None:
+        return set()
+    suffix = "_" + report.currency.lower()
+    return {column for column in columns if column.endswith(suffix) or column.endswith(suffix + "_exact")}
+
+
+def _header(name: str, currency: str | None) -> str:
+    """A converted money column's header: `cost_eur` -> `Cost (EUR)`."""
+    code = str(currency)
+    base = name.replace(f"_{code.lower()}", "")
+    return f"{tables.header(base)} ({code})"
+
+
+def _shown(value: reports.Cell, name: str = "", timezone: str | None = None, money: bool = False) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if name in tables.DATES and isinstance(value, str):
+        return tables.moment(value, timezone)
+    if money and isinstance(value, str):  # converted money: 2 decimals, half up (json keeps every digit)
+        return f"{Decimal(value).quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):f}"
     return str(value)
 
 

@@ -15,7 +15,8 @@ from typing import Any, get_args
 
 import anyio
 
-from tokenledger.cli.ledger_cmds import _run, print_json, print_table
+from tokenledger.cli import tables
+from tokenledger.cli.ledger_cmds import _run, print_json
 from tokenledger.ledger import Ledger
 from tokenledger.schedules import Schedule, ScheduleSpec, ScheduleView, destination
 from tokenledger.types import Principal
@@ -95,14 +96,24 @@ async def list_command(ledger: Ledger, principal: Principal, args: argparse.Name
     if args.json:
         print_json(found)
         return 0
-    print_table(_rows(found))
+    tables.show(tables.console(), _grid(found))
     return 0
 
 
-def _rows(found: Sequence[Schedule]) -> list[list[str]]:
-    rows = [["NAME", "VIEW", "WHEN", "TO", "NEXT", "LAST", "STATE"]]
+def _grid(found: Sequence[Schedule]) -> tables.Grid:
+    """Schedules: what each sends, when and where, its next occurrence and how its last one went."""
+    columns = [
+        tables.Column("Name"),
+        tables.Column("View"),
+        tables.Column("When", "prose"),
+        tables.Column("To", drop=2),
+        tables.Column("Next", "date"),
+        tables.Column("Last", "date", drop=1),
+        tables.Column("State", "prose"),
+    ]
+    rows = []
     for s in found:
-        last = s.last_occurrence.isoformat(timespec="minutes") if s.last_occurrence else "-"
+        last = tables.moment(s.last_occurrence, s.timezone) if s.last_occurrence else "-"
         state = (
             "delivered" if s.last_delivered_at else (s.last_error or "pending") if s.last_occurrence else "-"
         )
@@ -112,12 +123,12 @@ def _rows(found: Sequence[Schedule]) -> list[list[str]]:
                 s.view + (f" by {s.by}" if s.by else ""),
                 f"every {s.every} at {s.at} {s.timezone}",
                 s.to,
-                s.next_run_at.isoformat(timespec="minutes"),
+                tables.moment(s.next_run_at, s.timezone),
                 last,
                 state,
             ]
         )
-    return rows
+    return tables.Grid(columns=columns, rows=rows)
 
 
 async def run_now_command(ledger: Ledger, principal: Principal, args: argparse.Namespace) -> int:

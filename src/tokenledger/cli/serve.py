@@ -8,9 +8,11 @@ Logs go to stderr: over stdio, stdout carries the protocol.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +42,8 @@ DEFAULT_PORT: Final = 8765
 SWEEP_SECONDS: Final = 5.0
 ALERT_POLL_SECONDS: Final = float(os.environ.get("TOKENLEDGER_ALERT_POLL_SECONDS", "5"))
 HOUSEKEEPING_SECONDS: Final = 6 * 3600.0
+# How often a server looks for catalog updates (one index probe; see Ledger.refresh_catalog).
+CATALOG_POLL_SECONDS: Final = float(os.environ.get("TOKENLEDGER_CATALOG_POLL_SECONDS", "10"))
 ADMIN_KEY_FILE: Final = "admin.key"
 TransportName = Literal["stdio", "http", "sse"]
 
@@ -134,9 +138,13 @@ def run(args: argparse.Namespace) -> int:
     if args.max_request_bytes <= 0:
         raise InvalidInput("--max-request-bytes", args.max_request_bytes, "a positive number of bytes")
     timeouts = read_timeouts(args)
-    stop = _StopRequest()
-    stop.install()
-    anyio.run(_serve_http, settings, args, stop, log_format, timeouts)
+    listener = _bind(args.host, args.port)  # before anything is announced: a busy port is one clear line
+    try:
+        stop = _StopRequest()
+        stop.install()
+        anyio.run(_serve_http, settings, args, stop, log_format, timeouts, listener)
+    finally:
+        listener.close()
     return 0
 
 
@@ -168,6 +176,25 @@ def _configure_logging(level: str) -> RedactingFormatter:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     return formatter
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (as uvicorn binds one), for uvicorn to listen on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if sys.platform != "win32":  # on Windows this option would let us share a port in use
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        if error.errno == errno.EADDRINUSE:
+            raise TokenLedgerError(
+                f"port {port} on {host} is already in use (another tokenledger serve?): "
+                "stop that server or choose another port with --port"
+            ) from None
+        raise TokenLedgerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return listener
 
 
 def stdio_principal(settings: Settings) -> Principal:
@@ -215,12 +242,25 @@ async def _housekeeping(ledger: Ledger) -> None:
         await anyio.sleep(HOUSEKEEPING_SECONDS)
 
 
+async def poll_catalog(ledger: Ledger, interval: float = CATALOG_POLL_SECONDS) -> None:
+    """Take catalog updates another process stored, every `interval` seconds, for as long as the server
+    runs: off the call path, so no call waits for the database because of it."""
+    while True:
+        await anyio.sleep(interval)
+        try:
+            if await ledger.refresh_catalog():
+                log.info("catalog updated: %s", ", ".join(u.label for u in ledger.catalog.applied_updates))
+        except TokenLedgerError as error:
+            log.warning("could not look for catalog updates: %s", error)
+
+
 @asynccontextmanager
 async def _background(ledger: Ledger) -> AsyncIterator[None]:
     """What a server does besides answering calls: release expired reservations, deliver alerts from the
-    outbox and scheduled reports to the configured sinks (any number of servers share the work), keep
-    partitions ahead."""
+    outbox, scheduled reports and override requests to the configured sinks (any number of servers share
+    the work), keep partitions ahead, take catalog updates."""
     from tokenledger.alerts import Dispatcher, sinks_from_env
+    from tokenledger.override_notices import OverrideNoticeDispatcher
     from tokenledger.scheduled import ScheduleDispatcher
 
     sinks = await anyio.to_thread.run_sync(sinks_from_env)  # a bad sink setting refuses to start
@@ -228,7 +268,11 @@ async def _background(ledger: Ledger) -> AsyncIterator[None]:
         tasks.start_soon(_sweep_expired, ledger)
         tasks.start_soon(partial(Dispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
         tasks.start_soon(partial(ScheduleDispatcher(ledger, sinks).run_forever, interval=ALERT_POLL_SECONDS))
+        public_url = os.environ.get("TOKENLEDGER_PUBLIC_URL")
+        overrides = OverrideNoticeDispatcher(ledger, sinks, dashboard_url=public_url)
+        tasks.start_soon(partial(overrides.run_forever, interval=ALERT_POLL_SECONDS))
         tasks.start_soon(_housekeeping, ledger)
+        tasks.start_soon(poll_catalog, ledger)
         yield
         tasks.cancel_scope.cancel()
 
@@ -271,6 +315,7 @@ async def _serve_http(
     stop: _StopRequest,
     log_format: RedactingFormatter,
     timeouts: ReadTimeouts,
+    listener: socket.socket,
 ) -> None:
     import uvicorn
 
@@ -321,7 +366,7 @@ async def _serve_http(
         banner = _banner(describe(args.host, args.port, transports), key_note, show_key=sys.stdout.isatty())
         print(banner, flush=True)
         async with _background(ledger):
-            await uvicorn_server.serve()
+            await uvicorn_server.serve(sockets=[listener])
         if not uvicorn_server.started and not stop.requested:
             raise TokenLedgerError(f"could not serve on {args.host}:{args.port} (see the log above)")
     log.info("stopped")

@@ -16,7 +16,9 @@ The SDK is an optional extra: `pip install tokenledger[anthropic]`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 from tokenledger.integrations.guard import Grant, SyncGrant, SyncLedger, Usage, usage_from
@@ -51,6 +53,8 @@ def wrap_anthropic(
     team: str | None = None,
     feature: str | None = None,
     endpoint: str | None = None,
+    fallback: Sequence[str] = (),
+    fallback_at: float | Decimal | None = None,
 ) -> C:
     """The client, metered: an `AsyncAnthropic` with a `Ledger` (or `SyncLedger`), an `Anthropic` with a
     `SyncLedger`. `.with_attribution(user=..., ...)` on the result gives a copy with other attribution."""
@@ -63,6 +67,8 @@ def wrap_anthropic(
     ).with_attribution(
         user=user, session=session, project=project, team=team, feature=feature, endpoint=endpoint
     )
+    if fallback or fallback_at is not None:  # a call the budget cannot afford runs on a cheaper model
+        settings = settings.with_fallback(fallback, fallback_at)
     return cast(C, _wrap(client, settings))
 
 
@@ -164,6 +170,7 @@ def _async_create(original: Any, settings: CallSettings) -> Any:
         request, spec = _prepare(kwargs, settings)
         grant = await settings.reserve(request, spec)
         call = _apply(kwargs, grant.max_output_tokens, request.max_output_tokens)
+        call["model"] = grant.model  # a fallback model, where the budget allowed only that
         try:
             response = await original(**call)
         except BaseException:
@@ -182,6 +189,7 @@ def _sync_create(original: Any, settings: CallSettings) -> Any:
         request, spec = _prepare(kwargs, settings)
         grant: SyncGrant = settings.reserve_sync(request, spec)
         call = _apply(kwargs, grant.max_output_tokens, request.max_output_tokens)
+        call["model"] = grant.model  # a fallback model, where the budget allowed only that
         try:
             response = original(**call)
         except BaseException:

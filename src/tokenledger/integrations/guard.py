@@ -11,6 +11,8 @@ reservation. A body that ends without settling is settled with the counted input
 (`on_exit="settle_input"`, the default: the call was most likely made) or released (`on_exit="release"`).
 A long call keeps its reservation with `grant.keep_alive()`, which extends it once more than half its TTL
 has passed (the SDK wrappers' streams call it on every event).
+With `fallback=[...]` (and `fallback_at=`), a call its budget cannot afford runs on a cheaper model instead:
+`grant.model` is the model to call, `grant.downgrade` says why (see tokenledger.integrations.fallback).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
@@ -31,6 +33,13 @@ import anyio.from_thread
 import anyio.to_thread
 
 from tokenledger.errors import BudgetExceeded, Conflict, InvalidInput, TokenLedgerError
+from tokenledger.integrations.fallback import (
+    Downgrade,
+    fallback_request_id,
+    money_denial,
+    past_share,
+    validate_fallback,
+)
 from tokenledger.ledger import Ledger
 from tokenledger.settings import Settings
 from tokenledger.types import (
@@ -51,6 +60,7 @@ from tokenledger.types import (
 )
 
 __all__ = [
+    "Downgrade",
     "Grant",
     "Guard",
     "GuardSpec",
@@ -205,12 +215,18 @@ class Grant:
     """A reservation held for one model call; `settle` or `record` it once, or `release` it."""
 
     def __init__(
-        self, ledger: LedgerCalls, check: CheckResult, spec: GuardSpec, principal: Principal | None
+        self,
+        ledger: LedgerCalls,
+        check: CheckResult,
+        spec: GuardSpec,
+        principal: Principal | None,
+        downgrade: Downgrade | None = None,
     ) -> None:
         self._ledger = ledger
         self._spec = spec
         self._principal = principal
         self.check = check
+        self.downgrade = downgrade  # set when the call runs on a fallback model
         self.started = time.perf_counter()
         self.tracked: TrackResult | None = None
         self.released: ReleaseResult | None = None
@@ -220,6 +236,16 @@ class Grant:
     @property
     def reservation_id(self) -> str | None:
         return self.check.reservation_id
+
+    @property
+    def model(self) -> str:
+        """The model to call: the one requested, or the fallback model the budget allowed instead."""
+        return self._spec.model
+
+    @property
+    def requested_model(self) -> str:
+        """The model the caller asked for (`model` unless the call fell back)."""
+        return self.downgrade.requested_model if self.downgrade else self._spec.model
 
     @property
     def input_tokens(self) -> int:
@@ -320,6 +346,11 @@ class Grant:
             input_tokens = self.input_tokens
         if output_tokens is None and output_text is None:
             output_tokens = 0
+        fell_back = (
+            {"fallback_reason": self.downgrade.reason, "fallback_budget": self.downgrade.budget}
+            if self.downgrade
+            else {}
+        )
         request = TrackRequest(
             model=model or self._spec.model,
             reservation_id=self.reservation_id,
@@ -336,7 +367,8 @@ class Grant:
             status=status,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             tools_used=list(tools_used),
-            metadata={**self._spec.metadata, **(metadata or {})},
+            metadata={**self._spec.metadata, **fell_back, **(metadata or {})},
+            requested_model=self.downgrade.requested_model if self.downgrade else None,
             **self._spec.attribution,
         )
         self._done = True
@@ -384,6 +416,18 @@ class SyncGrant:
     @property
     def reservation_id(self) -> str | None:
         return self.grant.reservation_id
+
+    @property
+    def model(self) -> str:
+        return self.grant.model
+
+    @property
+    def requested_model(self) -> str:
+        return self.grant.requested_model
+
+    @property
+    def downgrade(self) -> Downgrade | None:
+        return self.grant.downgrade
 
     @property
     def input_tokens(self) -> int:
@@ -444,6 +488,8 @@ class GuardSpec:
     attribution: dict[str, str]
     metadata: dict[str, Any]
     on_exit: OnExit
+    fallback: tuple[str, ...] = ()  # cheaper models to run the call on when its budget is tight
+    fallback_at: Decimal | None = None  # ... or when it would take a USD budget to this share of its limit
 
 
 def _check_request(
@@ -489,11 +535,50 @@ async def reserve(
     principal: Principal | None,
     spec: GuardSpec,
 ) -> Grant:
-    """A `Grant` for an allowed check; raises `BudgetExceeded` with the decision when denied."""
+    """A `Grant` for an allowed check; raises `BudgetExceeded` with the decision when denied.
+
+    With `spec.fallback`, a check denied for money (or, with `spec.fallback_at`, a call that would take a
+    USD budget to that share) runs on the first fallback model the budgets allow: the grant's `model` and
+    `downgrade` say so. Each fallback is checked in order; only the one that passes reserves."""
+    tried = False
+    if spec.fallback_at is not None:
+        probe = await ledger.check_budget(request.model_copy(update={"reserve": False}), principal)
+        budget = past_share(probe, spec.fallback_at) if probe.allowed else None
+        if budget is not None:
+            tried = True
+            if grant := await _first_fallback(ledger, request, principal, spec, "fallback_at", budget):
+                return grant
     check = await ledger.check_budget(request, principal)
-    if not check.allowed:
+    if check.allowed:
+        return Grant(ledger, check, spec, principal)
+    denial = money_denial(check) if spec.fallback else None
+    if denial is None:
         raise BudgetExceeded(check, denial_message(check))
-    return Grant(ledger, check, spec, principal)
+    budget, reason = denial
+    if not tried and (grant := await _first_fallback(ledger, request, principal, spec, reason, budget)):
+        return grant
+    message = f"{denial_message(check)}; no fallback model fits either ({', '.join(spec.fallback)})"
+    raise BudgetExceeded(check, message)
+
+
+async def _first_fallback(
+    ledger: LedgerCalls,
+    request: CheckRequest,
+    principal: Principal | None,
+    spec: GuardSpec,
+    reason: str,
+    budget: str,
+) -> Grant | None:
+    """A grant on the first of `spec.fallback` that the budgets allow (a check each, in order), or None."""
+    for position, model in enumerate(spec.fallback, start=1):
+        request_id = fallback_request_id(request.request_id, position)
+        check = await ledger.check_budget(
+            request.model_copy(update={"model": model, "request_id": request_id}), principal
+        )
+        if check.allowed:
+            downgrade = Downgrade(requested_model=spec.model, model=model, reason=reason, budget=budget)
+            return Grant(ledger, check, replace(spec, model=model), principal, downgrade)
+    return None
 
 
 class Guard:
@@ -564,6 +649,8 @@ def guard(
     principal: Principal | None = None,
     on_exit: OnExit = "settle_input",
     metadata: Mapping[str, Any] | None = None,
+    fallback: Sequence[str] = (),
+    fallback_at: float | Decimal | None = None,
     user: str | None = None,
     session: str | None = None,
     project: str | None = None,
@@ -575,7 +662,8 @@ def guard(
 
     The input is counted from `messages` or `text` (or given as `input_tokens`; none of them means 0),
     and `max_output_tokens` is reserved. `async with` works with a `Ledger` or a `SyncLedger`; plain
-    `with` needs a `SyncLedger`.
+    `with` needs a `SyncLedger`. `fallback` (and `fallback_at`): cheaper models to call instead when the
+    budget is tight; call `grant.model`.
     """
     spec = make_spec(
         model=model,
@@ -587,6 +675,8 @@ def guard(
         provider=provider,
         on_exit=on_exit,
         metadata=metadata,
+        fallback=fallback,
+        fallback_at=fallback_at,
         attribution={
             "user": user,
             "session": session,
@@ -611,12 +701,15 @@ def make_spec(
     on_exit: OnExit = "settle_input",
     metadata: Mapping[str, Any] | None = None,
     attribution: Mapping[str, str | None] | None = None,
+    fallback: Sequence[str] = (),
+    fallback_at: float | Decimal | None = None,
 ) -> GuardSpec:
     """The settings of one guarded call (what the wrappers and the middleware build per call)."""
     given = {k: v for k, v in (attribution or {}).items() if v is not None}
     unknown = set(given) - set(ATTRIBUTION_FIELDS)
     if unknown:
         raise InvalidInput("attribution", sorted(unknown), f"one of {', '.join(ATTRIBUTION_FIELDS)}")
+    fallback_models, fallback_share = validate_fallback(model, fallback, fallback_at)
     return GuardSpec(
         model=model,
         max_output_tokens=max_output_tokens,
@@ -628,6 +721,8 @@ def make_spec(
         attribution=given,
         metadata=dict(metadata or {}),
         on_exit=on_exit,
+        fallback=fallback_models,
+        fallback_at=fallback_share,
     )
 
 

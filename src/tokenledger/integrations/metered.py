@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 import anyio
 
 from tokenledger.errors import InvalidInput
+from tokenledger.integrations.fallback import validate_fallback
 from tokenledger.integrations.guard import (
     ATTRIBUTION_FIELDS,
     Grant,
@@ -208,6 +210,13 @@ class CallSettings:
     allow_partial: bool = False
     ttl_seconds: float = 600
     attribution: dict[str, str] = field(default_factory=dict)
+    fallback: tuple[str, ...] = ()  # cheaper models a call may run on instead (see integrations.fallback)
+    fallback_at: Decimal | None = None
+
+    def with_fallback(self, fallback: Sequence[str], fallback_at: float | Decimal | None) -> CallSettings:
+        """A copy that falls back to these models (checked now, so a wrong list fails at wrap time)."""
+        models, share = validate_fallback("", fallback, fallback_at)
+        return replace(self, fallback=models, fallback_at=share)
 
     def with_attribution(self, **attribution: str | None) -> CallSettings:
         unknown = set(attribution) - set(ATTRIBUTION_FIELDS)
@@ -219,7 +228,8 @@ class CallSettings:
     def request(
         self, *, model: str, max_output_tokens: int, provider: str, messages: list[dict[str, Any]]
     ) -> tuple[CheckRequest, GuardSpec]:
-        """The check of one call and its spec."""
+        """The check of one call and its spec (a call to a fallback model falls back to the others only)."""
+        fallback = tuple(name for name in self.fallback if name != model)
         spec = make_spec(
             model=model,
             max_output_tokens=max_output_tokens,
@@ -228,6 +238,8 @@ class CallSettings:
             ttl_seconds=self.ttl_seconds,
             provider=provider,
             attribution=dict(self.attribution),
+            fallback=fallback,
+            fallback_at=self.fallback_at if fallback else None,
         )
         return check_request(spec, messages=messages), spec
 

@@ -18,6 +18,8 @@ The SDK is an optional extra: `pip install tokenledger[openai]`.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 from tokenledger.errors import UnknownModel
@@ -54,6 +56,8 @@ def wrap_openai(
     team: str | None = None,
     feature: str | None = None,
     endpoint: str | None = None,
+    fallback: Sequence[str] = (),
+    fallback_at: float | Decimal | None = None,
 ) -> C:
     """The client, metered: an `AsyncOpenAI` with a `Ledger` (or `SyncLedger`), an `OpenAI` with a
     `SyncLedger`. `.with_attribution(user=..., ...)` on the result gives a copy with other attribution."""
@@ -66,6 +70,8 @@ def wrap_openai(
     ).with_attribution(
         user=user, session=session, project=project, team=team, feature=feature, endpoint=endpoint
     )
+    if fallback or fallback_at is not None:  # a call the budget cannot afford runs on a cheaper model
+        settings = settings.with_fallback(fallback, fallback_at)
     return cast(C, _wrap(client, settings))
 
 
@@ -181,6 +187,7 @@ def _async_create(original: Any, settings: CallSettings) -> Any:
         request, spec, asked_usage = _prepare(kwargs, settings)
         grant = await settings.reserve(request, spec)
         call = _apply(kwargs, grant.max_output_tokens, request.max_output_tokens)
+        call["model"] = grant.model  # a fallback model, where the budget allowed only that
         try:
             response = await original(**call)
         except BaseException:
@@ -199,6 +206,7 @@ def _sync_create(original: Any, settings: CallSettings) -> Any:
         request, spec, asked_usage = _prepare(kwargs, settings)
         grant: SyncGrant = settings.reserve_sync(request, spec)
         call = _apply(kwargs, grant.max_output_tokens, request.max_output_tokens)
+        call["model"] = grant.model  # a fallback model, where the budget allowed only that
         try:
             response = original(**call)
         except BaseException:

@@ -28,11 +28,19 @@ sign-in form (`POST /dashboard/login`) puts the key in an HttpOnly, SameSite=Str
 (a printable chargeback statement) signs in the same way. That is the only place a key in a query string
 counts (`/mcp?access_token=` does not authenticate), and the access log shows no query string at all
 (`tokenledger.mcp.redaction`).
+
+An admin approves or denies override requests on the dashboard: a form that POSTs to `/dashboard/overrides`
+with the same cookie and a form token. SameSite=Strict keeps the cookie off requests from other sites and
+the Origin check refuses foreign origins, but neither stops a page of the same site (a sibling subdomain,
+or another port of localhost: loopback origins are always allowed) from posting with the cookie. So the
+form carries a token derived from the signed-in key (`dashboard_form_token`), which such a page cannot
+read or compute; a POST without it changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import logging
 import math
@@ -62,8 +70,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenledger import dashboard
 from tokenledger.errors import (
+    Conflict,
     InternalError,
     InvalidInput,
+    NotFound,
     PermissionDenied,
     ReportBusy,
     ReportTimeout,
@@ -105,8 +115,9 @@ DASHBOARD_PATH: Final = "/dashboard"
 DASHBOARD_LOGIN_PATH: Final = "/dashboard/login"
 DASHBOARD_LOGOUT_PATH: Final = "/dashboard/logout"
 CHARGEBACK_PATH: Final = "/dashboard/chargeback"
+DASHBOARD_OVERRIDES_PATH: Final = "/dashboard/overrides"
 DASHBOARD_PATHS: Final = frozenset(
-    {DASHBOARD_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_LOGOUT_PATH, CHARGEBACK_PATH}
+    {DASHBOARD_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_LOGOUT_PATH, CHARGEBACK_PATH, DASHBOARD_OVERRIDES_PATH}
 )
 DASHBOARD_COOKIE: Final = "tokenledger_key"
 DASHBOARD_COOKIE_SECONDS: Final = 12 * 3600
@@ -595,6 +606,13 @@ def _signed_in(request: Request, key: str, target: str) -> Response:
     return response
 
 
+def dashboard_form_token(key: str) -> str:
+    """The token a dashboard form carries: an HMAC of a fixed label under the signed-in API key, so that
+    only a page that knows the key (the dashboard, rendered for it) can post a decision. Stateless: any
+    server process checks it."""
+    return hmac.new(key.encode(), b"tokenledger dashboard form", hashlib.sha256).hexdigest()
+
+
 def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
     async def check_key(key: str) -> Principal | Response | None:
         try:
@@ -644,7 +662,9 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
         except ValueError:
             return _page(dashboard.render_message("Bad request", "days: a whole number, 1 to 366"), 400)
         try:
-            data = await ledger.dashboard(principal, days=days, timezone=query.get("tz", "UTC"))
+            data = await ledger.dashboard(
+                principal, days=days, timezone=query.get("tz", "UTC"), currency=query.get("currency") or None
+            )
         except InvalidInput as error:
             return _page(dashboard.render_message("Bad request", str(error)), 400)
         except ReportBusy as error:
@@ -660,7 +680,52 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
             return _page(
                 dashboard.render_message("Unavailable", "The database is unavailable; retry shortly."), 503
             )
-        return _page(dashboard.render(data))
+        key = request.cookies.get(DASHBOARD_COOKIE, "")
+        csrf = dashboard_form_token(key) if principal.role == "admin" else None
+        return _page(dashboard.render(data, csrf=csrf))
+
+    async def decide_override(request: Request) -> Response:
+        """The approve/deny form: `id`, `action` (approve or deny), `reason`, `csrf`; admins only."""
+        key = request.cookies.get(DASHBOARD_COOKIE)
+        if not key:
+            return _login_page("Sign in to decide on override requests.", 401)
+        principal = await check_key(key)
+        if isinstance(principal, Response):
+            return principal
+        if principal is None:
+            return _login_page("Your API key is unknown or was revoked: sign in again.", 401)
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+
+        def field(name: str) -> str:
+            return (form.get(name) or [""])[0].strip()
+
+        if not hmac.compare_digest(field("csrf").encode(), dashboard_form_token(key).encode()):
+            message = "This form did not come from your dashboard page: reload the dashboard and try again."
+            return _page(dashboard.render_message("Refused", message), 403)
+        action, reason = field("action"), field("reason") or None
+        if action not in ("approve", "deny") or not field("id").isdigit():
+            message = "id: a request's number; action: approve or deny"
+            return _page(dashboard.render_message("Bad request", message), 400)
+        override_id = int(field("id"))
+        try:
+            if action == "approve":
+                await ledger.approve_override(override_id, principal, reason=reason)
+            else:
+                await ledger.deny_override(override_id, reason or "", principal)
+        except PermissionDenied as error:
+            return _page(dashboard.render_message("Not allowed", str(error)), 403)
+        except NotFound as error:
+            return _page(dashboard.render_message("Not found", str(error)), 404)
+        except Conflict as error:
+            return _page(dashboard.render_message("Already decided", str(error)), 409)
+        except InvalidInput as error:
+            return _page(dashboard.render_message("Bad request", str(error)), 400)
+        except TokenLedgerError as error:
+            log.error("override decision: %s", error)
+            return _page(
+                dashboard.render_message("Unavailable", "The database is unavailable; retry shortly."), 503
+            )
+        return RedirectResponse(f"{DASHBOARD_PATH}#overrides", status_code=303, headers=_PAGE_HEADERS)
 
     async def chargeback(request: Request) -> Response:
         """A printable chargeback statement: `?period=YYYY-MM&by=team&tz=UTC` (a member: its own lines)."""
@@ -727,6 +792,7 @@ def _dashboard_endpoints(ledger: Ledger) -> list[BaseRoute]:
         Route(CHARGEBACK_PATH, chargeback, methods=["GET"]),
         Route(DASHBOARD_LOGIN_PATH, login, methods=["POST"]),
         Route(DASHBOARD_LOGOUT_PATH, logout, methods=["POST"]),
+        Route(DASHBOARD_OVERRIDES_PATH, decide_override, methods=["POST"]),
     ]
 
 

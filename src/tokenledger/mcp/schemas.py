@@ -9,6 +9,7 @@ docstrings, the Identifier pattern repeated per field) without changing what is 
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
@@ -24,6 +25,7 @@ from tokenledger.types import (
     BudgetName,
     CheckRequest,
     CountRequest,
+    CurrencyCode,
     ExtendRequest,
     FitRequest,
     GroupKey,
@@ -32,11 +34,16 @@ from tokenledger.types import (
     ModelName,
     Moment,
     Money,
+    Override,
+    OverrideId,
+    OverrideReason,
+    OverrideStatus,
     ReservationId,
     TrackRequest,
 )
 
 __all__ = [
+    "BudgetOverrideInput",
     "BudgetsResult",
     "CheckInput",
     "CountInput",
@@ -44,6 +51,7 @@ __all__ = [
     "FitInput",
     "ManageBudgetInput",
     "ManageScheduleInput",
+    "OverridesResult",
     "PricesInput",
     "PricesResult",
     "ReleaseInput",
@@ -55,6 +63,7 @@ __all__ = [
 ]
 
 _ID_PATTERN = r"^[A-Za-z0-9_.:@/+=-]+$"
+_STRING = WithJsonSchema({"type": "string"})
 _ID_SCHEMA = {"pattern": _ID_PATTERN, "type": "string"}  # lengths unpublished, as everywhere
 
 
@@ -119,6 +128,8 @@ class ReportInput(ReportQuery):
     """A report query (the view to show) and its format."""
 
     format: Literal["json", "markdown", "csv"] = "json"
+    # Published as a plain string (the ISO 4217 check still applies): every agent pays for the schema.
+    currency: Annotated[CurrencyCode, _STRING] | None = None
 
     model_config = _config(
         view="usage: by group_by/bucket; forecast: per budget; top: dearest calls",
@@ -149,9 +160,6 @@ class ManageBudgetInput(BudgetChange):
         return BudgetChange.model_validate(self.model_dump(include=given))
 
 
-_STRING = WithJsonSchema({"type": "string"})
-
-
 class ManageScheduleInput(Model):
     """An action on scheduled reports; `add` takes the ScheduleSpec fields."""
 
@@ -170,6 +178,25 @@ class ManageScheduleInput(Model):
     def spec_fields(self) -> dict[str, Any]:
         """The ScheduleSpec fields that were given."""
         return self.model_dump(exclude={"action"}, exclude_none=True)
+
+
+class BudgetOverrideInput(Model):
+    """An action on override requests: `request` takes budget, amount, reason and until (OverrideRequest);
+    status, cancel, approve and deny take id; deny takes a reason, approve may."""
+
+    action: Literal["request", "status", "cancel", "list", "approve", "deny"] = "list"
+    id: OverrideId | None = None
+    budget: Annotated[BudgetName, _STRING] | None = None
+    amount: Annotated[Decimal, Field(max_digits=38, decimal_places=18)] | None = None  # > 0: OverrideRequest
+    reason: Annotated[OverrideReason, _STRING] | None = None
+    until: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    status: OverrideStatus | None = None  # list: only these
+
+    model_config = _config(amount="More, in the budget's unit", until="ISO 8601, or 2h/3d ahead")
+
+    def request_fields(self) -> dict[str, Any]:
+        """The OverrideRequest fields that were given."""
+        return self.model_dump(include={"budget", "amount", "reason", "until"}, exclude_none=True)
 
 
 class PricesInput(Model):
@@ -206,6 +233,11 @@ class SchedulesResult(Model):
     action: str
     schedules: list[Schedule] = Field(default_factory=list)
     run: ScheduleRun | None = None  # run_now: the run queued
+
+
+class OverridesResult(Model):
+    action: str
+    overrides: list[Override] = Field(default_factory=list)
 
 
 class PricesResult(Model):

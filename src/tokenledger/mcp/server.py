@@ -16,17 +16,20 @@ from typing import Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
-from mcp.server.mcpserver.prompts.base import UserMessage
+from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
 from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
-from mcp_types import ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, ToolAnnotations
 from pydantic import BaseModel, ValidationError
 
 from tokenledger import reports
 from tokenledger.errors import NotFound, TokenLedgerError, UnknownModel, internal_error
 from tokenledger.ledger import Ledger
+from tokenledger.mcp import prompts
 from tokenledger.mcp.access import PrincipalMiddleware, principal_of, request_principal
 from tokenledger.mcp.schemas import (
+    BudgetOverrideInput,
     BudgetsResult,
     CheckInput,
     CountInput,
@@ -34,6 +37,7 @@ from tokenledger.mcp.schemas import (
     FitInput,
     ManageBudgetInput,
     ManageScheduleInput,
+    OverridesResult,
     PricesInput,
     PricesResult,
     ReleaseInput,
@@ -51,6 +55,7 @@ from tokenledger.types import (
     CountResult,
     ExtendResult,
     FitResult,
+    OverrideRequest,
     PriceSpec,
     Principal,
     ReleaseResult,
@@ -124,6 +129,10 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         """Add, list, run now or delete scheduled reports (admin)."""
         return await _manage_schedule(ledger, request, who(ctx))
 
+    async def budget_override(request: BudgetOverrideInput, ctx: Context[Any, Any]) -> OverridesResult:
+        """Temporary budget increase: request, status, cancel, list; approve or deny (admin)."""
+        return await _budget_override(ledger, request, who(ctx))
+
     async def prices(request: PricesInput, ctx: Context[Any, Any]) -> PricesResult:
         """A model's prices and context window, a catalog search, or a tenant price override."""
         return await _prices(ledger, request, who(ctx))
@@ -141,6 +150,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         _tool(report, ReportInput, reports.Report, READ),
         _tool(manage_budget, ManageBudgetInput, BudgetsResult, ADMIN),
         _tool(manage_schedule, ManageScheduleInput, SchedulesResult, SCHEDULE),
+        _tool(budget_override, BudgetOverrideInput, OverridesResult, WRITE),
         _tool(prices, PricesInput, PricesResult, WRITE_IDEMPOTENT),
         _tool(fit_messages, FitInput, FitResult, READ),
     ]
@@ -183,6 +193,32 @@ async def _manage_schedule(
         )
     spec = ScheduleSpec.model_validate(request.spec_fields())
     return SchedulesResult(action=action, schedules=[await ledger.add_schedule(spec, principal)])
+
+
+async def _budget_override(
+    ledger: Ledger, request: BudgetOverrideInput, principal: Principal
+) -> OverridesResult:
+    action = request.action
+    if action == "list":
+        found = await ledger.list_overrides(principal, status=request.status, budget=request.budget)
+        return OverridesResult(action=action, overrides=found)
+    if action == "request":
+        asked = OverrideRequest.model_validate(request.request_fields())
+        return OverridesResult(action=action, overrides=[await ledger.request_override(asked, principal)])
+    if request.id is None:
+        raise ToolError(f"id: missing; allowed: an override request's id, required for action {action!r}")
+    if action == "status":
+        return OverridesResult(action=action, overrides=[await ledger.override_status(request.id, principal)])
+    if action == "cancel":
+        return OverridesResult(action=action, overrides=[await ledger.cancel_override(request.id, principal)])
+    if action == "approve":
+        approved = await ledger.approve_override(request.id, principal, reason=request.reason)
+        return OverridesResult(action=action, overrides=[approved])
+    if request.reason is None:
+        raise ToolError("reason: missing; allowed: why the request is denied, required for action 'deny'")
+    return OverridesResult(
+        action=action, overrides=[await ledger.deny_override(request.id, request.reason, principal)]
+    )
 
 
 async def _prices(ledger: Ledger, request: PricesInput, principal: Principal) -> PricesResult:
@@ -237,6 +273,21 @@ def _add_resources(server: MCPServer, ledger: Ledger, default: Principal) -> Non
         return await _read(lambda: ledger.model_info(name, principal_of(ctx, default)))
 
 
+def _refusing_bad_arguments(render: Callable[..., Any]) -> Callable[..., Any]:
+    """A prompt's render whose refused arguments reach the client as invalid params (-32602) naming
+    the field, the value and what is allowed, not as an internal error."""
+
+    def checked(**arguments: Any) -> Any:
+        try:
+            return render(**arguments)
+        except ValidationError as error:
+            raise MCPError(INVALID_PARAMS, describe_validation_error(error)) from error
+        except ValueError as error:
+            raise MCPError(INVALID_PARAMS, str(error)) from error
+
+    return checked
+
+
 async def _budgets_report(ledger: Ledger, principal: Principal) -> reports.Report:
     return reports.budgets_report(await ledger.list_budgets(principal))
 
@@ -256,6 +307,11 @@ async def _read(read: Callable[[], Awaitable[BaseModel]]) -> str:
 
 
 def _add_prompts(server: MCPServer, default: Principal) -> None:
+    # The Token Checker's three jobs (the agent files in tokenledger/data/agents use them too).
+    for job in (prompts.usage_analysis, prompts.cost_tracking_setup, prompts.budget_enforcement):
+        prompt = Prompt.from_function(job)
+        server.add_prompt(prompt.model_copy(update={"fn": _refusing_bad_arguments(prompt.fn)}))
+
     @server.prompt(name="cost_review", description="Review token spend and budgets for a period")
     def cost_review(ctx: Context[Any, Any], since: str = "7d") -> list[UserMessage]:
         if principal_of(ctx, default).role == "member":
