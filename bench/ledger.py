@@ -17,9 +17,9 @@ connections) it measures these workloads for `--seconds` each, after a short war
   call and commit, as before combining.
 
 It prints a markdown table (ops/s, p50 and p99 latency, ratio to the bare statement of the same shape,
-the mean calls per SQL call), the issue's goals met or not, and the load average: the machine may be
-shared, so compare ratios within one run. One reserve + settle pair counts as one op; `calls/s` counts
-each ledger call.
+the mean calls per SQL call, this process's CPU per op), the issue's goals met or not, and the load
+average: the machine may be shared, so compare ratios within one run. One reserve + settle pair counts
+as one op; `calls/s` counts each ledger call.
 
 Then, unless --no-server, where the server's time goes without any client: a procedure in the database
 times the bare UPDATE, tl_check_many and tl_track_many on the hot budget, per request, in batches of 1
@@ -62,6 +62,7 @@ class Cell:
     seconds: float
     latencies: list[float]  # seconds per op
     calls_per_batch: float | None = None  # ledger calls per SQL call
+    client_cpu: float = 0.0  # seconds of this process's CPU per op (the client and the ledger's Python)
     checks: list[float] = field(default_factory=list)  # seconds per check_budget (ledger workloads)
     tracks: list[float] = field(default_factory=list)  # seconds per track_usage
 
@@ -182,7 +183,9 @@ async def measure(dsn: str, clients: int, seconds: float, alone: bool, in_flight
             before = _batch_counts(ledger_store)
             checks.clear()
             tracks.clear()
+            cpu = time.process_time()
             ops, elapsed, latencies = await run_cell(clients, seconds, op)
+            cpu = time.process_time() - cpu  # the warm-up too: a slight overestimate
             after = _batch_counts(ledger_store)
             batches = after[0] - before[0]
             cells.append(
@@ -193,6 +196,7 @@ async def measure(dsn: str, clients: int, seconds: float, alone: bool, in_flight
                     elapsed,
                     latencies,
                     calls_per_batch=(after[1] - before[1]) / batches if batches else None,
+                    client_cpu=cpu / ops,
                     checks=checks[-ops:] if ledger_store else [],
                     tracks=tracks[-ops:] if ledger_store else [],
                 )
@@ -216,8 +220,11 @@ def _shape(workload: str) -> str:
 
 def report(cells: list[Cell]) -> None:
     bare = {(c.clients, _shape(c.workload)): c for c in cells if c.workload.startswith("bare")}
-    print("| clients | workload | ops/s | calls/s | p50 ms | p99 ms | ratio to bare | calls per SQL call |")
-    print("|--:|---|--:|--:|--:|--:|--:|--:|")
+    print(
+        "| clients | workload | ops/s | calls/s | p50 ms | p99 ms | ratio to bare | calls per SQL call "
+        "| Python CPU µs/op |"
+    )
+    print("|--:|---|--:|--:|--:|--:|--:|--:|--:|")
     for c in cells:
         ledger = c.workload.startswith("ledger")
         calls = f"{2 * c.ops_per_second:,.0f}" if ledger else "-"
@@ -225,7 +232,7 @@ def report(cells: list[Cell]) -> None:
         per_call = f"{c.calls_per_batch:.1f}" if c.calls_per_batch else "-"
         print(
             f"| {c.clients} | {c.workload} | {c.ops_per_second:,.0f} | {calls} | {c.percentile(50):.2f} "
-            f"| {c.percentile(99):.2f} | {ratio:.2f} | {per_call} |"
+            f"| {c.percentile(99):.2f} | {ratio:.2f} | {per_call} | {1e6 * c.client_cpu:,.0f} |"
         )
     print()
     goals(cells, bare)

@@ -1755,6 +1755,7 @@ begin
             (p_update - 'entries') || jsonb_build_object('update_id', saved.update_id));
     return jsonb_build_object('update_id', saved.update_id, 'effective_from', saved.effective_from,
                               'created_at', saved.created_at, 'created_by', saved.created_by);
+end $$;
 
 -- --- override requests ----------------------------------------------------------------------------
 -- A member (or an admin) asks for a temporary increase of a budget; an admin approves or denies it. An
