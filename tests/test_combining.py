@@ -221,3 +221,31 @@ async def test_a_caller_that_leaves_fails_no_one_else() -> None:
 
     assert recorder.batches == [[0], [4, 6]]  # the leader's batch ran to its end; 2 was never sent
     assert (results[4], results[6], 2 in results) == (40, 60, False)
+
+
+async def test_calls_that_arrive_together_are_shared_among_the_free_slots() -> None:
+    recorder = Recorder()
+    combiner: Combiner[int, int] = Combiner(recorder, max_batch=8, max_in_flight=2, min_share=1)
+    results: dict[int, Any] = {}
+
+    async def call(item: int) -> None:
+        results[item] = await combiner.submit(item)
+
+    async with anyio.create_task_group() as group:
+        try:
+            group.start_soon(call, 0)
+            group.start_soon(call, 2)
+            await anyio.wait_all_tasks_blocked()
+            assert recorder.batches == [[0], [2]]  # two slots: two calls go at once, side by side
+            for item in range(4, 16, 2):
+                group.start_soon(call, item)
+            await anyio.wait_all_tasks_blocked()
+        finally:
+            recorder.release.set()
+
+    # Six queued behind two slots: shared, three to a batch, in arrival order (the last three again among
+    # the two slots free by then).
+    assert recorder.batches[:3] == [[0], [2], [4, 6, 8]]
+    assert [item for batch in recorder.batches[3:] for item in batch] == [10, 12, 14]
+    assert all(len(batch) <= 3 for batch in recorder.batches)
+    assert results == {item: item * 10 for item in range(0, 16, 2)}

@@ -53,12 +53,14 @@ class Combiner(Generic[Item, Outcome]):
         *,
         max_batch: int,
         max_in_flight: int = 1,
+        min_share: int = 8,
     ) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError("max_batch and max_in_flight must be at least 1")
         self._run_batch = run_batch
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
+        self.min_share = min_share  # the fewest calls a batch is split down to, to run beside another
         self._queue: deque[_Call[Item, Outcome]] = deque()
         self._in_flight = 0  # slots held: by calls leading a batch, or handed to one about to
         self.batches = 0  # batches run, and the calls they carried (for benchmarks and tests)
@@ -100,7 +102,15 @@ class Combiner(Generic[Item, Outcome]):
             self._release_slot()
             raise
         while not call.taken:
-            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            # Calls that arrived together are shared among the free slots, each share a batch of its own
+            # running beside this one (on as many server backends), rather than queueing behind it.
+            free = self.max_in_flight - self._in_flight
+            leaders = sum(1 for queued in self._queue if queued.leads)  # this one, and any about to lead
+            share = max(-(-len(self._queue) // (free + leaders)), self.min_share)
+            size = min(self.max_batch, share, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(size)]
+            while free > 0 and self._open_slot():
+                free -= 1
             await self._run(batch)
         call.leads = False
         self._release_slot()
@@ -132,9 +142,22 @@ class Combiner(Generic[Item, Outcome]):
 
     def _release_slot(self) -> None:
         """Hand the slot to the first queued call that holds none, or free it."""
-        for call in self._queue:
-            if not call.leads and not call.taken:
-                call.leads = True
-                call.wake()
-                return
-        self._in_flight -= 1
+        successor = self._next_leader()
+        if successor is None:
+            self._in_flight -= 1
+            return
+        successor.leads = True
+        successor.wake()
+
+    def _open_slot(self) -> bool:
+        """Give a free slot to the first queued call that holds none; False when there is none."""
+        successor = self._next_leader()
+        if successor is None:
+            return False
+        self._in_flight += 1
+        successor.leads = True
+        successor.wake()
+        return True
+
+    def _next_leader(self) -> _Call[Item, Outcome] | None:
+        return next((call for call in self._queue if not call.leads and not call.taken), None)
