@@ -1,10 +1,12 @@
 """Group commit for one kind of call: concurrent calls in a process go to the database as one batch.
 
-A call that finds a free slot leads: it waits one turn of the event loop (so that every task ready to
-call joins it) and runs the queue's first `max_batch` calls as one batch. Calls that arrive while the
-slots are busy queue; when a batch ends, the first queued call leads the next one, so each batch is
-run by a task whose own call is in it, and no call waits on a timer. A call alone in the process is
-sent at once, after that one loop turn.
+A call that finds a free slot (`max_in_flight` of them) leads: it waits one turn of the event loop (so
+that every task ready to call joins it) and runs the calls at the queue's head as one batch: at most
+`max_batch`, and, when other slots are free, its share of the queue (`min_share` at least), the rest
+going to those slots at once. Calls that arrive while the slots are busy queue; when a batch ends, the
+first queued call leads the next one, so each batch is run by a task whose own call is in it (or was
+taken by another leader), and no call waits on a timer. A call alone in the process is sent at once,
+after that one loop turn.
 
 The batch runs shielded from its leader's cancellation: the leader's caller leaving must not fail the
 other calls in its batch. Each call gets its own outcome, a value or an exception.
