@@ -64,9 +64,10 @@ USAGE_COLUMNS = {
 }
 MIGRATIONS_LOCK = 0x746F6B656E  # pg_advisory_xact_lock key: one migrator at a time
 # Group commit: concurrent checks (tracks, releases) of a process go to PostgreSQL as one call of
-# tl_check_many (tl_track_many, tl_release_many), at most this many per call. Each request is a
-# subtransaction there, and PostgreSQL caches 64 subtransaction ids per backend: a batch past that would
-# slow every snapshot on the server. 32 also bounds what one batch holds a hot row for.
+# tl_check_many (tl_track_many, tl_release_many), at most this many per call. A batch sent again isolated
+# (after a refusal) makes each request a subtransaction, and PostgreSQL caches 64 subtransaction ids per
+# backend: a batch past that would slow every snapshot on the server. 32 also bounds what one batch holds
+# a hot row for.
 MAX_BATCH = 32
 # Batches of one kind running at once per process: calls that arrive together are split into this many
 # batches (of 8 at least) that run side by side, so that the server works on more cores while their rows
