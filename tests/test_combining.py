@@ -15,10 +15,17 @@ import anyio
 import pytest
 
 from tokenledger.combining import Combiner
-from tokenledger.errors import Conflict, NotFound
+from tokenledger.errors import Conflict, InvalidInput, NotFound
 from tokenledger.ledger import Ledger
 from tokenledger.store import Store
-from tokenledger.types import BudgetSpec, CheckRequest, CheckResult, TrackRequest, TrackResult
+from tokenledger.types import (
+    BudgetSpec,
+    CheckRequest,
+    CheckResult,
+    TrackRequest,
+    TrackResult,
+    UsageQuery,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -94,6 +101,21 @@ async def test_a_refused_settle_fails_alone_and_its_batch_commits(ledger: Ledger
     state = (await ledger.get_budget("g")).state
     assert state.used == 15 + (11 + 5) + (12 + 5) + (13 + 5) + (14 + 5)  # nothing of the refused two
     assert state.reserved == 20  # grants[4] still held
+
+
+async def test_a_value_json_cannot_carry_fails_its_caller_alone(ledger: Ledger, store: Store) -> None:
+    before = store.tracks.calls
+    results = await together(
+        track(ledger, input_tokens=11),
+        track(ledger, input_tokens=12, metadata={"score": float("nan")}),
+        track(ledger, input_tokens=13),
+    )
+    assert [r.input_tokens for r in (results[0], results[2])] == [11, 13]
+    assert isinstance(results[1], InvalidInput)
+    assert "metadata" in str(results[1]) and "NaN" in str(results[1])
+    assert store.tracks.calls == before + 2  # refused before it reached a batch
+    rows = await ledger.usage(UsageQuery(since="1h"))
+    assert rows.totals.input_tokens == 11 + 13
 
 
 async def test_a_refused_check_fails_alone(ledger: Ledger, store: Store) -> None:

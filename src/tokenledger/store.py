@@ -79,11 +79,20 @@ _RETRYABLE_STATES = {"40001", "40P01"}  # serialization failure, deadlock: the t
 
 @dataclass(frozen=True, slots=True)
 class _Request:
-    """One element of a batch: the SQL function's arguments by name, and whether running it twice is safe
-    (a request_id makes it idempotent; a check that reserves nothing changes nothing)."""
+    """One element of a batch: the SQL function's arguments by name as JSON, and whether running it twice
+    is safe (a request_id makes it idempotent; a check that reserves nothing changes nothing)."""
 
-    params: dict[str, Any]
+    json: str
     retry_safe: bool
+
+    @classmethod
+    def of(cls, params: dict[str, Any], *, retry_safe: bool) -> _Request:
+        """The element, written as JSON by its own caller: a value JSON cannot carry fails that caller
+        alone, before its batch is formed."""
+        try:
+            return cls(_dumps(params), retry_safe)
+        except ValueError as error:  # NaN or Infinity: PostgreSQL's JSON has no such numbers
+            raise InvalidInput("metadata", "...", "JSON numbers only (no NaN or Infinity)") from error
 
 
 Answer = dict[str, Any] | TokenLedgerError
@@ -454,8 +463,8 @@ class Store:
         request gets its error and the others their answers."""
         try:
             answers = await self._fetch_json(
-                f"select {function}(%s, %s)",
-                (Jsonb([request.params for request in requests], dumps=_dumps), isolated),
+                f"select {function}(%s::jsonb, %s)",
+                ("[" + ",".join(request.json for request in requests) + "]", isolated),
                 retry_safe=all(request.retry_safe for request in requests),
             )
         except (StoreRefused, NotFound, Conflict) as error:
@@ -556,7 +565,7 @@ class Store:
             "counted_input_tokens": counted_input_tokens,
         }
         return _raise_refusal(
-            await self.checks.submit(_Request(params, retry_safe=request_id is not None or not reserve))
+            await self.checks.submit(_Request.of(params, retry_safe=request_id is not None or not reserve))
         )
 
     async def track(
@@ -619,12 +628,13 @@ class Store:
             "clock_skew_seconds": clock_skew.total_seconds(),
             "requested_model": requested_model,
         }
-        return _raise_refusal(await self.tracks.submit(_Request(params, retry_safe=request_id is not None)))
+        request = _Request.of(params, retry_safe=request_id is not None)
+        return _raise_refusal(await self.tracks.submit(request))
 
     async def release(self, *, tenant: str, reservation_id: str, user: str | None) -> dict[str, Any]:
         """tl_release's answer, applied in a batch with the releases made at the same time."""
         params = {"tenant": tenant, "reservation_id": reservation_id, "user": user}
-        return _raise_refusal(await self.releases.submit(_Request(params, retry_safe=True)))
+        return _raise_refusal(await self.releases.submit(_Request.of(params, retry_safe=True)))
 
     async def extend(
         self, *, tenant: str, reservation_id: str, user: str | None, ttl_seconds: float
@@ -1415,8 +1425,9 @@ class Store:
 
 
 def _dumps(value: Any) -> str:
-    """JSON for a batch: money (Decimal) as a decimal string, times in ISO 8601 with their offset."""
-    return json.dumps(value, default=_json_value, separators=(",", ":"))
+    """JSON for a batch element: money (Decimal) as a decimal string, times in ISO 8601 with their offset;
+    ValueError for NaN or Infinity, which PostgreSQL refuses."""
+    return json.dumps(value, default=_json_value, separators=(",", ":"), allow_nan=False)
 
 
 def _json_value(value: Any) -> Any:
