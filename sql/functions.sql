@@ -616,6 +616,21 @@ begin
     return result;
 end $$;
 
+-- The period rows a track changes, in lock order: those of every budget matching `p_attr` at `p_post_at`
+-- (where the usage posts) and those the reservation still holds. tl_track locks them; tl_track_many locks
+-- every request's before applying any, so that batches keep the lock order too.
+create or replace function tl_track_lock_keys(p_tenant text, p_reservation_id uuid, p_attr jsonb,
+                                              p_post_at timestamptz)
+returns table (budget_id bigint, period_start timestamptz) language sql stable as $$
+    select x.budget_id, x.period_start from (
+        select m.budget_id, (tl_period_bounds(m.period, m.timezone, p_post_at)).period_start
+          from tl_matching_budgets(p_tenant, p_attr) m
+        union
+        select h.budget_id, h.period_start from tl_reservation_hold h
+         where h.tenant_id = p_tenant and h.reservation_id = p_reservation_id and not h.released
+    ) x order by 1, 2
+$$;
+
 -- Record one usage event and post it to every matching budget; settles its reservation if given.
 -- Returns the TrackResult as jsonb.
 --
@@ -712,15 +727,7 @@ begin
 
     -- Lock every period row this call changes (those it posts to and those the reservation holds),
     -- in (budget_id, period_start) order.
-    for lock_keys in
-        select x.budget_id, x.period_start from (
-            select m.budget_id, (tl_period_bounds(m.period, m.timezone, post_at)).period_start
-              from unnest(budgets) m
-            union
-            select h.budget_id, h.period_start from tl_reservation_hold h
-             where h.tenant_id = p_tenant and h.reservation_id = p_reservation_id and not h.released
-        ) x order by 1, 2
-    loop
+    for lock_keys in select * from tl_track_lock_keys(p_tenant, p_reservation_id, attr, post_at) loop
         select * into b from tl_budget where tenant_id = p_tenant and budget_id = lock_keys.budget_id;
         per := tl_lock_period(b, lock_keys.period_start);
         -- Holds that expired here free their capacity before this usage is posted (else it would
@@ -909,6 +916,220 @@ begin
         'status', case when res.status <> 'active' then 'already_released'
                        when res.expires_at <= now_at then 'expired' else 'released' end,
         'released', freed);
+end $$;
+
+-- --- batches: many requests, one round trip, one transaction, one commit ------------------------------
+-- tl_check_many, tl_track_many and tl_release_many take a JSON array of requests (the store builds each
+-- element, one key per parameter) and apply tl_check, tl_track or tl_release to each, in array order, in
+-- this one transaction: the same rules, one lock per hot row and one commit for all. The answer is an
+-- array in the same order: {"ok": <the function's answer>} or {"error": {"sqlstate", "message",
+-- "constraint"}}.
+-- A refusal (TL400, TL404, TL409, malformed data, the invariant's CHECK) raises out of the batch and rolls
+-- it back whole; the store then sends the same batch again with p_isolated, where each request runs in its
+-- own subtransaction, so that the refused one rolls back its own changes and no one else's. Not isolating
+-- by default is measured: a subtransaction per request (and the multixact each one's update of a row the
+-- batch locked needs) doubled the server's time per check and per settle. Any other error (deadlock,
+-- serialization failure, lost resources) aborts the batch in both modes.
+-- Lock order holds across the batch: the period rows every request will lock are locked first, in
+-- (tenant_id, budget_id, period_start) order, before any request is applied. (At a period's boundary a
+-- request may lock a row the batch did not: a deadlock then rolls one batch back, and the store runs it
+-- again. The idempotency rows of two concurrent replays are the other such case. Lock order keeps
+-- batches live; zero overspend rests on the row locks and the period row's CHECK, in any order.)
+
+-- A refused request's error, as the store translates it.
+create or replace function tl_request_error(p_state text, p_message text, p_constraint text) returns jsonb
+language sql immutable as $$
+    select jsonb_build_object('error', jsonb_build_object('sqlstate', p_state, 'message', p_message,
+                                                          'constraint', nullif(p_constraint, '')))
+$$;
+
+-- One element of a check batch as tl_check's arguments: the one place that maps element keys to them.
+create or replace function tl_check_request(r jsonb) returns jsonb language sql as $$
+    select tl_check(r ->> 'tenant', r ->> 'request_id', r ->> 'request_hash', r ->> 'model', r -> 'attr',
+                    (r ->> 'input_tokens')::bigint, (r ->> 'max_output_tokens')::bigint, r ->> 'priority',
+                    (r ->> 'allow_partial')::boolean, (r ->> 'reserve')::boolean,
+                    (r ->> 'ttl_seconds')::double precision, r -> 'catalog_price', r ->> 'method',
+                    r ->> 'prompt_hash', (r ->> 'counted_input_tokens')::bigint,
+                    coalesce(r ->> 'price_mode', 'standard'), r ->> 'alias_of')
+$$;
+
+create or replace function tl_check_many(p_requests jsonb, p_isolated boolean) returns jsonb
+language plpgsql
+set plan_cache_mode = force_generic_plan as $$
+declare
+    b tl_budget;
+    r jsonb;
+    tenant text;
+    attr jsonb;
+    matching tl_budget[] := '{}';
+    answers jsonb[] := '{}';
+    failed_constraint text;
+begin
+    -- Per request with plain variables, so that each lookup probes the scope index (a join over the
+    -- array's elements let the generic plan scan every budget of the tenant for each request). A batch of
+    -- one needs no pre-locking: its request locks in order by itself.
+    for r in select value from jsonb_array_elements(p_requests) where jsonb_array_length(p_requests) > 1 loop
+        continue when not (r ->> 'reserve')::boolean;
+        tenant := r ->> 'tenant';
+        attr := r -> 'attr';
+        matching := matching || array(select m from tl_matching_budgets(tenant, attr) m);
+    end loop;
+    for b in
+        select distinct on (m.tenant_id, m.budget_id) m.* from unnest(matching) m order by m.tenant_id, m.budget_id
+    loop
+        perform tl_lock_period(b, clock_timestamp());
+    end loop;
+    for r in select value from jsonb_array_elements(p_requests) loop
+        if not p_isolated then
+            answers := answers || jsonb_build_object('ok', tl_check_request(r));
+            continue;
+        end if;
+        begin
+            answers := answers || jsonb_build_object('ok', tl_check_request(r));
+        exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
+                       or integrity_constraint_violation then
+            get stacked diagnostics failed_constraint = constraint_name;
+            answers := answers || tl_request_error(sqlstate, sqlerrm, failed_constraint);
+        end;
+    end loop;
+    return to_jsonb(answers);
+end $$;
+
+-- One element of a track batch as tl_track's arguments.
+create or replace function tl_track_request(r jsonb) returns jsonb language sql as $$
+    select tl_track(r ->> 'tenant', r ->> 'request_id', r ->> 'request_hash', (r ->> 'reservation_id')::uuid,
+                    r ->> 'model', r ->> 'provider', r -> 'attr', (r ->> 'input_tokens')::bigint,
+                    (r ->> 'output_tokens')::bigint, (r ->> 'cache_read_input_tokens')::bigint,
+                    (r ->> 'cache_creation_input_tokens')::bigint, (r ->> 'reasoning_output_tokens')::bigint,
+                    (r ->> 'reported_cost')::numeric, r -> 'catalog_price', r ->> 'method', r ->> 'status',
+                    (r ->> 'latency_ms')::integer,
+                    array(select jsonb_array_elements_text(r -> 'tools_used')), r -> 'metadata',
+                    (r ->> 'occurred_at')::timestamptz, (r ->> 'estimated_input_tokens')::bigint,
+                    r ->> 'prompt_hash', r ->> 'member_user',
+                    make_interval(secs => (r ->> 'clock_skew_seconds')::double precision), r ->> 'requested_model',
+                    coalesce((r ->> 'batch')::boolean, false), coalesce(r ->> 'service_tier', 'standard'),
+                    coalesce(r ->> 'cache_ttl', '5m'), r ->> 'alias_of')
+$$;
+
+-- The period rows one element of a track batch will lock, as tl_track computes them: a settle posts with
+-- its reservation's attribution, in its reservation's periods. (plpgsql, so that the reservation is read
+-- by its key with a cached plan.)
+create or replace function tl_track_request_keys(r jsonb)
+returns table (tenant_id text, budget_id bigint, period_start timestamptz)
+language plpgsql stable
+set plan_cache_mode = force_generic_plan as $$
+declare
+    tenant text := r ->> 'tenant';
+    reservation uuid := (r ->> 'reservation_id')::uuid;
+    res tl_reservation;
+    attr jsonb;
+    post_at timestamptz;
+begin
+    if reservation is not null then
+        select * into res from tl_reservation t where t.tenant_id = tenant and t.reservation_id = reservation;
+    end if;
+    attr := (r -> 'attr') || coalesce(res.attribution, '{}');
+    post_at := coalesce(res.created_at, (r ->> 'occurred_at')::timestamptz, clock_timestamp());
+    return query select tenant, k.budget_id, k.period_start from tl_track_lock_keys(tenant, reservation, attr, post_at) k;
+end $$;
+
+create or replace function tl_track_many(p_requests jsonb, p_isolated boolean) returns jsonb
+language plpgsql
+set plan_cache_mode = force_generic_plan as $$
+declare
+    tenants text[] := '{}';  -- the period rows to lock, as three arrays: (tenant, budget, period start)
+    budget_ids bigint[] := '{}';
+    period_starts timestamptz[] := '{}';
+    lock_keys record;
+    b tl_budget;
+    r jsonb;
+    answers jsonb[] := '{}';
+    failed_constraint text;
+begin
+    for r in select value from jsonb_array_elements(p_requests) where jsonb_array_length(p_requests) > 1 loop
+        for lock_keys in select * from tl_track_request_keys(r) loop
+            tenants := tenants || lock_keys.tenant_id;
+            budget_ids := budget_ids || lock_keys.budget_id;
+            period_starts := period_starts || lock_keys.period_start;
+        end loop;
+    end loop;
+    for lock_keys in
+        select distinct k.tenant_id, k.budget_id, k.period_start
+          from unnest(tenants, budget_ids, period_starts) k (tenant_id, budget_id, period_start)
+         order by 1, 2, 3
+    loop
+        select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;
+        perform tl_lock_period(b, lock_keys.period_start);
+    end loop;
+    for r in select value from jsonb_array_elements(p_requests) loop
+        if not p_isolated then
+            answers := answers || jsonb_build_object('ok', tl_track_request(r));
+            continue;
+        end if;
+        begin
+            answers := answers || jsonb_build_object('ok', tl_track_request(r));
+        exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
+                       or integrity_constraint_violation then
+            get stacked diagnostics failed_constraint = constraint_name;
+            answers := answers || tl_request_error(sqlstate, sqlerrm, failed_constraint);
+        end;
+    end loop;
+    return to_jsonb(answers);
+end $$;
+
+create or replace function tl_release_request(r jsonb) returns jsonb language sql as $$
+    select tl_release(r ->> 'tenant', (r ->> 'reservation_id')::uuid, r ->> 'user')
+$$;
+
+create or replace function tl_release_many(p_requests jsonb, p_isolated boolean) returns jsonb
+language plpgsql
+set plan_cache_mode = force_generic_plan as $$
+declare
+    tenant text;
+    reservation uuid;
+    tenants text[] := '{}';
+    budget_ids bigint[] := '{}';
+    period_starts timestamptz[] := '{}';
+    lock_keys record;
+    b tl_budget;
+    r jsonb;
+    answers jsonb[] := '{}';
+    failed_constraint text;
+begin
+    for r in select value from jsonb_array_elements(p_requests) where jsonb_array_length(p_requests) > 1 loop
+        tenant := r ->> 'tenant';
+        reservation := (r ->> 'reservation_id')::uuid;
+        for lock_keys in
+            select h.budget_id, h.period_start from tl_reservation_hold h
+             where h.tenant_id = tenant and h.reservation_id = reservation and not h.released
+        loop
+            tenants := tenants || tenant;
+            budget_ids := budget_ids || lock_keys.budget_id;
+            period_starts := period_starts || lock_keys.period_start;
+        end loop;
+    end loop;
+    for lock_keys in
+        select distinct k.tenant_id, k.budget_id, k.period_start
+          from unnest(tenants, budget_ids, period_starts) k (tenant_id, budget_id, period_start)
+         order by 1, 2, 3
+    loop
+        select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;
+        perform tl_lock_period(b, lock_keys.period_start);
+    end loop;
+    for r in select value from jsonb_array_elements(p_requests) loop
+        if not p_isolated then
+            answers := answers || jsonb_build_object('ok', tl_release_request(r));
+            continue;
+        end if;
+        begin
+            answers := answers || jsonb_build_object('ok', tl_release_request(r));
+        exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
+                       or integrity_constraint_violation then
+            get stacked diagnostics failed_constraint = constraint_name;
+            answers := answers || tl_request_error(sqlstate, sqlerrm, failed_constraint);
+        end;
+    end loop;
+    return to_jsonb(answers);
 end $$;
 
 -- Give an active reservation a new expiry, now + p_ttl_seconds, keeping its holds: a long call (a stream)

@@ -33,6 +33,7 @@ def anyio_backend() -> str:
 LEDGER_MODULES = {
     "test_ledger",
     "test_concurrency",
+    "test_combining",
     "test_faults",
     "test_ledger_model",
     "test_ledger_edges",

@@ -4,9 +4,9 @@ Each run opens its own Store (its own pool), warms up, writes its `--ready` file
 `--go` file so that every worker starts at the same instant. Modes:
 
 - `reserve`: fire every check of the `--plan` JSON file at once (one task each); write the answers
-  to `--out` as JSON.
+  to `--out` as JSON, and how they were combined (SQL calls, ledger calls) to `--out` .stats.json.
 - `settle`: track every usage of the `--plan` file at once (settling the reservations it names);
-  write the answers to `--out`.
+  write the answers to `--out` (and the stats beside it).
 - `traffic`: reserve and settle in a loop until killed, printing `reserved <id>` after each granted
   check and `usage <id>` after each committed track, flushed, so the killer knows what was committed.
   Every fifth reservation is abandoned, as a crashed client would.
@@ -83,6 +83,10 @@ async def _batch(ledger: Ledger, mode: str, plan: list[dict[str, Any]], out: Pat
         for item in plan:
             group.start_soon(step, ledger, item, answers)
     await anyio.Path(out).write_text(json.dumps(answers))
+    # How the calls were combined: SQL calls made and ledger calls they carried.
+    combiner = ledger.store.checks if mode == "reserve" else ledger.store.tracks
+    stats = {"batches": combiner.batches, "calls": combiner.calls}
+    await anyio.Path(out.with_suffix(".stats.json")).write_text(json.dumps(stats))
 
 
 def _say(line: str) -> None:

@@ -275,3 +275,59 @@ async def test_no_overspend_of_a_usd_budget_with_mixed_models(
     state = (await ledger.get_budget("dollar")).state
     assert (state.used, state.reserved, state.overage) == (expected, Decimal(0), Decimal(0))
     assert expected < spent
+
+
+COMBINED_TASKS = 32
+
+
+def combined(folder: Path) -> list[dict[str, int]]:
+    return [json.loads((folder / f"out{n}.stats.json").read_text()) for n in range(PROCESSES)]
+
+
+async def test_combined_calls_of_four_processes_grant_a_hot_budget_exactly(
+    ledger: Ledger, dsn: str, tmp_path: Path
+) -> None:
+    """4 processes x 32 concurrent tasks on one hot hard budget, each process combining its calls into
+    batches (one SQL call and one commit for many): the grants add up to the limit exactly, the cap holds
+    at every instant the sampler saw, and settling them all the same way leaves what was reported."""
+    limit = 1000
+    await ledger.set_budget(
+        BudgetSpec(name="hot", limit=Decimal(limit), period="total", priority_shares=None)
+    )
+    # 128 requests of 8 tokens: 125 fit in 1,000 exactly.
+    plan = [{"model": "gpt-4o-mini", "input_tokens": 8, "max_output_tokens": 0}] * COMBINED_TASKS
+    plans = [plan] * PROCESSES
+
+    answers, sampler = await run_workers(dsn, "reserve", plans, tmp_path / "reserve")
+
+    stats = combined(tmp_path / "reserve")
+    assert all(s["calls"] == COMBINED_TASKS for s in stats)
+    assert all(s["batches"] < s["calls"] for s in stats), f"no process combined its calls: {stats}"
+    assert_overlapped(answers)
+    granted = [a for per in answers for a in per if a["allowed"]]
+    assert len(granted) == limit // 8  # not one more, not one less
+    total = sum(a["plan"]["input_tokens"] for a in granted)
+    assert total == limit
+    assert not sampler.over_cap()
+    assert max(sampler.totals()) == total
+    row = await period_row(dsn)
+    assert (row["committed"], row["reserved"], row["cap"]) == (0, total, limit)
+
+    settle = [
+        {
+            "model": "gpt-4o-mini",
+            "reservation_id": a["reservation_id"],
+            "input_tokens": 1 + n % 8,
+            "output_tokens": 0,
+            "request_id": f"settle-{n}",
+        }
+        for n, a in enumerate(granted)
+    ]
+    settled, sampler = await run_workers(dsn, "settle", split(settle, PROCESSES), tmp_path / "settle")
+
+    assert all(s["batches"] < s["calls"] for s in combined(tmp_path / "settle"))
+    actual = sum(item["input_tokens"] for item in settle)
+    assert sum(a["total_tokens"] for per in settled for a in per) == actual
+    assert not sampler.over_cap()
+    row = await period_row(dsn)
+    assert (row["committed"], row["reserved"], row["overage"]) == (actual, 0, 0)

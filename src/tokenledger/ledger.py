@@ -154,6 +154,8 @@ ALERT_TOP_RECOMMENDATIONS = 3
 # An alert's spenders and recommendations cover its budget's period so far, at most this far back (a
 # yearly or `total` budget would otherwise read years of usage for one message).
 ALERT_CONTEXT_WINDOW = timedelta(days=31)
+# Catalog entries kept for the check and track path (see Ledger._model_for_call); cleared when full.
+CALL_MODEL_CACHE_SIZE = 4096
 
 
 def _request_hash(request: Any) -> str:
@@ -206,6 +208,9 @@ class Ledger:
         # (tenant, model) -> (per-user ratios, when they go stale): each user's factor derives from them.
         self._calibration: dict[tuple[str, str], tuple[dict[str, list[Decimal]], float]] = {}
         self._settings: dict[str, tuple[TenantSettings, float]] = {}
+        # model name -> its catalog entry and current price as tl_check takes it, for self._call_models_of
+        self._call_models: dict[str, tuple[ModelInfo, dict[str, Any]]] = {}
+        self._call_models_of: Catalog | None = None
         self._keys: dict[str, tuple[privacy.TenantKeys, float]] = {}  # tenant -> keys, when they go stale
         # tenant -> (its aliases by lower-cased name, when they go stale); lower-cased name -> (the entry
         # of a model the catalog does not know, when it goes stale).
@@ -330,16 +335,32 @@ class Ledger:
 
     async def _model_for_call(
         self, name: str, principal: Principal, at: datetime | None = None
-    ) -> tuple[ModelInfo, Price]:
-        """The model that counts a call (see `_model`), and its catalog price in force at `at` (default:
-        now): an alias's target's; none for a model the catalog does not know. The database applies the
-        tenant's override in force at the call's time itself (an alias's own, else its target's)."""
-        model = await self._model(name, principal.tenant_id)
-        if model.source == "unknown":
-            return model, Price()
+    ) -> tuple[ModelInfo, dict[str, Any]]:
+        """The model that counts a call (see `_model`: an alias, the catalog's entry, or an unknown model),
+        and its catalog price in force at `at` (default: now) as tl_check and tl_track take it: an alias's
+        target's; none for a model the catalog does not know. The database applies the tenant's override in
+        force at the call's time itself (an alias's own, else its target's).
+
+        A catalog model's entry and current price come from a per-process cache, kept while the catalog
+        in force is the same object (a refresh swaps it whole): resolving a name copies its entry and
+        serialising its price cost more than the rest of a check (issue 14). The entry is shared, so
+        read-only. A catalog name is never an alias (an alias may not shadow one), so a cached name needs
+        no alias lookup. A price at a given time is looked up each time (it may change at any moment)."""
+        catalog = self.catalog
+        if self._call_models_of is not catalog or len(self._call_models) >= CALL_MODEL_CACHE_SIZE:
+            self._call_models, self._call_models_of = {}, catalog
+        cached = self._call_models.get(name)
+        if cached is None:
+            model = await self._model(name, principal.tenant_id)
+            if model.source == "unknown":
+                return model, _catalog_price(Price())
+            if model.alias_of is not None:  # a tenant's name: never cached across tenants
+                price = model.price if at is None else catalog.price_at(model.alias_of, at)
+                return model, _catalog_price(price)
+            cached = self._call_models[name] = (model, _catalog_price(model.price))
         if at is None:
-            return model, model.price
-        return model, self.catalog.price_at(model.alias_of or name, at)
+            return cached
+        return cached[0], _catalog_price(catalog.price_at(name, at))
 
     # --- counting ---------------------------------------------------------------------------------
 
@@ -476,7 +497,7 @@ class Ledger:
             allow_partial=request.allow_partial,
             reserve=request.reserve,
             ttl_seconds=request.ttl_seconds,
-            catalog_price=_catalog_price(catalog_price),
+            catalog_price=catalog_price,
             method=method,
             prompt_hash=await self._stored_prompt_hash(
                 principal.tenant_id,
@@ -871,7 +892,7 @@ class Ledger:
             cache_creation_input_tokens=request.cache_creation_input_tokens,
             reasoning_output_tokens=request.reasoning_output_tokens,
             reported_cost=request.cost_usd,
-            catalog_price=_catalog_price(catalog_price),
+            catalog_price=catalog_price,
             method=method,
             status=request.status,
             latency_ms=request.latency_ms,

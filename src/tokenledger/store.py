@@ -31,6 +31,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
+from tokenledger.combining import Combiner
 from tokenledger.errors import (
     Conflict,
     InvalidInput,
@@ -62,7 +63,43 @@ USAGE_COLUMNS = {
     "requested_model": "requested_model",
 }
 MIGRATIONS_LOCK = 0x746F6B656E  # pg_advisory_xact_lock key: one migrator at a time
+# Group commit: concurrent checks (tracks, releases) of a process go to PostgreSQL as one call of
+# tl_check_many (tl_track_many, tl_release_many), at most this many per call. A batch sent again isolated
+# (after a refusal) makes each request a subtransaction, and PostgreSQL caches 64 subtransaction ids per
+# backend: a batch past that would slow every snapshot on the server. 32 also bounds what one batch holds
+# a hot row for.
+MAX_BATCH = 32
+# Batches of one kind running at once per process: calls that arrive together are split into this many
+# batches (of 8 at least) that run side by side, so that the server works on more cores while their rows
+# differ; on one hot row they queue for its lock. Measured with bench/ledger.py --in-flight 1 and 2: two
+# carried spread budgets 10-40 % further at 16 clients and left a hot one where it was.
+BATCHES_IN_FLIGHT = 2
 _RETRYABLE_STATES = {"40001", "40P01"}  # serialization failure, deadlock: the transaction was rolled back
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One element of a batch: the SQL function's arguments by name as JSON, and whether running it twice
+    is safe (a request_id makes it idempotent; a check that reserves nothing changes nothing)."""
+
+    json: str
+    retry_safe: bool
+
+    @classmethod
+    def of(cls, params: dict[str, Any], *, retry_safe: bool) -> _Request:
+        """The element, written as JSON by its own caller: a value JSON cannot carry fails that caller
+        alone, before its batch is formed."""
+        try:
+            return cls(_dumps(params), retry_safe)
+        except ValueError as error:  # NaN or Infinity: PostgreSQL's JSON has no such numbers
+            raise InvalidInput("metadata", "...", "JSON numbers only (no NaN or Infinity)") from error
+
+
+Answer = dict[str, Any] | TokenLedgerError
+
+
+class NoConnection(StoreUnavailable):
+    """No pooled connection came within the pool's timeout: the database is away or every connection busy."""
 
 
 class StoreRefused(InvalidInput):
@@ -98,9 +135,8 @@ def _checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _translate(error: psycopg.Error) -> TokenLedgerError:
-    state = error.sqlstate or ""
-    message = error.diag.message_primary or str(error)
+def _refusal(state: str, message: str, constraint: str | None) -> TokenLedgerError | None:
+    """The error of a request the ledger refused, by SQLSTATE; None for a state that is no refusal."""
     if state == "TL400":
         return StoreRefused(message)
     if state == "TL404":
@@ -110,7 +146,16 @@ def _translate(error: psycopg.Error) -> TokenLedgerError:
     if state in ("22P02", "22021", "22007", "22008"):  # malformed value: bad UUID, NUL byte, bad date
         return StoreRefused(f"input: {message}")
     if state == "23514":  # check_violation: a rule of the ledger held against this change
-        return Conflict(f"refused by the ledger's invariant ({error.diag.constraint_name}): {message}")
+        return Conflict(f"refused by the ledger's invariant ({constraint}): {message}")
+    return None
+
+
+def _translate(error: psycopg.Error) -> TokenLedgerError:
+    state = error.sqlstate or ""
+    message = error.diag.message_primary or str(error)
+    refusal = _refusal(state, message, error.diag.constraint_name)
+    if refusal is not None:
+        return refusal
     if isinstance(error, psycopg.OperationalError) or state.startswith("08") or state.startswith("57"):
         return StoreUnavailable(
             f"PostgreSQL is unavailable: {message.strip()}; nothing was granted or recorded"
@@ -280,11 +325,17 @@ class Store:
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
         report_pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
         report_limits: ReportLimits,
+        *,
+        batch_size: int = MAX_BATCH,
+        batches_in_flight: int = BATCHES_IN_FLIGHT,
     ) -> None:
         self.pool = pool
         self.report_pool = report_pool
         self.report_limits = report_limits
         self._timezones: frozenset[str] | None = None
+        self.checks = self._combiner("tl_check_many", batch_size, batches_in_flight)
+        self.tracks = self._combiner("tl_track_many", batch_size, batches_in_flight)
+        self.releases = self._combiner("tl_release_many", batch_size, batches_in_flight)
 
     @classmethod
     async def open(
@@ -295,8 +346,11 @@ class Store:
         max_size: int = 10,
         migrate: bool = True,
         reports: ReportLimits | None = None,
+        batch_size: int = MAX_BATCH,
+        batches_in_flight: int = BATCHES_IN_FLIGHT,
     ) -> Store:
-        """A store over new pools; migrates the schema first unless told not to."""
+        """A store over new pools; migrates the schema first unless told not to. `batch_size`: the most
+        checks (tracks, releases) sent as one SQL call (1: each call alone)."""
         reports = reports or ReportLimits()
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             dsn,
@@ -328,7 +382,7 @@ class Store:
             kwargs={"application_name": "tokenledger-reports"},
         )
         await report_pool.open(wait=False)
-        store = cls(pool, report_pool, reports)
+        store = cls(pool, report_pool, reports, batch_size=batch_size, batches_in_flight=batches_in_flight)
         if migrate:
             await store.migrate()
         return store
@@ -359,7 +413,7 @@ class Store:
                 async with self.pool.connection() as conn:
                     return await fn(conn)
             except PoolTimeout as error:
-                raise StoreUnavailable(
+                raise NoConnection(
                     f"PostgreSQL is unavailable: no connection within {self.pool.timeout:g} s; "
                     "nothing was granted or recorded"
                 ) from error
@@ -393,6 +447,59 @@ class Store:
                 return await cursor.fetchall()
 
         return await self._call(run, retry_safe=True)
+
+    def _combiner(self, function: str, batch_size: int, in_flight: int) -> Combiner[_Request, Answer]:
+        async def apply(requests: Sequence[_Request]) -> list[Answer]:
+            return await self._apply_many(function, requests)
+
+        return Combiner(apply, max_batch=batch_size, max_in_flight=in_flight)
+
+    async def _apply_many(
+        self, function: str, requests: Sequence[_Request], *, isolated: bool = False
+    ) -> list[Answer]:
+        """Each request's answer, or its own error, from one call of `function` (tl_check_many, ...).
+        A refusal rolls the batch back whole; it is then sent again `isolated` (each request in its own
+        subtransaction, which costs the server twice the time: see functions.sql), so that the refused
+        request gets its error and the others their answers."""
+        try:
+            answers = await self._fetch_json(
+                f"select {function}(%s::jsonb, %s)",
+                ("[" + ",".join(request.json for request in requests) + "]", isolated),
+                retry_safe=all(request.retry_safe for request in requests),
+            )
+        except (StoreRefused, NotFound, Conflict) as error:
+            if len(requests) == 1:
+                return [error]
+            if not isolated:
+                return await self._apply_many(function, requests, isolated=True)
+            return [(await self._apply_many(function, [request]))[0] for request in requests]
+        except NoConnection as error:  # waiting again would only multiply the wait
+            return [error] * len(requests)
+        except StoreUnavailable as error:
+            # The connection was lost (the store retried what was safe to repeat): whether the batch
+            # committed is unknown, so the requests that are not safe to repeat fail as they would alone.
+            # The safe ones are tried again in halves: a shorter call is likelier to get through whatever
+            # keeps cutting connections (a failover, a killer of busy backends).
+            safe = [request for request in requests if request.retry_safe]
+            if not safe or len(requests) == 1:
+                return [error] * len(requests)
+            middle = (len(safe) + 1) // 2
+            again = iter(
+                [
+                    *await self._apply_many(function, safe[:middle]),
+                    *await self._apply_many(function, safe[middle:]),
+                ]
+                if len(safe) > 1
+                else await self._apply_many(function, safe)
+            )
+            return [next(again) if request.retry_safe else error for request in requests]
+        except TokenLedgerError as error:
+            if len(requests) == 1:
+                return [error]
+            # An unforeseen error rolled the whole batch back: apply each
+            # request alone, so that only the one that causes it fails.
+            return [(await self._apply_many(function, [request]))[0] for request in requests]
+        return [_answer(answer) for answer in answers]
 
     async def ping(self) -> None:
         await self._fetch_json("select 1", ())
@@ -440,32 +547,30 @@ class Store:
         price_mode: str = "standard",
         alias_of: str | None = None,
     ) -> dict[str, Any]:
-        """Check (and reserve) a request. `price_mode`: the rates its estimate reads (standard, batch, flex,
-        priority); `alias_of`: the catalog model a tenant alias in `model` stands for."""
-        return dict(
-            await self._fetch_json(
-                "select tl_check(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    tenant,
-                    request_id,
-                    request_hash,
-                    model,
-                    Jsonb(attribution),
-                    input_tokens,
-                    max_output_tokens,
-                    priority,
-                    allow_partial,
-                    reserve,
-                    ttl_seconds,
-                    Jsonb(catalog_price),
-                    method,
-                    prompt_hash,
-                    counted_input_tokens,
-                    price_mode,
-                    alias_of,
-                ),
-                retry_safe=request_id is not None or not reserve,
-            )
+        """tl_check's answer, applied in a batch with the checks made at the same time (tl_check_many:
+        tl_check_request names each parameter). `price_mode`: the rates its estimate reads (standard, batch,
+        flex, priority); `alias_of`: the catalog model a tenant alias in `model` stands for."""
+        params = {
+            "tenant": tenant,
+            "request_id": request_id,
+            "request_hash": request_hash,
+            "model": model,
+            "attr": attribution,
+            "input_tokens": input_tokens,
+            "max_output_tokens": max_output_tokens,
+            "priority": priority,
+            "allow_partial": allow_partial,
+            "reserve": reserve,
+            "ttl_seconds": ttl_seconds,
+            "catalog_price": catalog_price,
+            "method": method,
+            "prompt_hash": prompt_hash,
+            "counted_input_tokens": counted_input_tokens,
+            "price_mode": price_mode,
+            "alias_of": alias_of,
+        }
+        return _raise_refusal(
+            await self.checks.submit(_Request.of(params, retry_safe=request_id is not None or not reserve))
         )
 
     async def track(
@@ -505,51 +610,46 @@ class Store:
         its own reservations; `clock_skew`: how far a settle's occurred_at may stray from its reservation's
         lifetime; `requested_model`: the model asked for when a fallback model ran instead; `batch`,
         `service_tier`, `cache_ttl`: how the call was billed; `alias_of`: the catalog model a tenant alias in
-        `model` stands for."""
-        return dict(
-            await self._fetch_json(
-                f"select tl_track({', '.join(['%s'] * 29)})",
-                (
-                    tenant,
-                    request_id,
-                    request_hash,
-                    reservation_id,
-                    model,
-                    provider,
-                    Jsonb(attribution),
-                    input_tokens,
-                    output_tokens,
-                    cache_read_input_tokens,
-                    cache_creation_input_tokens,
-                    reasoning_output_tokens,
-                    reported_cost,
-                    Jsonb(catalog_price),
-                    method,
-                    status,
-                    latency_ms,
-                    tools_used,
-                    Jsonb(metadata),
-                    occurred_at,
-                    estimated_input_tokens,
-                    prompt_hash,
-                    member_user,
-                    clock_skew,
-                    requested_model,
-                    batch,
-                    service_tier,
-                    cache_ttl,
-                    alias_of,
-                ),
-                retry_safe=request_id is not None,
-            )
-        )
+        `model` stands for. Applied in a batch with the tracks made at the same time (tl_track_many:
+        tl_track_request names each parameter)."""
+        params = {
+            "tenant": tenant,
+            "request_id": request_id,
+            "request_hash": request_hash,
+            "reservation_id": reservation_id,
+            "model": model,
+            "provider": provider,
+            "attr": attribution,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": cache_read_input_tokens,
+            "cache_creation_input_tokens": cache_creation_input_tokens,
+            "reasoning_output_tokens": reasoning_output_tokens,
+            "reported_cost": reported_cost,
+            "catalog_price": catalog_price,
+            "method": method,
+            "status": status,
+            "latency_ms": latency_ms,
+            "tools_used": tools_used,
+            "metadata": metadata,
+            "occurred_at": occurred_at,
+            "estimated_input_tokens": estimated_input_tokens,
+            "prompt_hash": prompt_hash,
+            "member_user": member_user,
+            "clock_skew_seconds": clock_skew.total_seconds(),
+            "requested_model": requested_model,
+            "batch": batch,
+            "service_tier": service_tier,
+            "cache_ttl": cache_ttl,
+            "alias_of": alias_of,
+        }
+        request = _Request.of(params, retry_safe=request_id is not None)
+        return _raise_refusal(await self.tracks.submit(request))
 
     async def release(self, *, tenant: str, reservation_id: str, user: str | None) -> dict[str, Any]:
-        return dict(
-            await self._fetch_json(
-                "select tl_release(%s, %s, %s)", (tenant, reservation_id, user), retry_safe=True
-            )
-        )
+        """tl_release's answer, applied in a batch with the releases made at the same time."""
+        params = {"tenant": tenant, "reservation_id": reservation_id, "user": user}
+        return _raise_refusal(await self.releases.submit(_Request.of(params, retry_safe=True)))
 
     async def extend(
         self, *, tenant: str, reservation_id: str, user: str | None, ttl_seconds: float
@@ -1425,6 +1525,38 @@ class Store:
             },
             aggregates=False,
         )
+
+
+def _dumps(value: Any) -> str:
+    """JSON for a batch element: money (Decimal) as a decimal string, times in ISO 8601 with their offset;
+    ValueError for NaN or Infinity, which PostgreSQL refuses."""
+    return json.dumps(value, default=_json_value, separators=(",", ":"), allow_nan=False)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)  # what json.dumps(..., default=str) gave the metadata the ledger measured
+
+
+def _answer(answer: dict[str, Any]) -> Answer:
+    """A batch element's answer: the function's, or the error of the request it refused."""
+    if "ok" in answer:
+        return dict(answer["ok"])
+    error = answer["error"]
+    state, message = error["sqlstate"], error["message"]
+    refusal = _refusal(state, message, error.get("constraint"))
+    if refusal is not None:
+        return refusal
+    return internal_error(log, RuntimeError(f"{state}: {message}"), f"a batched request (SQLSTATE {state})")
+
+
+def _raise_refusal(answer: Answer) -> dict[str, Any]:
+    if isinstance(answer, TokenLedgerError):
+        raise answer
+    return answer
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any]) -> list[str]:
