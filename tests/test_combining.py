@@ -58,10 +58,17 @@ def track(ledger: Ledger, **fields: Any) -> Callable[[], Awaitable[TrackResult]]
     return lambda: ledger.track_usage(request)
 
 
+async def budget_g(ledger: Ledger) -> None:
+    """Budget g, and the process's caches warm (the tenant's aliases, the model's entry): cold, each caller
+    would await its own lookup and reach the combiner at its own moment. The warm-up reserves nothing."""
+    await ledger.set_budget(BudgetSpec(name="g", limit=Decimal(10_000), period="total"))
+    assert (await check(ledger, reserve=False)()).allowed
+
+
 async def test_concurrent_checks_go_as_one_sql_call_and_a_lone_check_alone(
     ledger: Ledger, store: Store
 ) -> None:
-    await ledger.set_budget(BudgetSpec(name="g", limit=Decimal(10_000), period="total"))
+    await budget_g(ledger)
     before = (store.checks.batches, store.checks.calls)
     results = await together(*(check(ledger) for _ in range(8)))
     assert all(isinstance(r, CheckResult) and r.allowed for r in results), results
@@ -74,7 +81,7 @@ async def test_concurrent_checks_go_as_one_sql_call_and_a_lone_check_alone(
 
 
 async def test_a_refused_settle_fails_alone_and_its_batch_commits(ledger: Ledger, store: Store) -> None:
-    await ledger.set_budget(BudgetSpec(name="g", limit=Decimal(10_000), period="total"))
+    await budget_g(ledger)
     grants = await together(*(check(ledger) for _ in range(5)))
     settled_first = await track(ledger, reservation_id=grants[0].reservation_id)()
     missing = "00000000-0000-4000-8000-000000000000"
@@ -119,7 +126,7 @@ async def test_a_value_json_cannot_carry_fails_its_caller_alone(ledger: Ledger, 
 
 
 async def test_a_refused_check_fails_alone(ledger: Ledger, store: Store) -> None:
-    await ledger.set_budget(BudgetSpec(name="g", limit=Decimal(10_000), period="total"))
+    await budget_g(ledger)
     first = await check(ledger, request_id="r-1")()
     before = store.checks.batches
 
@@ -139,7 +146,7 @@ async def test_a_refused_check_fails_alone(ledger: Ledger, store: Store) -> None
 
 
 async def test_replays_inside_one_batch_and_across_batches_count_once(ledger: Ledger, store: Store) -> None:
-    await ledger.set_budget(BudgetSpec(name="g", limit=Decimal(10_000), period="total"))
+    await budget_g(ledger)
     before = store.checks.batches
     checks = await together(*(check(ledger, request_id="c-1") for _ in range(4)))
     assert store.checks.batches == before + 1
@@ -161,7 +168,7 @@ async def test_replays_inside_one_batch_and_across_batches_count_once(ledger: Le
 
 
 async def test_releases_go_together_and_a_refused_one_fails_alone(ledger: Ledger, store: Store) -> None:
-    await ledger.set_budget(BudgetSpec(name="g", limit=Decimal(10_000), period="total"))
+    await budget_g(ledger)
     grants = await together(*(check(ledger) for _ in range(3)))
     await track(ledger, reservation_id=grants[0].reservation_id)()
     before = store.releases.batches
