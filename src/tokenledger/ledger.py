@@ -406,7 +406,7 @@ class Ledger:
                 self.counter.fit_messages,
                 request.messages,
                 _counted_as(model),
-                request.max_tokens,
+                request.max_output_tokens,
                 keep_system=request.keep_system,
                 keep_last=request.keep_last,
             )
