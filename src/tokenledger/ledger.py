@@ -1845,6 +1845,7 @@ class Ledger:
                 period_start=r["period_start"],
                 created_at=r["created_at"],
                 delivered_at=r["delivered_at"],
+                deliveries=r["deliveries"],
             )
             for r in rows
         ]
