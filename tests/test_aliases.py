@@ -375,9 +375,11 @@ async def test_a_wrapped_call_of_the_deployment_is_priced_as_gpt_4o(
 
 
 @pytest.mark.anyio
-async def test_the_prices_tool_aliases_lists_and_unaliases_for_admins_only(ledger: Ledger) -> None:
+async def test_the_price_tools_alias_list_and_unalias_for_admins_only(ledger: Ledger) -> None:
     async with Client(build_server(ledger, default_principal=Principal())) as admin:
-        made = await admin.call_tool("prices", {"action": "alias", "model": DEPLOYMENT, "target": "gpt-4o"})
+        made = await admin.call_tool(
+            "manage_prices", {"action": "alias", "model": DEPLOYMENT, "target": "gpt-4o"}
+        )
         assert not made.is_error and made.structured_content is not None
         assert made.structured_content["aliases"][0]["target"] == "gpt-4o"
         got = await admin.call_tool("prices", {"action": "get", "model": DEPLOYMENT})
@@ -386,15 +388,17 @@ async def test_the_prices_tool_aliases_lists_and_unaliases_for_admins_only(ledge
         listed = await admin.call_tool("prices", {"action": "list", "query": "gpt-4o", "limit": 1})
         assert listed.structured_content is not None
         assert [a["alias"] for a in listed.structured_content["aliases"]] == [DEPLOYMENT]
-        missing = await admin.call_tool("prices", {"action": "alias", "model": "x-1"})
+        missing = await admin.call_tool("manage_prices", {"action": "alias", "model": "x-1"})
         assert missing.is_error and "target: missing" in missing.content[0].text  # type: ignore[union-attr]
-        shadow = await admin.call_tool("prices", {"action": "alias", "model": "gpt-4o", "target": "o3"})
+        shadow = await admin.call_tool(
+            "manage_prices", {"action": "alias", "model": "gpt-4o", "target": "o3"}
+        )
         assert shadow.is_error and "alias: 'gpt-4o'" in shadow.content[0].text  # type: ignore[union-attr]
     async with Client(build_server(ledger, default_principal=MEMBER)) as member:
-        refused = await member.call_tool("prices", {"action": "unalias", "model": DEPLOYMENT})
+        refused = await member.call_tool("manage_prices", {"action": "unalias", "model": DEPLOYMENT})
         assert refused.is_error and "cannot change model aliases" in refused.content[0].text  # type: ignore[union-attr]
     async with Client(build_server(ledger, default_principal=Principal())) as admin:
-        removed = await admin.call_tool("prices", {"action": "unalias", "model": DEPLOYMENT})
+        removed = await admin.call_tool("manage_prices", {"action": "unalias", "model": DEPLOYMENT})
         assert not removed.is_error
     assert await ledger.list_aliases() == []
 

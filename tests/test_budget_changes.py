@@ -70,7 +70,7 @@ async def test_a_partial_set_keeps_every_field_and_counter_it_does_not_name(ledg
     assert audit["before"]["hard_limit"] == 7000 and audit["after"]["hard_limit"] is None
 
 
-async def test_the_tool_sets_only_the_fields_given_and_null_shares_turn_shares_off(ledger: Ledger) -> None:
+async def test_the_tool_sets_only_the_fields_given_and_clears_shares_on_request(ledger: Ledger) -> None:
     async with Client(build_server(ledger, default_principal=ADMIN)) as client:
         admin = await Session(client).load()
         await admin.ok("manage_budget", action="set", name="team", scope="team:a", limit=1000, period="day")
@@ -78,7 +78,7 @@ async def test_the_tool_sets_only_the_fields_given_and_null_shares_turn_shares_o
         shared = await admin.ok("check_budget", **big)
         assert shared["blocked_by"]["reason"] == "priority_share"  # high may take half of what remains
 
-        answer = await admin.ok("manage_budget", action="set", name="team", priority_shares=None)
+        answer = await admin.ok("manage_budget", action="set", name="team", clear=["priority_shares"])
         spec = answer["budgets"][0]["spec"]
         assert spec["priority_shares"] is None and spec["scope"] == "team:a" and spec["limit"] == "1000"
         assert (await admin.ok("check_budget", **big))["allowed"] is True
@@ -106,7 +106,7 @@ async def test_a_measure_change_over_counters_needs_reset_counters(ledger: Ledge
             refused = await admin.refused("manage_budget", action="set", name="ana-daily", **change)
             assert named in refused and "used 2000" in refused and "reset_counters" in refused, refused
         assert await table_counts(ledger.store) == before  # nothing written, nothing audited
-        kept = (await admin.ok("manage_budget", action="get", name="ana-daily"))["budgets"][0]
+        kept = (await admin.ok("lookup", what="budgets", name="ana-daily"))["budgets"][0]
         assert kept["spec"]["scope"] == "user:ana" and kept["state"]["used"] == "2000"
 
         moved = await admin.ok(

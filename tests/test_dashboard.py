@@ -25,6 +25,8 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.servers import serving
 from tokenledger import dashboard
@@ -254,6 +256,36 @@ def test_render_escapes_every_user_text() -> None:
     assert "in 12h 0m" in budget[0].text  # resets in 12 hours
     # Self-contained: nothing is fetched from anywhere.
     assert "http://" not in html and "https://" not in html and "@import" not in html
+
+
+def test_costs_below_a_cent_keep_two_significant_digits() -> None:
+    assert dashboard.usd(Decimal("0.0000042")) == "$0.0000042"  # a gpt-4o-mini call of a few tokens
+    assert dashboard.usd(Decimal("0.00001234")) == "$0.000012"
+    assert dashboard.usd(Decimal("0.0000005")) == "$0.00000050"
+    assert dashboard.usd(Decimal("0.0125")) == "$0.0125" and dashboard.usd(Decimal("0.5")) == "$0.5000"
+    assert dashboard.usd(Decimal("1234.565")) == "$1,234.57" and dashboard.usd(Decimal(0)) == "$0"
+    assert dashboard.usd(Decimal("0.000003"), "EUR") == "EUR 0.0000030"
+
+
+@given(st.decimals(min_value=Decimal("1e-12"), max_value=Decimal("0.9999"), places=14))
+def test_real_spend_never_reads_as_zero(cost: Decimal) -> None:
+    shown = Decimal(dashboard.usd(cost).removeprefix("$"))
+    assert shown != 0 and abs(shown - cost) / cost <= Decimal("0.05")  # two significant digits or more
+
+
+async def test_an_alert_shows_each_sinks_delivery(ledger: Ledger) -> None:
+    """One sink delivered, one retrying after an error: each says so, not "pending"."""
+    await ledger.set_budget(BudgetSpec(name="daily", limit=Decimal(100), period="day", priority_shares=None))
+    await ledger.track_usage(TrackRequest(model="gpt-4o", input_tokens=60, output_tokens=0))
+    claimed = {d["sink"]: d for d in await ledger.claim_alert_deliveries(["webhook", "slack"])}
+    await ledger.finish_alert_delivery(claimed["webhook"])
+    await ledger.finish_alert_delivery(claimed["slack"], error="HTTP 503", retry_seconds=60)
+    page = read(dashboard.render(await ledger.dashboard(Principal())))
+    shown = {e.attrs["data-sink"]: (e.attrs["data-delivery"], e.text) for e in page.having("sink")}
+    assert shown == {"slack": ("retrying", "slack: retrying"), "webhook": ("delivered", "webhook: delivered")}
+    await ledger.finish_alert_delivery(claimed["slack"], error="HTTP 410", retry_seconds=None)
+    page = read(dashboard.render(await ledger.dashboard(Principal())))
+    assert {e.attrs["data-sink"]: e.attrs["data-delivery"] for e in page.having("sink")}["slack"] == "failed"
 
 
 def test_member_page_has_no_top_users() -> None:

@@ -67,7 +67,12 @@ async def test_metrics_keys_read_only_their_own_tenant(dsn: str, token: str | No
                 await call(client, "track_usage", model=MODEL, input_tokens=7, output_tokens=1)
                 # A model of acme's own (a price override makes it known to acme alone).
                 await call(
-                    client, "prices", action="set", model=CUSTOM_MODEL, input="0.000001", output="0.000002"
+                    client,
+                    "manage_prices",
+                    action="set",
+                    model=CUSTOM_MODEL,
+                    input="0.000001",
+                    output="0.000002",
                 )
                 await call(
                     client,
@@ -513,7 +518,7 @@ async def test_during_a_database_outage_healthz_and_count_tokens_agree(own_serve
             assert structured(counted)["tokens"] == 2
             assert health["available_tools"] == ["count_tokens", "fit_messages"]
             fitted = await tool_call(
-                http, served.base, ana, "fit_messages", messages=messages, model=MODEL, max_tokens=20
+                http, served.base, ana, "fit_messages", messages=messages, model=MODEL, max_output_tokens=20
             )
             assert structured(fitted)["fits"] is True and structured(fitted)["dropped"] == 0
             # ... through the official client too (its handshake needs no database either).

@@ -114,6 +114,8 @@ def arguments_from(
     if "$ref" in schema:
         resolved = defs[schema["$ref"].removeprefix("#/$defs/")]
         schema = {**resolved, **{k: v for k, v in schema.items() if k != "$ref"}}
+    if "anyOf" in schema:
+        return st.one_of([arguments_from(branch, defs) for branch in schema["anyOf"]])
     kinds = schema.get("type")
     kinds = kinds if isinstance(kinds, list) else [kinds]
     if "object" in kinds:
@@ -193,10 +195,18 @@ async def seed(client: Client) -> dict[str, dict[str, Any]]:
         "release": {"reservation_id": reservation},
         "extend_reservation": {"reservation_id": reservation, "ttl_seconds": 60},
         "report": {"view": "usage", "group_by": ["user"]},
-        "manage_budget": {"action": "list"},
-        "manage_schedule": {"action": "list"},
-        "budget_override": {"action": "list"},
+        "lookup": {"what": "budgets"},
+        "manage_budget": {"action": "set", "name": "global-tokens", "limit": "20000000"},
+        "manage_schedule": {"action": "add", "name": "daily", "to": "slack"},
+        "budget_override": {
+            "action": "request",
+            "budget": "team-a",
+            "amount": "10",
+            "until": "1h",
+            "reason": "x",
+        },
         "prices": {"action": "get", "model": "gpt-4o"},
+        "manage_prices": {"action": "set", "model": "gpt-4o", "input": "0.000001", "output": "0.000002"},
         "fit_messages": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
     }
 

@@ -15,6 +15,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 from starlette.requests import Request
 
+from tokenledger import __version__
 from tokenledger.ledger import Ledger
 from tokenledger.mcp import build_server, principal_of
 from tokenledger.tokens import count_text
@@ -30,10 +31,12 @@ TOOLS = {
     "release",
     "extend_reservation",
     "report",
+    "lookup",
     "manage_budget",
     "manage_schedule",
     "budget_override",
     "prices",
+    "manage_prices",
     "fit_messages",
 }
 
@@ -138,7 +141,12 @@ async def test_the_whole_flow(ledger: Ledger) -> None:
 
         markdown = await session.ok("report", view="usage", group_by=["model"], format="markdown")
         assert markdown["text"].startswith("| model | requests |") and "| gpt-4o | 1 |" in markdown["text"]
+        # The table is what an agent reads: the text content, not the report's JSON.
+        as_read = text_of(await session.call("report", view="usage", group_by=["model"], format="markdown"))
+        assert as_read == markdown["text"]
         csv_report = await session.ok("report", view="budgets", format="csv")
+        assert text_of(await session.call("report", view="budgets", format="csv")) == csv_report["text"]
+        assert not text_of(await session.call("report")).startswith("|")  # json: the report's JSON
         header, row = csv_report["text"].splitlines()[:2]
         # Every cell quoted (OWASP's CSV-injection guidance; see test_report_limits).
         assert header.startswith('"name","scope","unit","limit"')
@@ -162,8 +170,10 @@ async def test_the_whole_flow(ledger: Ledger) -> None:
         )
         assert fitted["fits"] is True and fitted["dropped"] == 0
 
-        listed = await session.ok("manage_budget", action="list")
+        listed = await session.ok("lookup", what="budgets")
         assert [b["spec"]["name"] for b in listed["budgets"]] == ["monthly"]
+        one = await session.ok("lookup", what="budgets", name="monthly")
+        assert one["budgets"][0]["spec"]["alert_thresholds"] == ["50", "75", "90", "100"]
         price = await session.ok("prices", action="get", model="gpt-4o")
         assert price["models"][0]["name"] == "gpt-4o" and isinstance(
             price["models"][0]["price"]["input"], str
@@ -171,7 +181,7 @@ async def test_the_whole_flow(ledger: Ledger) -> None:
         found = await session.ok("prices", action="list", query="gpt-4o", limit=3)
         assert 1 <= len(found["models"]) <= 3
         override = await session.ok(
-            "prices", action="set", model="gpt-4o", input="0.000001", output="0.000002"
+            "manage_prices", action="set", model="gpt-4o", input="0.000001", output="0.000002"
         )
         assert override["models"][0]["source"] == "tenant override"
         overrides = await session.ok("prices", action="list", query="gpt-4o")
@@ -260,8 +270,19 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("manage_budget", {"action": "set", "name": "b", "limit": 10, "period": "fortnight"}, "period"),
     ("manage_budget", {"action": "set", "name": "b", "limit": 10, "scope": "planet:mars"}, "scope"),
     ("manage_budget", {"action": "set", "name": "b"}, "limit"),
-    ("manage_budget", {"action": "get"}, "name"),
-    ("manage_budget", {"action": "get", "name": "missing"}, "name"),
+    ("manage_budget", {"action": "delete"}, "name"),
+    ("manage_budget", {"action": "delete", "name": "missing"}, "name"),
+    ("manage_budget", {"name": "b", "limit": 10}, "action"),
+    ("manage_budget", {"action": "set", "name": "b", "limit": 10, "clear": ["limit"]}, "clear"),
+    ("lookup", {"what": "budgets", "name": "missing"}, "name"),
+    ("lookup", {"what": "budgets", "id": 1}, "id"),
+    ("lookup", {"what": "everything"}, "what"),
+    ("manage_prices", {"action": "alias", "model": "my-model"}, "target"),
+    (
+        "fit_messages",
+        {"model": "gpt-4o", "messages": [], "max_tokens": 1, "max_output_tokens": 1},
+        "max_tokens",
+    ),
     ("report", {"view": "everything"}, "view"),
     ("report", {"since": "yesterday"}, "since"),
     ("report", {"group_by": ["colour"]}, "group_by"),
@@ -341,21 +362,150 @@ async def test_tool_list_is_small_and_annotated(ledger: Ledger) -> None:
         tokens = count_text(wire, encoding="o200k_base").tokens
         spaced = count_text(json.dumps(json.loads(wire)), encoding="o200k_base").tokens
         print(f"\ntools/list costs {tokens} o200k tokens as sent ({spaced} with json.dumps spacing)")
-        # Interim: the tool-surface work (issue 10) brings this back under 3,000. budget_override and
-        # check_budget's override_hint (issue 13) cost 202 of these tokens; bill modes on check_budget and
-        # track_usage, fit's context_window and the prices tool's aliases (issue 11) 113.
-        assert tokens < 3_650
+        assert tokens < 3_000
         for tool in listed.tools:
             assert tool.description and len(tool.description) < 120, tool.name
-            assert tool.annotations is not None and tool.output_schema is not None, tool.name
+            assert tool.annotations is not None and tool.output_schema == {"type": "object"}, tool.name
             assert tool.input_schema.get("additionalProperties") is False, tool.name
+            assert "$defs" not in json.dumps(tool.input_schema) and "$ref" not in json.dumps(
+                tool.input_schema
+            )
             jsonschema.Draft202012Validator.check_schema(tool.input_schema)
-            jsonschema.Draft202012Validator.check_schema(tool.output_schema)
-        by_name = {tool.name: tool.annotations for tool in listed.tools}
-        assert by_name["count_tokens"].read_only_hint is True  # type: ignore[union-attr]
-        assert by_name["report"].read_only_hint is True  # type: ignore[union-attr]
-        assert by_name["check_budget"].read_only_hint is False  # type: ignore[union-attr]
-        assert by_name["manage_budget"].destructive_hint is True  # type: ignore[union-attr]
+        hints = {tool.name: tool.annotations for tool in listed.tools}
+        reads = {name for name, hint in hints.items() if hint and hint.read_only_hint}
+        assert reads == {"count_tokens", "report", "lookup", "prices", "fit_messages"}
+        destructive = {name for name, hint in hints.items() if hint and hint.destructive_hint is not False}
+        assert destructive - reads == {"manage_budget", "manage_schedule", "manage_prices"}
+        # Every write says whether it destroys, since clients gate on it; MCP's default would say it does.
+        assert all(hints[name].destructive_hint is not None for name in TOOLS - reads)  # type: ignore[union-attr]
+
+
+async def test_reads_live_in_read_only_tools_and_moved_actions_say_where(ledger: Ledger) -> None:
+    """A read never needs a tool that may write; an action that moved names the tool that has it now."""
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        session = await Session(client).load()
+        await session.ok("manage_budget", action="set", name="daily", limit=1_000, period="day")
+        for tool, arguments, home in (
+            ("manage_budget", {"action": "list"}, "lookup what=budgets"),
+            ("manage_budget", {"action": "get", "name": "daily"}, "lookup what=budgets name=NAME"),
+            ("manage_schedule", {"action": "list"}, "lookup what=schedules"),
+            ("budget_override", {"action": "status", "id": 1}, "lookup what=overrides id=ID"),
+            ("prices", {"action": "set", "model": "gpt-4o", "input": "1", "output": "1"}, "manage_prices"),
+        ):
+            refused = await session.refused(tool, **arguments)
+            assert "action" in refused and home in refused, refused
+        assert (await session.ok("lookup", what="schedules"))["schedules"] == []
+        assert (await session.ok("lookup", what="overrides", status="pending"))["overrides"] == []
+        aliased = await session.ok("manage_prices", action="alias", model="my-prod", target="gpt-4o")
+        assert aliased["aliases"][0]["target"] == "gpt-4o"
+        assert [a["alias"] for a in (await session.ok("prices", action="list"))["aliases"]] == ["my-prod"]
+        removed = await session.ok("manage_prices", action="unalias", model="my-prod")
+        assert removed["aliases"][0]["alias"] == "my-prod"
+
+
+async def test_null_means_not_given_and_clear_unsets(ledger: Ledger) -> None:
+    """Strict clients send every field, null for those they do not mean: a set changes only the others;
+    `clear` is how a field is unset."""
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        session = await Session(client).load()
+        manage = next(t for t in (await client.list_tools()).tools if t.name == "manage_budget")
+        every_field_null = dict.fromkeys(manage.input_schema["properties"])
+        created = {"action": "set", "name": "b", "limit": "1000", "hard_limit": "1200", "clear": []}
+        await session.ok("manage_budget", **{**every_field_null, **created, "tokens_per_minute": 500})
+        changed = await session.ok(
+            "manage_budget",
+            **{**every_field_null, "action": "set", "name": "b", "limit": "1100", "clear": []},
+        )
+        spec = changed["budgets"][0]["spec"]
+        assert (spec["limit"], spec["hard_limit"], spec["tokens_per_minute"]) == ("1100", "1200", 500)
+        assert spec["priority_shares"] == {"high": "0.5", "medium": "0.3", "low": "0.2"}
+        cleared = await session.ok(
+            "manage_budget", action="set", name="b", clear=["hard_limit", "priority_shares"]
+        )
+        spec = cleared["budgets"][0]["spec"]
+        assert (
+            spec["hard_limit"] is None
+            and spec["priority_shares"] is None
+            and spec["tokens_per_minute"] == 500
+        )
+        shares = await session.ok(
+            "manage_budget", action="set", name="b", priority_shares={"high": 0.6, "low": None}
+        )
+        assert shares["budgets"][0]["spec"]["priority_shares"] == {"high": "0.6"}
+        # Nulls in messages and their parts are absent too; the count is the same as without them.
+        plain = [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}]
+        strict = [{"role": "user", "name": None, "content": [{"type": "text", "text": "hello there"}]}]
+        counted = [
+            (await session.ok("count_tokens", model="gpt-4o", messages=messages, text=None))["tokens"]
+            for messages in (plain, strict)
+        ]
+        assert counted[0] == counted[1] > 0
+
+
+async def test_each_role_lists_only_the_tools_it_can_call(ledger: Ledger) -> None:
+    """A member sees no admin tool, a viewer no write; each tool hidden from a role refuses that role."""
+    calls: dict[str, dict[str, Any]] = {
+        "check_budget": {"model": "gpt-4o", "input_tokens": 1},
+        "track_usage": {"model": "gpt-4o", "input_tokens": 1, "output_tokens": 1},
+        "release": {"reservation_id": "00000000-0000-0000-0000-000000000000"},
+        "extend_reservation": {"reservation_id": "00000000-0000-0000-0000-000000000000"},
+        "budget_override": {"action": "cancel", "id": 1},
+        "manage_budget": {"action": "set", "name": "b", "limit": 10},
+        "manage_schedule": {"action": "add", "name": "s", "to": "slack"},
+        "manage_prices": {"action": "alias", "model": "mine", "target": "gpt-4o"},
+    }
+    for role, hidden in (
+        ("member", {"manage_budget", "manage_schedule", "manage_prices"}),
+        (
+            "viewer",
+            {
+                "manage_budget",
+                "manage_schedule",
+                "manage_prices",
+                "check_budget",
+                "track_usage",
+                "release",
+                "extend_reservation",
+                "budget_override",
+            },
+        ),
+    ):
+        principal = Principal(role=role, user="ana" if role == "member" else None)  # type: ignore[arg-type]
+        async with Client(build_server(ledger, default_principal=principal)) as client:
+            tools = await client.list_tools()
+            wire = tools.model_dump_json(by_alias=True, exclude_none=True)
+            print(f"\n{role}'s tools/list costs {count_text(wire, encoding='o200k_base').tokens} o200k tokens")
+            listed = {tool.name for tool in tools.tools}
+            assert listed == TOOLS - hidden, role
+            session = await Session(client).load()
+            for name in hidden:
+                refused = await session.refused(name, **calls[name])
+                assert f"role {role!r}" in refused, (name, refused)
+
+
+async def test_unknown_tools_and_prompts_are_invalid_params(ledger: Ledger) -> None:
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        with pytest.raises(MCPError) as tool:
+            await client.call_tool("no_such_tool", {})
+        assert tool.value.error.code == -32602 and "no_such_tool" in tool.value.error.message
+        with pytest.raises(MCPError) as prompt:
+            await client.get_prompt("no_such_prompt", {})
+        assert prompt.value.error.code == -32602 and "no_such_prompt" in prompt.value.error.message
+        assert client.server_info is not None and client.server_info.version == __version__
+
+
+async def test_fit_messages_takes_max_output_tokens_and_its_old_name_for_one_release(ledger: Ledger) -> None:
+    messages = [{"role": "user", "content": "word " * 50}]
+    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+        session = await Session(client).load()
+        schema = next(t for t in (await client.list_tools()).tools if t.name == "fit_messages").input_schema
+        assert "max_output_tokens" in schema["properties"] and "max_tokens" not in schema["properties"]
+        room = {"model": "gpt-4o", "messages": messages, "context_window": 100}
+        fitted = await session.ok("fit_messages", **room, max_output_tokens=60)
+        assert fitted["fits"] is False and not fitted["warnings"]
+        old = await session.ok("fit_messages", **room, max_tokens=60)
+        assert old["fits"] is False and any("max_tokens is deprecated" in w for w in old["warnings"])
+        assert (await session.ok("fit_messages", **room, max_output_tokens=10))["fits"] is True
 
 
 # --- who is calling ----------------------------------------------------------------------------

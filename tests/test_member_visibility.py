@@ -102,14 +102,14 @@ async def test_a_member_reads_no_other_users_budget_figures_or_decisions_on_any_
     async with Client(build_server(ledger, default_principal=BOB)) as client:
         bob = await Session(client).load()
 
-        listed = await bob.ok("manage_budget", action="list")
+        listed = await bob.ok("lookup", what="budgets")
         assert {b["spec"]["name"] for b in listed["budgets"]} == BOBS
         seen.append(text(listed))
-        missing = await bob.refused("manage_budget", action="get", name="nobody-day")
-        hidden = await bob.refused("manage_budget", action="get", name="ana-day")
+        missing = await bob.refused("lookup", what="budgets", name="nobody-day")
+        hidden = await bob.refused("lookup", what="budgets", name="ana-day")
         assert hidden == missing.replace("nobody-day", "ana-day")  # absent, not forbidden
         for name in ("bob-day", "project-x"):
-            seen.append(text(await bob.ok("manage_budget", action="get", name=name)))
+            seen.append(text(await bob.ok("lookup", what="budgets", name=name)))
 
         for query in REPORT_VIEWS:
             for fmt in FORMATS:

@@ -475,7 +475,7 @@ async def test_the_budget_override_tool_for_a_member_and_an_admin(ledger: Ledger
         )
         [shown] = asked["overrides"]
         assert (shown["status"], shown["amount"], shown["user"]) == ("pending", "500", "ana")
-        assert (await member.ok("budget_override", action="status", id=1))["overrides"][0]["budget"] == "team"
+        assert (await member.ok("lookup", what="overrides", id=1))["overrides"][0]["budget"] == "team"
         for action in ("approve", "deny"):
             refused = await member.refused("budget_override", action=action, id=1, reason="mine")
             assert f"role 'member' cannot {action} override requests" in refused
@@ -493,7 +493,7 @@ async def test_the_budget_override_tool_for_a_member_and_an_admin(ledger: Ledger
         assert cancelled["overrides"][0]["status"] == "cancelled"
     async with Client(build_server(ledger, default_principal=ADMIN)) as client:
         admin = await Session(client).load()
-        pending = await admin.ok("budget_override", status="pending")
+        pending = await admin.ok("lookup", what="overrides", status="pending")
         assert [o["override_id"] for o in pending["overrides"]] == [1]
         assert "reason" in await admin.refused("budget_override", action="deny", id=1)
         approved = await admin.ok("budget_override", action="approve", id=1)
@@ -501,7 +501,8 @@ async def test_the_budget_override_tool_for_a_member_and_an_admin(ledger: Ledger
         listed = await client.list_tools()
         [tool] = [t for t in listed.tools if t.name == "budget_override"]
         assert tool.annotations is not None
-        assert (tool.annotations.read_only_hint, tool.annotations.destructive_hint) == (False, False)
+        # A write (MCP's default readOnlyHint: false) that destroys nothing.
+        assert (tool.annotations.read_only_hint, tool.annotations.destructive_hint) == (None, False)
     assert (await ledger.check_budget(check(1500), ANA)).decision == "allow"
 
 

@@ -554,7 +554,7 @@ async def test_mcp_manage_schedule_tool(ledger: Ledger, receivers: tuple[Receive
         )
         assert not added.is_error and added.structured_content is not None
         assert added.structured_content["schedules"][0]["view"] == "forecast"
-        listed = await client.call_tool("manage_schedule", {})
+        listed = await client.call_tool("lookup", {"what": "schedules"})
         assert [s["name"] for s in listed.structured_content["schedules"]] == ["daily"]  # type: ignore[index]
         run = await client.call_tool("manage_schedule", {"action": "run_now", "name": "daily"})
         assert run.structured_content["run"]["kind"] == "manual"  # type: ignore[index]
@@ -577,7 +577,7 @@ async def test_mcp_manage_schedule_tool(ledger: Ledger, receivers: tuple[Receive
         assert deleted.structured_content["schedules"][0]["name"] == "daily"  # type: ignore[index]
     member = Principal(role="member", user="ana")
     async with Client(build_server(ledger, default_principal=member)) as client:
-        refused = await client.call_tool("manage_schedule", {"action": "list"})
+        refused = await client.call_tool("lookup", {"what": "schedules"})
         assert refused.is_error and "cannot manage schedules" in str(refused.content[0])
 
 

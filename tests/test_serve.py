@@ -191,3 +191,17 @@ def test_client_config_examples_start_this_server() -> None:
         )
         assert servers["tokenledger-http"] == unmarked(clients.http_entry(target, url, "TOKENLEDGER_KEY"))
     assert vscode["inputs"] == [clients.vscode_key_input()]
+
+
+def test_commands_start_without_loading_the_mcp_sdk() -> None:
+    """The parser states the server's body limit without importing tokenledger.mcp (the SDK takes a
+    second to load, which every command would pay)."""
+    from tokenledger.cli import serve
+    from tokenledger.mcp import http
+
+    assert serve.DEFAULT_MAX_REQUEST_BYTES == http.DEFAULT_MAX_REQUEST_BYTES
+    probe = (
+        "import sys\nfrom tokenledger.cli import build_parser\nbuild_parser()\nprint('mcp' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

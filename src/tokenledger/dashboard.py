@@ -59,6 +59,27 @@ class Decision(Model):
     model: str | None = None
 
 
+class SinkDelivery(Model):
+    """An alert's delivery to one sink (tl_alert_delivery)."""
+
+    sink: str
+    delivered_at: datetime | None = None
+    attempts: int = 0
+    failed: bool = False  # the last attempt failed
+    gave_up: bool = False  # no more attempts
+
+    @property
+    def state(self) -> str:
+        """delivered, failed (given up), retrying (failed, trying again), sending (claimed) or pending."""
+        if self.delivered_at is not None:
+            return "delivered"
+        if self.gave_up:
+            return "failed"
+        if self.failed:
+            return "retrying"
+        return "sending" if self.attempts else "pending"
+
+
 class OpenAlert(Model):
     """A threshold, forecast or anomaly alert of a budget's current period."""
 
@@ -72,7 +93,8 @@ class OpenAlert(Model):
     unit: str
     period_start: datetime
     created_at: datetime
-    delivered_at: datetime | None = None
+    delivered_at: datetime | None = None  # once every sink has it
+    deliveries: list[SinkDelivery] = Field(default_factory=list)  # one per sink a dispatcher took it for
     subject: str = ""  # an anomaly about one user under a shared budget: 'user:X'
 
 
@@ -157,13 +179,19 @@ def _plain(value: Decimal | int) -> str:
 
 
 def usd(value: Decimal, currency: str = "USD") -> str:
-    """Money for people: cents from 1 up, four decimals below (a cheap model's day is often < 1¢); `$`
-    for USD, the ISO code before the amount for another currency."""
+    """Money for people: cents from 1 up; below, four decimals and at least two significant digits (a
+    cheap model's call costs millionths of a dollar, and spend must never read as $0.0000); `$` for USD,
+    the ISO code before the amount for another currency."""
     sign = "$" if currency == "USD" else f"{currency} "
     if value == 0:
         return f"{sign}0"
-    places = Decimal("0.01") if abs(value) >= 1 else Decimal("0.0001")
-    return f"{sign}{value.quantize(places, rounding=ROUND_HALF_UP):,}"
+    if abs(value) >= 1:
+        places = 2
+    else:
+        first_digit = -abs(value).adjusted()  # 0.0000042 -> 6: its first significant digit's place
+        places = max(4, first_digit + 1)
+    shown = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return f"{sign}{shown:,f}"
 
 
 def tokens(value: Decimal | int) -> str:
@@ -250,6 +278,8 @@ td.num, th.num { text-align:right; }
 .pill.exceeded, .pill.deny { background:#fbe4e4; color:#a32626; }
 .pill.would_deny, .pill.pending { background:#eef0f5; color:#4a5568; }
 .pill.delivered { background:#e3f4ea; color:#1f6e40; }
+.pill.retrying, .pill.sending { background:#fdf3e1; color:#8a5a00; }
+.pill.failed { background:#fde8e8; color:#9b1c1c; }
 .empty { color:var(--muted); padding:6px 0; }
 svg text { font-size:11px; fill:var(--muted); }
 svg rect.day { fill:var(--accent); }
@@ -503,13 +533,24 @@ def _decisions(decisions: Sequence[Decision], zone: ZoneInfo) -> str:
     return f'<section id="denials">{title}{body}</section>'
 
 
+def _deliveries(alert: OpenAlert) -> str:
+    """One pill per sink with its state; without a sink row yet (no dispatcher ran), the alert's own."""
+    if not alert.deliveries:
+        state = "delivered" if alert.delivered_at is not None else "pending"
+        return f'<span class="pill {state}">{state}</span>'
+    return " ".join(
+        f'<span class="pill {d.state}"{_attrs(sink=d.sink, delivery=d.state)}>'
+        f"{escape(d.sink)}: {d.state}</span>"
+        for d in alert.deliveries
+    )
+
+
 def _alerts(alerts: Sequence[OpenAlert], zone: ZoneInfo, currency: str = "USD") -> str:
     if not alerts:
         body = '<p class="empty">No alerts in the current periods.</p>'
     else:
         lines = []
         for a in alerts:
-            state = "delivered" if a.delivered_at is not None else "pending"
             what = {
                 "forecast": f"forecast {a.percent_used}%",
                 "anomaly": f"unusual hourly spend{' by ' + a.subject if a.subject else ''}",
@@ -523,7 +564,7 @@ def _alerts(alerts: Sequence[OpenAlert], zone: ZoneInfo, currency: str = "USD") 
                 f'<td class="name">{escape(a.budget)}</td>'
                 f'<td>{escape(what)}<div class="sub">{escape(amount(a.used, a.unit, currency))} of '
                 f"{escape(amount(a.limit, a.unit, currency))}</div></td>"
-                f'<td><span class="pill {state}">{state}</span></td></tr>'
+                f"<td>{_deliveries(a)}</td></tr>"
             )
         head = "<tr><th>When</th><th>Budget</th><th>Alert</th><th>Delivery</th></tr>"
         body = f"<table>{head}{''.join(lines)}</table>"

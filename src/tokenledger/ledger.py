@@ -446,7 +446,7 @@ class Ledger:
                 self.counter.fit_messages,
                 request.messages,
                 _counted_as(model),
-                request.max_tokens,
+                request.max_output_tokens,
                 keep_system=request.keep_system,
                 keep_last=request.keep_last,
             )
@@ -2036,6 +2036,7 @@ class Ledger:
                 created_at=r["created_at"],
                 delivered_at=r["delivered_at"],
                 subject=r["subject"] if mask is None else mask.scope(r["subject"]),
+                deliveries=r["deliveries"],
             )
             for r in rows
         ]

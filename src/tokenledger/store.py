@@ -1502,11 +1502,20 @@ class Store:
     async def open_alerts(
         self, *, tenant: str, budgets: Sequence[str] | None, limit: int, user: str | None = None
     ) -> list[dict[str, Any]]:
-        """Alerts of each budget's current period (or rolling window), newest first; `budgets` limits
-        them to those names, `user` to those about the whole budget or that user (a member's view)."""
+        """Alerts of each budget's current period (or rolling window), newest first, each with its
+        per-sink deliveries; `budgets` limits them to those names, `user` to those about the whole
+        budget or that user (a member's view)."""
         return await self._fetch_report_rows(
             """select a.alert_id, a.budget_name, a.kind, a.threshold, a.percent_used, a.used,
-                      a.limit_amount, a.unit, a.period_start, a.created_at, a.delivered_at, a.subject
+                      a.limit_amount, a.unit, a.period_start, a.created_at, a.delivered_at, a.subject,
+                      coalesce((select jsonb_agg(jsonb_build_object(
+                                           'sink', d.sink, 'delivered_at', d.delivered_at,
+                                           'attempts', d.attempts, 'failed', d.last_error is not null,
+                                           'gave_up', d.next_attempt_at = 'infinity')
+                                       order by d.sink)
+                                  from tl_alert_delivery d
+                                 where d.tenant_id = a.tenant_id and d.alert_id = a.alert_id),
+                               '[]'::jsonb) as deliveries
                  from tl_alert a
                  join tl_budget b on b.tenant_id = a.tenant_id and b.budget_id = a.budget_id
                 where a.tenant_id = %(tenant)s

@@ -234,7 +234,7 @@ class TenantSettings(Model):
 class FitRequest(Model):
     messages: list[ChatMessage]
     model: ModelName
-    max_tokens: NonNegativeInt = 0  # output tokens to leave room for
+    max_output_tokens: NonNegativeInt = 0  # output tokens to leave room for
     keep_system: bool = True
     keep_last: NonNegativeInt = 1
     # The window to fit into: default the model's; required for a model whose window is not known (one

@@ -47,12 +47,13 @@ ANOMALY_SECONDS: Final = 3600.0  # anomaly alerts judge hours: once an hour per 
 CATALOG_POLL_SECONDS: Final = float(os.environ.get("TOKENLEDGER_CATALOG_POLL_SECONDS", "10"))
 ADMIN_KEY_FILE: Final = "admin.key"
 TransportName = Literal["stdio", "http", "sse"]
+# tokenledger.mcp.http's DEFAULT_MAX_REQUEST_BYTES (test_serve holds them equal): importing it here would
+# load the MCP SDK, a second of every command's start, to build the parser.
+DEFAULT_MAX_REQUEST_BYTES: Final = 10 * 1024 * 1024
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `serve` command to the CLI."""
-    from tokenledger.mcp.http import DEFAULT_MAX_REQUEST_BYTES
-
     parser = subparsers.add_parser(
         "serve",
         help="run the MCP server (stdio, streamable HTTP + SSE, or SSE)",

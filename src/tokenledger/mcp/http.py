@@ -84,6 +84,7 @@ from tokenledger.errors import (
 from tokenledger.ledger import Ledger
 from tokenledger.mcp.outage import OFFLINE_TOOLS, RECENT_KEY_SECONDS, RecentKeys, needs_no_database
 from tokenledger.mcp.redaction import AccessLogRedaction
+from tokenledger.mcp.server import TokenLedgerServer
 from tokenledger.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenledger.metrics import Metrics
 from tokenledger.reports import ReportQuery
@@ -860,7 +861,11 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        metrics.known_tools([tool.name for tool in await server.list_tools()])
+        # Every tool, whatever role the server's default principal has (its list is that role's).
+        if isinstance(server, TokenLedgerServer):
+            metrics.known_tools(server.tool_names())
+        else:
+            metrics.known_tools([tool.name for tool in await server.list_tools()])
         async with contextlib.AsyncExitStack() as stack:
             if run_sessions is not None:
                 await stack.enter_async_context(run_sessions())

@@ -126,7 +126,7 @@ def cost_tracking_setup(
         f'   - name="{feature}-daily" {scope} unit="tokens" period="day", limit about 1.5 x '
         f'{daily_tokens:,} tokens, enforcement="soft" (a spike warns before the month is spent), and '
         f"requests_per_minute={per_minute * 3} (three times the average {per_minute} a minute).",
-        '   Read them back with `manage_budget` action="list" and show them.',
+        '   Read them back with `lookup` what="budgets" and show them.',
         f'3. Tracking in code: before each model call `check_budget` with feature="{feature}" (and user, '
         "session) and its `max_output_tokens`; after it `track_usage` with the reservation_id and the "
         "usage the provider reported; `release` if the call is not made. Show these lines in the "
@@ -167,7 +167,8 @@ def budget_enforcement(
         "",
         f'1. `manage_budget` action="set" name="{name}" scope="{scope}" unit="usd" '
         f'limit={monthly_limit_usd} hard_limit={hard_limit_usd} period="month" enforcement="hard" '
-        f'alert_thresholds=[{thresholds}] unpriced_policy="deny". Read it back (action="get"), show it.',
+        f'alert_thresholds=[{thresholds}] unpriced_policy="deny". Read it back (`lookup` what="budgets" '
+        f'name="{name}"), show it.',
         f"   The ledger then refuses any call that would take spend past ${hard_limit_usd} (reservations "
         "hold even with many callers at once) and records one alert per threshold crossed "
         f"({thresholds} %).",

@@ -20,10 +20,11 @@ from mcp.server.mcpserver.prompts.base import Prompt, UserMessage
 from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, ToolAnnotations
+from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
+from mcp_types import Tool as ListedTool
 from pydantic import BaseModel, ValidationError
 
-from tokenledger import reports
+from tokenledger import __version__, reports
 from tokenledger.errors import NotFound, TokenLedgerError, UnknownModel, internal_error
 from tokenledger.ledger import Ledger
 from tokenledger.mcp import prompts
@@ -35,7 +36,10 @@ from tokenledger.mcp.schemas import (
     CountInput,
     ExtendInput,
     FitInput,
+    LookupInput,
+    LookupResult,
     ManageBudgetInput,
+    ManagePricesInput,
     ManageScheduleInput,
     OverridesResult,
     PricesInput,
@@ -59,6 +63,7 @@ from tokenledger.types import (
     PriceSpec,
     Principal,
     ReleaseResult,
+    Role,
     TrackResult,
     explain_validation_error,
 )
@@ -72,19 +77,77 @@ Handler = Callable[[Any, Context[Any, Any]], Awaitable[BaseModel]]
 
 INSTRUCTIONS = (
     "Token ledger: count_tokens before a call, check_budget to reserve, track_usage after it "
-    "(release if the call is not made), report to read usage and budgets."
+    "(release if the call is not made), report to read usage and budgets. A field sent as null is "
+    "not given: it takes its default."
 )
 # Fields only counted, never stored: any text is fine there.
 COUNTED_ONLY = frozenset({"text", "texts", "messages", "tools", "input_text", "output_text"})
-READ = ToolAnnotations(readOnlyHint=True, idempotentHint=True)
-WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False)  # idempotentHint is false by default
-WRITE_IDEMPOTENT = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=True)
-ADMIN = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True)
+# Annotations say what every action of a tool may do: reads never sit in a tool that writes. Only what
+# differs from MCP's defaults is sent (readOnlyHint false; idempotentHint means nothing on a read-only
+# tool), except destructiveHint, said on every write since clients gate on it.
+READ = ToolAnnotations(readOnlyHint=True)
+WRITE = ToolAnnotations(destructiveHint=False)  # idempotentHint is false by default
+WRITE_IDEMPOTENT = ToolAnnotations(destructiveHint=False, idempotentHint=True)
+# set overwrites fields and delete destroys; repeating either leaves the same state.
+ADMIN = ToolAnnotations(destructiveHint=True, idempotentHint=True)
 # add refuses a taken name and run_now queues another delivery each time: not idempotent; delete destroys.
-SCHEDULE = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=False)
+SCHEDULE = ToolAnnotations(destructiveHint=True)
+
+ANY_ROLE: tuple[Role, ...] = ("admin", "member", "viewer")
+CALLERS: tuple[Role, ...] = ("admin", "member")
+ADMINS: tuple[Role, ...] = ("admin",)
+
+# Actions that moved to another tool when reads and writes were split (0.2): a call naming one is told
+# where it went.
+MOVED = {
+    "manage_budget": {"list": "lookup what=budgets", "get": "lookup what=budgets name=NAME"},
+    "manage_schedule": {"list": "lookup what=schedules"},
+    "budget_override": {"list": "lookup what=overrides", "status": "lookup what=overrides id=ID"},
+    "prices": {action: f"manage_prices action={action}" for action in ("set", "alias", "unalias")},
+}
 
 
 # --- the tools ---------------------------------------------------------------------------------
+
+
+class TokenLedgerServer(MCPServer):
+    """The SDK's server, with each role's tool list and the spec's error for an unknown tool or prompt.
+
+    A role sees only the tools it may call (a member no admin tools, a viewer no writes): every agent
+    pays for the list in context. A hidden tool still answers, with the ledger's refusal naming the role.
+    mcp 2.3 answers an unknown tool with an `isError` result and an unknown prompt with error code 0;
+    MCP asks for JSON-RPC -32602 (invalid params) for both.
+    """
+
+    def __init__(
+        self, *args: Any, default_principal: Principal, roles: dict[str, tuple[Role, ...]], **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self._default_principal = default_principal
+        self._roles = roles
+
+    def tool_names(self) -> list[str]:
+        """Every tool of the server, whoever asks."""
+        return list(self._roles)
+
+    async def list_tools(self) -> list[ListedTool]:
+        role = request_principal(self._default_principal).role
+        return [tool for tool in await super().list_tools() if role in self._roles.get(tool.name, ANY_ROLE)]
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> Any:
+        if name not in self._roles:
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}; allowed: {', '.join(self._roles)}")
+        return await super().call_tool(name, arguments, context)
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[Any, Any] | None = None
+    ) -> Any:
+        known = [prompt.name for prompt in await self.list_prompts()]
+        if name not in known:
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name!r}; allowed: {', '.join(known)}")
+        return await super().get_prompt(name, arguments, context)
 
 
 def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
@@ -98,7 +161,7 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         return principal_of(ctx, default_principal)
 
     async def count_tokens(request: CountInput, ctx: Context[Any, Any]) -> CountResult:
-        """Count tokens of text, texts or chat messages for a model or encoding, with context fit and cost."""
+        """Count tokens of text or chat messages for a model, with context fit and cost."""
         return await ledger.count_tokens(request, who(ctx))
 
     async def check_budget(request: CheckInput, ctx: Context[Any, Any]) -> CheckResult:
@@ -118,44 +181,64 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
         return await ledger.extend_reservation(request, who(ctx))
 
     async def report(request: ReportInput, ctx: Context[Any, Any]) -> reports.Report:
-        """Usage, timeseries, budgets, forecast, top calls, savings, accuracy, chargeback; json/md/csv."""
+        """Usage, budget, forecast, savings and chargeback reports, as json, markdown or csv."""
         return reports.formatted(await ledger.report(request, who(ctx)), request.format)
 
-    async def manage_budget(request: ManageBudgetInput, ctx: Context[Any, Any]) -> BudgetsResult:
-        """Set (only the fields given), get, list or delete budgets; set and delete need admin."""
-        return await _manage_budget(ledger, request, who(ctx))
-
-    async def manage_schedule(request: ManageScheduleInput, ctx: Context[Any, Any]) -> SchedulesResult:
-        """Add, list, run now or delete scheduled reports (admin)."""
-        return await _manage_schedule(ledger, request, who(ctx))
-
-    async def budget_override(request: BudgetOverrideInput, ctx: Context[Any, Any]) -> OverridesResult:
-        """Temporary budget increase: request, status, cancel, list; approve or deny (admin)."""
-        return await _budget_override(ledger, request, who(ctx))
+    async def lookup(request: LookupInput, ctx: Context[Any, Any]) -> LookupResult:
+        """Read budgets (spec and live state), scheduled reports or override requests."""
+        return await _lookup(ledger, request, who(ctx))
 
     async def prices(request: PricesInput, ctx: Context[Any, Any]) -> PricesResult:
-        """A model's prices and context window, a catalog search, a tenant price override or alias."""
+        """A model's prices and context window, or a catalog search with tenant overrides and aliases."""
         return await _prices(ledger, request, who(ctx))
 
     async def fit_messages(request: FitInput, ctx: Context[Any, Any]) -> FitResult:
-        """Drop the oldest turns until messages fit the model's context with room for max_tokens."""
-        return await ledger.fit_messages(request, who(ctx))
+        """Drop the oldest turns until messages fit the model's context with max_output_tokens to spare."""
+        fitted = await ledger.fit_messages(request, who(ctx))
+        if request.used_old_name:
+            renamed = "max_tokens is deprecated and goes in the next release: send max_output_tokens"
+            fitted = fitted.model_copy(update={"warnings": [*fitted.warnings, renamed]})
+        return fitted
+
+    async def budget_override(request: BudgetOverrideInput, ctx: Context[Any, Any]) -> OverridesResult:
+        """Temporary budget increase: request or cancel one; approve or deny (admin)."""
+        return await _budget_override(ledger, request, who(ctx))
+
+    async def manage_budget(request: ManageBudgetInput, ctx: Context[Any, Any]) -> BudgetsResult:
+        """Set (only the fields given) or delete a budget (admin)."""
+        return await _manage_budget(ledger, request, who(ctx))
+
+    async def manage_schedule(request: ManageScheduleInput, ctx: Context[Any, Any]) -> SchedulesResult:
+        """Add, run now or delete a scheduled report (admin)."""
+        return await _manage_schedule(ledger, request, who(ctx))
+
+    async def manage_prices(request: ManagePricesInput, ctx: Context[Any, Any]) -> PricesResult:
+        """Set a tenant price override, or alias a name to a catalog model or remove it (admin)."""
+        return await _manage_prices(ledger, request, who(ctx))
 
     tools = [
-        _tool(count_tokens, CountInput, CountResult, READ),
-        _tool(check_budget, CheckInput, CheckResult, WRITE),
-        _tool(track_usage, TrackInput, TrackResult, WRITE),
-        _tool(release, ReleaseInput, ReleaseResult, WRITE_IDEMPOTENT),
-        _tool(extend_reservation, ExtendInput, ExtendResult, WRITE),
-        _tool(report, ReportInput, reports.Report, READ),
-        _tool(manage_budget, ManageBudgetInput, BudgetsResult, ADMIN),
-        _tool(manage_schedule, ManageScheduleInput, SchedulesResult, SCHEDULE),
-        _tool(budget_override, BudgetOverrideInput, OverridesResult, WRITE),
-        _tool(prices, PricesInput, PricesResult, ADMIN),
-        _tool(fit_messages, FitInput, FitResult, READ),
+        (_tool(count_tokens, CountInput, CountResult, READ), ANY_ROLE),
+        (_tool(check_budget, CheckInput, CheckResult, WRITE), CALLERS),
+        (_tool(track_usage, TrackInput, TrackResult, WRITE), CALLERS),
+        (_tool(release, ReleaseInput, ReleaseResult, WRITE_IDEMPOTENT), CALLERS),
+        (_tool(extend_reservation, ExtendInput, ExtendResult, WRITE), CALLERS),
+        (_tool(report, ReportInput, reports.Report, READ), ANY_ROLE),
+        (_tool(lookup, LookupInput, LookupResult, READ), ANY_ROLE),
+        (_tool(prices, PricesInput, PricesResult, READ), ANY_ROLE),
+        (_tool(fit_messages, FitInput, FitResult, READ), ANY_ROLE),
+        (_tool(budget_override, BudgetOverrideInput, OverridesResult, WRITE), CALLERS),
+        (_tool(manage_budget, ManageBudgetInput, BudgetsResult, ADMIN), ADMINS),
+        (_tool(manage_schedule, ManageScheduleInput, SchedulesResult, SCHEDULE), ADMINS),
+        (_tool(manage_prices, ManagePricesInput, PricesResult, ADMIN), ADMINS),
     ]
-    server: MCPServer = MCPServer(
-        "tokenledger", instructions=INSTRUCTIONS, tools=tools, middleware=[PrincipalMiddleware()]
+    server = TokenLedgerServer(
+        "tokenledger",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        tools=[tool for tool, _ in tools],
+        middleware=[PrincipalMiddleware()],
+        default_principal=default_principal,
+        roles={tool.name: roles for tool, roles in tools},
     )
     _add_resources(server, ledger, default_principal)
     _add_prompts(server, default_principal)
@@ -163,28 +246,17 @@ def build_server(ledger: Ledger, *, default_principal: Principal) -> MCPServer:
 
 
 async def _manage_budget(ledger: Ledger, request: ManageBudgetInput, principal: Principal) -> BudgetsResult:
-    action = request.action
-    if action == "list":
-        return BudgetsResult(action=action, budgets=await ledger.list_budgets(principal))
-    if request.name is None:
-        raise ToolError(f"name: missing; allowed: a budget name, required for action {action!r}")
-    if action == "get":
-        return BudgetsResult(action=action, budgets=[await ledger.get_budget(request.name, principal)])
-    if action == "delete":
+    if request.action == "delete":
         deleted = await ledger.delete_budget(request.name, principal)
-        return BudgetsResult(action=action, deleted=deleted.name)
+        return BudgetsResult(action=request.action, deleted=deleted.name)
     changed = await ledger.set_budget(request.change(), principal, reset_counters=request.reset_counters)
-    return BudgetsResult(action=action, budgets=[changed])
+    return BudgetsResult(action=request.action, budgets=[changed])
 
 
 async def _manage_schedule(
     ledger: Ledger, request: ManageScheduleInput, principal: Principal
 ) -> SchedulesResult:
     action = request.action
-    if action == "list":
-        return SchedulesResult(action=action, schedules=await ledger.list_schedules(principal))
-    if request.name is None:
-        raise ToolError(f"name: missing; allowed: a schedule name, required for action {action!r}")
     if action == "run_now":
         return SchedulesResult(action=action, run=await ledger.run_schedule_now(request.name, principal))
     if action == "delete":
@@ -199,16 +271,11 @@ async def _budget_override(
     ledger: Ledger, request: BudgetOverrideInput, principal: Principal
 ) -> OverridesResult:
     action = request.action
-    if action == "list":
-        found = await ledger.list_overrides(principal, status=request.status, budget=request.budget)
-        return OverridesResult(action=action, overrides=found)
     if action == "request":
         asked = OverrideRequest.model_validate(request.request_fields())
         return OverridesResult(action=action, overrides=[await ledger.request_override(asked, principal)])
     if request.id is None:
         raise ToolError(f"id: missing; allowed: an override request's id, required for action {action!r}")
-    if action == "status":
-        return OverridesResult(action=action, overrides=[await ledger.override_status(request.id, principal)])
     if action == "cancel":
         return OverridesResult(action=action, overrides=[await ledger.cancel_override(request.id, principal)])
     if action == "approve":
@@ -221,6 +288,25 @@ async def _budget_override(
     )
 
 
+async def _lookup(ledger: Ledger, request: LookupInput, principal: Principal) -> LookupResult:
+    what = request.what
+    for field, applies in (("id", "overrides"), ("status", "overrides")):
+        if getattr(request, field) is not None and what != applies:
+            raise ToolError(f"{field}: given with what={what!r}; allowed: only with what={applies!r}")
+    if what == "budgets":
+        if request.name is not None:
+            return LookupResult(what=what, budgets=[await ledger.get_budget(request.name, principal)])
+        return LookupResult(what=what, budgets=await ledger.list_budgets(principal))
+    if what == "schedules":
+        if request.name is not None:
+            raise ToolError("name: given with what='schedules'; allowed: only with budgets or overrides")
+        return LookupResult(what=what, schedules=await ledger.list_schedules(principal))
+    if request.id is not None:
+        return LookupResult(what=what, overrides=[await ledger.override_status(request.id, principal)])
+    found = await ledger.list_overrides(principal, status=request.status, budget=request.name)
+    return LookupResult(what=what, overrides=found)
+
+
 async def _prices(ledger: Ledger, request: PricesInput, principal: Principal) -> PricesResult:
     action = request.action
     if action == "list":
@@ -231,8 +317,11 @@ async def _prices(ledger: Ledger, request: PricesInput, principal: Principal) ->
         return PricesResult(action=action, models=found, overrides=jsonable, aliases=aliases)
     if request.model is None:
         raise ToolError(f"model: missing; allowed: a model name, required for action {action!r}")
-    if action == "get":
-        return PricesResult(action=action, models=[await ledger.get_price(request.model, principal)])
+    return PricesResult(action=action, models=[await ledger.get_price(request.model, principal)])
+
+
+async def _manage_prices(ledger: Ledger, request: ManagePricesInput, principal: Principal) -> PricesResult:
+    action = request.action
     if action == "unalias":
         return PricesResult(action=action, aliases=[await ledger.delete_alias(request.model, principal)])
     if action == "alias":
@@ -371,14 +460,18 @@ def _tool(
     collections = {
         name
         for name, prop in parameters.get("properties", {}).items()
-        if prop.get("type") in ("array", "object")
+        if {"array", "object"} & set(_types(prop))
     }
+    moved = MOVED.get(handler.__name__, {})
 
-    async def run(arguments: dict[str, Any], ctx: Context[Any, Any]) -> BaseModel:
+    async def run(arguments: dict[str, Any], ctx: Context[Any, Any]) -> BaseModel | CallToolResult:
         _screen(arguments)
+        arguments = _without_nulls(arguments)
+        if isinstance(action := arguments.get("action"), str) and action in moved:
+            raise ToolError(f"action: {action!r} moved to another tool; use {moved[action]}")
         try:
             request = input_model.model_validate(_parse_json_strings(arguments, collections))
-            return await handler(request, ctx)
+            return _as_text(await handler(request, ctx))
         except ValidationError as error:
             raise ToolError(describe_validation_error(error, list(input_model.model_fields))) from error
         except TokenLedgerError as error:
@@ -403,6 +496,45 @@ def _tool(
         context_kwarg="ctx",
         annotations=annotations,
     )
+
+
+def _types(prop: dict[str, Any]) -> list[str]:
+    kinds = prop.get("type", [])
+    return kinds if isinstance(kinds, list) else [kinds]
+
+
+def _without_nulls(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments without the fields sent as null, here and in messages, their parts and priority
+    shares: strict clients send every field, null for those they do not mean (null is "not given")."""
+    given = {name: value for name, value in arguments.items() if value is not None}
+    if isinstance(given.get("messages"), list):
+        given["messages"] = [_message_without_nulls(message) for message in given["messages"]]
+    if isinstance(given.get("priority_shares"), dict):
+        given["priority_shares"] = {k: v for k, v in given["priority_shares"].items() if v is not None}
+    return given
+
+
+def _message_without_nulls(message: object) -> object:
+    if not isinstance(message, dict):
+        return message
+    given = {key: value for key, value in message.items() if value is not None}
+    if isinstance(given.get("content"), list):
+        given["content"] = [
+            {key: value for key, value in part.items() if value is not None}
+            if isinstance(part, dict)
+            else part
+            for part in given["content"]
+        ]
+    return given
+
+
+def _as_text(result: BaseModel) -> BaseModel | CallToolResult:
+    """A report in markdown or csv reaches the agent as that table (its text content), with the whole
+    report as structured content beside it; any other result as its JSON."""
+    if not (isinstance(result, reports.Report) and result.text is not None):
+        return result
+    structured = result.model_dump(mode="json", by_alias=True)
+    return CallToolResult(content=[TextContent(type="text", text=result.text)], structured_content=structured)
 
 
 def _parse_json_strings(arguments: dict[str, Any], collections: set[str]) -> dict[str, Any]:
