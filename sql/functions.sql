@@ -209,15 +209,27 @@ $$;
 -- tenant's budgets.
 create or replace function tl_matching_budgets(p_tenant text, p_attr jsonb) returns setof tl_budget
 language sql stable as $$
-    select * from tl_budget b
-     where b.tenant_id = p_tenant
-       and ((b.scope_kind = 'global' and b.scope_value = '')
-            or (b.scope_kind = 'user' and b.scope_value = p_attr ->> 'user')
-            or (b.scope_kind = 'team' and b.scope_value = p_attr ->> 'team')
-            or (b.scope_kind = 'project' and b.scope_value = p_attr ->> 'project')
-            or (b.scope_kind = 'session' and b.scope_value = p_attr ->> 'session')
-            or (b.scope_kind = 'feature' and b.scope_value = p_attr ->> 'feature')
-            or (b.scope_kind = 'endpoint' and b.scope_value = p_attr ->> 'endpoint'))
+    -- One index probe per scope kind: an OR of the kinds scanned every budget of the tenant (a check
+    -- cost 0.5 ms more per 1,000 budgets, measured with bench/ledger.py's 1,000 per-user budgets).
+    select * from (
+        select * from tl_budget where tenant_id = p_tenant and scope_kind = 'global' and scope_value = ''
+        union all
+        select * from tl_budget where tenant_id = p_tenant and scope_kind = 'user' and scope_value = p_attr ->> 'user'
+        union all
+        select * from tl_budget where tenant_id = p_tenant and scope_kind = 'team' and scope_value = p_attr ->> 'team'
+        union all
+        select * from tl_budget
+         where tenant_id = p_tenant and scope_kind = 'project' and scope_value = p_attr ->> 'project'
+        union all
+        select * from tl_budget
+         where tenant_id = p_tenant and scope_kind = 'session' and scope_value = p_attr ->> 'session'
+        union all
+        select * from tl_budget
+         where tenant_id = p_tenant and scope_kind = 'feature' and scope_value = p_attr ->> 'feature'
+        union all
+        select * from tl_budget
+         where tenant_id = p_tenant and scope_kind = 'endpoint' and scope_value = p_attr ->> 'endpoint'
+    ) b
      order by b.budget_id
 $$;
 

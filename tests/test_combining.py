@@ -278,3 +278,39 @@ async def test_calls_that_arrive_together_are_shared_among_the_free_slots() -> N
     assert [item for batch in recorder.batches[3:] for item in batch] == [10, 12, 14]
     assert all(len(batch) <= 3 for batch in recorder.batches)
     assert results == {item: item * 10 for item in range(0, 16, 2)}
+
+
+async def test_a_call_reads_only_the_budgets_that_match_it(ledger: Ledger, store: Store) -> None:
+    """Matching a call to its budgets probes the scope index once per scope kind: it reads the budgets
+    that match, never every budget of the tenant (a tenant with a budget per user made each check scan
+    them all: 0.5 ms more per 1,000 budgets)."""
+    for n in range(200):
+        await ledger.set_budget(BudgetSpec(name=f"user-{n}", scope=f"user:u{n}", limit=Decimal(10**6)))
+    await ledger.set_budget(BudgetSpec(name="team-a", scope="team:a", limit=Decimal(10**6)))
+    async with store.pool.connection() as conn:
+        await conn.execute("analyze tl_budget")
+        cursor = await conn.execute(
+            """explain (analyze, format json)
+               select budget_id from tl_matching_budgets('default', '{"user": "u7", "team": "a"}')"""
+        )
+        row = await cursor.fetchone()
+        matched = await conn.execute(
+            'select name from tl_matching_budgets(\'default\', \'{"user": "u7", "team": "a"}\')'
+        )
+        names = [r[0] for r in await matched.fetchall()]
+    assert row is not None
+    assert sorted(names) == ["team-a", "user-7"]
+
+    def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+        return [plan, *(node for child in plan.get("Plans", []) for node in nodes(child))]
+
+    scans = [node for node in nodes(row[0][0]["Plan"]) if node.get("Relation Name") == "tl_budget"]
+    assert scans and all(node["Node Type"] == "Index Scan" for node in scans), scans
+    assert sum(node["Actual Rows"] for node in scans) == 2
+    assert (
+        sum(
+            node.get("Rows Removed by Filter", 0) + node.get("Rows Removed by Index Recheck", 0)
+            for node in scans
+        )
+        == 0
+    )

@@ -474,7 +474,8 @@ async def test_each_role_lists_only_the_tools_it_can_call(ledger: Ledger) -> Non
         async with Client(build_server(ledger, default_principal=principal)) as client:
             tools = await client.list_tools()
             wire = tools.model_dump_json(by_alias=True, exclude_none=True)
-            print(f"\n{role}'s tools/list costs {count_text(wire, encoding='o200k_base').tokens} o200k tokens")
+            tokens = count_text(wire, encoding="o200k_base").tokens
+            print(f"\n{role}'s tools/list costs {tokens} o200k tokens")
             listed = {tool.name for tool in tools.tools}
             assert listed == TOOLS - hidden, role
             session = await Session(client).load()
