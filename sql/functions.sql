@@ -974,8 +974,6 @@ declare
     tenant text;
     attr jsonb;
     matching tl_budget[] := '{}';
-    answers jsonb[] := '{}';
-    failed_constraint text;
 begin
     -- Per request with plain variables, so that each lookup probes the scope index (a join over the
     -- array's elements let the generic plan scan every budget of the tenant for each request). A batch of
@@ -991,20 +989,7 @@ begin
     loop
         perform tl_lock_period(b, clock_timestamp());
     end loop;
-    for r in select value from jsonb_array_elements(p_requests) loop
-        if not p_isolated then
-            answers := answers || jsonb_build_object('ok', tl_check_request(r));
-            continue;
-        end if;
-        begin
-            answers := answers || jsonb_build_object('ok', tl_check_request(r));
-        exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
-                       or integrity_constraint_violation then
-            get stacked diagnostics failed_constraint = constraint_name;
-            answers := answers || tl_request_error(sqlstate, sqlerrm, failed_constraint);
-        end;
-    end loop;
-    return to_jsonb(answers);
+    return tl_apply_requests('check', p_requests, p_isolated);
 end $$;
 
 -- One element of a track batch as tl_track's arguments.
@@ -1053,10 +1038,7 @@ declare
     budget_ids bigint[] := '{}';
     period_starts timestamptz[] := '{}';
     lock_keys record;
-    b tl_budget;
     r jsonb;
-    answers jsonb[] := '{}';
-    failed_constraint text;
 begin
     for r in select value from jsonb_array_elements(p_requests) where jsonb_array_length(p_requests) > 1 loop
         for lock_keys in select * from tl_track_request_keys(r) loop
@@ -1065,21 +1047,31 @@ begin
             period_starts := period_starts || lock_keys.period_start;
         end loop;
     end loop;
-    for lock_keys in
-        select distinct k.tenant_id, k.budget_id, k.period_start
-          from unnest(tenants, budget_ids, period_starts) k (tenant_id, budget_id, period_start)
-         order by 1, 2, 3
-    loop
-        select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;
-        perform tl_lock_period(b, lock_keys.period_start);
-    end loop;
+    perform tl_lock_periods(tenants, budget_ids, period_starts);
+    return tl_apply_requests('track', p_requests, p_isolated);
+end $$;
+
+create or replace function tl_release_request(r jsonb) returns jsonb language sql as $$
+    select tl_release(r ->> 'tenant', (r ->> 'reservation_id')::uuid, r ->> 'user')
+$$;
+
+-- A batch's requests applied in order: each answer {"ok": ...}; isolated, each request in its own
+-- subtransaction, a refused one answered {"error": ...} with only its own changes rolled back.
+create or replace function tl_apply_requests(p_kind text, p_requests jsonb, p_isolated boolean) returns jsonb
+language plpgsql
+set plan_cache_mode = force_generic_plan as $$
+declare
+    r jsonb;
+    answers jsonb[] := '{}';
+    failed_constraint text;
+begin
     for r in select value from jsonb_array_elements(p_requests) loop
         if not p_isolated then
-            answers := answers || jsonb_build_object('ok', tl_track_request(r));
+            answers := answers || jsonb_build_object('ok', tl_apply_request(p_kind, r));
             continue;
         end if;
         begin
-            answers := answers || jsonb_build_object('ok', tl_track_request(r));
+            answers := answers || jsonb_build_object('ok', tl_apply_request(p_kind, r));
         exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
                        or integrity_constraint_violation then
             get stacked diagnostics failed_constraint = constraint_name;
@@ -1089,9 +1081,29 @@ begin
     return to_jsonb(answers);
 end $$;
 
-create or replace function tl_release_request(r jsonb) returns jsonb language sql as $$
-    select tl_release(r ->> 'tenant', (r ->> 'reservation_id')::uuid, r ->> 'user')
+create or replace function tl_apply_request(p_kind text, r jsonb) returns jsonb language sql as $$
+    select case p_kind when 'check' then tl_check_request(r)
+                       when 'track' then tl_track_request(r)
+                       when 'release' then tl_release_request(r) end
 $$;
+
+-- Lock the period rows a batch will change, each once, in (tenant_id, budget_id, period_start) order.
+create or replace function tl_lock_periods(tenants text[], budget_ids bigint[], period_starts timestamptz[])
+returns void language plpgsql
+set plan_cache_mode = force_generic_plan as $$
+declare
+    lock_keys record;
+    b tl_budget;
+begin
+    for lock_keys in
+        select distinct k.tenant_id, k.budget_id, k.period_start
+          from unnest(tenants, budget_ids, period_starts) k (tenant_id, budget_id, period_start)
+         order by 1, 2, 3
+    loop
+        select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;
+        perform tl_lock_period(b, lock_keys.period_start);
+    end loop;
+end $$;
 
 create or replace function tl_release_many(p_requests jsonb, p_isolated boolean) returns jsonb
 language plpgsql
@@ -1103,10 +1115,7 @@ declare
     budget_ids bigint[] := '{}';
     period_starts timestamptz[] := '{}';
     lock_keys record;
-    b tl_budget;
     r jsonb;
-    answers jsonb[] := '{}';
-    failed_constraint text;
 begin
     for r in select value from jsonb_array_elements(p_requests) where jsonb_array_length(p_requests) > 1 loop
         tenant := r ->> 'tenant';
@@ -1120,28 +1129,8 @@ begin
             period_starts := period_starts || lock_keys.period_start;
         end loop;
     end loop;
-    for lock_keys in
-        select distinct k.tenant_id, k.budget_id, k.period_start
-          from unnest(tenants, budget_ids, period_starts) k (tenant_id, budget_id, period_start)
-         order by 1, 2, 3
-    loop
-        select * into b from tl_budget where tenant_id = lock_keys.tenant_id and budget_id = lock_keys.budget_id;
-        perform tl_lock_period(b, lock_keys.period_start);
-    end loop;
-    for r in select value from jsonb_array_elements(p_requests) loop
-        if not p_isolated then
-            answers := answers || jsonb_build_object('ok', tl_release_request(r));
-            continue;
-        end if;
-        begin
-            answers := answers || jsonb_build_object('ok', tl_release_request(r));
-        exception when sqlstate 'TL400' or sqlstate 'TL404' or sqlstate 'TL409' or data_exception
-                       or integrity_constraint_violation then
-            get stacked diagnostics failed_constraint = constraint_name;
-            answers := answers || tl_request_error(sqlstate, sqlerrm, failed_constraint);
-        end;
-    end loop;
-    return to_jsonb(answers);
+    perform tl_lock_periods(tenants, budget_ids, period_starts);
+    return tl_apply_requests('release', p_requests, p_isolated);
 end $$;
 
 -- Give an active reservation a new expiry, now + p_ttl_seconds, keeping its holds: a long call (a stream)
