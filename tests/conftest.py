@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
+from tests.servers import Mailbox
 from tokenledger.ledger import Ledger
 from tokenledger.store import Store, start_embedded, stop_embedded
 
@@ -127,3 +128,12 @@ async def store(dsn: str) -> AsyncIterator[Store]:
 @pytest.fixture
 async def ledger(store: Store) -> AsyncIterator[Ledger]:
     yield Ledger(store)
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    """A real SMTP server on loopback for the test, keeping what it receives."""
+    made = Mailbox()
+    made.controller.start()
+    yield made
+    made.controller.stop()

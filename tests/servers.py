@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import email
+import email.policy
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import Any
 
 import anyio
 import uvicorn
+from aiosmtpd.controller import Controller
 
 from tokenledger.ledger import Ledger
 from tokenledger.mcp import build_server
@@ -73,3 +77,26 @@ async def serving(
                 http_server.should_exit = True
     finally:
         await ledger.close()
+
+
+class Mailbox:
+    """A real SMTP server on loopback (aiosmtpd) keeping what it receives."""
+
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+        mailbox = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                mailbox.received.append(envelope)
+                return "250 OK"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.url = f"smtp://127.0.0.1:{self.port}?from=ledger@example.test&to=ops@example.test"
+
+    def messages(self) -> list[EmailMessage]:
+        return [
+            email.message_from_bytes(e.content, policy=email.policy.default)  # type: ignore[misc]
+            for e in self.received
+        ]

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.servers import free_port
+from tests.servers import Mailbox, free_port
 from tokenledger.alert_notices import AlertContext, Recommendation, Spender, alert_notice
 from tokenledger.alerts import Dispatcher, EmailSink, LogSink, SlackSink, WebhookSink, sinks_from_env
 from tokenledger.errors import InvalidInput
@@ -274,37 +273,6 @@ STABLE_FIELDS = {
     "created_at",
     "text",
 }
-
-
-class Mailbox:
-    """A real SMTP server on loopback (aiosmtpd) keeping what it receives."""
-
-    def __init__(self) -> None:
-        self.received: list[Any] = []
-        mailbox = self
-
-        class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-                mailbox.received.append(envelope)
-                return "250 OK"
-
-        self.port = free_port()
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
-        self.url = f"smtp://127.0.0.1:{self.port}?from=ledger@example.test&to=ops@example.test"
-
-    def messages(self) -> list[EmailMessage]:
-        return [
-            email.message_from_bytes(e.content, policy=email.policy.default)  # type: ignore[misc]
-            for e in self.received
-        ]
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    made = Mailbox()
-    made.controller.start()
-    yield made
-    made.controller.stop()
 
 
 @pytest.fixture

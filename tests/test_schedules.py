@@ -7,27 +7,23 @@ downtime, retries, run-now from the CLI and the MCP tool."""
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import json
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
-from aiosmtpd.controller import Controller
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mcp import Client
 from pydantic import ValidationError
 
-from tests.servers import free_port
+from tests.servers import Mailbox
 from tests.test_alerts import Receiver
 from tokenledger import digest, reports
 from tokenledger.alerts import EmailSink, LogSink, SlackSink, WebhookSink
@@ -256,37 +252,6 @@ async def test_only_admins_and_at_most_a_hundred_per_tenant(ledger: Ledger) -> N
 
 
 # --- delivery end to end -------------------------------------------------------------------------
-
-
-class Mailbox:
-    """A real SMTP server on loopback (aiosmtpd) keeping what it receives."""
-
-    def __init__(self) -> None:
-        self.received: list[Any] = []
-        mailbox = self
-
-        class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-                mailbox.received.append(envelope)
-                return "250 OK"
-
-        self.port = free_port()
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
-        self.url = f"smtp://127.0.0.1:{self.port}?from=ledger@example.test&to=ops@example.test"
-
-    def messages(self) -> list[EmailMessage]:
-        return [
-            email.message_from_bytes(e.content, policy=email.policy.default)  # type: ignore[misc]
-            for e in self.received
-        ]
-
-
-@pytest.fixture
-def mailbox() -> Iterator[Mailbox]:
-    made = Mailbox()
-    made.controller.start()
-    yield made
-    made.controller.stop()
 
 
 @pytest.fixture
