@@ -26,14 +26,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two workers (the machines have 2 cores; most tests wait on PostgreSQL or a subprocess), each taking
+# whole files: the README test runs its blocks in order in one module.
+PYTEST := $(BIN)/pytest -n 2 --dist loadfile
+
 unit: $(STAMP)
-	$(BIN)/pytest
+	$(PYTEST)
 
 # Where a Debian PostgreSQL server is reachable (CI starts one), the ledger tests run on it too.
 ledger-debian: $(STAMP)
 	@if [ -n "$$TOKENLEDGER_TEST_DEBIAN_URL" ]; then \
 	  echo "ledger tests again, on Debian's PostgreSQL server"; \
-	  TOKENLEDGER_TEST_DATABASE_URL="$$TOKENLEDGER_TEST_DEBIAN_URL" $(BIN)/pytest -m ledger; \
+	  TOKENLEDGER_TEST_DATABASE_URL="$$TOKENLEDGER_TEST_DEBIAN_URL" $(PYTEST) -m ledger; \
 	else echo "TOKENLEDGER_TEST_DEBIAN_URL unset: ledger tests ran on the embedded server only"; fi
 
 test: lint typecheck unit ledger-debian

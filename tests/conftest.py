@@ -56,6 +56,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.ledger)
 
 
+@pytest.fixture(autouse=True)
+def _no_terminal_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI sizes tables by COLUMNS off a terminal; tests (and the commands they start) see none
+    unless they set it, whatever the runner exported (pytest-xdist's workers get COLUMNS=80)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+
+
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """The DSN of the test server's maintenance database."""

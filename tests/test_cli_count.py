@@ -111,9 +111,14 @@ def test_messages_list_with_images(capsys: pytest.CaptureFixture[str], tmp_path:
     ],
 )
 def test_malformed_messages(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, payload: str, message: str
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    payload: str,
+    message: str,
 ) -> None:
-    path = tmp_path / "bad.json"
+    monkeypatch.chdir(tmp_path)  # a short path: an error shortens a long value it quotes
+    path = Path("bad.json")
     path.write_text(payload)
     code, out, err = count_with(capsys, "--messages", str(path))
     assert (code, out) == (1, "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import psycopg
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def empty_databases(server_dsn: str) -> Iterator[tuple[str, str]]:
-    names = ("tl_fresh_install", "tl_stepwise")
+    names = (f"tl_fresh_install_{os.getpid()}", f"tl_stepwise_{os.getpid()}")  # one per pytest worker
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         for name in names:
             conn.execute(f"drop database if exists {name} with (force)")
