@@ -485,10 +485,18 @@ async def test_each_role_lists_only_the_tools_it_can_call(ledger: Ledger) -> Non
 
 
 async def test_unknown_tools_and_prompts_are_invalid_params(ledger: Ledger) -> None:
-    async with Client(build_server(ledger, default_principal=ADMIN)) as client:
+    server = build_server(ledger, default_principal=ADMIN)
+
+    @server.tool(name="ping", description="A tool the embedding application adds")
+    async def ping() -> str:
+        return "pong"
+
+    async with Client(server) as client:
         with pytest.raises(MCPError) as tool:
             await client.call_tool("no_such_tool", {})
         assert tool.value.error.code == -32602 and "no_such_tool" in tool.value.error.message
+        assert "ping" in tool.value.error.message  # among the tools it may call instead
+        assert text_of(await client.call_tool("ping", {})) == "pong"  # an embedder's own tool is known
         with pytest.raises(MCPError) as prompt:
             await client.get_prompt("no_such_prompt", {})
         assert prompt.value.error.code == -32602 and "no_such_prompt" in prompt.value.error.message

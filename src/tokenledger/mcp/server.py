@@ -137,8 +137,10 @@ class TokenLedgerServer(MCPServer):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> Any:
-        if name not in self._roles:
-            raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}; allowed: {', '.join(self._roles)}")
+        if name not in self._roles:  # ours have roles; a tool added to the server by its embedder counts too
+            registered = [tool.name for tool in await super().list_tools()]
+            if name not in registered:
+                raise MCPError(INVALID_PARAMS, f"Unknown tool: {name!r}; allowed: {', '.join(registered)}")
         return await super().call_tool(name, arguments, context)
 
     async def get_prompt(
