@@ -289,14 +289,13 @@ async def test_a_call_reads_only_the_budgets_that_match_it(ledger: Ledger, store
     await ledger.set_budget(BudgetSpec(name="team-a", scope="team:a", limit=Decimal(10**6)))
     async with store.pool.connection() as conn:
         await conn.execute("analyze tl_budget")
-        cursor = await conn.execute(
-            """explain (analyze, format json)
-               select budget_id from tl_matching_budgets('default', '{"user": "u7", "team": "a"}')"""
-        )
+        # As the ledger's functions run it: a generic plan, the tenant and attribution parameters.
+        await conn.execute("set plan_cache_mode = force_generic_plan")
+        await conn.execute("prepare matching(text, jsonb) as select name from tl_matching_budgets($1, $2)")
+        execute = 'execute matching(\'default\', \'{"user": "u7", "team": "a"}\')'
+        cursor = await conn.execute(f"explain (analyze, format json) {execute}")
         row = await cursor.fetchone()
-        matched = await conn.execute(
-            'select name from tl_matching_budgets(\'default\', \'{"user": "u7", "team": "a"}\')'
-        )
+        matched = await conn.execute(execute)
         names = [r[0] for r in await matched.fetchall()]
     assert row is not None
     assert sorted(names) == ["team-a", "user-7"]
