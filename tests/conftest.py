@@ -12,11 +12,13 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import conninfo, sql
 
+from tests.provider_standin import ProviderStandin
 from tests.servers import Mailbox
 from tokenledger.ledger import Ledger
 from tokenledger.store import Store, start_embedded, stop_embedded
@@ -145,3 +147,25 @@ def mailbox() -> Iterator[Mailbox]:
     made.controller.start()
     yield made
     made.controller.stop()
+
+
+@pytest.fixture
+def provider() -> Iterator[ProviderStandin]:
+    """The OpenAI and Anthropic API stand-in on loopback, for the test."""
+    with ProviderStandin() as standin:
+        yield standin
+
+
+@pytest.fixture
+async def clients(provider: ProviderStandin) -> AsyncIterator[dict[str, Any]]:
+    """Raw OpenAI and Anthropic SDK clients pointed at the stand-in, closed after the test."""
+    import anthropic
+    import openai
+
+    async with (
+        openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="test", max_retries=0) as gpt,
+        anthropic.AsyncAnthropic(
+            base_url=provider.anthropic_base_url, api_key="test", max_retries=0
+        ) as claude,
+    ):
+        yield {"openai": gpt, "anthropic": claude}

@@ -5,7 +5,7 @@ chains; from the library, the MCP `prices` tool and the CLI."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -338,12 +338,6 @@ async def test_another_process_sees_an_alias_once_its_cached_aliases_go_stale(le
 
 
 # --- the wrapper, the MCP tool and the CLI -----------------------------------------------------------
-
-
-@pytest.fixture
-def provider() -> Iterator[ProviderStandin]:
-    with ProviderStandin() as standin:
-        yield standin
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
@@ -22,12 +21,6 @@ pytest.importorskip("openai")
 pytestmark = pytest.mark.anyio
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-@pytest.fixture
-def provider() -> Iterator[ProviderStandin]:
-    with ProviderStandin() as standin:
-        yield standin
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ downgrade and reports show it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -37,23 +37,6 @@ TIGHT = Decimal("0.005")
 
 def usd_budget(limit: Decimal = TIGHT, **fields: Any) -> BudgetSpec:
     return BudgetSpec(name="main", unit="usd", limit=limit, period="day", priority_shares=None, **fields)
-
-
-@pytest.fixture
-def provider() -> Iterator[ProviderStandin]:
-    with ProviderStandin() as standin:
-        yield standin
-
-
-@pytest.fixture
-async def clients(provider: ProviderStandin) -> AsyncIterator[dict[str, Any]]:
-    async with (
-        openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="test", max_retries=0) as gpt,
-        anthropic.AsyncAnthropic(
-            base_url=provider.anthropic_base_url, api_key="test", max_retries=0
-        ) as claude,
-    ):
-        yield {"openai": gpt, "anthropic": claude}
 
 
 async def usage_rows(ledger: Ledger) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -31,12 +31,6 @@ def budget(limit: int = 100_000) -> BudgetSpec:
     return BudgetSpec(name="main", limit=Decimal(limit), period="day", priority_shares=None)
 
 
-@pytest.fixture
-def provider() -> Iterator[ProviderStandin]:
-    with ProviderStandin() as standin:
-        yield standin
-
-
 async def state(ledger: Ledger) -> tuple[Decimal, Decimal]:
     current = (await ledger.get_budget("main")).state
     return current.used, current.reserved
@@ -44,18 +38,6 @@ async def state(ledger: Ledger) -> tuple[Decimal, Decimal]:
 
 async def count(ledger: Ledger, model: str, **request: Any) -> int:
     return (await ledger.count_tokens(CountRequest(model=model, **request))).tokens
-
-
-@pytest.fixture
-async def clients(provider: ProviderStandin) -> AsyncIterator[dict[str, Any]]:
-    """Raw SDK clients pointed at the stand-in, closed after the test."""
-    async with (
-        openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="test", max_retries=0) as gpt,
-        anthropic.AsyncAnthropic(
-            base_url=provider.anthropic_base_url, api_key="test", max_retries=0
-        ) as claude,
-    ):
-        yield {"openai": gpt, "anthropic": claude}
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -228,23 +227,6 @@ anthropic = pytest.importorskip("anthropic")
 
 from tokenledger.integrations.anthropic import wrap_anthropic  # noqa: E402
 from tokenledger.integrations.openai import wrap_openai  # noqa: E402
-
-
-@pytest.fixture
-def provider() -> Iterator[ProviderStandin]:
-    with ProviderStandin() as standin:
-        yield standin
-
-
-@pytest.fixture
-async def clients(provider: ProviderStandin) -> AsyncIterator[dict[str, Any]]:
-    async with (
-        openai.AsyncOpenAI(base_url=provider.openai_base_url, api_key="test", max_retries=0) as gpt,
-        anthropic.AsyncAnthropic(
-            base_url=provider.anthropic_base_url, api_key="test", max_retries=0
-        ) as claude,
-    ):
-        yield {"openai": gpt, "anthropic": claude}
 
 
 async def test_a_wrapped_openai_call_of_an_unknown_model_succeeds_and_is_recorded(
